@@ -1,0 +1,1 @@
+"""Emulated guests on PTYs: Linux and Windows (SAC) personalities behind the Machine protocol."""

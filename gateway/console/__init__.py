@@ -1,0 +1,1 @@
+"""Consoles: serial ports, hubs, the boot-diagnostics log."""

@@ -1,0 +1,289 @@
+"""The Machine protocol: one VM (or scale-set instance) whose first serial port the gateway serves.
+
+Two kinds stand behind it, and the gateway cannot tell them apart:
+``gateway.machines.qemu.QemuMachine`` (a real guest under QEMU) and the emulator's
+machines (``emulator.machine``), whose guest is a personality on a PTY.
+
+Power states (Azure's, plus ``panicked``)::
+
+    deallocated --start--> starting --(CPU runs)--> running
+    running --stop/restart--> stopping --(guest powered off)--> stopped
+    stopped --start--> starting --> running
+    running --(guest panic)--> panicked --reset--> running
+    any allocated state --deallocate--> deallocated
+
+The serial port exists from ``starting`` on. Before the guest's CPU runs, every port hook
+(``add_port_hook``) is awaited with the port's path, so a reader attached there sees the
+boot from its first byte. After ``deallocate`` the port is gone; the next ``start`` makes a
+new one (a new path) and runs the hooks again.
+
+Exceptions::
+
+    MachineError                 base of everything this package raises
+     +-- MachineStateError       the call does not fit the power state (message says what to do)
+     +-- MachineLaunchError      the guest could not be started (message carries the cause)
+     +-- MachineCommandError     the monitor refused or failed a command
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+log = logging.getLogger("serial_console_lab.machines")
+
+
+class MachineError(Exception):
+    """Base of the machines' exceptions; the message is what a user should read."""
+
+
+class MachineStateError(MachineError):
+    """The operation does not fit the machine's power state."""
+
+
+class MachineLaunchError(MachineError):
+    """The guest could not be started."""
+
+
+class MachineCommandError(MachineError):
+    """The machine's monitor refused or failed a command."""
+
+
+class PowerState(enum.StrEnum):
+    """Power states, named as Azure's instance view names them (``PowerState/<value>``)."""
+
+    DEALLOCATED = "deallocated"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    PANICKED = "panicked"
+
+    @property
+    def allocated(self) -> bool:
+        """True while the machine has a process and a serial port."""
+        return self is not PowerState.DEALLOCATED
+
+
+class EventKind(enum.StrEnum):
+    """What happened to a machine. ``state`` events carry every power-state change."""
+
+    STATE = "state"  # power state changed (event.state is the new one)
+    PORT = "port"  # a new serial port exists (event.detail is its path)
+    RESET = "reset"  # the guest was reset (hard reset or guest reboot); the port stays
+    POWERDOWN = "powerdown"  # an ACPI power-button press was sent to the guest
+    SHUTDOWN = "shutdown"  # the guest powered itself off
+    PANICKED = "panicked"  # the guest reported a panic (pvpanic / bugcheck)
+    EXITED = "exited"  # the machine's process ended without being asked to
+
+
+class RestartOutcome(enum.StrEnum):
+    """How a graceful restart ended."""
+
+    GRACEFUL = "graceful"  # the guest shut down when asked, then booted again
+    FORCED = "forced"  # the guest did not shut down in time: it was hard-reset instead
+
+
+@dataclass(frozen=True, slots=True)
+class MachineEvent:
+    """One thing that happened to a machine, in the order it happened."""
+
+    kind: EventKind
+    state: PowerState
+    detail: str = ""
+    at: float = field(default_factory=time.time)
+
+
+PortHook = Callable[[str], Awaitable[None]]
+
+
+@runtime_checkable
+class Machine(Protocol):
+    """A VM whose first serial port (ttyS0 / COM1) is a local PTY.
+
+    Every method is a coroutine to await in the machine's event loop. A method called in a
+    power state it does not fit raises ``MachineStateError``; one the monitor fails raises
+    ``MachineCommandError``.
+    """
+
+    name: str
+
+    @property
+    def power_state(self) -> PowerState: ...
+
+    @property
+    def serial_port(self) -> str | None:
+        """Path of the serial port's PTY while the machine is allocated, else None."""
+
+    @property
+    def os_type(self) -> str:
+        """``linux`` or ``windows``: what runs on the serial port."""
+
+    def add_port_hook(self, hook: PortHook) -> None:
+        """Await ``hook(path)`` each time a new serial port exists, before the CPU runs."""
+
+    def events(self, maxsize: int = 256) -> EventListener:
+        """A new listener of this machine's events (see ``EventListener``)."""
+
+    async def start(self) -> None:
+        """Power on: launch (deallocated) or boot again (stopped). Idempotent when running."""
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Graceful power-off (ACPI); halted by force after ``timeout``. Keeps the port."""
+
+    async def restart(self, timeout: float = 30.0) -> RestartOutcome:
+        """Graceful restart: ACPI power-off, then boot again; hard reset after ``timeout``."""
+
+    async def reset(self) -> None:
+        """Hard reset: the guest reboots at once; same process, same port, sessions stay."""
+
+    async def deallocate(self, timeout: float = 10.0) -> None:
+        """Release everything: the process ends, the port is gone. Idempotent."""
+
+    async def send_break(self) -> None:
+        """Send a serial BREAK to the guest (the first half of a SysRq)."""
+
+    async def inject_nmi(self) -> None:
+        """Inject a non-maskable interrupt."""
+
+
+class EventListener:
+    """A bounded queue of one listener's machine events.
+
+    Use as ``with machine.events() as events: async for event in events: ...`` or call
+    ``await events.get()``. A listener that does not keep up loses the oldest events,
+    and the loss is logged: a slow listener never blocks the machine.
+    """
+
+    def __init__(self, hub: EventHub, maxsize: int) -> None:
+        self._hub = hub
+        self._queue: asyncio.Queue[MachineEvent] = asyncio.Queue(maxsize)
+        self.dropped = 0
+
+    def put(self, event: MachineEvent) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+            log.warning("%s: a slow event listener lost an event", self._hub.name)
+        self._queue.put_nowait(event)
+
+    async def get(self) -> MachineEvent:
+        return await self._queue.get()
+
+    async def wait_for(
+        self, predicate: Callable[[MachineEvent], bool], timeout: float
+    ) -> MachineEvent:
+        """The first event that satisfies ``predicate``; TimeoutError after ``timeout`` s."""
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self._queue.get()
+                if predicate(event):
+                    return event
+
+    def close(self) -> None:
+        self._hub.discard(self)
+
+    def __enter__(self) -> EventListener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __aiter__(self) -> AsyncIterator[MachineEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[MachineEvent]:
+        while True:
+            yield await self._queue.get()
+
+
+class EventHub:
+    """Fans a machine's events out to its listeners; shared by both machine kinds."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._listeners: set[EventListener] = set()
+
+    def listen(self, maxsize: int = 256) -> EventListener:
+        listener = EventListener(self, maxsize)
+        self._listeners.add(listener)
+        return listener
+
+    def discard(self, listener: EventListener) -> None:
+        self._listeners.discard(listener)
+
+    def publish(self, event: MachineEvent) -> None:
+        for listener in list(self._listeners):
+            listener.put(event)
+
+
+class MachineBase:
+    """Power-state bookkeeping, events and port hooks, common to every machine kind.
+
+    Subclasses call ``_set_state`` on every transition and ``_publish`` for other events,
+    and ``_run_port_hooks`` when a new port exists, before the guest's CPU runs.
+    """
+
+    os_type: str = "linux"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.log = log.getChild(name)
+        self._state = PowerState.DEALLOCATED
+        self._events = EventHub(name)
+        self._port_hooks: list[PortHook] = []
+        self._history: list[PowerState] = [self._state]
+
+    @property
+    def power_state(self) -> PowerState:
+        return self._state
+
+    @property
+    def state_history(self) -> list[PowerState]:
+        """Every power state this object has been in, oldest first."""
+        return list(self._history)
+
+    def add_port_hook(self, hook: PortHook) -> None:
+        self._port_hooks.append(hook)
+
+    def events(self, maxsize: int = 256) -> EventListener:
+        return self._events.listen(maxsize)
+
+    def _set_state(self, state: PowerState, detail: str = "") -> None:
+        if state is self._state:
+            return
+        self.log.info("power state %s -> %s%s", self._state, state, f" ({detail})" if detail else "")
+        self._state = state
+        self._history.append(state)
+        self._publish(EventKind.STATE, detail)
+
+    def _publish(self, kind: EventKind, detail: str = "") -> None:
+        self._events.publish(MachineEvent(kind, self._state, detail))
+
+    async def _run_port_hooks(self, path: str) -> None:
+        self._publish(EventKind.PORT, path)
+        for hook in self._port_hooks:
+            await hook(path)
+
+    def _require(self, *states: PowerState, action: str) -> None:
+        """Raise MachineStateError unless the machine is in one of ``states``."""
+        if self._state not in states:
+            raise MachineStateError(_state_advice(self.name, action, self._state))
+
+
+def _state_advice(name: str, action: str, state: PowerState) -> str:
+    advice = {
+        PowerState.DEALLOCATED: "start it first",
+        PowerState.STOPPED: "start it first",
+        PowerState.STARTING: "wait until it is running",
+        PowerState.STOPPING: "wait until it has stopped",
+        PowerState.PANICKED: "reset it first",
+        PowerState.RUNNING: "stop it first",
+    }[state]
+    return f"cannot {action} VM '{name}' while it is {state}: {advice}"
+
