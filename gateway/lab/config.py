@@ -1,0 +1,544 @@
+"""The lab file (TOML) -> frozen, validated dataclasses. The format is in docs/lab-file.md.
+
+``load_lab(path)`` reads a lab file (``load_default_lab()`` the one shipped in the package)
+and returns a ``LabConfig``, or raises ``LabConfigError`` whose message names the file, the
+key and what was expected: ``lab.toml: vms[2].os: expected one of linux, windows, got 'bsd'``.
+Unknown keys are errors too (a typo must not be ignored silently).
+
+Paths of files the lab reads (image, TLS) are relative to the lab file's folder; the state
+folder is relative to the working directory, where ``serial-console lab run`` is started.
+
+Exceptions::
+
+    LabConfigError      the lab file cannot be read or says something invalid
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from gateway.access import rbac
+from gateway.access.rbac import RoleAssignment
+from gateway.access.users import User
+
+NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?")
+OS_TYPES = ("linux", "windows")
+BACKENDS = ("qemu", "emulated")
+PROVISIONING_STATES = ("Succeeded", "Creating", "Updating", "Failed")
+DEFAULT_SUBSCRIPTION = "5e71a1c0-0000-4000-8000-000000000001"
+DEFAULT_GUEST_PASSWORD = "serial-lab"
+
+
+class LabConfigError(Exception):
+    """The lab file is unreadable or invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceGroup:
+    name: str
+    location: str
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """The guest's kernel and initrd (QEMU only); None means the image ``make images`` builds."""
+
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MachineSpec:
+    """What a backend needs to make one machine (a VM or a scale-set instance)."""
+
+    name: str  # unique in the lab; names its bootdiag/ and run/ folders
+    os: str
+    backend: str
+    memory_mb: int
+    image: Image
+    hostname: str
+    password: str
+    boot_delay: float
+    output_rate: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class VmConfig:
+    """One virtual machine and the prerequisite flags Azure checks before a connect."""
+
+    name: str
+    resource_group: str
+    machine: MachineSpec
+    boot_diagnostics: bool = True
+    provisioning_state: str = "Succeeded"
+    serial_port_enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceConfig:
+    """One scale-set instance: ``{set}_{n}`` as a machine, ``n`` as its instance id."""
+
+    instance_id: str
+    latest_model: bool
+    machine: MachineSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleSetConfig:
+    """A VM scale set: ``capacity`` instances numbered from 0, made from one model."""
+
+    name: str
+    resource_group: str
+    capacity: int
+    boot_diagnostics: bool  # in the scale set's model
+    instances: tuple[InstanceConfig, ...]
+    provisioning_state: str = "Succeeded"
+    serial_port_enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 8400
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    idle_timeout: float = 900.0
+    replay_bytes: int = 65536
+    bootlog_bytes: int = 1 << 20
+    token_lifetime: float = 3600.0
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def loopback(self) -> bool:
+        """True when ``host`` only listens on this machine."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class LabConfig:
+    """A whole lab, as the lab file (and the command line) describe it."""
+
+    source: str
+    subscription: Subscription
+    resource_groups: tuple[ResourceGroup, ...]
+    vms: tuple[VmConfig, ...]
+    scale_sets: tuple[ScaleSetConfig, ...]
+    users: tuple[User, ...]
+    gateway: GatewaySettings
+    state_dir: Path
+
+    def machine_specs(self) -> Iterator[MachineSpec]:
+        """Every machine of the lab: the VMs, then each scale set's instances."""
+        for vm in self.vms:
+            yield vm.machine
+        for scale_set in self.scale_sets:
+            for instance in scale_set.instances:
+                yield instance.machine
+
+    def with_overrides(
+        self, *, host: str | None = None, port: int | None = None, state_dir: Path | None = None
+    ) -> LabConfig:
+        """This lab with the command line's ``--host``, ``--port``, ``--state-dir`` applied."""
+        settings = self.gateway
+        if host is not None:
+            settings = dataclasses.replace(settings, host=host)
+        if port is not None:
+            if not 0 <= port <= 65535:
+                raise LabConfigError(f"--port: expected 0..65535, got {port}")
+            settings = dataclasses.replace(settings, port=port)
+        return dataclasses.replace(
+            self, gateway=settings, state_dir=state_dir if state_dir is not None else self.state_dir
+        )
+
+    def exposure_problems(self) -> list[str]:
+        """Why this lab must not listen beyond loopback; empty when it may (or it does not)."""
+        if self.gateway.loopback:
+            return []
+        problems = [
+            f"user '{user.name}' still has the default password (their own name)"
+            for user in self.users
+            if user.has_default_password
+        ]
+        if not self.gateway.tls:
+            problems.append("TLS is off (set gateway.tls_cert and gateway.tls_key)")
+        return problems
+
+
+def load_default_lab() -> LabConfig:
+    """The lab shipped in the package (``gateway/lab/default.toml``)."""
+    ref = resources.files("gateway.lab").joinpath("default.toml")
+    return parse_lab(ref.read_text(encoding="utf-8"), source="default.toml", base=Path.cwd())
+
+
+def load_lab(path: Path | str) -> LabConfig:
+    """Read and validate the lab file at ``path``. Raises LabConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise LabConfigError(f"{path}: cannot read the lab file: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise LabConfigError(f"{path}: the lab file is not UTF-8 text") from err
+    return parse_lab(text, source=str(path), base=path.parent)
+
+
+def parse_lab(text: str, *, source: str, base: Path) -> LabConfig:
+    """Validate the TOML ``text`` of a lab file; ``base`` anchors its relative file paths."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise LabConfigError(f"{source}: not valid TOML: {err}") from err
+    return _Parser(source, base).lab(_Table(data, source, ""))
+
+
+class _Table:
+    """A TOML table being read: typed getters whose errors name the file and the key."""
+
+    def __init__(self, data: Mapping[str, Any], source: str, path: str) -> None:
+        self.data, self.source, self.path = data, source, path
+        self.read: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def fail(self, name: str, expected: str, got: Any = ...) -> LabConfigError:
+        tail = "" if got is ... else f", got {got!r}"
+        return LabConfigError(f"{self.source}: {self.key(name)}: expected {expected}{tail}")
+
+    def get(self, name: str, kind: type | tuple[type, ...], expected: str, default: Any) -> Any:
+        self.read.add(name)
+        if name not in self.data:
+            if default is _REQUIRED:
+                raise self.fail(name, f"{expected} (the key is required)")
+            return default
+        value = self.data[name]
+        # bool is an int in Python; a TOML true is never a number here.
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
+            raise self.fail(name, expected, value)
+        return value
+
+    def str(self, name: str, default: Any = None, *, choices: tuple[str, ...] = ()) -> Any:
+        expected = f"one of {', '.join(choices)}" if choices else "a string"
+        value = self.get(name, str, expected, default)
+        if choices and value is not None and value not in choices:
+            raise self.fail(name, expected, value)
+        return value
+
+    def name(self, name: str) -> str:
+        value = self.str(name, _REQUIRED)
+        if not NAME_RE.fullmatch(value):
+            raise self.fail(
+                name,
+                "a name of 1 to 64 letters, digits, '_', '.' or '-' that starts with a letter "
+                "or digit and does not end with '.' or '-'",
+                value,
+            )
+        return value
+
+    def int(self, name: str, default: Any, lo: int, hi: int) -> Any:
+        value = self.get(name, int, f"an integer in {lo}..{hi}", default)
+        if value is not None and not lo <= value <= hi:
+            raise self.fail(name, f"an integer in {lo}..{hi}", value)
+        return value
+
+    def number(self, name: str, default: float, lo: float, hi: float) -> float:
+        value = self.get(name, (int, float), f"a number in {lo}..{hi}", default)
+        if not lo <= value <= hi:
+            raise self.fail(name, f"a number in {lo}..{hi}", value)
+        return float(value)
+
+    def bool(self, name: str, default: bool) -> bool:
+        return self.get(name, bool, "true or false", default)
+
+    def table(self, name: str) -> _Table:
+        value = self.get(name, dict, "a table", {})
+        return _Table(value, self.source, self.key(name))
+
+    def tables(self, name: str) -> list[_Table]:
+        value = self.get(name, list, "an array of tables", [])
+        out = []
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise LabConfigError(
+                    f"{self.source}: {self.key(name)}[{index}]: expected a table, got {item!r}"
+                )
+            out.append(_Table(item, self.source, f"{self.key(name)}[{index}]"))
+        return out
+
+    def done(self) -> None:
+        """Reject keys nobody asked for: they are typos or unsupported settings."""
+        unknown = sorted(set(self.data) - self.read)
+        if unknown:
+            known = ", ".join(sorted(self.read))
+            raise LabConfigError(
+                f"{self.source}: {self.key(unknown[0])}: unknown key (expected one of {known})"
+            )
+
+
+_REQUIRED = object()
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+class _Parser:
+    def __init__(self, source: str, base: Path) -> None:
+        self.source, self.base = source, base
+
+    def lab(self, top: _Table) -> LabConfig:
+        sub_t = top.table("subscription")
+        subscription = Subscription(
+            id=sub_t.str("id", DEFAULT_SUBSCRIPTION), name=sub_t.str("name", "Serial Console Lab")
+        )
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", subscription.id):
+            raise sub_t.fail("id", "a subscription id such as a GUID", subscription.id)
+        sub_t.done()
+        guest_t = top.table("guest")
+        guest_password = guest_t.str("password", DEFAULT_GUEST_PASSWORD)
+        guest_t.done()
+        settings = self.gateway(top.table("gateway"))
+        state_dir = Path(top.str("state_dir", ".lab"))
+
+        groups: list[ResourceGroup] = []
+        for t in top.tables("resource_groups"):
+            groups.append(ResourceGroup(t.name("name"), t.str("location", "local")))
+            t.done()
+        self.unique(top, "resource_groups", [g.name for g in groups])
+        group_names = {g.name.lower() for g in groups}
+
+        vms = tuple(self.vm(t, group_names, guest_password) for t in top.tables("vms"))
+        self.unique(top, "vms", [(vm.resource_group + "/" + vm.name) for vm in vms])
+        sets = tuple(
+            self.scale_set(t, group_names, guest_password) for t in top.tables("scale_sets")
+        )
+        self.unique(top, "scale_sets", [(s.resource_group + "/" + s.name) for s in sets])
+        machines = [vm.machine.name for vm in vms] + [
+            i.machine.name for s in sets for i in s.instances
+        ]
+        self.unique(top, "vms", machines, what="machine name (VM names and '{set}_{n}')")
+
+        lab = LabConfig(
+            source=self.source,
+            subscription=subscription,
+            resource_groups=tuple(groups),
+            vms=vms,
+            scale_sets=sets,
+            users=(),
+            gateway=settings,
+            state_dir=state_dir,
+        )
+        users = tuple(self.user(t, lab) for t in top.tables("users"))
+        self.unique(top, "users", [u.name for u in users], fold=False)
+        top.done()
+        return dataclasses.replace(lab, users=users)
+
+    def unique(
+        self, top: _Table, key: str, names: list[str], what: str = "name", fold: bool = True
+    ) -> None:
+        seen: set[str] = set()
+        for name in names:
+            folded = name.lower() if fold else name
+            if folded in seen:
+                raise LabConfigError(f"{self.source}: {key}: {what} {name!r} is used twice")
+            seen.add(folded)
+
+    def path(self, t: _Table, name: str) -> Path | None:
+        value = t.str(name)
+        return None if value in (None, "") else (self.base / value)
+
+    def gateway(self, t: _Table) -> GatewaySettings:
+        settings = GatewaySettings(
+            host=t.str("host", "127.0.0.1"),
+            port=t.int("port", 8400, 0, 65535),
+            tls_cert=self.path(t, "tls_cert"),
+            tls_key=self.path(t, "tls_key"),
+            idle_timeout=t.number("idle_timeout", 900.0, 1.0, 7 * 86400.0),
+            replay_bytes=t.int("replay_bytes", 65536, 0, 64 << 20),
+            bootlog_bytes=t.int("bootlog_bytes", 1 << 20, 4096, 1 << 30),
+            token_lifetime=t.number("token_lifetime", 3600.0, 1.0, 30 * 86400.0),
+        )
+        if (settings.tls_cert is None) != (settings.tls_key is None):
+            raise t.fail("tls_key", "tls_cert and tls_key given together (or neither)")
+        t.done()
+        return settings
+
+    def group_of(self, t: _Table, groups: set[str]) -> str:
+        group = t.name("resource_group")
+        if group.lower() not in groups:
+            raise t.fail("resource_group", "the name of a [[resource_groups]] entry", group)
+        return group
+
+    def machine(
+        self, t: _Table, name: str, hostname: str, guest_password: str
+    ) -> tuple[MachineSpec, dict[str, Any]]:
+        image_t = t.table("image")
+        image = Image(
+            kernel=self.path(image_t, "kernel"),
+            initrd=self.path(image_t, "initrd"),
+            append=image_t.str("append", ""),
+        )
+        image_t.done()
+        spec = MachineSpec(
+            name=name,
+            os=t.str("os", "linux", choices=OS_TYPES),
+            backend=t.str("backend", "emulated", choices=BACKENDS),
+            memory_mb=t.int("memory_mb", 128, 16, 65536),
+            image=image,
+            hostname=hostname,
+            password=t.str("password", guest_password),
+            boot_delay=t.number("boot_delay", 0.0, 0.0, 600.0),
+            output_rate=t.int("output_rate", None, 1, 1 << 30),
+        )
+        if spec.backend == "qemu" and spec.os != "linux":
+            raise t.fail("backend", "emulated for a windows VM (QEMU guests are Linux)", "qemu")
+        flags = {
+            "provisioning_state": t.str(
+                "provisioning_state", "Succeeded", choices=PROVISIONING_STATES
+            ),
+            "serial_port_enabled": t.bool("serial_port_enabled", True),
+            "boot_diagnostics": t.bool("boot_diagnostics", True),
+        }
+        return spec, flags
+
+    def vm(self, t: _Table, groups: set[str], guest_password: str) -> VmConfig:
+        name = t.name("name")
+        group = self.group_of(t, groups)
+        hostname = t.str("hostname", name)
+        spec, flags = self.machine(t, name, hostname, guest_password)
+        t.done()
+        return VmConfig(name=name, resource_group=group, machine=spec, **flags)
+
+    def scale_set(self, t: _Table, groups: set[str], guest_password: str) -> ScaleSetConfig:
+        name = t.name("name")
+        group = self.group_of(t, groups)
+        capacity = t.int("capacity", 2, 0, 1000)
+        latest = t.get("latest_model", list, "an array of instance numbers", None)
+        if latest is None:
+            latest = list(range(capacity))
+        for n in latest:
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < capacity:
+                raise t.fail("latest_model", f"instance numbers in 0..{capacity - 1}", n)
+        instances = []
+        spec, flags = self.machine(t, name, name, guest_password)
+        for n in range(capacity):
+            machine = dataclasses.replace(
+                spec, name=f"{name}_{n}", hostname=f"{name}{_base36(n):0>6}"
+            )
+            instances.append(InstanceConfig(str(n), n in latest, machine))
+        t.done()
+        return ScaleSetConfig(
+            name=name,
+            resource_group=group,
+            capacity=capacity,
+            instances=tuple(instances),
+            **flags,
+        )
+
+    def user(self, t: _Table, lab: LabConfig) -> User:
+        name = t.name("name")
+        password = t.str("password")
+        keys = t.get("ssh_keys", list, "an array of SSH public keys", [])
+        for key in keys:
+            if not isinstance(key, str) or len(key.split()) < 2:
+                raise t.fail("ssh_keys", "SSH public keys such as 'ssh-ed25519 AAAA... me'", key)
+        roles = []
+        for r in t.tables("roles"):
+            role = r.str("role", _REQUIRED)
+            try:
+                role = rbac.role_named(role).name
+            except KeyError as err:
+                raise r.fail("role", str(err.args[0]).split(": ", 1)[1], role) from None
+            roles.append(RoleAssignment(role, self.scope(r, lab)))
+            r.done()
+        t.done()
+        return User(name=name, password=password, ssh_keys=tuple(keys), roles=tuple(roles))
+
+    def scope(self, r: _Table, lab: LabConfig) -> str:
+        """A role's scope: ``subscription``, ``resourceGroups/{rg}[/virtualMachines/{vm}|
+        /virtualMachineScaleSets/{set}[/virtualMachines/{n}]]`` or a full ARM id."""
+        text = r.str("scope", _REQUIRED)
+        sub = lab.subscription.id
+        expected = (
+            "'subscription', 'resourceGroups/{rg}', 'resourceGroups/{rg}/virtualMachines/{vm}', "
+            "'resourceGroups/{rg}/virtualMachineScaleSets/{set}[/virtualMachines/{n}]' "
+            "or a full ARM id, naming resources of this lab"
+        )
+        parts = [p for p in text.strip().split("/") if p]
+        if parts[:2] and parts[0].lower() == "subscriptions":
+            if len(parts) < 2 or parts[1].lower() != sub.lower():
+                raise r.fail("scope", expected, text)
+            parts = parts[2:]
+            if len(parts) >= 4 and parts[2].lower() == "providers":
+                compute = parts[3].lower() == "microsoft.compute"
+                parts = parts[:2] + parts[4:] if compute else ["?"]
+        elif parts in (["subscription"], []):
+            parts = []
+        lowered = [p.lower() for p in parts]
+        if not parts:
+            return rbac.subscription_scope(sub)
+        if len(parts) < 2 or lowered[0] != "resourcegroups":
+            raise r.fail("scope", expected, text)
+        group = next((g.name for g in lab.resource_groups if g.name.lower() == lowered[1]), None)
+        if group is None:
+            raise r.fail("scope", expected, text)
+        if len(parts) == 2:
+            return rbac.resource_group_scope(sub, group)
+        if len(parts) == 4 and lowered[2] == "virtualmachines":
+            vm = next(
+                (v for v in lab.vms if v.resource_group == group and v.name.lower() == lowered[3]),
+                None,
+            )
+            if vm is not None:
+                return rbac.vm_scope(sub, group, vm.name)
+        if len(parts) in (4, 6) and lowered[2] == "virtualmachinescalesets":
+            vmss = next(
+                (
+                    s
+                    for s in lab.scale_sets
+                    if s.resource_group == group and s.name.lower() == lowered[3]
+                ),
+                None,
+            )
+            if vmss is not None and len(parts) == 4:
+                return rbac.scale_set_scope(sub, group, vmss.name)
+            if (
+                vmss is not None
+                and lowered[4] == "virtualmachines"
+                and any(i.instance_id == parts[5] for i in vmss.instances)
+            ):
+                return rbac.instance_scope(sub, group, vmss.name, parts[5])
+        raise r.fail("scope", expected, text)
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, rem = divmod(n, 36)
+        out = digits[rem] + out
+        if n == 0:
+            return out
