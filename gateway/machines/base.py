@@ -257,7 +257,9 @@ class MachineBase:
     def _set_state(self, state: PowerState, detail: str = "") -> None:
         if state is self._state:
             return
-        self.log.info("power state %s -> %s%s", self._state, state, f" ({detail})" if detail else "")
+        self.log.info(
+            "power state %s -> %s%s", self._state, state, f" ({detail})" if detail else ""
+        )
         self._state = state
         self._history.append(state)
         self._publish(EventKind.STATE, detail)
@@ -286,4 +288,3 @@ def _state_advice(name: str, action: str, state: PowerState) -> str:
         PowerState.RUNNING: "stop it first",
     }[state]
     return f"cannot {action} VM '{name}' while it is {state}: {advice}"
-

@@ -1,0 +1,195 @@
+"""Real QEMU guests under QMP control: what a person at the serial console sees.
+
+Each test boots the project's guest image under QEMU (TCG here, KVM where it works) with a
+reader on ttyS0 attached before the CPU runs, exactly as the gateway attaches its hub.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.machines import EventKind, MachineStateError, PowerState, RestartOutcome
+from tests.conftest import scaled
+from tests.e2e.conftest import GUEST_PASSWORD, Guest
+
+pytestmark = pytest.mark.qemu
+
+BOOT = 60.0
+
+
+async def test_boot_is_seen_from_the_first_byte_to_login(guest: Guest) -> None:
+    """The console shows the kernel's very first line, then the guest's login prompt."""
+    await guest.console.expect(r"guest-1 login: ", BOOT)
+    assert guest.console.data.startswith(b"[    0.000000] Linux version ")
+    assert b"Run /init as init process" in guest.console.data
+    assert guest.vm.power_state is PowerState.RUNNING
+    assert guest.vm.accel in ("kvm", "tcg")
+
+
+async def test_login_with_the_password_and_run_a_command(guest: Guest) -> None:
+    """root logs in with the lab password; a command's output appears on the console."""
+    console = guest.console
+    await console.expect(r"login: ", BOOT)
+    await console.login(GUEST_PASSWORD)
+    assert (await console.run("hostname")).strip() == "guest-1"
+    assert (await console.run("sysctl kernel.sysrq")).strip() == "kernel.sysrq = 1"
+    assert "lab.hostname=guest-1" in await console.run("cat /proc/cmdline")
+
+
+async def test_wrong_password_is_refused(guest: Guest) -> None:
+    """A wrong password gets the login program's refusal and a new prompt."""
+    console = guest.console
+    await console.expect(r"login: ", BOOT)
+    await console.send("root\r")
+    await console.expect(r"Password: ")
+    await console.send("not-the-password\r")
+    await console.expect(r"Login incorrect", 15)
+    await console.expect(r"login: ", 15)
+
+
+async def test_sysrq_h_prints_the_kernel_help(guest: Guest) -> None:
+    """A serial BREAK then `h` makes the kernel print its SysRq help on the console."""
+    await guest.console.expect(r"login: ", BOOT)
+    await guest.vm.send_break()
+    await guest.console.send("h")
+    await guest.console.expect(r"sysrq: HELP : loglevel\(0-9\) reboot\(b\) crash\(c\)", 15)
+
+
+async def test_sysrq_sequence_reisub_syncs_and_reboots(guest: Guest) -> None:
+    """R-E-I-S-U-B, one break per key: each step's kernel line, then a fresh boot."""
+    console = guest.console
+    await console.expect(r"login: ", BOOT)
+    expected = {
+        "r": r"sysrq: Keyboard mode set to system default",
+        "e": r"sysrq: Terminate All Tasks",
+        "i": r"sysrq: Kill All Tasks",
+        "s": r"sysrq: Emergency Sync",
+        "u": r"sysrq: Emergency Remount R/O",
+    }
+    for key, line in expected.items():
+        await guest.vm.send_break()
+        await console.send(key)
+        await console.expect(line, 15)
+    with guest.vm.events() as events:
+        await guest.vm.send_break()
+        await console.send("b")
+        await console.expect(r"sysrq: Resetting", 15)
+        await events.wait_for(lambda e: e.kind is EventKind.RESET, scaled(15))
+    await console.expect(r"Linux version", BOOT)
+    await console.expect(r"login: ", BOOT)
+
+
+async def test_nmi_prints_the_kernel_nmi_line(guest: Guest) -> None:
+    """An injected NMI shows the kernel's unknown-NMI line and the guest carries on."""
+    console = guest.console
+    await console.expect(r"login: ", BOOT)
+    await guest.vm.inject_nmi()
+    await console.expect(r"Uhhuh\. NMI received for unknown reason", 15)
+    await console.login(GUEST_PASSWORD)
+    assert (await console.run("echo still-alive")).strip() == "still-alive"
+
+
+async def test_hard_reset_reboots_while_the_reader_stays(guest: Guest) -> None:
+    """A hard reset reboots the guest at once; the open reader watches the new boot."""
+    console = guest.console
+    await console.expect(r"login: ", BOOT)
+    await console.login(GUEST_PASSWORD)
+    port = guest.vm.serial_port
+    await guest.vm.reset()
+    await console.expect(r"\[    0\.000000\] Linux version", BOOT)
+    await console.expect(r"login: ", BOOT)
+    assert guest.vm.serial_port == port
+    assert len(guest.consoles) == 1
+    assert console.closed_reason is None
+    assert guest.vm.power_state is PowerState.RUNNING
+
+
+async def test_graceful_restart_powers_off_then_boots(guest: Guest) -> None:
+    """Restart presses the ACPI power button; the guest shuts down cleanly and boots again."""
+    console = guest.console
+    await console.expect(r"login: ", BOOT)
+    outcome = await guest.vm.restart(timeout=scaled(30))
+    assert outcome is RestartOutcome.GRACEFUL
+    await console.expect(r"reboot: Power down", 5)
+    await console.expect(r"Linux version", BOOT)
+    await console.expect(r"login: ", BOOT)
+    history = guest.vm.state_history
+    assert history[-4:] == [
+        PowerState.STOPPING,
+        PowerState.STOPPED,
+        PowerState.STARTING,
+        PowerState.RUNNING,
+    ]
+
+
+async def test_restart_falls_back_to_a_hard_reset_when_the_guest_ignores_acpi(
+    guest: Guest,
+) -> None:
+    """A guest that ignores the power button is hard-reset after the timeout, and says so."""
+    console = guest.console
+    await console.expect(r"login: ", BOOT)
+    await console.login(GUEST_PASSWORD)
+    await console.run("killall acpid")
+    outcome = await guest.vm.restart(timeout=scaled(3))
+    assert outcome is RestartOutcome.FORCED
+    await console.expect(r"Linux version", BOOT)
+    await console.expect(r"login: ", BOOT)
+    assert guest.vm.power_state is PowerState.RUNNING
+
+
+async def test_stop_then_start_boots_again_on_the_same_port(guest: Guest) -> None:
+    """Stop powers the guest off (process and port kept); start boots it afresh."""
+    console = guest.console
+    await console.expect(r"login: ", BOOT)
+    await guest.vm.stop(timeout=scaled(30))
+    assert guest.vm.power_state is PowerState.STOPPED
+    await console.expect(r"reboot: Power down", 5)
+    with pytest.raises(MachineStateError, match="start it first"):
+        await guest.vm.reset()
+    await guest.vm.start()
+    await console.expect(r"Linux version", BOOT)
+    await console.expect(r"login: ", BOOT)
+    assert len(guest.consoles) == 1
+
+
+async def test_deallocate_then_start_gives_a_new_port(guest: Guest) -> None:
+    """Deallocate ends QEMU (the reader sees the port close); start makes a new port."""
+    first = guest.console
+    await first.expect(r"login: ", BOOT)
+    pid = guest.vm.pid
+    await guest.vm.deallocate()
+    assert guest.vm.power_state is PowerState.DEALLOCATED
+    assert guest.vm.serial_port is None
+    assert guest.vm.pid is None
+    assert await first.wait_closed() == "the guest closed its serial port"
+    assert pid is not None
+    assert not _alive(pid)
+    await guest.vm.start()
+    assert len(guest.consoles) == 2
+    second = guest.console
+    await second.expect(r"login: ", BOOT)
+    assert second.data.startswith(b"[    0.000000] Linux version ")
+
+
+async def test_sysrq_c_panics_and_reset_brings_it_back(guest: Guest) -> None:
+    """SysRq `c` crashes the kernel; the machine reports panicked; a reset boots it again."""
+    console = guest.console
+    await console.expect(r"login: ", BOOT)
+    with guest.vm.events() as events:
+        await guest.vm.send_break()
+        await console.send("c")
+        await console.expect(r"Kernel panic - not syncing: sysrq triggered crash", 15)
+        await events.wait_for(lambda e: e.kind is EventKind.PANICKED, scaled(15))
+    assert guest.vm.power_state is PowerState.PANICKED
+    await guest.vm.reset()
+    assert guest.vm.power_state is PowerState.RUNNING
+    await console.expect(r"Linux version", BOOT)
+    await console.expect(r"login: ", BOOT)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False

@@ -1,0 +1,119 @@
+"""A test's view of a serial console: everything read so far, and waits on what comes next.
+
+``PortConsole`` reads a guest's serial port through the gateway's ``SerialPort`` (the same
+non-blocking pyserial adapter the gateway uses) and keeps the whole transcript. ``expect``
+waits, with a bound, for a pattern to appear after the last match: no sleeps, no polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from gateway.console.port import SerialPort
+from tests.conftest import scaled
+
+
+class ExpectTimeout(AssertionError):
+    """The pattern did not appear in time; the message shows what the console did show."""
+
+
+class Transcript:
+    """Bytes from a console, with ``expect`` moving a cursor forward through them."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.cursor = 0
+        self.closed_reason: str | None = None
+        self._changed = asyncio.Event()
+
+    def feed(self, chunk: bytes) -> None:
+        self.data += chunk
+        self._changed.set()
+
+    def close(self, reason: str) -> None:
+        self.closed_reason = reason
+        self._changed.set()
+
+    @property
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+    def since(self, offset: int) -> str:
+        return self.data[offset:].decode(errors="replace")
+
+    async def expect(self, pattern: str | bytes, timeout: float = 30.0) -> re.Match[bytes]:
+        """Wait for ``pattern`` (a regex) after the cursor; move the cursor past the match."""
+        regex = re.compile(pattern.encode() if isinstance(pattern, str) else pattern)
+        try:
+            async with asyncio.timeout(scaled(timeout)):
+                while True:
+                    match = regex.search(self.data, self.cursor)
+                    if match:
+                        self.cursor = match.end()
+                        return match
+                    if self.closed_reason is not None:
+                        raise ExpectTimeout(
+                            f"console closed ({self.closed_reason}) before {regex.pattern!r}; "
+                            f"last output: {self._tail()!r}"
+                        )
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise ExpectTimeout(
+                f"{regex.pattern!r} did not appear within {scaled(timeout):.0f} s; "
+                f"last output: {self._tail()!r}"
+            ) from None
+
+    async def wait_closed(self, timeout: float = 10.0) -> str:
+        """Wait until the console's port closes; the reason it gave."""
+        async with asyncio.timeout(scaled(timeout)):
+            while self.closed_reason is None:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.closed_reason
+
+    def _tail(self) -> str:
+        return self.since(max(self.cursor, len(self.data) - 600))
+
+
+class PortConsole(Transcript):
+    """A transcript fed by a guest's serial port; ``send`` types into it."""
+
+    port: SerialPort
+
+    @classmethod
+    async def open(cls, path: str) -> PortConsole:
+        console = cls()
+        console.port = await SerialPort.open(path, on_data=console.feed, on_close=console.close)
+        return console
+
+    async def send(self, text: str | bytes) -> None:
+        await self.port.write(text.encode() if isinstance(text, str) else text)
+
+    async def login(self, password: str, user: str = "root") -> None:
+        """From a ``login:`` prompt (press Enter for a fresh one) to a shell prompt."""
+        await self.send("\r")
+        await self.expect(r"login: $")
+        await self.send(f"{user}\r")
+        await self.expect(r"Password: $")
+        await self.send(f"{password}\r")
+        await self.expect(r"# ")
+
+    async def run(self, command: str, timeout: float = 30.0) -> str:
+        """Type ``command`` at the shell prompt; its output, once the next prompt is back.
+
+        The end marker is printed by ``printf`` from two halves, so the shell's echo of the
+        command line never matches it; waiting for the next prompt keeps the next command from
+        being typed before the shell is ready to edit a line.
+        """
+        token = f"{abs(hash(command)) % 10**6}"
+        await self.send(f"{command}; printf '%s_%s\\n' __done {token}\r")
+        await self.expect(r"__done \d+\r*\n", timeout)
+        start = self.cursor
+        match = await self.expect(f"__done_{token}\r*\n", timeout)
+        await self.expect(r"# ", timeout)
+        return self.data[start : match.start()].decode(errors="replace")
+
+    def close_port(self) -> None:
+        self.port.close()
