@@ -1,0 +1,284 @@
+"""The boot-diagnostics log: every byte a guest wrote to its serial port, in a ring on disk.
+
+Bytes carry absolute offsets: the n-th byte the guest ever wrote has offset n, across
+gateway restarts (the offsets live in a sidecar file), so a reader can say "from byte
+1048000 on" and learn whether those bytes are still kept (``rotated``). The ring keeps the
+newest ``capacity`` bytes (default 1 MiB): ``first`` is the oldest offset still kept,
+``end`` the offset the next byte will get.
+
+On disk, in the VM's folder (``<state>/bootdiag/<vm>/``)::
+
+    serial.ring   capacity bytes; the byte at offset o sits at position o % capacity
+    serial.json   {"version", "capacity", "first", "end", "clean"}: the offsets
+
+Durability: ``append`` writes into the page cache at once (readers see it at once);
+the ring and the sidecar reach the disk (fsync) at most every ``flush_interval`` seconds
+or ``flush_bytes`` bytes, on ``flush()`` and on ``close()``, never per byte. After a crash
+the bytes written since the last flush may be lost; ``first`` then moves forward by the
+most that can have been overwritten unrecorded, so a read never returns bytes under a
+wrong offset. A change of ``capacity`` keeps the newest bytes and their offsets.
+
+Exceptions::
+
+    BootLogError     the log cannot be opened, written or read (the message says which file)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+log = logging.getLogger("serial_console_lab.console.bootlog")
+
+DEFAULT_CAPACITY = 1 << 20
+RING_NAME = "serial.ring"
+META_NAME = "serial.json"
+_VERSION = 1
+
+
+class BootLogError(Exception):
+    """The boot log cannot be opened, written or read."""
+
+
+class LogRead(NamedTuple):
+    """What ``BootLog.read`` returns (GCP's getSerialPortOutput, plus ``rotated``).
+
+    ``contents`` are the bytes from offset ``start`` up to ``next`` (exclusive); pass
+    ``next`` as the following call's ``start``. ``rotated`` is True when the caller asked
+    for bytes older than ``first``: they are gone, and ``start`` says where the kept
+    bytes begin.
+    """
+
+    contents: bytes
+    start: int
+    next: int
+    rotated: bool
+
+
+class BootLog:
+    """One VM's ring of serial output with absolute offsets. Use in one thread (the loop's).
+
+    Opening reads the sidecar to carry the offsets on; ``close()`` flushes and marks the
+    log cleanly closed. Methods after ``close()`` raise BootLogError.
+    """
+
+    def __init__(
+        self,
+        directory: Path | str,
+        capacity: int = DEFAULT_CAPACITY,
+        *,
+        flush_interval: float = 1.0,
+        flush_bytes: int = 65536,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least one byte")
+        self.directory = Path(directory)
+        self.capacity = capacity
+        self.flush_interval = flush_interval
+        self.flush_bytes = flush_bytes
+        self._clock = clock
+        self._ring_path = self.directory / RING_NAME
+        self._meta_path = self.directory / META_NAME
+        self._first = 0
+        self._end = 0
+        self._unflushed = 0
+        self._last_flush = clock()
+        self._fd = -1
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._open()
+        except OSError as err:
+            raise BootLogError(f"cannot open the boot log in {self.directory}: {err}") from err
+
+    # -- offsets -------------------------------------------------------------------------
+
+    @property
+    def first(self) -> int:
+        """Offset of the oldest byte still kept."""
+        return self._first
+
+    @property
+    def end(self) -> int:
+        """Offset the next appended byte will get (the number of bytes ever written)."""
+        return self._end
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    # -- writing -------------------------------------------------------------------------
+
+    def append(self, data: bytes) -> None:
+        """Add ``data`` after everything before it. Raises BootLogError if the disk fails."""
+        self._check_open()
+        size = len(data)
+        if not size:
+            return
+        kept = data[-self.capacity :] if size > self.capacity else data
+        try:
+            self._write_at(self._end + size - len(kept), kept)
+        except OSError as err:
+            raise BootLogError(f"cannot write the boot log {self._ring_path}: {err}") from err
+        self._end += size
+        self._first = max(self._first, self._end - self.capacity)
+        self._unflushed += size
+        if (
+            self._unflushed >= self.flush_bytes
+            or self._clock() - self._last_flush >= self.flush_interval
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Put the ring and its offsets on disk (fsync) if anything changed since last time."""
+        self._check_open()
+        if not self._unflushed:
+            return
+        try:
+            os.fsync(self._fd)
+            self._write_meta(clean=False)
+        except OSError as err:
+            raise BootLogError(f"cannot flush the boot log in {self.directory}: {err}") from err
+        self._unflushed = 0
+        self._last_flush = self._clock()
+
+    def close(self) -> None:
+        """Flush and close; the sidecar records a clean close. Idempotent."""
+        if self._fd < 0:
+            return
+        try:
+            os.fsync(self._fd)
+            self._write_meta(clean=True)
+        except OSError:
+            log.exception("cannot flush the boot log in %s on close", self.directory)
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read(self, start: int | None = None, max_bytes: int | None = None) -> LogRead:
+        """Bytes from offset ``start`` (None: the oldest kept), at most ``max_bytes`` of them.
+
+        ``start`` before ``first`` reads from ``first`` and sets ``rotated``; ``start`` at or
+        beyond ``end`` reads nothing and returns ``start == next == end``.
+        """
+        self._check_open()
+        wanted = self._first if start is None else start
+        begin = min(max(wanted, self._first), self._end)
+        count = self._end - begin
+        if max_bytes is not None:
+            count = min(count, max(0, max_bytes))
+        try:
+            contents = self._read_at(begin, count)
+        except OSError as err:
+            raise BootLogError(f"cannot read the boot log {self._ring_path}: {err}") from err
+        return LogRead(contents, begin, begin + len(contents), wanted < self._first)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._fd < 0:
+            raise BootLogError(f"the boot log in {self.directory} is closed")
+
+    def _open(self) -> None:
+        meta = self._load_meta()
+        old_capacity = self.capacity
+        if meta is not None:
+            old_capacity = meta["capacity"]
+            self._first, self._end = meta["first"], meta["end"]
+            if not meta["clean"]:
+                # Bytes appended after the last flush may have overwritten the oldest ones
+                # without the sidecar knowing: give those up rather than mislabel them.
+                margin = self.flush_bytes + (1 << 16)
+                self._first = min(self._end, max(self._first, self._end - old_capacity + margin))
+        self._fd = os.open(self._ring_path, os.O_RDWR | os.O_CREAT, 0o640)
+        if old_capacity != self.capacity and self._end > self._first:
+            kept = self._read_at(self._first, self._end - self._first, capacity=old_capacity)
+            kept = kept[-self.capacity :]
+            os.ftruncate(self._fd, 0)
+            os.ftruncate(self._fd, self.capacity)
+            self._first = self._end - len(kept)
+            self._write_at(self._first, kept)
+            log.info(
+                "boot log %s resized from %d to %d bytes",
+                self.directory,
+                old_capacity,
+                self.capacity,
+            )
+        elif os.fstat(self._fd).st_size != self.capacity:
+            os.ftruncate(self._fd, self.capacity)
+        self._first = max(self._first, self._end - self.capacity)
+        os.fsync(self._fd)
+        self._write_meta(clean=False)
+
+    def _load_meta(self) -> dict[str, int] | None:
+        try:
+            raw = json.loads(self._meta_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            log.warning(
+                "boot log %s: unreadable %s (%s): starting empty", self.directory, META_NAME, err
+            )
+            return None
+        ok = (
+            isinstance(raw, dict)
+            and raw.get("version") == _VERSION
+            and all(
+                isinstance(raw.get(k), int) and raw[k] >= 0 for k in ("capacity", "first", "end")
+            )
+            and raw["capacity"] > 0
+            and raw["first"] <= raw["end"]
+        )
+        if not ok:
+            log.warning("boot log %s: invalid %s: starting empty", self.directory, META_NAME)
+            return None
+        return {
+            "capacity": raw["capacity"],
+            "first": raw["first"],
+            "end": raw["end"],
+            "clean": bool(raw.get("clean")),
+        }
+
+    def _write_meta(self, *, clean: bool) -> None:
+        body = {
+            "version": _VERSION,
+            "capacity": self.capacity,
+            "first": self._first,
+            "end": self._end,
+            "clean": clean,
+        }
+        tmp = self._meta_path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(body, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self._meta_path)
+
+    def _write_at(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            position = offset % self.capacity
+            chunk = view[: self.capacity - position]
+            written = os.pwrite(self._fd, chunk, position)
+            view = view[written:]
+            offset += written
+
+    def _read_at(self, offset: int, count: int, capacity: int | None = None) -> bytes:
+        capacity = capacity or self.capacity
+        parts = []
+        while count > 0:
+            position = offset % capacity
+            chunk = os.pread(self._fd, min(count, capacity - position), position)
+            if not chunk:
+                break
+            parts.append(chunk)
+            offset += len(chunk)
+            count -= len(chunk)
+        return b"".join(parts)

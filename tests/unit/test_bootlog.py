@@ -1,0 +1,122 @@
+"""The boot-diagnostics ring: offsets, rotation, persistence across a gateway restart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.console.bootlog import META_NAME, BootLog, BootLogError
+
+
+def test_read_returns_what_was_appended_with_offsets(tmp_path: Path) -> None:
+    """A reader gets every byte the guest wrote, and `next` to continue from."""
+    log = BootLog(tmp_path, capacity=64)
+    log.append(b"hello ")
+    log.append(b"world")
+    contents, start, nxt, rotated = log.read(0)
+    assert (contents, start, nxt, rotated) == (b"hello world", 0, 11, False)
+    assert log.read(nxt) == (b"", 11, 11, False)
+    log.append(b"!")
+    assert log.read(nxt) == (b"!", 11, 12, False)
+    log.close()
+
+
+def test_max_bytes_pages_through_the_log(tmp_path: Path) -> None:
+    """A reader can page with `max_bytes`, feeding `next` back as `start`."""
+    log = BootLog(tmp_path, capacity=64)
+    log.append(b"abcdefghij")
+    pages, start = [], 0
+    while True:
+        page = log.read(start, max_bytes=4)
+        if not page.contents:
+            break
+        pages.append(page.contents)
+        start = page.next
+    assert pages == [b"abcd", b"efgh", b"ij"]
+
+
+def test_ring_keeps_newest_bytes_and_reports_rotation(tmp_path: Path) -> None:
+    """Old output rotates away; asking for it says so and starts at the oldest kept byte."""
+    log = BootLog(tmp_path, capacity=10)
+    log.append(b"0123456789")
+    log.append(b"abcd")
+    assert (log.first, log.end) == (4, 14)
+    page = log.read(0)
+    assert page == (b"456789abcd", 4, 14, True)
+    assert log.read(6) == (b"6789abcd", 6, 14, False)
+
+
+def test_chunk_larger_than_ring_keeps_its_tail(tmp_path: Path) -> None:
+    """A burst longer than the ring still advances offsets by its full length."""
+    log = BootLog(tmp_path, capacity=8)
+    log.append(b"x" * 5)
+    log.append(bytes(range(20)))
+    assert (log.first, log.end) == (17, 25)
+    assert log.read().contents == bytes(range(12, 20))
+
+
+def test_start_beyond_end_reads_nothing(tmp_path: Path) -> None:
+    """A caller ahead of the guest gets no bytes and the current end."""
+    log = BootLog(tmp_path, capacity=8)
+    log.append(b"abc")
+    assert log.read(100) == (b"", 3, 3, False)
+
+
+def test_offsets_survive_a_restart(tmp_path: Path) -> None:
+    """After a gateway restart, offsets go on from where they were; nothing restarts at 0."""
+    log = BootLog(tmp_path, capacity=16)
+    log.append(b"first boot\n")
+    log.close()
+    again = BootLog(tmp_path, capacity=16)
+    assert again.end == 11
+    again.append(b"second\n")
+    assert again.end == 18
+    assert again.read(11) == (b"second\n", 11, 18, False)
+    assert again.read(0).contents == b"rst boot\nsecond\n"
+    again.close()
+
+
+def test_unclean_stop_never_mislabels_bytes(tmp_path: Path) -> None:
+    """After a crash, bytes that may have been overwritten unrecorded are not served."""
+    log = BootLog(tmp_path, capacity=1 << 20, flush_bytes=1 << 30, flush_interval=1e9)
+    log.append(b"a" * 100)
+    log.flush()
+    log.append(b"b" * 100)  # not flushed: the sidecar still says end=100
+    # Simulate a crash: the process dies without close().
+    meta = json.loads((tmp_path / META_NAME).read_text())
+    assert meta["end"] == 100
+    assert meta["clean"] is False
+    again = BootLog(tmp_path, capacity=1 << 20)
+    assert again.end == 100
+    page = again.read(0)
+    assert page.next == 100
+    assert page.contents == b"a" * 100
+
+
+def test_capacity_change_keeps_newest_bytes(tmp_path: Path) -> None:
+    """Shrinking the ring keeps the newest bytes under their original offsets."""
+    log = BootLog(tmp_path, capacity=32)
+    log.append(b"0123456789abcdef")
+    log.close()
+    small = BootLog(tmp_path, capacity=8)
+    assert small.read() == (b"89abcdef", 8, 16, False)
+    small.append(b"XY")
+    assert small.read() == (b"abcdefXY", 10, 18, False)
+
+
+def test_closed_log_refuses_use(tmp_path: Path) -> None:
+    """Using a closed log is a clear error, not a crash on a stale file descriptor."""
+    log = BootLog(tmp_path, capacity=8)
+    log.close()
+    log.close()
+    with pytest.raises(BootLogError, match="closed"):
+        log.append(b"x")
+
+
+def test_corrupt_sidecar_starts_empty(tmp_path: Path) -> None:
+    """A damaged sidecar is reported and the log starts again instead of failing the VM."""
+    (tmp_path / META_NAME).write_text("{not json")
+    log = BootLog(tmp_path, capacity=8)
+    assert (log.first, log.end) == (0, 0)
