@@ -1,0 +1,247 @@
+"""EmulatedMachine: a fake VM whose first serial port is a real PTY, behind the Machine protocol.
+
+The gateway cannot tell it from ``QemuMachine``: same power states and transitions, same
+events, a PTY path it opens with pyserial, the port hooks awaited before the guest prints
+its first byte. The guest is a sans-I/O personality (``emulator.linux.LinuxGuest`` or
+``emulator.sac.SacGuest``) bound to the PTY by ``emulator.pty.Uart``, all in the running
+event loop: hundreds fit in one process and an idle one costs no CPU.
+
+What the power actions do to the guest::
+
+    start       deallocated: new PTY, port hooks, boot      stopped: boot again (RESET)
+    stop        ACPI power button; halted by force after ``timeout`` -> stopped (SHUTDOWN)
+    restart     ACPI power-off, then boot (GRACEFUL); hard reset after ``timeout`` (FORCED)
+    reset       the guest boots again at once on the same PTY (RESET); panicked -> running
+    deallocate  the PTY is closed (the gateway's reader sees EIO); the next start makes a new one
+
+Errors are those of ``gateway.machines.base``: ``MachineStateError`` for a call in a power
+state that does not fit it, ``MachineLaunchError`` when no PTY can be made. A bad
+constructor argument raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from emulator.guest import GuestEvent, Personality
+from emulator.linux import LinuxGuest
+from emulator.pty import PtyPair, Uart
+from emulator.sac import SacGuest
+from gateway.machines.base import (
+    EventKind,
+    MachineBase,
+    MachineLaunchError,
+    MachineStateError,
+    PowerState,
+    RestartOutcome,
+)
+
+PERSONALITIES = ("linux", "windows")
+
+
+class EmulatedMachine(MachineBase):
+    """An emulated VM: ``personality`` is ``linux`` (ttyS0, getty, sh) or ``windows`` (COM1, SAC).
+
+    ``hostname`` defaults to ``name``; ``password`` is the guest's root (or Windows) password;
+    ``boot_delay`` is how long the boot takes to reach its login prompt; ``output_rate``
+    paces output in bytes/s like a real line (None: as fast as the reader takes it);
+    ``nmi_crash_dump`` (Windows) makes an NMI bugcheck, as NMICrashDump does.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        personality: str = "linux",
+        *,
+        hostname: str | None = None,
+        password: str = "serial-lab",
+        boot_delay: float = 0.0,
+        output_rate: int | None = None,
+        nmi_crash_dump: bool = True,
+    ) -> None:
+        if personality not in PERSONALITIES:
+            raise ValueError(f"personality must be one of {PERSONALITIES}, not {personality!r}")
+        if boot_delay < 0:
+            raise ValueError(f"boot_delay must be >= 0 seconds, not {boot_delay}")
+        if output_rate is not None and output_rate <= 0:
+            raise ValueError(f"output_rate must be a positive number of bytes/s, not {output_rate}")
+        super().__init__(name)
+        host = hostname or name
+        self.guest: Personality
+        if personality == "linux":
+            self.guest = LinuxGuest(host, password, boot_delay=boot_delay)
+        else:
+            self.guest = SacGuest(
+                host, password, boot_delay=boot_delay, nmi_crash_dump=nmi_crash_dump
+            )
+        self.os_type = self.guest.os_type
+        self.output_rate = output_rate
+        self._uart: Uart | None = None
+        self._off_waiter: asyncio.Future[bool] | None = None
+
+    def __repr__(self) -> str:
+        return f"<EmulatedMachine {self.name} {self.os_type} {self._state}>"
+
+    @property
+    def serial_port(self) -> str | None:
+        return self._uart.pty.path if self._uart is not None else None
+
+    async def __aenter__(self) -> EmulatedMachine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.deallocate()
+
+    # -- power ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Power on. Deallocated: a new PTY, the port hooks, then the boot. Stopped: boot again.
+
+        Idempotent when running; MachineStateError while starting, stopping or panicked;
+        MachineLaunchError when no PTY can be opened (the machine stays deallocated).
+        """
+        if self._state is PowerState.RUNNING:
+            return
+        self._require(PowerState.DEALLOCATED, PowerState.STOPPED, action="start")
+        fresh = self._state is PowerState.DEALLOCATED
+        self._set_state(PowerState.STARTING)
+        if fresh:
+            try:
+                pty = PtyPair()
+            except OSError as err:
+                self._set_state(PowerState.DEALLOCATED, "no PTY")
+                raise MachineLaunchError(f"cannot start VM '{self.name}': no PTY: {err}") from err
+            uart = Uart(
+                self.guest,
+                pty,
+                on_event=self._on_guest_event,
+                output_rate=self.output_rate,
+                log=self.log,
+            )
+            self._uart = uart
+            try:
+                await self._run_port_hooks(pty.path)
+            except BaseException:
+                self._release("a port hook failed")
+                raise
+            if self._uart is not uart or self._state is not PowerState.STARTING:
+                raise MachineStateError(f"VM '{self.name}' was deallocated while it started")
+        self._set_state(PowerState.RUNNING)
+        if not fresh:
+            self._publish(EventKind.RESET, "power on")
+        self._live().boot()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Graceful power-off (ACPI power button); halted by force after ``timeout`` s.
+
+        The PTY stays. Idempotent when stopped; MachineStateError unless running or panicked.
+        """
+        if self._state is PowerState.STOPPED:
+            return
+        self._require(PowerState.RUNNING, PowerState.PANICKED, action="stop")
+        if not await self._power_down(timeout):
+            self._force_off(f"did not power off within {timeout} s: halted")
+
+    async def restart(self, timeout: float = 30.0) -> RestartOutcome:
+        """ACPI power-off then boot again (GRACEFUL); a hard reset after ``timeout`` s (FORCED).
+
+        MachineStateError unless running or panicked (a panicked guest ignores the button,
+        so it is reset when the timeout strikes).
+        """
+        self._require(PowerState.RUNNING, PowerState.PANICKED, action="restart")
+        if await self._power_down(timeout):
+            self._require(PowerState.STOPPED, action="boot after a restart")
+            self._set_state(PowerState.STARTING)
+            self._set_state(PowerState.RUNNING)
+            self._publish(EventKind.RESET, "restart")
+            self._live().boot()
+            return RestartOutcome.GRACEFUL
+        self.log.warning("the guest did not power off within %s s: hard reset", timeout)
+        self._hard_reset("restart forced after the guest did not power off")
+        return RestartOutcome.FORCED
+
+    async def reset(self) -> None:
+        """Hard reset: the guest boots again at once on the same PTY; readers keep the port.
+
+        MachineStateError unless running, panicked or stopping.
+        """
+        self._require(PowerState.RUNNING, PowerState.PANICKED, PowerState.STOPPING, action="reset")
+        self._hard_reset("hard reset")
+
+    async def deallocate(self, timeout: float = 10.0) -> None:
+        """Close the PTY (its readers see EIO) and forget the guest. Idempotent."""
+        if self._state is PowerState.DEALLOCATED:
+            return
+        self._release("deallocated")
+
+    async def send_break(self) -> None:
+        """A serial BREAK (Linux: arms SysRq for the next byte; Windows: ignored).
+
+        MachineStateError unless running or panicked.
+        """
+        self._require(PowerState.RUNNING, PowerState.PANICKED, action="send a break to")
+        self._live().send_break()
+
+    async def inject_nmi(self) -> None:
+        """A non-maskable interrupt; the guest decides (message, panic, bugcheck).
+
+        MachineStateError unless running or panicked.
+        """
+        self._require(PowerState.RUNNING, PowerState.PANICKED, action="inject an NMI into")
+        self._live().nmi()
+
+    # -- inside ---------------------------------------------------------------------------
+
+    def _live(self) -> Uart:
+        if self._uart is None:
+            raise MachineStateError(f"VM '{self.name}' has no serial port: start it first")
+        return self._uart
+
+    async def _power_down(self, timeout: float) -> bool:
+        """Press the power button and wait; True once the guest powered itself off."""
+        uart = self._live()
+        self._set_state(PowerState.STOPPING)
+        self._publish(EventKind.POWERDOWN)
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._off_waiter = waiter
+        try:
+            uart.power_button()
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(waiter)
+        except TimeoutError:
+            return False
+        finally:
+            self._off_waiter = None
+
+    def _force_off(self, detail: str) -> None:
+        self._live().halt()
+        self._set_state(PowerState.STOPPED, detail)
+        self._publish(EventKind.SHUTDOWN, detail)
+
+    def _hard_reset(self, detail: str) -> None:
+        uart = self._live()
+        self._set_state(PowerState.RUNNING, detail)
+        self._publish(EventKind.RESET, detail)
+        uart.boot()
+
+    def _release(self, detail: str) -> None:
+        if self._uart is not None:
+            self._uart.close()
+            self._uart = None
+        self.guest.halt()
+        if self._off_waiter is not None and not self._off_waiter.done():
+            self._off_waiter.set_result(True)
+        self._set_state(PowerState.DEALLOCATED, detail)
+
+    def _on_guest_event(self, event: GuestEvent) -> None:
+        """What the guest did, once everything it printed before is in the PTY."""
+        if event is GuestEvent.REBOOTED:
+            self._publish(EventKind.RESET, "guest reboot")
+        elif event is GuestEvent.POWERED_OFF:
+            self._set_state(PowerState.STOPPED, "guest powered off")
+            self._publish(EventKind.SHUTDOWN, "guest powered off")
+            if self._off_waiter is not None and not self._off_waiter.done():
+                self._off_waiter.set_result(True)
+        elif event is GuestEvent.PANICKED:
+            self._set_state(PowerState.PANICKED, "guest panic")
+            self._publish(EventKind.PANICKED, "guest panic")
