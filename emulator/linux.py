@@ -368,6 +368,12 @@ class LinuxGuest:
             return 0
         return self._say(" ".join(args))
 
+    def _cmd_printf(self, args: list[str], now: float) -> int:
+        if not args:
+            return self._say("printf: usage: printf FORMAT [ARGUMENT]...") or 1
+        self._out.write(crlf(_printf(args[0], args[1:])))
+        return 0
+
     def _cmd_true(self, args: list[str], now: float) -> int:
         return 0
 
@@ -501,6 +507,24 @@ class LinuxGuest:
 
     def _print(self, line: str) -> None:
         self._out.write(crlf(line + "\n"))
+
+
+def _printf(form: str, args: list[str]) -> str:
+    """busybox printf's common subset: %s %d %%, escapes; the format is reused for extra args."""
+    form = form.replace("\\n", "\n").replace("\\t", "\t").replace("\\\\", "\\")
+    form = form.replace("%%", "\0")
+    out, rest = [], list(args)
+    while True:
+        pieces = form.split("%")
+        out.append(pieces[0])
+        used = 0
+        for piece in pieces[1:]:
+            if piece and piece[0] in "sd":
+                out.append(rest.pop(0) if rest else ("" if piece[0] == "s" else "0"))
+                used += 1
+            out.append(piece[1:])
+        if not rest or not used:
+            return "".join(out).replace("\0", "%")
 
 
 def _lines(first: int, last: int) -> Iterator[bytes]:

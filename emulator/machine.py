@@ -37,6 +37,7 @@ from gateway.machines.base import (
 )
 
 PERSONALITIES = ("linux", "windows")
+_CPU_RUNS = (PowerState.STARTING, PowerState.RUNNING, PowerState.STOPPING)
 
 
 class EmulatedMachine(MachineBase):
@@ -97,10 +98,10 @@ class EmulatedMachine(MachineBase):
     async def start(self) -> None:
         """Power on. Deallocated: a new PTY, the port hooks, then the boot. Stopped: boot again.
 
-        Idempotent when running; MachineStateError while starting, stopping or panicked;
+        Idempotent when running or starting; MachineStateError while stopping or panicked;
         MachineLaunchError when no PTY can be opened (the machine stays deallocated).
         """
-        if self._state is PowerState.RUNNING:
+        if self._state in (PowerState.RUNNING, PowerState.STARTING):
             return
         self._require(PowerState.DEALLOCATED, PowerState.STOPPED, action="start")
         fresh = self._state is PowerState.DEALLOCATED
@@ -145,10 +146,9 @@ class EmulatedMachine(MachineBase):
     async def restart(self, timeout: float = 30.0) -> RestartOutcome:
         """ACPI power-off then boot again (GRACEFUL); a hard reset after ``timeout`` s (FORCED).
 
-        MachineStateError unless running or panicked (a panicked guest ignores the button,
-        so it is reset when the timeout strikes).
+        MachineStateError unless running (a panicked machine needs ``reset``).
         """
-        self._require(PowerState.RUNNING, PowerState.PANICKED, action="restart")
+        self._require(PowerState.RUNNING, action="restart")
         if await self._power_down(timeout):
             self._require(PowerState.STOPPED, action="boot after a restart")
             self._set_state(PowerState.STARTING)
@@ -157,15 +157,16 @@ class EmulatedMachine(MachineBase):
             self._live().boot()
             return RestartOutcome.GRACEFUL
         self.log.warning("the guest did not power off within %s s: hard reset", timeout)
-        self._hard_reset("restart forced after the guest did not power off")
+        self._set_state(PowerState.STARTING, RestartOutcome.FORCED.value)
+        self._hard_reset("restart forced: the guest did not power off")
         return RestartOutcome.FORCED
 
     async def reset(self) -> None:
         """Hard reset: the guest boots again at once on the same PTY; readers keep the port.
 
-        MachineStateError unless running, panicked or stopping.
+        MachineStateError unless running or panicked.
         """
-        self._require(PowerState.RUNNING, PowerState.PANICKED, PowerState.STOPPING, action="reset")
+        self._require(PowerState.RUNNING, PowerState.PANICKED, action="reset")
         self._hard_reset("hard reset")
 
     async def deallocate(self, timeout: float = 10.0) -> None:
@@ -177,17 +178,17 @@ class EmulatedMachine(MachineBase):
     async def send_break(self) -> None:
         """A serial BREAK (Linux: arms SysRq for the next byte; Windows: ignored).
 
-        MachineStateError unless running or panicked.
+        MachineStateError unless the guest's CPU runs (starting, running or stopping).
         """
-        self._require(PowerState.RUNNING, PowerState.PANICKED, action="send a break to")
+        self._require(*_CPU_RUNS, action="send a break to")
         self._live().send_break()
 
     async def inject_nmi(self) -> None:
         """A non-maskable interrupt; the guest decides (message, panic, bugcheck).
 
-        MachineStateError unless running or panicked.
+        MachineStateError unless the guest's CPU runs (starting, running or stopping).
         """
-        self._require(PowerState.RUNNING, PowerState.PANICKED, action="inject an NMI into")
+        self._require(*_CPU_RUNS, action="send an NMI to")
         self._live().nmi()
 
     # -- inside ---------------------------------------------------------------------------
