@@ -1,0 +1,279 @@
+"""Emulated machines through their real PTYs, read and typed with the gateway's SerialPort."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from emulator.machine import EmulatedMachine
+from gateway.machines.base import (
+    EventKind,
+    EventListener,
+    Machine,
+    MachineEvent,
+    MachineStateError,
+    PowerState,
+    RestartOutcome,
+)
+from tests.conftest import scaled
+from tests.support.console import PortConsole
+
+PASSWORD = "serial-lab"
+
+
+@dataclass
+class Lab:
+    """A machine with a console attached in its port hook (a new one for each new PTY)."""
+
+    vm: EmulatedMachine
+    consoles: list[PortConsole] = field(default_factory=list)
+
+    @property
+    def console(self) -> PortConsole:
+        return self.consoles[-1]
+
+    async def hook(self, path: str) -> None:
+        self.consoles.append(await PortConsole.open(path))
+
+
+async def _lab(vm: EmulatedMachine) -> AsyncIterator[Lab]:
+    lab = Lab(vm)
+    vm.add_port_hook(lab.hook)
+    try:
+        yield lab
+    finally:
+        await vm.deallocate()
+        for console in lab.consoles:
+            if not console.port.closed:
+                console.close_port()
+
+
+@pytest.fixture
+async def linux() -> AsyncIterator[Lab]:
+    async for lab in _lab(EmulatedMachine("vm-linux")):
+        yield lab
+
+
+@pytest.fixture
+async def windows() -> AsyncIterator[Lab]:
+    async for lab in _lab(EmulatedMachine("vm-win", "windows")):
+        yield lab
+
+
+async def wait_event(events: EventListener, kind: EventKind) -> MachineEvent:
+    return await events.wait_for(lambda e: e.kind is kind, scaled(5))
+
+
+async def test_is_a_machine_and_boot_is_seen_from_its_first_byte(linux: Lab) -> None:
+    """A reader attached in the port hook sees the kernel's first line as the first bytes."""
+    assert isinstance(linux.vm, Machine)
+    assert linux.vm.os_type == "linux"
+    assert linux.vm.serial_port is None
+    await linux.vm.start()
+    assert linux.vm.power_state is PowerState.RUNNING
+    assert linux.vm.serial_port == linux.console.port.path
+    await linux.console.expect(r"vm-linux login: $", 5)
+    assert linux.console.text.startswith("[    0.000000] Linux version 6.1.0-56-cloud-amd64")
+    assert linux.vm.state_history == [
+        PowerState.DEALLOCATED,
+        PowerState.STARTING,
+        PowerState.RUNNING,
+    ]
+
+
+async def test_login_and_run_commands(linux: Lab) -> None:
+    """Log in with the guest password on the PTY and run commands with their exit codes."""
+    await linux.vm.start()
+    await linux.console.expect(r"login: $", 5)
+    await linux.console.login(PASSWORD)
+    assert "vm-linux" in await linux.console.run("uname -a", 5)
+    assert (await linux.console.run("false; echo $?", 5)).strip().endswith("1")
+
+
+async def test_sysrq_help_and_crash(linux: Lab) -> None:
+    """send_break + ``h`` prints the SysRq help; send_break + ``c`` panics the machine."""
+    await linux.vm.start()
+    await linux.console.expect(r"login: $", 5)
+    with linux.vm.events() as events:
+        await linux.vm.send_break()
+        await linux.console.send("h")
+        await linux.console.expect(r"\] sysrq: HELP : loglevel\(0-9\) reboot\(b\) crash\(c\)", 5)
+        await linux.vm.send_break()
+        await linux.console.send("c")
+        await wait_event(events, EventKind.PANICKED)
+    assert linux.vm.power_state is PowerState.PANICKED
+    await linux.console.expect(r"Kernel panic - not syncing: sysrq triggered crash", 5)
+    with pytest.raises(MachineStateError, match="reset it first"):
+        await linux.vm.restart()
+
+
+async def test_nmi_message(linux: Lab) -> None:
+    """inject_nmi prints the kernel's unknown-NMI lines; the guest carries on."""
+    await linux.vm.start()
+    await linux.console.expect(r"login: $", 5)
+    await linux.vm.inject_nmi()
+    await linux.console.expect(r"Uhhuh\. NMI received for unknown reason 30 on CPU 0\.", 5)
+    await linux.console.expect(r"Dazed and confused, but trying to continue", 5)
+    assert linux.vm.power_state is PowerState.RUNNING
+
+
+async def test_reset_reboots_on_the_same_port(linux: Lab) -> None:
+    """A hard reset (even from panicked) boots again while the same reader keeps the port."""
+    await linux.vm.start()
+    await linux.console.expect(r"login: $", 5)
+    path = linux.vm.serial_port
+    await linux.vm.inject_nmi()  # survives; then a crash to reset from
+    await linux.vm.send_break()
+    await linux.console.send("c")
+    await linux.console.expect(r"Kernel panic", 5)
+    with linux.vm.events() as events:
+        await linux.vm.reset()
+        await wait_event(events, EventKind.RESET)
+    await linux.console.expect(r"(?s)Linux version .*login: $", 5)
+    assert linux.vm.power_state is PowerState.RUNNING
+    assert linux.vm.serial_port == path
+    assert len(linux.consoles) == 1
+    assert linux.console.closed_reason is None
+
+
+async def test_graceful_restart(linux: Lab) -> None:
+    """restart: ACPI power-off (``reboot: Power down``), boot again, GRACEFUL, same port."""
+    await linux.vm.start()
+    await linux.console.expect(r"login: $", 5)
+    with linux.vm.events() as events:
+        outcome = await linux.vm.restart(timeout=scaled(5))
+        for kind in (EventKind.POWERDOWN, EventKind.SHUTDOWN, EventKind.RESET):
+            await wait_event(events, kind)  # in this order
+    assert outcome is RestartOutcome.GRACEFUL
+    await linux.console.expect(r"(?s)reboot: Power down.*Linux version.*login: $", 5)
+    assert linux.vm.state_history[-4:] == [
+        PowerState.STOPPING,
+        PowerState.STOPPED,
+        PowerState.STARTING,
+        PowerState.RUNNING,
+    ]
+
+
+async def test_stop_then_start(linux: Lab) -> None:
+    """stop powers the guest off (SHUTDOWN) and keeps the port; start boots it again."""
+    await linux.vm.start()
+    await linux.console.expect(r"login: $", 5)
+    with linux.vm.events() as events:
+        await linux.vm.stop(timeout=scaled(5))
+        await wait_event(events, EventKind.SHUTDOWN)
+    assert linux.vm.power_state is PowerState.STOPPED
+    assert linux.vm.serial_port == linux.console.port.path
+    with pytest.raises(MachineStateError, match="start it first"):
+        await linux.vm.send_break()
+    await linux.vm.start()
+    await linux.console.expect(r"(?s)Linux version.*login: $", 5)
+    await linux.console.login(PASSWORD)
+
+
+async def test_deallocate_closes_the_port_and_start_makes_a_new_one(linux: Lab) -> None:
+    """deallocate: the reader sees the port go; start: a new PTY, hooks again, a new boot."""
+    await linux.vm.start()
+    await linux.console.expect(r"login: $", 5)
+    first = linux.console
+    await linux.vm.deallocate()
+    assert linux.vm.power_state is PowerState.DEALLOCATED
+    assert linux.vm.serial_port is None
+    assert "closed" in await first.wait_closed(5)
+    await linux.vm.start()
+    assert len(linux.consoles) == 2
+    await linux.console.expect(r"(?s)^\[    0\.000000\] Linux version.*login: $", 5)
+    await linux.console.login(PASSWORD)
+
+
+async def test_guest_poweroff_command_stops_the_machine(linux: Lab) -> None:
+    """``poweroff`` typed in the guest ends in ``stopped`` with a SHUTDOWN event."""
+    await linux.vm.start()
+    await linux.console.expect(r"login: $", 5)
+    await linux.console.login(PASSWORD)
+    with linux.vm.events() as events:
+        await linux.console.send("poweroff\r")
+        await wait_event(events, EventKind.SHUTDOWN)
+    assert linux.vm.power_state is PowerState.STOPPED
+    await linux.console.expect(r"reboot: Power down", 5)
+
+
+async def test_output_rate_paces_the_boot() -> None:
+    """With output_rate, the boot arrives no faster than the line's rate in bytes/s."""
+    rate = 40_000
+    async for lab in _lab(EmulatedMachine("vm-slow", output_rate=rate)):
+        started = time.perf_counter()
+        await lab.vm.start()
+        await lab.console.expect(r"login: $", 10)
+        elapsed = time.perf_counter() - started
+        assert elapsed >= 0.9 * len(lab.console.data) / rate
+
+
+async def test_guest_waits_while_nobody_reads(linux: Lab) -> None:
+    """While the reader stops reading, the guest waits at the full PTY; nothing is lost."""
+    await linux.vm.start()
+    console = linux.console
+    await console.expect(r"login: $", 5)
+    await console.login(PASSWORD)
+    fd = console.port._fd
+    loop = asyncio.get_running_loop()
+    loop.remove_reader(fd)  # the reader falls silent, as a stuck client would
+    await console.send("seq 200000\r")
+    await asyncio.sleep(0.05)  # nothing to await: the point is that nothing happens meanwhile
+    loop.add_reader(fd, console.port._readable)
+    await console.expect(r"\r\n199999\r\n200000\r\nroot@vm-linux:~# $", 10)
+    numbers = console.text.split("seq 200000\r\n", 1)[1].split("\r\n")[:-1]
+    assert numbers == [str(n) for n in range(1, 200001)]
+
+
+async def test_state_errors_say_what_to_do() -> None:
+    """Calls that do not fit the power state raise MachineStateError with advice."""
+    vm = EmulatedMachine("vm-idle")
+    with pytest.raises(MachineStateError, match="start it first"):
+        await vm.send_break()
+    with pytest.raises(MachineStateError, match="start it first"):
+        await vm.reset()
+    await vm.deallocate()  # idempotent
+    with pytest.raises(ValueError, match="personality"):
+        EmulatedMachine("x", "beos")
+
+
+async def test_sac_cmd_channel_and_login(windows: Lab) -> None:
+    """Windows: SAC banner, ``cmd``, ``ch -si 1``, credentials, then a Command Prompt."""
+    assert windows.vm.os_type == "windows"
+    await windows.vm.start()
+    console = windows.console
+    await console.expect(r"Computer is booting, SAC started and initialized\.", 5)
+    await console.expect(r"SAC>$", 5)
+    await console.send("cmd\r")
+    await console.expect(r"Channel: Cmd0001\r\nSAC>$", 5)
+    await console.send("ch -si 1\r")
+    await console.expect(r"Use any other key to view this channel\.\r\n$", 5)
+    await console.send("\r")
+    await console.expect(r"Username: $", 5)
+    await console.send("azureuser\r")
+    await console.expect(r"Domain  : $", 5)
+    await console.send("\r")
+    await console.expect(r"Password: $", 5)
+    await console.send(f"{PASSWORD}\r")
+    await console.expect(r"C:\\Windows\\system32>$", 5)
+    await console.send("hostname\r")
+    await console.expect(r"VM-WIN\r\n", 5)
+    await console.send(b"\x1b\t0")
+    await console.expect(r"SAC>$", 5)
+
+
+async def test_sac_break_is_ignored_and_nmi_bugchecks(windows: Lab) -> None:
+    """Windows accepts a break and does nothing; an NMI bugchecks and the VM is panicked."""
+    await windows.vm.start()
+    await windows.console.expect(r"SAC>$", 5)
+    await windows.vm.send_break()
+    with windows.vm.events() as events:
+        await windows.vm.inject_nmi()
+        await wait_event(events, EventKind.PANICKED)
+    await windows.console.expect(r"NMI_HARDWARE_FAILURE", 5)
+    await windows.vm.reset()
+    await windows.console.expect(r"SAC started and initialized", 5)
