@@ -16,6 +16,7 @@ Exceptions (``gateway.access.errors``)::
      |    +-- InvalidToken           the token is unknown (never issued, or revoked)
      |    +-- ExpiredToken           the token's lifetime is over
      +-- AuthorizationError          the caller lacks the action at the scope (HTTP 403)
+     +-- StoreError                  the lab database (lab.db) cannot be opened or used
      +-- ConnectSessionError         a connect session cannot be claimed
           +-- UnknownSession         no such session id
           +-- SessionExpired         older than its lifetime (60 s)

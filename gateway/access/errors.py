@@ -44,6 +44,10 @@ class AuthorizationError(AccessError):
         self.scope = scope
 
 
+class StoreError(AccessError):
+    """The lab database cannot be opened or used; the message names the file."""
+
+
 class ConnectSessionError(AccessError):
     """A one-time connect session cannot be claimed."""
 

@@ -1,0 +1,304 @@
+"""Microsoft.SerialConsole on ARM's paths: console service, serial ports, connect; plus
+the subscription list and the audit log.
+
+Paths and bodies follow the Microsoft.SerialConsole REST API (api-version 2024-07-01; the
+``api-version`` query parameter is accepted, not required). ``connect`` checks in Azure's
+order: console enabled for the subscription, the caller's role, the VM provisioned,
+running, boot diagnostics (for a scale-set instance: in the model, and the instance on the
+latest model), the serial port enabled; then it makes a one-time session (60 s, one use,
+bound to the caller and the VM) and answers its websocket URL.
+"""
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict
+
+from gateway.access import audit, rbac
+from gateway.access.users import User
+from gateway.api.auth import (
+    instance_scope,
+    record,
+    require,
+    subscription_scope,
+    vm_scope,
+)
+from gateway.api.context import ApiContext, Caller, context_of
+from gateway.api.errors import (
+    BOOT_DIAGNOSTICS_OFF,
+    CONSOLE_DISABLED,
+    NO_PERMISSION,
+    NOT_PROVISIONED,
+    NOT_RUNNING,
+    PORT_DISABLED,
+    ArmError,
+)
+from gateway.api.resources import PORT_NAME, PORT_TYPE, VmResource
+from gateway.machines.base import PowerState
+
+router = APIRouter()
+
+SUB = "/subscriptions/{subscription_id}"
+PROVIDER = SUB + "/providers/Microsoft.SerialConsole"
+VM = SUB + "/resourceGroups/{resource_group}/providers/Microsoft.Compute/virtualMachines/{vm_name}"
+INSTANCE = (
+    SUB + "/resourceGroups/{resource_group}/providers/Microsoft.Compute"
+    "/virtualMachineScaleSets/{scale_set}/virtualMachines/{instance_id}"
+)
+PORTS = "/providers/Microsoft.SerialConsole/serialPorts"
+
+
+# -- bodies ---------------------------------------------------------------------------------
+
+
+class SerialPortProperties(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    state: Literal["enabled", "disabled"]
+
+
+class SerialPortBody(BaseModel):
+    """``PUT .../serialPorts/0``: ``{"properties": {"state": "enabled" | "disabled"}}``."""
+
+    model_config = ConfigDict(extra="ignore")
+    properties: SerialPortProperties
+
+
+# -- subscriptions and the console service --------------------------------------------------
+
+
+async def _authenticated(request: Request) -> User:
+    from gateway.api.auth import authenticate, bearer
+
+    return authenticate(context_of(request), await bearer(request))
+
+
+@router.get("/subscriptions", tags=["subscriptions"], summary="Subscriptions the caller can see")
+async def list_subscriptions(request: Request) -> dict[str, Any]:
+    # The one route without an action: like ARM, it lists the subscriptions in which the
+    # caller holds any role assignment, at any scope.
+    user = await _authenticated(request)
+    inv = context_of(request).inventory
+    scope = rbac.subscription_scope(inv.subscription_id)
+    value = []
+    if rbac.has_any_access(user.roles, scope):
+        value.append(
+            {
+                "id": scope,
+                "subscriptionId": inv.subscription_id,
+                "displayName": inv.subscription_name,
+                "state": "Enabled",
+            }
+        )
+    return {"value": value}
+
+
+def _console_body(ctx: ApiContext) -> dict[str, Any]:
+    return {
+        "id": f"{rbac.subscription_scope(ctx.inventory.subscription_id)}"
+        "/providers/Microsoft.SerialConsole/consoleServices/default",
+        "name": "default",
+        "type": "Microsoft.SerialConsole/consoleServices",
+        "properties": {"disabled": ctx.console.disabled},
+    }
+
+
+@router.get(PROVIDER + "/consoleServices/default", tags=["console service"])
+async def get_console_service(
+    request: Request,
+    caller: Annotated[Caller, require(rbac.CONSOLE_SERVICE_READ, subscription_scope)],
+) -> dict[str, Any]:
+    """Whether the serial console is disabled for the subscription."""
+    return _console_body(context_of(request))
+
+
+async def _set_console(request: Request, caller: Caller, disabled: bool) -> dict[str, Any]:
+    ctx = context_of(request)
+    ctx.console.set_disabled(disabled)
+    action = "disableConsole" if disabled else "enableConsole"
+    record(ctx, caller, action, audit.SUCCEEDED)
+    return {"properties": {"disabled": disabled}}
+
+
+@router.post(PROVIDER + "/consoleServices/default/disableConsole", tags=["console service"])
+async def disable_console(
+    request: Request,
+    caller: Annotated[
+        Caller,
+        require(rbac.CONSOLE_SERVICE_WRITE, subscription_scope, audit_as="disableConsole"),
+    ],
+) -> dict[str, Any]:
+    """Disable the serial console for the whole subscription (needs write there)."""
+    return await _set_console(request, caller, True)
+
+
+@router.post(PROVIDER + "/consoleServices/default/enableConsole", tags=["console service"])
+async def enable_console(
+    request: Request,
+    caller: Annotated[
+        Caller,
+        require(rbac.CONSOLE_SERVICE_WRITE, subscription_scope, audit_as="enableConsole"),
+    ],
+) -> dict[str, Any]:
+    """Enable the serial console for the whole subscription (needs write there)."""
+    return await _set_console(request, caller, False)
+
+
+# -- serial ports ---------------------------------------------------------------------------
+
+
+def port_body(ctx: ApiContext, vm: VmResource) -> dict[str, Any]:
+    hub = vm.hub
+    active = bool(getattr(hub, "session_count", 0)) if hub is not None else False
+    return {
+        "id": vm.port_id,
+        "name": PORT_NAME,
+        "type": PORT_TYPE,
+        "properties": {
+            "state": "enabled" if ctx.console.port_enabled(vm) else "disabled",
+            "connectionState": "active" if active else "inactive",
+        },
+    }
+
+
+def _vm_of(ctx: ApiContext, params: dict[str, str]) -> VmResource:
+    if "scale_set" in params:
+        return ctx.inventory.instance(
+            params["resource_group"], params["scale_set"], params["instance_id"]
+        )
+    return ctx.inventory.vm(params["resource_group"], params["vm_name"])
+
+
+def _port_of(ctx: ApiContext, params: dict[str, str], port: str) -> VmResource:
+    vm = _vm_of(ctx, params)
+    if port != PORT_NAME:
+        raise ArmError(
+            404,
+            "ResourceNotFound",
+            f"The serial port '{port[:64]}' was not found: virtual machines in this lab have "
+            f"one serial port, '{PORT_NAME}'.",
+        )
+    return vm
+
+
+@router.get(PROVIDER + "/serialPorts", tags=["serial ports"])
+async def list_all_ports(
+    request: Request,
+    caller: Annotated[Caller, require(rbac.SERIAL_PORT_READ, subscription_scope)],
+) -> dict[str, Any]:
+    """Every serial port of the subscription (one per VM and scale-set instance)."""
+    ctx = context_of(request)
+    return {"value": [port_body(ctx, vm) for vm in ctx.inventory.all_machines()]}
+
+
+def _port_routes(prefix: str, scope_of: Any, tag: str) -> None:
+    @router.get(prefix + PORTS, tags=[tag], name=f"list ports ({tag})")
+    async def list_ports(
+        request: Request, caller: Annotated[Caller, require(rbac.SERIAL_PORT_READ, scope_of)]
+    ) -> dict[str, Any]:
+        ctx = context_of(request)
+        return {"value": [port_body(ctx, _vm_of(ctx, dict(request.path_params)))]}
+
+    @router.get(prefix + PORTS + "/{port}", tags=[tag], name=f"get port ({tag})")
+    async def get_port(
+        request: Request,
+        port: str,
+        caller: Annotated[Caller, require(rbac.SERIAL_PORT_READ, scope_of)],
+    ) -> dict[str, Any]:
+        ctx = context_of(request)
+        return port_body(ctx, _port_of(ctx, dict(request.path_params), port))
+
+    @router.put(prefix + PORTS + "/{port}", tags=[tag], name=f"enable or disable port ({tag})")
+    async def put_port(
+        request: Request,
+        port: str,
+        body: SerialPortBody,
+        caller: Annotated[
+            Caller, require(rbac.SERIAL_PORT_WRITE, scope_of, audit_as="serialPort.write")
+        ],
+    ) -> dict[str, Any]:
+        """Enable or disable the VM's serial port: a disabled port refuses ``connect``."""
+        ctx = context_of(request)
+        vm = _port_of(ctx, dict(request.path_params), port)
+        ctx.console.set_port_enabled(vm, body.properties.state == "enabled")
+        record(ctx, caller, "serialPort.write", audit.SUCCEEDED, body.properties.state,
+               target=vm.port_id)  # fmt: skip
+        return port_body(ctx, vm)
+
+    @router.post(prefix + PORTS + "/{port}/connect", tags=[tag], name=f"connect ({tag})")
+    async def connect(
+        request: Request,
+        port: str,
+        caller: Annotated[
+            Caller,
+            require(
+                rbac.CONNECT,
+                scope_of,
+                audit_as="connect",
+                before=_console_enabled,
+                denied_message=NO_PERMISSION,
+            ),
+        ],
+    ) -> dict[str, str]:
+        """A one-time websocket URL to the VM's serial console (60 s, one use, yours only)."""
+        ctx = context_of(request)
+        try:
+            vm = _port_of(ctx, dict(request.path_params), port)
+            _check_prerequisites(ctx, vm)
+        except ArmError as err:
+            record(ctx, caller, "connect", audit.DENIED, f"{err.code}: {err.message}")
+            raise
+        grant = ctx.sessions.create(vm.id, caller.user.name, vm.container)
+        scheme = "wss" if request.url.scheme == "https" else "ws"
+        url = (
+            f"{scheme}://{request.url.netloc}/n/connector/{grant.container}"
+            f"/sessions/{grant.session_id}/client"
+        )
+        record(ctx, caller, "connect", audit.ALLOWED, f"session {grant.session_id[:8]}...",
+               target=vm.id)  # fmt: skip
+        return {"connectionString": url}
+
+
+def _console_enabled(ctx: ApiContext, caller: Caller) -> None:
+    if ctx.console.disabled:
+        raise ArmError(409, "SerialConsoleDisabled", CONSOLE_DISABLED)
+
+
+def _check_prerequisites(ctx: ApiContext, vm: VmResource) -> None:
+    """Azure's checks after the role, in Azure's order; ArmError 409 with Azure's text."""
+    if vm.provisioning_state != "Succeeded":
+        raise ArmError(409, "ProvisioningNotSucceeded", NOT_PROVISIONED)
+    if vm.machine.power_state not in (PowerState.RUNNING, PowerState.PANICKED):
+        raise ArmError(409, "VMNotRunning", NOT_RUNNING)
+    if not vm.boot_diagnostics or not vm.latest_model:
+        raise ArmError(409, "BootDiagnosticsNotEnabled", BOOT_DIAGNOSTICS_OFF)
+    if not ctx.console.port_enabled(vm):
+        raise ArmError(409, "SerialPortDisabled", PORT_DISABLED)
+
+
+_port_routes(VM, vm_scope, "serial ports (VM)")
+_port_routes(INSTANCE, instance_scope, "serial ports (scale-set instance)")
+
+
+# -- audit ----------------------------------------------------------------------------------
+
+
+@router.get(PROVIDER + "/auditLogs", tags=["audit"])
+async def read_audit(
+    request: Request,
+    caller: Annotated[Caller, require(rbac.AUDIT_READ, subscription_scope)],
+    since_id: Annotated[int, Query(alias="sinceId", ge=0)] = 0,
+    top: Annotated[int, Query(alias="$top", ge=1, le=1000)] = 100,
+    user: Annotated[str | None, Query(max_length=256)] = None,
+    action: Annotated[str | None, Query(max_length=256)] = None,
+) -> dict[str, Any]:
+    """The audit log, oldest first; page with ``sinceId`` = the last row's ``id``.
+
+    Readable by Owner and Contributor (Reader and Virtual Machine Contributor lack the
+    ``Microsoft.SerialConsole/auditLogs/list/action`` action).
+    """
+    ctx = context_of(request)
+    rows = ctx.audit.query(since_id=since_id, limit=top, user=user, action=action)
+    body: dict[str, Any] = {"value": [row.as_json() for row in rows]}
+    if len(rows) == top:
+        body["nextLink"] = str(request.url.include_query_params(sinceId=rows[-1].id))
+    return body

@@ -1,0 +1,202 @@
+"""Authentication and authorization for the routes: the token endpoint and ``require``.
+
+``POST /oauth2/token`` (form: ``grant_type=password``, ``username``, ``password``) answers
+``{"access_token", "token_type": "Bearer", "expires_in"}``; its errors follow OAuth 2.0
+(RFC 6749 section 5.2: ``{"error": "invalid_grant", "error_description": ...}``), as Azure
+AD's token endpoint does. It is the only route that answers without a token.
+
+Every other route declares one dependency, ``require(action, scope_of)``: it authenticates
+the bearer token (401 in ARM's shape, with a hint how to get a token), computes the scope
+from the path (rejecting hostile names with 400 and unknown subscriptions with 404) and
+checks the action there (403). Routes that audit their decisions pass ``audit_as``: every
+refusal from then on is recorded with who, from where, on what and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import OAuth2PasswordBearer
+
+from gateway.access import audit, rbac
+from gateway.access.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    ExpiredToken,
+    InvalidCredentials,
+    MissingToken,
+)
+from gateway.access.users import User
+from gateway.api.context import ApiContext, Caller, client_address, context_of
+from gateway.api.errors import TOKEN_HINT, ArmError
+from gateway.api.resources import check_instance, check_name
+
+router = APIRouter(tags=["authentication"])
+bearer = OAuth2PasswordBearer(tokenUrl="/oauth2/token", auto_error=False)
+
+ScopeOf = Callable[[ApiContext, Mapping[str, Any]], str]
+Before = Callable[[ApiContext, Caller], None]
+
+
+@router.post("/oauth2/token", summary="Get a bearer token for a lab user (password grant)")
+async def token(
+    request: Request,
+    grant_type: Annotated[str | None, Form()] = None,
+    username: Annotated[str | None, Form(max_length=256)] = None,
+    password: Annotated[str | None, Form(max_length=1024)] = None,
+) -> JSONResponse:
+    ctx = context_of(request)
+    address = client_address(request)
+    who = (username or "")[:64]
+    if grant_type != "password":
+        ctx.audit.record(
+            "token", user=who, address=address, target=who, outcome=audit.DENIED,
+            detail=f"unsupported grant_type {grant_type!r}"[:200],
+        )  # fmt: skip
+        return _oauth_error(
+            "unsupported_grant_type",
+            "Only grant_type=password is supported: send the form fields grant_type=password, "
+            "username and password.",
+        )
+    if not username or password is None:
+        return _oauth_error(
+            "invalid_request", "The form fields username and password are both required."
+        )
+    try:
+        user = ctx.directory.authenticate(username, password)
+    except InvalidCredentials as err:
+        ctx.audit.record(
+            "token", user=who, address=address, target=who, outcome=audit.DENIED, detail=str(err)
+        )
+        return _oauth_error("invalid_grant", str(err))
+    issued = ctx.tokens.issue(user)
+    ctx.audit.record("token", user=user.name, address=address, target=user.name,
+                     outcome=audit.ALLOWED, detail=f"expires in {issued.expires_in} s")  # fmt: skip
+    return JSONResponse(
+        {
+            "access_token": issued.access_token,
+            "token_type": issued.token_type,
+            "expires_in": issued.expires_in,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _oauth_error(code: str, description: str) -> JSONResponse:
+    return JSONResponse({"error": code, "error_description": description}, status_code=400)
+
+
+def authenticate(ctx: ApiContext, token: str | None) -> User:
+    """The user of bearer ``token``; ArmError 401 (with ARM's code and a hint) otherwise."""
+    try:
+        return ctx.tokens.authenticate(token)
+    except AuthenticationError as err:
+        if isinstance(err, MissingToken):
+            code = "AuthenticationFailed"
+        elif isinstance(err, ExpiredToken):
+            code = "ExpiredAuthenticationToken"
+        else:
+            code = "InvalidAuthenticationToken"
+        raise ArmError(
+            401,
+            code,
+            str(err) + TOKEN_HINT,
+            headers={"WWW-Authenticate": 'Bearer authorization_uri="/oauth2/token"'},
+        ) from err
+
+
+def require(
+    action: str,
+    scope_of: ScopeOf,
+    *,
+    audit_as: str | None = None,
+    before: Before | None = None,
+    denied_message: str | None = None,
+) -> Any:
+    """A dependency that lets the request through only if its caller may do ``action``.
+
+    Order: token (401) -> scope from the path (400/404) -> ``before`` (the checks Azure
+    makes ahead of the role, e.g. "console enabled") -> the role (403, with
+    ``denied_message`` instead of ARM's text when given). Returns a ``Caller``.
+    """
+
+    async def dependency(request: Request, token: Annotated[str | None, Depends(bearer)]) -> Caller:
+        ctx = context_of(request)
+        user = authenticate(ctx, token)
+        caller = Caller(user, client_address(request), "")
+        try:
+            scope = scope_of(ctx, request.path_params)
+            caller = Caller(user, caller.address, scope)
+            if before is not None:
+                before(ctx, caller)
+            try:
+                rbac.check(user.name, user.roles, action, scope)
+            except AuthorizationError as err:
+                raise ArmError(403, "AuthorizationFailed", denied_message or str(err)) from err
+        except ArmError as err:
+            if audit_as is not None:
+                record(ctx, caller, audit_as, audit.DENIED, f"{err.code}: {err.message}",
+                       target=caller.scope or request.url.path)  # fmt: skip
+            raise
+        return caller
+
+    return Depends(dependency)
+
+
+def record(
+    ctx: ApiContext,
+    caller: Caller,
+    action: str,
+    outcome: str,
+    detail: str = "",
+    *,
+    target: str = "",
+) -> None:
+    """Audit ``action`` by ``caller`` on ``target`` (default: the caller's scope)."""
+    ctx.audit.record(
+        action,
+        user=caller.user.name,
+        address=caller.address,
+        target=target or caller.scope,
+        outcome=outcome,
+        detail=detail,
+    )
+
+
+# -- scopes from paths ----------------------------------------------------------------------
+
+
+def subscription_scope(ctx: ApiContext, params: Mapping[str, Any]) -> str:
+    ctx.inventory.check_subscription(params["subscription_id"])
+    return rbac.subscription_scope(ctx.inventory.subscription_id)
+
+
+def group_scope(ctx: ApiContext, params: Mapping[str, Any]) -> str:
+    subscription_scope(ctx, params)
+    group = check_name("resource group", params["resource_group"])
+    return rbac.resource_group_scope(ctx.inventory.subscription_id, group)
+
+
+def vm_scope(ctx: ApiContext, params: Mapping[str, Any]) -> str:
+    subscription_scope(ctx, params)
+    group = check_name("resource group", params["resource_group"])
+    vm = check_name("virtual machine", params["vm_name"])
+    return rbac.vm_scope(ctx.inventory.subscription_id, group, vm)
+
+
+def scale_set_scope(ctx: ApiContext, params: Mapping[str, Any]) -> str:
+    subscription_scope(ctx, params)
+    group = check_name("resource group", params["resource_group"])
+    name = check_name("virtual machine scale set", params["scale_set"])
+    return rbac.scale_set_scope(ctx.inventory.subscription_id, group, name)
+
+
+def instance_scope(ctx: ApiContext, params: Mapping[str, Any]) -> str:
+    subscription_scope(ctx, params)
+    group = check_name("resource group", params["resource_group"])
+    name = check_name("virtual machine scale set", params["scale_set"])
+    instance = check_instance(params["instance_id"])
+    return rbac.instance_scope(ctx.inventory.subscription_id, group, name, instance)

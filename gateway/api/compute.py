@@ -1,0 +1,338 @@
+"""Microsoft.Compute on ARM's paths: VMs, scale sets and their instances; power actions;
+``retrieveBootDiagnosticsData``.
+
+Power actions call the machine and answer when it is done (200, with an operation status
+body), rather than ARM's 202 and polling: the lab's machines take seconds. The power
+state shows in the instance view as ``PowerState/<state>`` (``$expand=instanceView`` or
+``.../instanceView``).
+"""
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from gateway.access import audit, rbac
+from gateway.api.auth import group_scope, instance_scope, record, require, scale_set_scope, vm_scope
+from gateway.api.auth import subscription_scope as sub_scope
+from gateway.api.bootdiag import log_path
+from gateway.api.context import ApiContext, Caller, context_of
+from gateway.api.errors import ArmError
+from gateway.api.resources import VMSS_TYPE, ScaleSetResource, VmResource
+from gateway.machines.base import Machine, MachineError, MachineStateError, PowerState
+
+router = APIRouter()
+
+SUB = "/subscriptions/{subscription_id}"
+GROUP = SUB + "/resourceGroups/{resource_group}"
+COMPUTE = GROUP + "/providers/Microsoft.Compute"
+VM = COMPUTE + "/virtualMachines/{vm_name}"
+VMSS = COMPUTE + "/virtualMachineScaleSets/{scale_set}"
+INSTANCE = VMSS + "/virtualMachines/{instance_id}"
+
+Expand = Annotated[str | None, Query(alias="$expand", max_length=64)]
+
+_DISPLAY = {
+    PowerState.DEALLOCATED: "VM deallocated",
+    PowerState.STARTING: "VM starting",
+    PowerState.RUNNING: "VM running",
+    PowerState.STOPPING: "VM stopping",
+    PowerState.STOPPED: "VM stopped",
+    PowerState.PANICKED: "VM panicked",
+}
+
+
+# -- bodies ---------------------------------------------------------------------------------
+
+
+def instance_view(vm: VmResource) -> dict[str, Any]:
+    state = vm.machine.power_state
+    return {
+        "computerName": vm.hostname,
+        "osName": vm.os_type,
+        "bootDiagnostics": {"status": None} if vm.boot_diagnostics else None,
+        "statuses": [
+            {
+                "code": f"ProvisioningState/{vm.provisioning_state.lower()}",
+                "level": "Info",
+                "displayStatus": f"Provisioning {vm.provisioning_state.lower()}",
+            },
+            {
+                "code": f"PowerState/{state.value}",
+                "level": "Info",
+                "displayStatus": _DISPLAY[state],
+            },
+        ],
+    }
+
+
+def vm_body(vm: VmResource, expand: str | None = None) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "vmId": vm.vm_id,
+        "hardwareProfile": {"vmSize": f"Lab_{vm.memory_mb}MB"},
+        "storageProfile": {"osDisk": {"osType": vm.os_type.capitalize()}},
+        "osProfile": {"computerName": vm.hostname, "adminUsername": "root"},
+        "diagnosticsProfile": {"bootDiagnostics": {"enabled": vm.boot_diagnostics}},
+        "provisioningState": vm.provisioning_state,
+    }
+    if vm.is_instance:
+        properties["latestModelApplied"] = vm.latest_model
+    if expand is not None and expand.lower() == "instanceview":
+        properties["instanceView"] = instance_view(vm)
+    body: dict[str, Any] = {
+        "id": vm.id,
+        "name": vm.name,
+        "type": vm.type,
+        "location": vm.location,
+        "properties": properties,
+    }
+    if vm.is_instance:
+        body["instanceId"] = vm.instance_id
+    return body
+
+
+def scale_set_body(vmss: ScaleSetResource) -> dict[str, Any]:
+    return {
+        "id": vmss.id,
+        "name": vmss.name,
+        "type": VMSS_TYPE,
+        "location": vmss.location,
+        "sku": {"name": f"Lab_{vmss.memory_mb}MB", "tier": "Standard", "capacity": vmss.capacity},
+        "properties": {
+            "provisioningState": vmss.provisioning_state,
+            "upgradePolicy": {"mode": "Manual"},
+            "virtualMachineProfile": {
+                "storageProfile": {"osDisk": {"osType": vmss.os_type.capitalize()}},
+                "diagnosticsProfile": {"bootDiagnostics": {"enabled": vmss.boot_diagnostics}},
+            },
+        },
+    }
+
+
+# -- reads ----------------------------------------------------------------------------------
+
+
+@router.get(SUB + "/providers/Microsoft.Compute/virtualMachines", tags=["virtual machines"])
+async def list_vms_in_subscription(
+    request: Request,
+    caller: Annotated[Caller, require(rbac.VM_READ, sub_scope)],
+    expand: Expand = None,
+) -> dict[str, Any]:
+    inv = context_of(request).inventory
+    return {"value": [vm_body(vm, expand) for vm in inv.vms.values()]}
+
+
+@router.get(GROUP, tags=["resource groups"])
+async def get_group(
+    request: Request, caller: Annotated[Caller, require(rbac.RESOURCE_GROUP_READ, group_scope)]
+) -> dict[str, Any]:
+    info = context_of(request).inventory.group(request.path_params["resource_group"])
+    return {
+        "id": info.id,
+        "name": info.name,
+        "type": "Microsoft.Resources/resourceGroups",
+        "location": info.location,
+        "properties": {"provisioningState": "Succeeded"},
+    }
+
+
+@router.get(COMPUTE + "/virtualMachines", tags=["virtual machines"])
+async def list_vms(
+    request: Request,
+    caller: Annotated[Caller, require(rbac.VM_READ, group_scope)],
+    expand: Expand = None,
+) -> dict[str, Any]:
+    inv = context_of(request).inventory
+    group = inv.group(request.path_params["resource_group"]).name
+    return {"value": [vm_body(vm, expand) for vm in inv.vms.values() if vm.resource_group == group]}
+
+
+@router.get(VM, tags=["virtual machines"])
+async def get_vm(
+    request: Request,
+    vm_name: str,
+    caller: Annotated[Caller, require(rbac.VM_READ, vm_scope)],
+    expand: Expand = None,
+) -> dict[str, Any]:
+    """A VM; ``$expand=instanceView`` adds its power state (``PowerState/running``...)."""
+    return vm_body(_vm(request), expand)
+
+
+@router.get(VM + "/instanceView", tags=["virtual machines"])
+async def get_vm_instance_view(
+    request: Request, vm_name: str, caller: Annotated[Caller, require(rbac.VM_READ, vm_scope)]
+) -> dict[str, Any]:
+    return instance_view(_vm(request))
+
+
+@router.get(COMPUTE + "/virtualMachineScaleSets", tags=["scale sets"])
+async def list_scale_sets(
+    request: Request, caller: Annotated[Caller, require(rbac.VMSS_READ, group_scope)]
+) -> dict[str, Any]:
+    inv = context_of(request).inventory
+    group = inv.group(request.path_params["resource_group"]).name
+    return {
+        "value": [scale_set_body(s) for s in inv.scale_sets.values() if s.resource_group == group]
+    }
+
+
+@router.get(VMSS, tags=["scale sets"])
+async def get_scale_set(
+    request: Request, caller: Annotated[Caller, require(rbac.VMSS_READ, scale_set_scope)]
+) -> dict[str, Any]:
+    p = request.path_params
+    return scale_set_body(
+        context_of(request).inventory.scale_set(p["resource_group"], p["scale_set"])
+    )
+
+
+@router.get(VMSS + "/virtualMachines", tags=["scale sets"])
+async def list_instances(
+    request: Request,
+    caller: Annotated[Caller, require(rbac.VMSS_VM_READ, scale_set_scope)],
+    expand: Expand = None,
+) -> dict[str, Any]:
+    p = request.path_params
+    vmss = context_of(request).inventory.scale_set(p["resource_group"], p["scale_set"])
+    return {"value": [vm_body(vm, expand) for vm in vmss.instances.values()]}
+
+
+@router.get(INSTANCE, tags=["scale sets"])
+async def get_instance(
+    request: Request,
+    caller: Annotated[Caller, require(rbac.VMSS_VM_READ, instance_scope)],
+    expand: Expand = None,
+) -> dict[str, Any]:
+    return vm_body(_instance(request), expand)
+
+
+@router.get(INSTANCE + "/instanceView", tags=["scale sets"])
+async def get_instance_view(
+    request: Request, caller: Annotated[Caller, require(rbac.VMSS_VM_READ, instance_scope)]
+) -> dict[str, Any]:
+    return instance_view(_instance(request))
+
+
+def _vm(request: Request) -> VmResource:
+    p = request.path_params
+    return context_of(request).inventory.vm(p["resource_group"], p["vm_name"])
+
+
+def _instance(request: Request) -> VmResource:
+    p = request.path_params
+    return context_of(request).inventory.instance(
+        p["resource_group"], p["scale_set"], p["instance_id"]
+    )
+
+
+# -- power actions --------------------------------------------------------------------------
+
+
+async def _power(
+    request: Request,
+    caller: Caller,
+    vm: VmResource,
+    action: str,
+    run: Callable[[Machine], Awaitable[object]],
+) -> dict[str, Any]:
+    ctx = context_of(request)
+    started = time.time()
+    try:
+        result = await run(vm.machine)
+    except MachineStateError as err:
+        record(ctx, caller, action, audit.FAILED, str(err), target=vm.id)
+        raise ArmError(409, "OperationNotAllowed", str(err)) from err
+    except MachineError as err:
+        record(ctx, caller, action, audit.FAILED, str(err), target=vm.id)
+        raise ArmError(500, "InternalExecutionError", str(err)) from err
+    detail = f"{result}" if result is not None else ""
+    record(ctx, caller, action, audit.SUCCEEDED, detail, target=vm.id)
+    body: dict[str, Any] = {
+        "name": str(uuid.uuid4()),
+        "status": "Succeeded",
+        "startTime": _iso(started),
+        "endTime": _iso(time.time()),
+    }
+    if result is not None:
+        body["properties"] = {"output": detail}
+    return body
+
+
+def _iso(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).isoformat().replace("+00:00", "Z")
+
+
+_ACTIONS: dict[str, tuple[str, str, Callable[[Machine], Awaitable[object]]]] = {
+    "start": (rbac.VM_START, rbac.VMSS_VM_START, lambda m: m.start()),
+    "powerOff": (rbac.VM_POWER_OFF, rbac.VMSS_VM_POWER_OFF, lambda m: m.stop()),
+    "restart": (rbac.VM_RESTART, rbac.VMSS_VM_RESTART, lambda m: m.restart()),
+    "deallocate": (rbac.VM_DEALLOCATE, rbac.VMSS_VM_DEALLOCATE, lambda m: m.deallocate()),
+}
+
+
+def _power_routes(name: str, vm_action: str, vmss_action: str, run: Any) -> None:
+    @router.post(VM + f"/{name}", tags=["virtual machines"], name=f"VM {name}")
+    async def vm_power(
+        request: Request,
+        caller: Annotated[Caller, require(vm_action, vm_scope, audit_as=vm_action)],
+    ) -> dict[str, Any]:
+        return await _power(request, caller, _vm(request), vm_action, run)
+
+    @router.post(INSTANCE + f"/{name}", tags=["scale sets"], name=f"instance {name}")
+    async def instance_power(
+        request: Request,
+        caller: Annotated[Caller, require(vmss_action, instance_scope, audit_as=vmss_action)],
+    ) -> dict[str, Any]:
+        return await _power(request, caller, _instance(request), vmss_action, run)
+
+    vm_power.__doc__ = f"``{name}`` the VM (calls the machine's {name} and waits for it)."
+    instance_power.__doc__ = f"``{name}`` the scale-set instance."
+
+
+for _name, (_vm_action, _vmss_action, _run) in _ACTIONS.items():
+    _power_routes(_name, _vm_action, _vmss_action, _run)
+
+
+# -- boot diagnostics -----------------------------------------------------------------------
+
+
+def _boot_diagnostics(
+    ctx: ApiContext, request: Request, vm: VmResource, minutes: int
+) -> dict[str, Any]:
+    if not vm.boot_diagnostics or vm.bootlog is None:
+        raise ArmError(
+            409,
+            "OperationNotAllowed",
+            f"Boot diagnostics is not enabled on '{vm.name}': there is no serial log to retrieve.",
+        )
+    base = str(request.base_url).rstrip("/")
+    return {
+        "consoleScreenshotBlobUri": None,
+        "serialConsoleLogBlobUri": base + ctx.signer.sign(log_path(vm.name), minutes * 60),
+    }
+
+
+Minutes = Annotated[int, Query(alias="sasUriExpirationTimeInMinutes", ge=1, le=1440)]
+
+
+@router.post(VM + "/retrieveBootDiagnosticsData", tags=["boot diagnostics"])
+async def retrieve_vm_boot_diagnostics(
+    request: Request,
+    caller: Annotated[Caller, require(rbac.VM_BOOT_DIAGNOSTICS, vm_scope)],
+    minutes: Minutes = 120,
+) -> dict[str, Any]:
+    """A signed URL to the VM's serial log, valid ``sasUriExpirationTimeInMinutes``."""
+    return _boot_diagnostics(context_of(request), request, _vm(request), minutes)
+
+
+@router.post(INSTANCE + "/retrieveBootDiagnosticsData", tags=["boot diagnostics"])
+async def retrieve_instance_boot_diagnostics(
+    request: Request,
+    caller: Annotated[Caller, require(rbac.VMSS_VM_BOOT_DIAGNOSTICS, instance_scope)],
+    minutes: Minutes = 120,
+) -> dict[str, Any]:
+    """A signed URL to the instance's serial log."""
+    return _boot_diagnostics(context_of(request), request, _instance(request), minutes)

@@ -1,0 +1,55 @@
+"""What every route (and the websocket door) reaches through ``request.app.state.context``.
+
+``ApiContext`` bundles the lab's inventory and the access services; the lab runtime builds
+it and hands it to ``create_app``. ``context_of(request)`` gets it back in a route or a
+websocket handler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import HTTPConnection
+
+from gateway.access.audit import AuditLog
+from gateway.access.connect_sessions import ConnectSessions
+from gateway.access.tokens import TokenService
+from gateway.access.users import Directory, User
+from gateway.api.bootdiag import UrlSigner
+from gateway.api.resources import ConsoleState, Inventory
+
+
+@dataclass(eq=False)
+class ApiContext:
+    """The control plane's state and services. One per app."""
+
+    inventory: Inventory
+    directory: Directory
+    tokens: TokenService
+    audit: AuditLog
+    sessions: ConnectSessions
+    console: ConsoleState
+    signer: UrlSigner
+    idle_timeout: float = 900.0
+    replay_bytes: int = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who made the request (after ``require`` let it through), from where, at which scope."""
+
+    user: User
+    address: str
+    scope: str
+
+
+def context_of(connection: HTTPConnection) -> ApiContext:
+    """The ApiContext of the app serving ``connection`` (a Request or a WebSocket)."""
+    context: ApiContext = connection.app.state.context
+    return context
+
+
+def client_address(connection: HTTPConnection) -> str:
+    """The peer's address as ``host:port`` (empty when unknown)."""
+    client = connection.client
+    return f"{client.host}:{client.port}" if client else ""

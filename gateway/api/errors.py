@@ -1,0 +1,121 @@
+"""Errors as ARM answers them: ``{"error": {"code": ..., "message": ...}}``, with Azure's texts.
+
+``ArmError(status, code, message)`` is raised by routes and dependencies; the handlers
+installed by ``install_handlers`` turn it, FastAPI's validation errors, unknown paths and
+unexpected failures into that shape. Hostile or malformed input is a 4xx with a message
+that says what was wrong, never a 5xx.
+
+Exceptions::
+
+    ArmError            an HTTP error with ARM's body; status, code, message, headers
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("serial_console_lab.api")
+
+# Azure's texts (see shared/reference/azure-serial-console.md), word for word.
+CONSOLE_DISABLED = (
+    "Azure Serial Console is not enabled for this subscription, contact your subscription "
+    "administrator to enable."
+)
+NO_PERMISSION = (
+    "You do not have the required permissions to use this VM with the serial console. Ensure "
+    "you have at least Virtual Machine Contributor role permissions."
+)
+NOT_PROVISIONED = (
+    "Provisioning for this VM has not yet succeeded. Please ensure the VM is fully deployed "
+    "and retry the serial console connection."
+)
+NOT_RUNNING = "Azure Serial Console requires a virtual machine to be running."
+BOOT_DIAGNOSTICS_OFF = "Azure Serial Console requires boot diagnostics to be enabled."
+PORT_DISABLED = (
+    "The serial port of this virtual machine is disabled. Enable it with PUT "
+    ".../providers/Microsoft.SerialConsole/serialPorts/0 and a body of "
+    '{"properties": {"state": "enabled"}}, then retry the serial console connection.'
+)
+TOKEN_HINT = (
+    " Get a token with POST /oauth2/token (form fields grant_type=password, username, "
+    "password) and send it as 'Authorization: Bearer <access_token>'."
+)
+
+
+class ArmError(Exception):
+    """An error response in ARM's shape. ``message`` is what the user reads."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def error_response(err: ArmError) -> JSONResponse:
+    return JSONResponse(error_body(err.code, err.message), err.status, headers=err.headers)
+
+
+def not_found(kind: str, name: str, group: str | None = None) -> ArmError:
+    """ARM's ResourceNotFound for ``kind`` (``Microsoft.Compute/virtualMachines``) ``name``."""
+    where = f" under resource group '{group}'" if group else ""
+    return ArmError(
+        404,
+        "ResourceNotFound",
+        f"The Resource '{kind}/{name}'{where} was not found. For more details please go to "
+        "https://aka.ms/ARMResourceNotFoundFix",
+    )
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Answer every error of ``app`` in ARM's shape."""
+
+    @app.exception_handler(ArmError)
+    async def _arm(_: Request, err: ArmError) -> JSONResponse:
+        return error_response(err)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        problems = []
+        for item in err.errors()[:5]:
+            where = ".".join(str(p) for p in item.get("loc", ()) if p != "body") or "body"
+            problems.append(f"{where}: {item.get('msg', 'invalid')}")
+        message = "The request content was invalid and could not be deserialized: " + "; ".join(
+            problems
+        )
+        return error_response(ArmError(400, "InvalidRequestContent", message))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        if err.status_code == 404:
+            message = (
+                f"No route matches '{request.method} {request.url.path}'. The paths this "
+                "gateway serves are listed in /openapi.json."
+            )
+            return error_response(ArmError(404, "NotFound", message))
+        if err.status_code == 405:
+            message = f"The method '{request.method}' is not allowed on '{request.url.path}'."
+            return error_response(ArmError(405, "MethodNotAllowed", message))
+        code = "BadRequest" if 400 <= err.status_code < 500 else "InternalServerError"
+        return error_response(ArmError(err.status_code, code, str(err.detail)))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        log.error("%s %s failed: %s", request.method, request.url.path, err)
+        log.debug("traceback", exc_info=err)
+        return error_response(
+            ArmError(500, "InternalServerError", f"The gateway failed to serve the request: {err}")
+        )
