@@ -40,9 +40,13 @@ class PtyPair:
 
     def __init__(self) -> None:
         self.master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        os.set_blocking(self.master, False)
-        self.path = os.ttyname(self._slave)
+        try:
+            tty.setraw(self._slave)
+            os.set_blocking(self.master, False)
+            self.path = os.ttyname(self._slave)
+        except OSError:
+            self.close()
+            raise
 
     def close(self) -> None:
         for fd in (self.master, self._slave):
