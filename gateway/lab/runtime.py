@@ -1,0 +1,492 @@
+"""The lab runtime: builds every machine, its boot log and console hub, serves HTTP, and
+stops it all.
+
+Use::
+
+    async with LabRuntime(config, on_progress=show) as lab:
+        print(lab.url)
+        await lab.wait_for_stop()        # until lab.request_stop() or the server dies
+
+Entering: refuses to listen beyond loopback while a user keeps a default password or TLS is
+off; opens the state folder (``lab.db``, ``bootdiag/<vm>/``, ``run/<vm>/``); makes one
+``BootLog`` + ``ConsoleHub`` per machine and installs the hub before the machine starts,
+so the boot is logged from its first byte; serves the app on one port (uvicorn, websockets);
+starts every machine in parallel, reporting progress. A machine that fails to start is
+reported and left deallocated: the rest of the lab runs.
+
+Leaving (normally, on an error or on cancellation): the server stops (graceful, forced
+after a timeout); running machines are stopped gracefully in parallel (unless leaving by
+cancellation), then every machine is deallocated in a ``finally``, so no QEMU outlives the
+lab; hubs, boot logs and the database are closed. An ``asyncio.TaskGroup`` owns the
+server and the boot-log flusher.
+
+Exceptions::
+
+    LabRuntimeError      the lab cannot start (message says why: exposure, port, TLS, state)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Callable, Generator
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+
+import uvicorn
+
+from gateway.access import rbac
+from gateway.access.audit import AuditLog
+from gateway.access.connect_sessions import ConnectSessions
+from gateway.access.errors import StoreError
+from gateway.access.store import LabDatabase
+from gateway.access.tokens import TokenService
+from gateway.access.users import Directory
+from gateway.api.app import create_app
+from gateway.api.bootdiag import UrlSigner
+from gateway.api.context import ApiContext
+from gateway.api.resources import ConsoleState, Inventory, ScaleSetResource, VmResource
+from gateway.console.bootlog import BootLog, BootLogError
+from gateway.console.hub import ConsoleHub
+from gateway.lab.config import LabConfig, MachineSpec
+from gateway.machines.base import Machine, MachineError, PowerState
+
+log = logging.getLogger("serial_console_lab.lab")
+
+# The lab serves websockets with the `websockets` library's implementation on purpose;
+# uvicorn's notice that its default will change is not for the lab's users.
+warnings.filterwarnings("ignore", message=r"The `websockets` implementation is deprecated")
+
+MachineFactory = Callable[[MachineSpec, Path], Machine]
+Progress = Callable[[str, str], None]
+
+
+class LabRuntimeError(Exception):
+    """The lab cannot start; the message says why and what to do."""
+
+
+def default_machine_factory(spec: MachineSpec, run_dir: Path) -> Machine:
+    """A QemuMachine or an EmulatedMachine for ``spec`` (imported only when needed)."""
+    if spec.backend == "qemu":
+        from gateway.machines.qemu import QemuMachine
+
+        return QemuMachine(
+            spec.name,
+            run_dir=run_dir,
+            kernel=spec.image.kernel,
+            initrd=spec.image.initrd,
+            memory_mb=spec.memory_mb,
+            hostname=spec.hostname,
+            password=spec.password,
+            append=spec.image.append,
+        )
+    from emulator.machine import EmulatedMachine
+
+    return EmulatedMachine(
+        spec.name,
+        spec.os,
+        hostname=spec.hostname,
+        password=spec.password,
+        boot_delay=spec.boot_delay,
+        output_rate=spec.output_rate,
+    )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus its signal handling (the lab owns signals) and with a
+    ``ready`` event instead of polling ``started``."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+class LabRuntime:
+    """One running lab. An async context manager; see the module docstring."""
+
+    def __init__(
+        self,
+        config: LabConfig,
+        *,
+        machine_factory: MachineFactory = default_machine_factory,
+        on_progress: Progress | None = None,
+        start_timeout: float = 180.0,
+        stop_timeout: float = 30.0,
+        server_timeout: float = 5.0,
+    ) -> None:
+        self.config = config
+        self.machine_factory = machine_factory
+        self.on_progress = on_progress or (lambda name, message: None)
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.server_timeout = server_timeout
+        self.state_dir = config.state_dir.resolve()
+        self.machines: dict[str, Machine] = {}
+        self.bootlogs: dict[str, BootLog] = {}
+        self.hubs: dict[str, ConsoleHub] = {}
+        self.start_failures: dict[str, str] = {}
+        self.context: ApiContext | None = None
+        self.port = 0
+        self.server_error: BaseException | None = None
+        self._stack = AsyncExitStack()
+        self._stop = asyncio.Event()
+        self._server: _Server | None = None
+        self._server_task: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._forced = asyncio.Event()
+
+    # -- public --------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Where clients reach the gateway (loopback when it listens on every address)."""
+        host = self.config.gateway.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "https" if self.config.gateway.tls else "http"
+        return f"{scheme}://{host}:{self.port}"
+
+    def request_stop(self) -> None:
+        """Ask ``wait_for_stop`` to return (what Ctrl+C and SIGTERM do)."""
+        self._stop.set()
+
+    def force_stop(self) -> None:
+        """Stop without waiting for anyone (a second Ctrl+C): open connections are cut,
+        guests are not asked to shut down; every machine is still deallocated."""
+        self._forced.set()
+        if self._server is not None:
+            self._server.force_exit = True
+        self._stop.set()
+
+    async def wait_for_stop(self) -> None:
+        """Return on ``request_stop()`` or when the HTTP server ends by itself."""
+        assert self._server_task is not None
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({stop, self._server_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+
+    # -- entering ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> LabRuntime:
+        try:
+            await self._enter()
+        except BaseException:
+            await self._stack.__aexit__(*sys.exc_info())
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+            self._forced.set()
+        return await self._stack.__aexit__(exc_type, exc, tb)
+
+    async def _enter(self) -> None:
+        settings = self.config.gateway
+        problems = self.config.exposure_problems()
+        if problems:
+            raise LabRuntimeError(
+                f"refusing to listen on {settings.host}, beyond this machine: "
+                + "; ".join(problems)
+                + ". Change the passwords and set TLS in the lab file, or listen on 127.0.0.1."
+            )
+        try:
+            (self.state_dir / "bootdiag").mkdir(parents=True, exist_ok=True)
+            (self.state_dir / "run").mkdir(parents=True, exist_ok=True)
+            db = LabDatabase(self.state_dir / "lab.db")
+        except (OSError, StoreError) as err:
+            raise LabRuntimeError(f"cannot use the state folder {self.state_dir}: {err}") from err
+        self._stack.callback(db.close)
+        # Registered before anything is built: it deallocates, then closes hubs and logs.
+        self._stack.push_async_callback(self._release_machines)
+        inventory = self._build(db)
+        self.context = ApiContext(
+            inventory=inventory,
+            directory=Directory(self.config.users),
+            tokens=TokenService(db, Directory(self.config.users), settings.token_lifetime),
+            audit=AuditLog(db),
+            sessions=ConnectSessions(),
+            console=ConsoleState(db, self.config.subscription.id),
+            signer=UrlSigner.from_db(db),
+            idle_timeout=settings.idle_timeout,
+            replay_bytes=settings.replay_bytes,
+        )
+        group = await self._stack.enter_async_context(asyncio.TaskGroup())
+        self._stack.push_async_callback(self._stop_tasks)
+        await self._serve(group)
+        self._flusher = group.create_task(self._flush_loop(), name="bootlog-flush")
+        await self._start_all()
+
+    def _build(self, db: LabDatabase) -> Inventory:
+        """Machines, boot logs, hubs (installed), and the inventory the API serves."""
+        cfg = self.config
+        sub = cfg.subscription.id
+        inventory = Inventory(sub, cfg.subscription.name)
+        locations = {g.name: g.location for g in cfg.resource_groups}
+        for group in cfg.resource_groups:
+            inventory.add_group(group.name, group.location)
+
+        def make(spec: MachineSpec) -> tuple[Machine, BootLog, ConsoleHub]:
+            try:
+                bootlog = BootLog(
+                    self.state_dir / "bootdiag" / spec.name, cfg.gateway.bootlog_bytes
+                )
+            except BootLogError as err:
+                raise LabRuntimeError(str(err)) from err
+            self.bootlogs[spec.name] = bootlog
+            run_dir = self.state_dir / "run" / spec.name
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                machine = self.machine_factory(spec, run_dir)
+            except (MachineError, ValueError, OSError, ImportError) as err:
+                raise LabRuntimeError(f"{spec.name}: cannot make the machine: {err}") from err
+            hub = ConsoleHub(machine, bootlog)
+            hub.install()
+            self.machines[spec.name] = machine
+            self.hubs[spec.name] = hub
+            return machine, bootlog, hub
+
+        for vm in cfg.vms:
+            machine, bootlog, hub = make(vm.machine)
+            inventory.add_vm(
+                VmResource(
+                    id=rbac.vm_scope(sub, vm.resource_group, vm.name),
+                    name=vm.name,
+                    resource_group=vm.resource_group,
+                    location=locations[vm.resource_group],
+                    os_type=vm.machine.os,
+                    hostname=vm.machine.hostname,
+                    memory_mb=vm.machine.memory_mb,
+                    provisioning_state=vm.provisioning_state,
+                    boot_diagnostics=vm.boot_diagnostics,
+                    port_enabled_default=vm.serial_port_enabled,
+                    machine=machine,
+                    bootlog=bootlog,
+                    hub=hub,
+                )
+            )
+        for vmss in cfg.scale_sets:
+            inventory.add_scale_set(
+                ScaleSetResource(
+                    id=rbac.scale_set_scope(sub, vmss.resource_group, vmss.name),
+                    name=vmss.name,
+                    resource_group=vmss.resource_group,
+                    location=locations[vmss.resource_group],
+                    capacity=vmss.capacity,
+                    memory_mb=vmss.instances[0].machine.memory_mb if vmss.instances else 0,
+                    os_type=vmss.instances[0].machine.os if vmss.instances else "linux",
+                    provisioning_state=vmss.provisioning_state,
+                    boot_diagnostics=vmss.boot_diagnostics,
+                )
+            )
+            for instance in vmss.instances:
+                machine, bootlog, hub = make(instance.machine)
+                inventory.add_vm(
+                    VmResource(
+                        id=rbac.instance_scope(
+                            sub, vmss.resource_group, vmss.name, instance.instance_id
+                        ),
+                        name=instance.machine.name,
+                        resource_group=vmss.resource_group,
+                        location=locations[vmss.resource_group],
+                        os_type=instance.machine.os,
+                        hostname=instance.machine.hostname,
+                        memory_mb=instance.machine.memory_mb,
+                        provisioning_state=vmss.provisioning_state,
+                        boot_diagnostics=vmss.boot_diagnostics,
+                        port_enabled_default=vmss.serial_port_enabled,
+                        machine=machine,
+                        bootlog=bootlog,
+                        hub=hub,
+                        scale_set=vmss.name,
+                        instance_id=instance.instance_id,
+                        latest_model=instance.latest_model,
+                    )
+                )
+        return inventory
+
+    async def _serve(self, group: asyncio.TaskGroup) -> None:
+        settings = self.config.gateway
+        assert self.context is not None
+        config = uvicorn.Config(
+            create_app(self.context),
+            ws="websockets",
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=self.server_timeout,
+            ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+            ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        )
+        try:
+            config.load()
+        except (OSError, ValueError) as err:
+            raise LabRuntimeError(f"cannot load the TLS certificate or key: {err}") from err
+        sock = _bind(settings.host, settings.port)
+        self._stack.callback(sock.close)
+        self.port = sock.getsockname()[1]
+        self._server = _Server(config)
+        self._server_task = group.create_task(self._run_server(sock), name="http")
+        ready = asyncio.ensure_future(self._server.ready.wait())
+        try:
+            async with asyncio.timeout(30):
+                await asyncio.wait({ready, self._server_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+        if not self._server.ready.is_set():
+            raise LabRuntimeError(f"the HTTP server did not start: {self.server_error}")
+        log.info("serving %s", self.url)
+
+    async def _run_server(self, sock: socket.socket) -> None:
+        assert self._server is not None
+        try:
+            await self._server.serve(sockets=[sock])
+        except Exception as err:
+            # Kept, not raised: the lab reports it and shuts down in order.
+            self.server_error = err
+            log.error("the HTTP server failed: %s", err)
+            log.debug("traceback", exc_info=err)
+
+    async def _start_all(self) -> None:
+        async def start(name: str, machine: Machine) -> None:
+            self.on_progress(name, "starting")
+            began = time.monotonic()
+            try:
+                async with asyncio.timeout(self.start_timeout):
+                    await machine.start()
+            except (MachineError, OSError, TimeoutError) as err:
+                reason = str(err) or type(err).__name__
+                self.start_failures[name] = reason
+                self.on_progress(name, f"failed to start: {reason}")
+                log.error("%s: failed to start: %s", name, reason)
+                return
+            self.on_progress(name, f"{machine.power_state} ({time.monotonic() - began:.1f} s)")
+
+        async with asyncio.TaskGroup() as starting:
+            for name, machine in self.machines.items():
+                starting.create_task(start(name, machine), name=f"start-{name}")
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)  # a period, not a wait for an event
+            for name, bootlog in self.bootlogs.items():
+                try:
+                    bootlog.flush()
+                except BootLogError as err:
+                    log.warning("%s: %s", name, err)
+
+    # -- leaving -------------------------------------------------------------------------
+
+    async def _stop_tasks(self) -> None:
+        """Stop the server (graceful, then forced) and the flusher; the TaskGroup then ends."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+        if self._server is None or self._server_task is None:
+            return
+        self._server.should_exit = True
+        # asyncio.wait, not asyncio.timeout: this also runs while the task is being cancelled.
+        done, _ = await asyncio.wait({self._server_task}, timeout=self.server_timeout + 2)
+        if not done:
+            log.warning("the HTTP server did not stop in time: closing its connections")
+            self._server.force_exit = True
+            self._server_task.cancel()
+
+    async def _release_machines(self) -> None:
+        """Stop running machines gracefully (unless forced), then deallocate every one, then
+        close the hubs and boot logs (so the guests' last words are logged)."""
+        try:
+            if not self._forced.is_set():
+                await self._stop_gracefully()
+        finally:
+            try:
+                await asyncio.gather(
+                    *(self._deallocate(name, m) for name, m in self.machines.items()),
+                    return_exceptions=True,
+                )
+            finally:
+                for hub in self.hubs.values():
+                    hub.close()
+                for bootlog in self.bootlogs.values():
+                    bootlog.close()
+
+    async def _stop_gracefully(self) -> None:
+        running = {
+            name: m
+            for name, m in self.machines.items()
+            if m.power_state in (PowerState.RUNNING, PowerState.PANICKED, PowerState.STARTING)
+        }
+        if not running:
+            return
+
+        async def stop(name: str, machine: Machine) -> None:
+            self.on_progress(name, "stopping")
+            try:
+                await machine.stop(timeout=self.stop_timeout)
+            except MachineError as err:
+                log.warning("%s: graceful stop failed: %s", name, err)
+
+        stopping = asyncio.ensure_future(asyncio.gather(*(stop(n, m) for n, m in running.items())))
+        forced = asyncio.ensure_future(self._forced.wait())
+        try:
+            await asyncio.wait(
+                {stopping, forced},
+                timeout=self.stop_timeout + 5,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            forced.cancel()
+        if not stopping.done():
+            log.warning("machines did not stop in time: deallocating them")
+            stopping.cancel()
+            await asyncio.wait({stopping}, timeout=self.stop_timeout)
+
+    async def _deallocate(self, name: str, machine: Machine) -> None:
+        try:
+            await machine.deallocate()
+        except Exception as err:
+            log.error("%s: deallocate failed: %s", name, err)
+            raise
+        self.on_progress(name, "deallocated")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on ``host:port`` (port 0: any free port)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as err:
+        raise LabRuntimeError(
+            f"cannot listen on {host}:{port}: {err.strerror or err}"
+            + (" (another lab may be running; pick another --port)" if port else "")
+        ) from err
+    return sock
