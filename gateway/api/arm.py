@@ -147,8 +147,7 @@ async def enable_console(
 
 
 def port_body(ctx: ApiContext, vm: VmResource) -> dict[str, Any]:
-    hub = vm.hub
-    active = bool(getattr(hub, "session_count", 0)) if hub is not None else False
+    active = vm.hub is not None and bool(vm.hub.sessions)
     return {
         "id": vm.port_id,
         "name": PORT_NAME,

@@ -262,7 +262,7 @@ class LabRuntime:
                 machine = self.machine_factory(spec, run_dir)
             except (MachineError, ValueError, OSError, ImportError) as err:
                 raise LabRuntimeError(f"{spec.name}: cannot make the machine: {err}") from err
-            hub = ConsoleHub(machine, bootlog)
+            hub = ConsoleHub(machine, bootlog, replay=cfg.gateway.replay_bytes)
             hub.install()
             self.machines[spec.name] = machine
             self.hubs[spec.name] = hub

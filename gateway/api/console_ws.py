@@ -1,0 +1,407 @@
+"""The websocket console: ``/n/connector/{container}/sessions/{id}/client``.
+
+Two modes on one URL (docs/protocol.md):
+
+- raw (no subprotocol; what ``az serial-console`` speaks): the token comes as
+  ``?authorization=`` or as the first text message; every client frame, text or binary, is
+  input; output goes out as binary frames. Gateway texts (Azure's banner, takeover) are
+  written into the stream as a terminal would show them.
+- framed (subprotocol ``serial-console.v1``): binary frames are serial bytes both ways;
+  text frames are JSON events (gateway) and commands (client), see ``frames``.
+
+A connection: Origin check -> token -> claim the one-time session -> attach to the VM's
+hub (replay, or resume from ``?offset=``) -> pump both ways until either side closes.
+This module moves bytes and maps errors to close codes; the hub does the console's work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from gateway.access import audit
+from gateway.access.connect_sessions import ConnectGrant
+from gateway.access.errors import AuthenticationError, ConnectSessionError, SessionWrongUser
+from gateway.access.users import User
+from gateway.api.context import ApiContext, client_address, context_of
+from gateway.api.resources import VmResource
+from gateway.console.frames import SUBPROTOCOL, CloseCode, Command, FrameError, encode_event
+from gateway.console.frames import parse_command as parse_frame
+from gateway.console.hub import ConsoleError, ConsoleHub
+from gateway.console.sessions import BANNER_TEXT, Closing, ConsoleSession, Event, Output, Role
+from gateway.machines.base import MachineError
+
+log = logging.getLogger("serial_console_lab.api.console")
+router = APIRouter()
+
+CONSOLE_PATH = "/n/connector/{container}/sessions/{session_id}/client"
+TOKEN_WAIT = 10.0
+IDLE_WARNING = 60.0
+MAX_REASON = 120  # a close frame's reason is at most 123 bytes
+
+
+class _Refused(Exception):
+    """The connection cannot go on: close with ``code``; ``message`` is for the user."""
+
+    def __init__(self, code: CloseCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One websocket client and its current console session."""
+
+    websocket: WebSocket
+    framed: bool
+    ctx: ApiContext
+    address: str
+    user: User | None = None
+    vm: VmResource | None = None
+    hub: ConsoleHub | None = None
+    session: ConsoleSession | None = None
+    last_input: float = field(default_factory=time.monotonic)
+    activity: asyncio.Event = field(default_factory=asyncio.Event)
+    told: bool = False
+
+    async def send_text_to_user(self, text: str) -> None:
+        """A gateway message as the user sees it: a JSON event (framed) or terminal text."""
+        if self.framed:
+            await self.websocket.send_text(encode_event("message", text=text))
+        else:
+            await self.websocket.send_bytes(f"\r\n{text}\r\n".encode())
+
+    def audit(self, action: str, outcome: str, detail: str = "") -> None:
+        self.ctx.audit.record(
+            action,
+            user=self.user.name if self.user else "",
+            address=self.address,
+            target=self.vm.id if self.vm else self.websocket.url.path,
+            outcome=outcome,
+            detail=detail,
+        )
+
+
+@router.websocket(CONSOLE_PATH)
+async def console(websocket: WebSocket, container: str, session_id: str) -> None:
+    """Serve one console connection (see the module docstring)."""
+    ctx = context_of(websocket)
+    framed = SUBPROTOCOL in websocket.scope.get("subprotocols", [])
+    conn = _Connection(websocket, framed, ctx, client_address(websocket))
+    await websocket.accept(subprotocol=SUBPROTOCOL if framed else None)
+    try:
+        _check_origin(websocket, ctx)
+        conn.user = await _authenticate(conn)
+        grant = _claim(conn, container, session_id)
+        await _serve(conn, grant)
+    except _Refused as refused:
+        conn.audit("console.connect", audit.DENIED, refused.message)
+        await _close(conn, Closing(refused.code, refused.message, refused.message))
+    except WebSocketDisconnect:
+        pass
+
+
+def _check_origin(websocket: WebSocket, ctx: ApiContext) -> None:
+    """No Origin (not a browser), the gateway's own origin, or one of the allowed ones."""
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return
+    host = websocket.headers.get("host", "")
+    allowed = set(getattr(ctx, "allowed_origins", ()))
+    if urlsplit(origin).netloc == host or origin in allowed:
+        return
+    raise _Refused(
+        CloseCode.ORIGIN_REFUSED,
+        f"pages from {origin} may not open this console; add it to the lab's allowed origins",
+    )
+
+
+async def _authenticate(conn: _Connection) -> User:
+    token = conn.websocket.query_params.get("authorization")
+    if token is None:
+        token = await _first_message_token(conn)
+    if token.lower().startswith("bearer "):
+        token = token[7:]
+    try:
+        return conn.ctx.tokens.authenticate(token)
+    except AuthenticationError as err:
+        raise _Refused(
+            CloseCode.UNAUTHORIZED, f"{err} Get a token with POST /oauth2/token (or log in)."
+        ) from None
+
+
+async def _first_message_token(conn: _Connection) -> str:
+    try:
+        async with asyncio.timeout(TOKEN_WAIT):
+            message = await conn.websocket.receive()
+    except TimeoutError:
+        raise _Refused(
+            CloseCode.UNAUTHORIZED,
+            "no token: pass ?authorization=<token> or send the token as the first message",
+        ) from None
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    text = message.get("text")
+    if not text:
+        raise _Refused(CloseCode.UNAUTHORIZED, "the first message must be the token, as text")
+    if not conn.framed:
+        return text.strip()
+    try:
+        command = parse_frame(text)
+    except FrameError as err:
+        raise _Refused(CloseCode.MALFORMED, f"expected an authorize command: {err}") from None
+    if command.type != "authorize" or command.token is None:
+        raise _Refused(CloseCode.UNAUTHORIZED, 'send {"type": "authorize", "token": ...} first')
+    return command.token
+
+
+def _claim(conn: _Connection, container: str, session_id: str) -> ConnectGrant:
+    assert conn.user is not None
+    try:
+        grant = conn.ctx.sessions.claim(session_id, conn.user.name)
+    except SessionWrongUser as err:
+        raise _Refused(CloseCode.UNAUTHORIZED, str(err)) from None
+    except ConnectSessionError as err:
+        raise _Refused(CloseCode.SESSION_REFUSED, str(err)) from None
+    if grant.container != container:
+        raise _Refused(
+            CloseCode.SESSION_REFUSED, "This console URL is not valid. Call connect again."
+        )
+    return grant
+
+
+async def _serve(conn: _Connection, grant: ConnectGrant) -> None:
+    vm = conn.ctx.inventory.by_id(grant.vm_id)
+    hub = vm.hub
+    if hub is None:
+        raise _Refused(CloseCode.PORT_LOST, f"VM '{vm.name}' has no console in this lab")
+    conn.vm, conn.hub = vm, hub
+    query = conn.websocket.query_params
+    role = Role.WATCHER if query.get("watch", "").lower() in ("1", "true", "yes") else Role.WRITER
+    resume = _offset(query.get("offset"))
+    session = ConsoleSession(grant.session_id, grant.user, vm.name, role)
+    try:
+        backlog, displaced = hub.attach(session, resume)
+    except ConsoleError as err:
+        raise _Refused(CloseCode.GOING_AWAY, str(err)) from None
+    conn.session = session
+    conn.audit("console.connect", audit.ALLOWED, f"{role} session {grant.session_id[:8]}...")
+    if displaced is not None:
+        conn.ctx.audit.record(
+            "console.takeover", user=grant.user, address=conn.address, target=vm.id,
+            outcome=audit.SUCCEEDED, detail=f"took the console over from {displaced.user}",
+        )  # fmt: skip
+    if conn.framed:
+        await conn.websocket.send_text(
+            encode_event(
+                "connected",
+                vm=vm.name,
+                user=grant.user,
+                role=role.value,
+                os=vm.os_type,
+                power_state=vm.machine.power_state.value,
+                banner=BANNER_TEXT,
+                replay_from=backlog.start,
+                offset=backlog.next,
+                rotated=backlog.rotated,
+            )
+        )
+    else:
+        await conn.websocket.send_bytes(BANNER_TEXT.encode() + b"\r\n")
+    if backlog.rotated and resume is not None:
+        await conn.send_text_to_user(
+            f"[bytes {resume} to {backlog.start} have rotated out of the boot log]"
+        )
+    pumps = [asyncio.create_task(_send_loop(conn)), asyncio.create_task(_receive_loop(conn))]
+    tasks = [*pumps, asyncio.create_task(_idle_watch(conn))] if conn.ctx.idle_timeout else pumps
+    try:
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, Exception) and not isinstance(outcome, WebSocketDisconnect):
+                log.debug("console pump of %s ended: %r", vm.name, outcome)
+        hub.detach(conn.session)
+        closing = conn.session.closing
+        conn.audit(
+            "console.disconnect", audit.SUCCEEDED, closing.reason if closing else "client left"
+        )
+
+
+def _offset(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise _Refused(CloseCode.MALFORMED, "?offset= must be a byte offset (a whole number)")
+    return int(value)
+
+
+async def _send_loop(conn: _Connection) -> None:
+    """Session queue -> client, at the client's pace; then the close with its reason."""
+    while True:
+        session = conn.session
+        assert session is not None
+        items = await session.take()
+        if not items:
+            if session is not conn.session:
+                continue  # swapped for a resumed session
+            break
+        for item in items:
+            if isinstance(item, Output):
+                await conn.websocket.send_bytes(item.data)
+            elif conn.framed and isinstance(item, Event):
+                await conn.websocket.send_text(item.text)
+    assert conn.session is not None and conn.session.closing is not None
+    await _close(conn, conn.session.closing)
+
+
+async def _receive_loop(conn: _Connection) -> None:
+    """Client -> guest: input bytes, and commands in framed mode."""
+    assert conn.hub is not None and conn.session is not None
+    while True:
+        message = await conn.websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        conn.last_input = time.monotonic()
+        conn.activity.set()
+        data, text = message.get("bytes"), message.get("text")
+        try:
+            if data is not None:
+                await conn.hub.write(conn.session, data)
+            elif text is not None and not conn.framed:
+                await conn.hub.write(conn.session, text.encode())
+            elif text is not None:
+                await _command(conn, parse_frame(text))
+        except FrameError as err:
+            reason = f"malformed frame: {err}"[:MAX_REASON]
+            message = f"The gateway could not read a frame: {err}"
+            conn.session.close(Closing(CloseCode.MALFORMED, reason, message), drain=False)
+            return
+        except ConsoleError as err:
+            if not conn.told:
+                await _report(conn, None, "input", False, str(err))
+            conn.told = not conn.framed  # raw terminals hear it once, not per keystroke
+
+
+async def _command(conn: _Connection, command: Command) -> None:
+    hub, session = conn.hub, conn.session
+    assert hub is not None and session is not None
+    if command.type == "authorize":
+        return  # already authorized; a repeated token is harmless
+    if command.type == "resume":
+        assert command.offset is not None
+        _resume(conn, command.offset)
+        return
+    if session.role is not Role.WRITER:
+        await _report(conn, command.id, command.type, False, "this console is read-only (watch)")
+        return
+    try:
+        message = await run_command(hub, command.type, list(command.keys))
+    except (ConsoleError, MachineError) as err:
+        conn.audit(f"console.{command.type}", audit.FAILED, str(err))
+        await _report(conn, command.id, command.type, False, str(err))
+        return
+    conn.audit(f"console.{command.type}", audit.SUCCEEDED, "".join(command.keys))
+    await _report(conn, command.id, command.type, True, message)
+
+
+async def run_command(hub: ConsoleHub, command: str, keys: list[str]) -> str:
+    """Do ``command`` on ``hub``'s VM; the success text (az's where az has one)."""
+    if command == "sysrq":
+        await hub.sysrq(keys)
+        return "Successfully sent SysRq command"
+    if command == "nmi":
+        await hub.nmi()
+        return "NMI sent successfully"
+    if command == "reset":
+        await hub.reset()
+        return "Successfully Hard Reset VM"
+    if command == "restart":
+        outcome = await hub.restart()
+        return "Successfully restarted VM" + (
+            "" if outcome == "graceful" else " (the guest did not shut down: it was hard-reset)"
+        )
+    if command == "break":
+        await hub.machine.send_break()
+        return "Break sent"
+    raise ConsoleError(f"unknown command {command!r}")
+
+
+def _resume(conn: _Connection, offset: int) -> None:
+    """Start over from ``offset``: a fresh session, so the bytes stay in order."""
+    hub, old = conn.hub, conn.session
+    assert hub is not None and old is not None
+    hub.detach(old)
+    fresh = ConsoleSession(old.id, old.user, old.vm, old.role, old.limit)
+    backlog, _ = hub.attach(fresh, offset)
+    fresh.push_event(
+        encode_event("resumed", requested=offset, start=backlog.start, rotated=backlog.rotated)
+    )
+    conn.session = fresh
+    old.close(Closing(CloseCode.NORMAL, "resumed"), drain=False)
+
+
+async def _report(conn: _Connection, rid: str | None, command: str, ok: bool, text: str) -> None:
+    if conn.framed:
+        await conn.websocket.send_text(
+            encode_event("result", id=rid, command=command, ok=ok, message=text)
+        )
+    elif not ok:
+        await conn.send_text_to_user(text)
+
+
+async def _idle_watch(conn: _Connection) -> None:
+    """Warn a minute before the idle timeout, then close the session. Any input resets it."""
+    timeout = conn.ctx.idle_timeout
+    warned = False
+    while True:
+        left = conn.last_input + timeout - time.monotonic()
+        if left <= 0:
+            assert conn.session is not None
+            minutes = timeout / 60
+            conn.session.close(Closing(CloseCode.IDLE, f"idle for {minutes:g} minutes",
+                                       f"Closed after {minutes:g} minutes without input. "
+                                       "Reconnect to go on."), drain=True)  # fmt: skip
+            return
+        if not warned and left <= IDLE_WARNING:
+            warned = True
+            if conn.framed:
+                assert conn.session is not None
+                conn.session.push_event(encode_event("idle_warning", seconds=round(left)))
+            else:
+                await conn.send_text_to_user(
+                    f"[This console closes in {left:.0f} seconds without input. Type to stay.]"
+                )
+        wait = left - IDLE_WARNING if left > IDLE_WARNING else left
+        conn.activity.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await conn.activity.wait()
+                warned = False
+
+
+async def _close(conn: _Connection, closing: Closing) -> None:
+    """Tell the user why (framed: a closing event; raw: the text), then close the socket."""
+    with contextlib.suppress(Exception):  # the client may already be gone
+        if conn.framed:
+            await conn.websocket.send_text(
+                encode_event(
+                    "closing",
+                    code=int(closing.code),
+                    reason=closing.reason,
+                    message=closing.message or closing.reason,
+                    resume_offset=closing.resume_offset,
+                )
+            )
+        elif closing.message:
+            await conn.websocket.send_bytes(f"\r\n{closing.message}\r\n".encode())
+        reason = closing.reason.encode()[:MAX_REASON].decode(errors="ignore")
+        await conn.websocket.close(int(closing.code), reason)
