@@ -233,9 +233,11 @@ class LabRuntime:
             idle_timeout=settings.idle_timeout,
             replay_bytes=settings.replay_bytes,
         )
+        server, sock = self._prepare_server()
+        self._stack.callback(sock.close)  # closed after the server stopped (LIFO)
         group = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._stack.push_async_callback(self._stop_tasks)
-        await self._serve(group)
+        await self._serve(group, server, sock)
         self._flusher = group.create_task(self._flush_loop(), name="bootlog-flush")
         await self._start_all()
 
@@ -327,7 +329,7 @@ class LabRuntime:
                 )
         return inventory
 
-    async def _serve(self, group: asyncio.TaskGroup) -> None:
+    def _prepare_server(self) -> tuple[_Server, socket.socket]:
         settings = self.config.gateway
         assert self.context is not None
         config = uvicorn.Config(
@@ -345,9 +347,11 @@ class LabRuntime:
         except (OSError, ValueError) as err:
             raise LabRuntimeError(f"cannot load the TLS certificate or key: {err}") from err
         sock = _bind(settings.host, settings.port)
-        self._stack.callback(sock.close)
         self.port = sock.getsockname()[1]
-        self._server = _Server(config)
+        return _Server(config), sock
+
+    async def _serve(self, group: asyncio.TaskGroup, server: _Server, sock: socket.socket) -> None:
+        self._server = server
         self._server_task = group.create_task(self._run_server(sock), name="http")
         ready = asyncio.ensure_future(self._server.ready.wait())
         try:
