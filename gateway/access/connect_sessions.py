@@ -102,6 +102,21 @@ class ConnectSessions:
         entry.used = True
         return entry.grant
 
+    def lookup(self, session_id: str, user: str) -> ConnectGrant:
+        """The grant of ``session_id`` for ``user``, claimed or not, without using it up.
+
+        For the admin commands, which go to a session's URL beside (or instead of) its
+        websocket. Raises UnknownSession or SessionWrongUser.
+        """
+        entry = self._entries.get(session_id)
+        if entry is None:
+            raise UnknownSession("This console session does not exist. Call connect again.")
+        if entry.grant.user != user:
+            raise SessionWrongUser(
+                "This console session belongs to another user. Call connect with your own token."
+            )
+        return entry.grant
+
     def _purge(self) -> None:
         # Keep expired/used ids for one more lifetime, so late claims hear why, not "unknown".
         horizon = self.clock() - 2 * self.lifetime

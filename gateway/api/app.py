@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from gateway.api import arm, auth, bootdiag, compute
+from gateway.api import admin, arm, auth, bootdiag, compute, console_ws
 from gateway.api.context import ApiContext
 from gateway.api.errors import install_handlers
 
@@ -38,4 +38,6 @@ def create_app(context: ApiContext) -> FastAPI:
     app.include_router(arm.router)
     app.include_router(compute.router)
     app.include_router(bootdiag.router)
+    app.include_router(console_ws.router)
+    app.include_router(admin.router)
     return app

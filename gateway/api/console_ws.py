@@ -27,7 +27,12 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from gateway.access import audit
 from gateway.access.connect_sessions import ConnectGrant
-from gateway.access.errors import AuthenticationError, ConnectSessionError, SessionWrongUser
+from gateway.access.errors import (
+    AccessError,
+    AuthenticationError,
+    ConnectSessionError,
+    SessionWrongUser,
+)
 from gateway.access.users import User
 from gateway.api.context import ApiContext, client_address, context_of
 from gateway.api.resources import VmResource
@@ -79,6 +84,13 @@ class _Connection:
             await self.websocket.send_bytes(f"\r\n{text}\r\n".encode())
 
     def audit(self, action: str, outcome: str, detail: str = "") -> None:
+        """Record an access to the console; a failing audit log never breaks the console."""
+        try:
+            self._record(action, outcome, detail)
+        except AccessError as err:
+            log.error("audit record lost (%s %s): %s", action, outcome, err)
+
+    def _record(self, action: str, outcome: str, detail: str) -> None:
         self.ctx.audit.record(
             action,
             user=self.user.name if self.user else "",
@@ -114,7 +126,7 @@ def _check_origin(websocket: WebSocket, ctx: ApiContext) -> None:
     if origin is None:
         return
     host = websocket.headers.get("host", "")
-    allowed = set(getattr(ctx, "allowed_origins", ()))
+    allowed = set(ctx.allowed_origins)
     if urlsplit(origin).netloc == host or origin in allowed:
         return
     raise _Refused(
@@ -186,7 +198,7 @@ async def _serve(conn: _Connection, grant: ConnectGrant) -> None:
     query = conn.websocket.query_params
     role = Role.WATCHER if query.get("watch", "").lower() in ("1", "true", "yes") else Role.WRITER
     resume = _offset(query.get("offset"))
-    session = ConsoleSession(grant.session_id, grant.user, vm.name, role)
+    session = ConsoleSession(grant.session_id, grant.user, vm.name, role, conn.ctx.session_buffer)
     try:
         backlog, displaced = hub.attach(session, resume)
     except ConsoleError as err:
@@ -194,10 +206,9 @@ async def _serve(conn: _Connection, grant: ConnectGrant) -> None:
     conn.session = session
     conn.audit("console.connect", audit.ALLOWED, f"{role} session {grant.session_id[:8]}...")
     if displaced is not None:
-        conn.ctx.audit.record(
-            "console.takeover", user=grant.user, address=conn.address, target=vm.id,
-            outcome=audit.SUCCEEDED, detail=f"took the console over from {displaced.user}",
-        )  # fmt: skip
+        conn.audit(
+            "console.takeover", audit.SUCCEEDED, f"took the console over from {displaced.user}"
+        )
     if conn.framed:
         await conn.websocket.send_text(
             encode_event(

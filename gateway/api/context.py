@@ -32,6 +32,8 @@ class ApiContext:
     signer: UrlSigner
     idle_timeout: float = 900.0
     replay_bytes: int = 65536
+    session_buffer: int = 1 << 20  # output queued per console client before it is cut off
+    allowed_origins: tuple[str, ...] = ()  # browser origins besides the gateway's own
 
 
 @dataclass(frozen=True, slots=True)

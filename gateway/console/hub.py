@@ -111,6 +111,10 @@ class ConsoleHub:
     # -- sessions --------------------------------------------------------------------------
 
     @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    @property
     def writer(self) -> ConsoleSession | None:
         return self._writer
 
@@ -121,7 +125,8 @@ class ConsoleHub:
     def attach(
         self, session: ConsoleSession, resume_from: int | None = None
     ) -> tuple[LogRead, ConsoleSession | None]:
-        """Register ``session``; return the output to replay first and the displaced writer.
+        """Register ``session`` with its replay queued first; return the replay (what was
+        queued: ``start``, ``next``, ``rotated``) and the writer it displaced, if any.
 
         Without ``resume_from`` the replay is the last ``replay`` bytes; with it, every byte
         from that offset (``rotated`` says if some were already gone). A writer takes over
@@ -134,6 +139,7 @@ class ConsoleHub:
         start = max(end - self.replay, 0) if resume_from is None else min(resume_from, end)
         backlog = self.bootlog.read(start, end - start)
         session.next_offset = end
+        session.preload(backlog.start, backlog.contents)
         displaced = None
         if session.role is Role.WRITER:
             displaced = self._writer

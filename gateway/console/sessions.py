@@ -107,6 +107,13 @@ class ConsoleSession:
     def is_open(self) -> bool:
         return self.state is SessionState.OPEN
 
+    def preload(self, offset: int, data: bytes) -> None:
+        """Queue the replay given at attach, ahead of live output and outside the limit."""
+        if data:
+            self._items.appendleft(Output(offset, data))
+            self._queued_bytes += len(data)
+            self._wake.set()
+
     def push_output(self, offset: int, data: bytes) -> None:
         if not self.is_open:
             return

@@ -1,0 +1,243 @@
+"""The websocket console over a real gateway on loopback, with emulated guests.
+
+What a client of ``connect``'s URL sees: Azure's banner, the recent output, live bytes,
+its typing reaching the guest, SysRq/NMI beside the stream, takeover, watchers, and a clear
+close code and reason for everything that goes wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from gateway.console.frames import SUBPROTOCOL, CloseCode
+from gateway.console.sessions import TAKEOVER_TEXT
+from tests.conftest import scaled
+from tests.support.lab import LabHandle, running_lab
+
+
+@pytest.fixture
+async def lab(tmp_path: Path) -> AsyncIterator[LabHandle]:
+    async with running_lab(tmp_path) as handle:
+        yield handle
+
+
+class Client:
+    """A websocket console client that keeps everything it received."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.data = bytearray()
+        self.events: list[dict[str, Any]] = []
+        self.cursor = 0
+
+    async def expect(self, pattern: str, timeout: float = 10) -> re.Match[bytes]:
+        regex = re.compile(pattern.encode())
+        async with asyncio.timeout(scaled(timeout)):
+            while not (match := regex.search(self.data, self.cursor)):
+                self._take(await self.ws.recv())
+        self.cursor = match.end()
+        return match
+
+    async def event(self, kind: str, timeout: float = 10) -> dict[str, Any]:
+        async with asyncio.timeout(scaled(timeout)):
+            while True:
+                for event in self.events:
+                    if event["type"] == kind:
+                        self.events.remove(event)
+                        return event
+                self._take(await self.ws.recv())
+
+    async def closed(self, timeout: float = 10) -> tuple[int, str]:
+        """Read to the end; the close code and reason."""
+        async with asyncio.timeout(scaled(timeout)):
+            try:
+                while True:
+                    self._take(await self.ws.recv())
+            except ConnectionClosed:
+                pass
+        assert self.ws.close_code is not None
+        return self.ws.close_code, self.ws.close_reason or ""
+
+    def _take(self, frame: str | bytes) -> None:
+        if isinstance(frame, bytes):
+            self.data += frame
+        else:
+            self.events.append(json.loads(frame))
+
+    async def type(self, text: str) -> None:
+        await self.ws.send(text.encode())
+
+
+def ws_url(url: str) -> str:
+    return url.replace("http://", "ws://")
+
+
+async def open_console(
+    url: str, token: str | None, *, framed: bool = False, query: str = "", **kw: Any
+) -> Client:
+    params = [p for p in (f"authorization={token}" if token else "", query) if p]
+    full = url + ("?" + "&".join(params) if params else "")
+    ws = await connect(full, subprotocols=[SUBPROTOCOL] if framed else None, **kw)  # type: ignore[list-item]
+    return Client(ws)
+
+
+async def login(client: Client) -> None:
+    await client.type("\r")
+    await client.expect(r"login: ")
+    await client.type("root\r")
+    await client.expect(r"Password: ")
+    await client.type("serial-lab\r")
+    await client.expect(r"# ")
+
+
+async def test_raw_console_shows_the_banner_the_boot_and_runs_commands(lab: LabHandle) -> None:
+    """az's protocol: banner, then the recent output, then typing reaches the guest."""
+    url, token = await lab.session_url("alice")
+    client = await open_console(url, token)
+    await client.expect(r"Connected to the serial port of the VM\.\r\nIf no login prompt")
+    await login(client)
+    await client.type("hostname\r")
+    await client.expect(r"\r\nlinux-1\r\n")
+    await client.ws.close()
+
+
+async def test_raw_token_may_come_as_the_first_text_message(lab: LabHandle) -> None:
+    """Newer az clients send the token as the first text frame instead of in the URL."""
+    url, token = await lab.session_url("alice")
+    client = await open_console(url, None)
+    await client.ws.send(token)
+    await client.expect(r"Connected to the serial port of the VM")
+    await client.ws.close()
+
+
+async def test_framed_console_reports_offsets_and_runs_sysrq(lab: LabHandle) -> None:
+    """Framed clients get a connected event with byte offsets and command results."""
+    url, token = await lab.session_url("alice")
+    client = await open_console(url, token, framed=True)
+    connected = await client.event("connected")
+    assert connected["vm"] == "linux-1"
+    assert connected["role"] == "writer"
+    assert connected["offset"] >= connected["replay_from"] >= 0
+    await client.ws.send(json.dumps({"type": "sysrq", "keys": "h", "id": "q1"}))
+    result = await client.event("result")
+    assert result == {"type": "result", "id": "q1", "command": "sysrq", "ok": True,
+                      "message": "Successfully sent SysRq command"}  # fmt: skip
+    await client.expect(r"sysrq: HELP : loglevel\(0-9\)")
+    await client.ws.send(json.dumps({"type": "nmi"}))
+    await client.expect(r"Uhhuh\. NMI received for unknown reason")
+
+
+async def test_a_new_writer_takes_over_with_azures_text(lab: LabHandle) -> None:
+    """The first user is closed with Azure's message and code 4001; the guest login stays."""
+    url, token = await lab.session_url("alice")
+    first = await open_console(url, token)
+    await login(first)
+    url2, token2 = await lab.session_url("carol")
+    second = await open_console(url2, token2)
+    code, reason = await first.closed()
+    assert code == CloseCode.TAKEN_OVER
+    assert "carol" in reason
+    assert TAKEOVER_TEXT.encode() in first.data
+    await second.type("hostname\r")  # still logged in: takeover does not log the guest out
+    await second.expect(r"\r\nlinux-1\r\n")
+    rows = lab.runtime.context.audit.query(action="console.takeover")  # type: ignore[union-attr]
+    assert [(r.user, r.detail) for r in rows] == [("carol", "took the console over from alice")]
+
+
+async def test_a_watcher_reads_along_and_kicks_nobody(lab: LabHandle) -> None:
+    """A read-only watcher sees the writer's session; its typing is refused, once."""
+    url, token = await lab.session_url("alice")
+    writer = await open_console(url, token)
+    await login(writer)
+    url2, token2 = await lab.session_url("carol")
+    watcher = await open_console(url2, token2, query="watch=1")
+    await watcher.expect(r"Connected to the serial port")
+    await watcher.type("reboot\r")
+    await watcher.expect(r"read-only")
+    await writer.type("echo from-the-writer\r")
+    await writer.expect(r"\r\nfrom-the-writer")
+    await watcher.expect(r"\r\nfrom-the-writer")
+    assert writer.ws.close_code is None
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "words"),
+    [
+        ("bad-token", CloseCode.UNAUTHORIZED, "token"),
+        ("other-user", CloseCode.UNAUTHORIZED, "another user"),
+        ("used-twice", CloseCode.SESSION_REFUSED, "already used"),
+        ("unknown-session", CloseCode.SESSION_REFUSED, "does not exist"),
+        ("foreign-origin", CloseCode.ORIGIN_REFUSED, "allowed origins"),
+    ],
+)
+async def test_refusals_have_a_code_and_a_reason(
+    lab: LabHandle, case: str, code: int, words: str
+) -> None:
+    """Every refused connection is closed with its documented code and a readable reason."""
+    url, token = await lab.session_url("alice")
+    kw: dict[str, Any] = {}
+    if case == "bad-token":
+        token = "not-a-token"
+    elif case == "other-user":
+        token = await lab.token("carol")
+    elif case == "used-twice":
+        first = await open_console(url, token)
+        await first.expect(r"Connected")
+    elif case == "unknown-session":
+        url = re.sub(r"/sessions/[^/]+/", "/sessions/nope/", url)
+    elif case == "foreign-origin":
+        kw["origin"] = "http://evil.example"
+    client = await open_console(url, token, **kw)
+    got_code, reason = await client.closed()
+    assert got_code == code
+    assert words in reason
+
+
+async def test_a_malformed_frame_closes_with_what_was_wrong(lab: LabHandle) -> None:
+    """Framed mode: a frame that is not a command closes the session with code 4007."""
+    url, token = await lab.session_url("alice")
+    client = await open_console(url, token, framed=True)
+    await client.event("connected")
+    await client.ws.send('{"type": "format-disk"}')
+    code, reason = await client.closed()
+    assert code == CloseCode.MALFORMED
+    assert "unknown command type 'format-disk'" in reason
+
+
+async def test_admin_commands_on_azures_shape(lab: LabHandle) -> None:
+    """POST .../adminCommand/{sysrq|nmi|reset}: 200 and the effect on the open console."""
+    url, token = await lab.session_url("alice")
+    client = await open_console(url, token)
+    await client.expect(r"Connected")
+    admin = url.replace("ws://", "http://").removesuffix("/client") + "/adminCommand"
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"command": "sysrq", "requestId": "r1", "commandParameters": {"SysRqCommand": "h"}}
+    reply = await lab.http.post(admin + "/sysrq", json=body, headers=headers)
+    assert reply.status_code == 200, reply.text
+    await client.expect(r"sysrq: HELP")
+    reply = await lab.http.post(admin + "/nmi", json={"command": "nmi"}, headers=headers)
+    assert reply.json()["message"] == "NMI sent successfully"
+    await client.expect(r"NMI received for unknown reason")
+    reply = await lab.http.post(admin + "/reset", json={"command": "reset"}, headers=headers)
+    assert reply.json()["message"] == "Successfully Hard Reset VM"
+    await client.expect(r"Linux version")
+    await client.expect(r"login: ")
+
+
+async def test_sysrq_to_windows_is_refused_with_azures_text(lab: LabHandle) -> None:
+    """SAC has no SysRq: the admin command answers Azure's message."""
+    url, token = await lab.session_url("alice", "win-1")
+    admin = url.replace("ws://", "http://").removesuffix("/client") + "/adminCommand/sysrq"
+    body = {"command": "sysrq", "commandParameters": {"SysRqCommand": "b"}}
+    reply = await lab.http.post(admin, json=body, headers={"Authorization": f"Bearer {token}"})
+    assert reply.status_code == 400
+    assert reply.json()["error"]["message"] == "You can only send a SysRq to a Linux VM."

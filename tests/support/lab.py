@@ -1,0 +1,128 @@
+"""A real lab for tests: the gateway on 127.0.0.1 (a free port), emulated guests, real users.
+
+``running_lab(tmp_path)`` starts ``LabRuntime`` with a small lab file (override any part
+with ``vms=``/``extra=``) and yields a ``LabHandle``: the runtime, and helpers that speak
+the lab's public REST API as a client would (token, connect).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gateway.lab.config import parse_lab
+from gateway.lab.runtime import LabRuntime
+
+SUBSCRIPTION = "5e71a1c0-0000-4000-8000-0000000000aa"
+EMULATED_VMS = """
+[[vms]]
+name = "linux-1"
+resource_group = "lab-rg"
+os = "linux"
+backend = "emulated"
+
+[[vms]]
+name = "win-1"
+resource_group = "lab-rg"
+os = "windows"
+backend = "emulated"
+"""
+USERS = """
+[[users]]
+name = "alice"
+password = "alice"
+roles = [{ role = "Virtual Machine Contributor", scope = "resourceGroups/lab-rg" }]
+
+[[users]]
+name = "bob"
+password = "bob"
+roles = [{ role = "Reader", scope = "subscription" }]
+
+[[users]]
+name = "carol"
+password = "carol"
+roles = [{ role = "Owner", scope = "subscription" }]
+"""
+
+
+def lab_toml(
+    state_dir: Path, vms: str = EMULATED_VMS, gateway: str = "", extra: str = ""
+) -> str:
+    return f"""
+state_dir = "{state_dir}"
+
+[subscription]
+id = "{SUBSCRIPTION}"
+name = "Test subscription"
+
+[guest]
+password = "serial-lab"
+
+[gateway]
+host = "127.0.0.1"
+port = 0
+replay_bytes = 4096
+{gateway}
+
+[[resource_groups]]
+name = "lab-rg"
+location = "local"
+{vms}
+{USERS}
+{extra}
+"""
+
+
+@dataclass
+class LabHandle:
+    runtime: LabRuntime
+    http: httpx.AsyncClient
+
+    @property
+    def url(self) -> str:
+        return self.runtime.url
+
+    async def token(self, user: str, password: str | None = None) -> str:
+        reply = await self.http.post(
+            "/oauth2/token",
+            data={"grant_type": "password", "username": user, "password": password or user},
+        )
+        reply.raise_for_status()
+        return str(reply.json()["access_token"])
+
+    def vm_path(self, vm: str, group: str = "lab-rg") -> str:
+        return (
+            f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{group}"
+            f"/providers/Microsoft.Compute/virtualMachines/{vm}"
+        )
+
+    async def connect(self, token: str, vm: str) -> httpx.Response:
+        """``POST .../serialPorts/0/connect`` as ``az serial-console connect`` does."""
+        return await self.http.post(
+            self.vm_path(vm) + "/providers/Microsoft.SerialConsole/serialPorts/0/connect",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+    async def session_url(self, user: str, vm: str = "linux-1") -> tuple[str, str]:
+        """A fresh one-time console URL for ``user`` on ``vm``, and the user's token."""
+        token = await self.token(user)
+        reply = await self.connect(token, vm)
+        assert reply.status_code == 200, reply.text
+        return str(reply.json()["connectionString"]), token
+
+
+@contextlib.asynccontextmanager
+async def running_lab(tmp_path: Path, **parts: Any) -> AsyncIterator[LabHandle]:
+    """The lab of ``lab_toml(**parts)``, running, with an HTTP client pointed at it."""
+    text = lab_toml(tmp_path / "state", **parts)
+    config = parse_lab(text, source=str(tmp_path / "lab.toml"), base=tmp_path)
+    async with (
+        LabRuntime(config) as runtime,
+        httpx.AsyncClient(base_url=runtime.url, timeout=30) as http,
+    ):
+        yield LabHandle(runtime, http)
