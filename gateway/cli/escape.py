@@ -171,6 +171,13 @@ class EscapeMenu:
             raise EscapeStateError(f"reconnecting in mode {self.mode}")
         self.mode = Mode.CONNECTING
 
+    def end_of_input(self) -> list[Action]:
+        """The keyboard is gone (stdin closed): quit, whatever the mode."""
+        if self.mode == Mode.QUIT:
+            return []
+        self.mode = Mode.QUIT
+        return [Quit()]
+
     # -- guest output -----------------------------------------------------------------
 
     def output(self, data: bytes) -> bytes:

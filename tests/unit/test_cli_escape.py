@@ -190,3 +190,11 @@ def test_opened_twice_is_a_state_error() -> None:
     menu = connected()
     with pytest.raises(EscapeStateError):
         menu.connection_opened()
+
+
+def test_end_of_input_quits_from_any_mode() -> None:
+    """When stdin closes (even inside the menu), the console quits."""
+    menu = connected()
+    menu.receive_input(b"\x1d")
+    assert menu.end_of_input() == [Quit()]
+    assert menu.end_of_input() == []

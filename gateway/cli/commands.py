@@ -1,0 +1,415 @@
+"""The client subcommands of ``serial-console``, mirroring ``az serial-console``.
+
+``register(subparsers)`` adds ``login``, ``logout``, ``connect``, ``send {sysrq,nmi,reset}``,
+``enable``, ``disable``, ``boot-log`` and ``vm {list,start,stop,restart,deallocate}`` to
+the ``serial-console`` parser; ``build_parser()`` makes a parser with only these (tests).
+Each sets ``func`` to ``(args) -> exit status``: 0 done, 1 failed (one line on stderr
+saying why and what to do), 2 bad usage (argparse), 130 interrupted.
+
+The lab is found at ``--url``, else ``$SERIAL_CONSOLE_URL``, else the lab of the last
+login, else ``DEFAULT_URL``. Every command but ``login`` needs a token from ``login``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import getpass
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, BinaryIO
+
+from gateway.cli.client import POWER_ACTIONS, GatewayClient
+from gateway.cli.connect import Target, run_connect
+from gateway.cli.credentials import Credentials, CredentialStore, normalize_url
+from gateway.cli.errors import CliError, GatewayError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+URL_ENV = "SERIAL_CONSOLE_URL"
+FOLLOW_INTERVAL = 1.0
+READ_SIZE = 1 << 20
+
+Handler = Callable[[argparse.Namespace], Awaitable[int]]
+
+
+# -- the parser -----------------------------------------------------------------------------
+
+
+def _instance_id(value: str) -> str:
+    if not value.isdigit() or len(value) > 9:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an instance id (0, 1, ...)")
+    return value
+
+
+def _offset(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a byte offset (a whole number >= 0)")
+    return int(value)
+
+
+def _url_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        help=f"the lab's URL (default: ${URL_ENV}, else the last login's, else {DEFAULT_URL})",
+    )
+
+
+def _machine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-g", "--resource-group", required=True, help="the resource group")
+    parser.add_argument(
+        "-n", "--name", required=True, help="the VM, or the scale set with --instance-id"
+    )
+    parser.add_argument(
+        "--instance-id", type=_instance_id, help="the scale-set instance (VMSS only)"
+    )
+    _url_option(parser)
+
+
+def _output_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o", "--output", choices=("table", "json"), default="table", help="output format"
+    )
+
+
+def _add(
+    subparsers: Any, name: str, handler: Handler, summary: str, description: str = ""
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name, help=summary, description=description or summary
+    )
+    parser.set_defaults(func=_runner(handler))
+    return parser
+
+
+def register(subparsers: Any) -> None:
+    """Add the client commands to ``subparsers`` (from ``add_subparsers``)."""
+    login = _add(subparsers, "login", cmd_login, "get a token for a lab user and keep it",
+                 "Log in to the lab: the token is kept, owner-only, in "
+                 "$XDG_CONFIG_HOME/serial-console/credentials.json.")  # fmt: skip
+    login.add_argument("-u", "--username", required=True, help="the lab user")
+    login.add_argument("-p", "--password", help="the password (asked for when not given)")
+    _url_option(login)
+
+    logout = _add(subparsers, "logout", cmd_logout, "forget the token of a lab")
+    _url_option(logout)
+
+    connect = _add(subparsers, "connect", cmd_connect, "open the serial console of a VM",
+                   "Open the VM's serial console in this terminal. CTRL + ] opens the menu "
+                   "(NMI, SysRq, hard reset, quit); on a close, Enter reconnects.")  # fmt: skip
+    _machine_options(connect)
+    connect.add_argument(
+        "--watch", action="store_true", help="read-only: watch without taking the console over"
+    )
+
+    send = subparsers.add_parser(
+        "send", help="send SysRq, an NMI or a hard reset", description="Send a command to a VM."
+    )
+    kinds = send.add_subparsers(dest="send_command", metavar="COMMAND", required=True)
+    sysrq = _add(kinds, "sysrq", cmd_send_sysrq, "send SysRq (Linux only)",
+                 "Send SysRq: a serial break followed by the key (or each key of a sequence "
+                 "such as REISUB).")  # fmt: skip
+    _machine_options(sysrq)
+    sysrq.add_argument("--input", required=True, help="the SysRq key, e.g. h, or a sequence")
+    nmi = _add(kinds, "nmi", cmd_send_nmi, "send a non-maskable interrupt")
+    _machine_options(nmi)
+    reset = _add(kinds, "reset", cmd_send_reset, "hard-reset the VM (power cycle)")
+    _machine_options(reset)
+
+    for verb, handler in (("enable", cmd_enable), ("disable", cmd_disable)):
+        parser = _add(subparsers, verb, handler,
+                      f"{verb} the serial console for the subscription")  # fmt: skip
+        _url_option(parser)
+
+    boot_log = _add(subparsers, "boot-log", cmd_boot_log, "print a VM's boot diagnostics log",
+                    "Print the VM's serial log (boot diagnostics) as it was written, from byte "
+                    "--start (default: the oldest kept).")  # fmt: skip
+    _machine_options(boot_log)
+    boot_log.add_argument("--start", type=_offset, help="first byte offset to print")
+    boot_log.add_argument("--follow", action="store_true", help="keep printing new output")
+
+    vm = subparsers.add_parser("vm", help="list VMs; start, stop, restart, deallocate one",
+                               description="The lab's virtual machines.")  # fmt: skip
+    actions = vm.add_subparsers(dest="vm_command", metavar="ACTION", required=True)
+    vm_list = _add(actions, "list", cmd_vm_list, "list the VMs with their power state")
+    vm_list.add_argument("-g", "--resource-group", help="only this resource group")
+    _output_option(vm_list)
+    _url_option(vm_list)
+    for action in POWER_ACTIONS:
+        parser = _add(actions, action, cmd_vm_power, f"{action} a VM (waits until done)")
+        _machine_options(parser)
+        _output_option(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A ``serial-console`` parser with the client commands only."""
+    parser = argparse.ArgumentParser(prog="serial-console")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    return parser
+
+
+# -- running a command ----------------------------------------------------------------------
+
+
+def _runner(handler: Handler) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return asyncio.run(handler(args))
+        except CliError as err:
+            print(f"serial-console: error: {err}", file=sys.stderr)
+            return err.exit_code
+        except KeyboardInterrupt:
+            print("serial-console: interrupted", file=sys.stderr)
+            return 130
+
+    return run
+
+
+def resolve_url(args: argparse.Namespace, store: CredentialStore, *, login: bool = False) -> str:
+    """The lab's URL: ``--url``, ``$SERIAL_CONSOLE_URL``, the last login's, the default."""
+    url = getattr(args, "url", None) or os.environ.get(URL_ENV)
+    if not url and not login:
+        url = store.default_url()
+    return normalize_url(url or DEFAULT_URL)
+
+
+def _session(args: argparse.Namespace) -> tuple[GatewayClient, Credentials]:
+    store = CredentialStore()
+    creds = store.load(resolve_url(args, store))
+    return GatewayClient(creds.url, creds.token, creds.subscription_id), creds
+
+
+def _target(args: argparse.Namespace) -> Target:
+    return Target(args.resource_group, args.name, args.instance_id)
+
+
+def _print_json(body: Any) -> None:
+    print(json.dumps(body, indent=2))
+
+
+# -- identity -------------------------------------------------------------------------------
+
+
+async def cmd_login(args: argparse.Namespace) -> int:
+    """Get a token, find the subscription, keep both (0600)."""
+    store = CredentialStore()
+    url = resolve_url(args, store, login=True)
+    password = args.password
+    if password is None:
+        password = await asyncio.to_thread(getpass.getpass, f"Password for {args.username}: ")
+    async with GatewayClient(url) as anonymous:
+        token, expires_in = await anonymous.login(args.username, password)
+    async with GatewayClient(url, token) as client:
+        subscriptions = await client.subscriptions()
+    if not subscriptions:
+        raise CliError(
+            f"{args.username} holds no role in this lab's subscription: ask its owner for one"
+        )
+    subscription = subscriptions[0]
+    expires_at = time.time() + expires_in
+    store.save(
+        Credentials(url, args.username, token, expires_at, str(subscription["subscriptionId"]))
+    )
+    until = time.strftime("%Y-%m-%d %H:%M", time.localtime(expires_at))
+    name = subscription.get("displayName") or subscription["subscriptionId"]
+    print(f"Logged in to {url} as {args.username} (subscription {name}; token valid until {until})")
+    return 0
+
+
+async def cmd_logout(args: argparse.Namespace) -> int:
+    store = CredentialStore()
+    url = resolve_url(args, store)
+    creds = store.remove(url)
+    if creds is None:
+        print(f"Not logged in to {url}: nothing to forget")
+    else:
+        print(f"Logged out {creds.username} from {url}")
+    return 0
+
+
+# -- the console ----------------------------------------------------------------------------
+
+
+async def cmd_connect(args: argparse.Namespace) -> int:
+    client, _ = _session(args)
+    async with client:
+        return await run_connect(client, _target(args), watch=args.watch)
+
+
+async def _send(args: argparse.Namespace, command: str, parameters: dict[str, str]) -> int:
+    client, _ = _session(args)
+    target = _target(args)
+    async with client:
+        url = await client.connect(target.group, target.name, target.instance_id)
+        answer = await client.admin_command(url, command, parameters)
+    print(answer.get("message") or SEND_SUCCESS[command])
+    return 0
+
+
+SEND_SUCCESS = {
+    "sysrq": "Successfully sent SysRq command",
+    "nmi": "NMI sent successfully",
+    "reset": "Successfully Hard Reset VM",
+}
+
+
+async def cmd_send_sysrq(args: argparse.Namespace) -> int:
+    return await _send(args, "sysrq", {"SysRqCommand": args.input})
+
+
+async def cmd_send_nmi(args: argparse.Namespace) -> int:
+    return await _send(args, "nmi", {})
+
+
+async def cmd_send_reset(args: argparse.Namespace) -> int:
+    return await _send(args, "reset", {})
+
+
+async def _set_console(args: argparse.Namespace, enabled: bool) -> int:
+    client, _ = _session(args)
+    async with client:
+        _print_json(await client.set_console(enabled))
+    return 0
+
+
+async def cmd_enable(args: argparse.Namespace) -> int:
+    return await _set_console(args, True)
+
+
+async def cmd_disable(args: argparse.Namespace) -> int:
+    return await _set_console(args, False)
+
+
+# -- boot diagnostics -----------------------------------------------------------------------
+
+
+def page_bytes(page: dict[str, Any]) -> bytes:
+    """The bytes of a serial-log page: ``contentsBase64`` when the gateway sends it (exact
+    bytes), else the ``contents`` text as UTF-8."""
+    encoded = page.get("contentsBase64")
+    if isinstance(encoded, str):
+        return base64.b64decode(encoded)
+    return str(page.get("contents", "")).encode("utf-8")
+
+
+async def cmd_boot_log(args: argparse.Namespace) -> int:
+    client, _ = _session(args)
+    target = _target(args)
+    async with client:
+        return await print_boot_log(client, target, args.start, args.follow, sys.stdout.buffer)
+
+
+async def print_boot_log(
+    client: GatewayClient, target: Target, start: int | None, follow: bool, out: BinaryIO
+) -> int:
+    """Write the serial log from ``start`` to ``out``; with ``follow``, keep going.
+
+    Bytes that rotated out of the log are reported on stderr (once per gap).
+    """
+    url = await client.boot_log_url(target.group, target.name, target.instance_id)
+    offset = start
+    while True:
+        try:
+            page = await client.read_boot_log(url, offset)
+        except GatewayError as err:
+            if err.status != 403:
+                raise
+            # The signed URL expired during a long --follow: ask for a new one.
+            url = await client.boot_log_url(target.group, target.name, target.instance_id)
+            page = await client.read_boot_log(url, offset)
+        if page.get("rotated"):
+            warning = page.get("warning") or (
+                f"Bytes before {page.get('start')} have rotated out of the boot log."
+            )
+            print(f"serial-console: warning: {warning}", file=sys.stderr)
+        data = page_bytes(page)
+        if data:
+            out.write(data)
+            out.flush()
+        offset = int(page["next"])
+        if int(page["next"]) - int(page["start"]) >= READ_SIZE:
+            continue  # a full page: more is waiting
+        if not follow:
+            return 0
+        await asyncio.sleep(FOLLOW_INTERVAL)  # the log is read by offset (GCP's shape): poll
+
+
+# -- virtual machines -----------------------------------------------------------------------
+
+
+def power_state(vm: dict[str, Any]) -> str:
+    """``running``, ``stopped``... from a VM body with its instance view ("" if absent)."""
+    view = vm.get("properties", {}).get("instanceView") or {}
+    for status in view.get("statuses", []):
+        code = str(status.get("code", ""))
+        if code.startswith("PowerState/"):
+            return code.split("/", 1)[1]
+    return ""
+
+
+def resource_group(resource_id: str) -> str:
+    parts = resource_id.split("/")
+    lowered = [p.lower() for p in parts]
+    if "resourcegroups" in lowered:
+        index = lowered.index("resourcegroups") + 1
+        if index < len(parts):
+            return parts[index]
+    return ""
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Columns as az prints them: a header, a dashed rule, left-aligned cells."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = [
+        "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    return "\n".join(lines)
+
+
+async def cmd_vm_list(args: argparse.Namespace) -> int:
+    client, _ = _session(args)
+    async with client:
+        vms = await client.list_vms(args.resource_group)
+    if args.output == "json":
+        _print_json(vms)
+        return 0
+    rows = [
+        [
+            str(vm.get("name", "")),
+            resource_group(str(vm.get("id", ""))),
+            str(vm.get("location", "")),
+            power_state(vm),
+            str(
+                vm.get("properties", {})
+                .get("storageProfile", {})
+                .get("osDisk", {})
+                .get("osType", "")
+            ),
+        ]
+        for vm in vms
+    ]
+    print(format_table(["Name", "ResourceGroup", "Location", "PowerState", "OsType"], rows))
+    return 0
+
+
+async def cmd_vm_power(args: argparse.Namespace) -> int:
+    client, _ = _session(args)
+    target = _target(args)
+    async with client:
+        body = await client.power(args.vm_command, target.group, target.name, target.instance_id)
+    if args.output == "json":
+        _print_json(body)
+        return 0
+    name = target.name if target.instance_id is None else f"{target.name}_{target.instance_id}"
+    row = [name, args.vm_command, str(body.get("status", "")), str(body.get("endTime", ""))]
+    print(format_table(["Name", "Action", "Status", "EndTime"], [row]))
+    return 0
