@@ -471,7 +471,7 @@ class _Parser:
             try:
                 role = rbac.role_named(role).name
             except KeyError as err:
-                raise r.fail("role", str(err.args[0]).split(": ", 1)[1], role) from None
+                raise r.fail("role", str(err.args[0]).split("expected ", 1)[1], role) from None
             roles.append(RoleAssignment(role, self.scope(r, lab)))
             r.done()
         t.done()
