@@ -1,0 +1,278 @@
+"""The ``serial-console`` CLI as a user runs it: a real process against a real lab.
+
+One lab per test (``tests.support.lab.running_lab``: emulated Linux and Windows guests and a
+scale set, the gateway on 127.0.0.1 port 0). Plain commands run as subprocesses; ``connect``
+runs under pexpect on a pseudo-terminal, so raw mode, the Ctrl+] menu and the terminal's
+restoration are the real thing. Each test's credentials live in its own config folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import stat
+import sys
+import termios
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from gateway.console.sessions import TAKEOVER_TEXT
+from tests.conftest import scaled
+from tests.support.lab import EMULATED_VMS, LabHandle, running_lab
+
+SCALE_SET = """
+[[scale_sets]]
+name = "web-vmss"
+resource_group = "lab-rg"
+os = "linux"
+backend = "emulated"
+capacity = 1
+"""
+CLI = [sys.executable, "-m", "gateway.cli.main"]
+CONNECT_LINUX = ["connect", "-g", "lab-rg", "-n", "linux-1"]
+
+
+@dataclass
+class Result:
+    code: int
+    out: bytes
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out.decode("utf-8", "replace")
+
+
+@dataclass
+class Cli:
+    """Runs ``serial-console`` against ``lab`` with its own config folder."""
+
+    lab: LabHandle
+    env: dict[str, str]
+    config: Path
+
+    async def run(self, *argv: str, timeout: float = 30) -> Result:
+        process = await asyncio.create_subprocess_exec(
+            *CLI, *argv, env=self.env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(scaled(timeout)):
+            out, err = await process.communicate()
+        assert process.returncode is not None
+        return Result(process.returncode, out, err.decode())
+
+    async def login(self, user: str) -> None:
+        result = await self.run("login", "--username", user, "--password", user)
+        assert result.code == 0, result.err
+
+    def spawn(self, *argv: str) -> pexpect.spawn:
+        child = pexpect.spawn(CLI[0], [*CLI[1:], *argv], env=self.env, timeout=scaled(15))
+        child.setwinsize(40, 200)  # wide: the menu line stays on one line
+        return child
+
+
+async def expect(child: pexpect.spawn, pattern: object) -> int:
+    index: int = await child.expect(pattern, async_=True)
+    return index
+
+
+async def finished(child: pexpect.spawn) -> int | None:
+    """Wait for ``child`` to end; its exit status (None when killed by a signal)."""
+    await expect(child, pexpect.EOF)
+    child.close()
+    return child.exitstatus
+
+
+@pytest.fixture
+async def cli(tmp_path: Path) -> AsyncIterator[Cli]:
+    async with running_lab(tmp_path, vms=EMULATED_VMS + SCALE_SET) as lab:
+        config = tmp_path / "config"
+        env = dict(os.environ, XDG_CONFIG_HOME=str(config), SERIAL_CONSOLE_URL=lab.url)
+        yield Cli(lab, env, config)
+
+
+async def test_login_keeps_an_owner_only_token_and_logout_forgets_it(cli: Cli) -> None:
+    """Without a login, commands say to run login; a wrong password fails with the lab's
+    reason; a login writes a 0600 token in a 0700 folder; logout removes it."""
+    result = await cli.run("vm", "list")
+    assert result.code == 1
+    assert "run serial-console login --username NAME" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    result = await cli.run("login", "--username", "alice", "--password", "wrong")
+    assert result.code == 1
+    assert "invalid username or password" in result.err
+    await cli.login("alice")
+    token_file = cli.config / "serial-console" / "credentials.json"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
+    assert (await cli.run("logout")).code == 0
+    assert "run serial-console login" in (await cli.run("vm", "list", "-g", "lab-rg")).err
+
+
+async def test_vm_list_and_power_actions(cli: Cli) -> None:
+    """vm list shows a table with power states; vm stop/start change them; json output."""
+    await cli.login("carol")
+    result = await cli.run("vm", "list")
+    assert result.code == 0, result.err
+    lines = result.text.splitlines()
+    assert lines[0].split() == ["Name", "ResourceGroup", "Location", "PowerState", "OsType"]
+    assert any(line.split()[:4] == ["win-1", "lab-rg", "local", "running"] for line in lines)
+    result = await cli.run("vm", "stop", "-g", "lab-rg", "-n", "win-1", "--output", "json")
+    assert result.code == 0, result.err
+    assert '"status": "Succeeded"' in result.text
+    rows = [line.split() for line in (await cli.run("vm", "list")).text.splitlines()]
+    assert ["win-1", "lab-rg", "local", "stopped", "Windows"] in rows
+    result = await cli.run("send", "nmi", "-g", "lab-rg", "-n", "win-1")
+    assert (result.code, result.err.strip()) == (
+        1, "serial-console: error: Azure Serial Console requires a virtual machine to be running."
+    )  # fmt: skip
+    assert (await cli.run("vm", "start", "-g", "lab-rg", "-n", "win-1")).code == 0
+
+
+async def test_send_commands_print_azs_texts(cli: Cli) -> None:
+    """send sysrq/nmi print az's success texts and reach the guest (seen in the boot log);
+    SysRq to Windows is refused with Azure's text."""
+    await cli.login("alice")
+    result = await cli.run("send", "sysrq", "-g", "lab-rg", "-n", "linux-1", "--input", "h")
+    assert (result.code, result.text.strip()) == (0, "Successfully sent SysRq command")
+    result = await cli.run("send", "nmi", "-g", "lab-rg", "-n", "linux-1")
+    assert (result.code, result.text.strip()) == (0, "NMI sent successfully")
+    log = (await cli.run("boot-log", "-g", "lab-rg", "-n", "linux-1")).text
+    assert "sysrq: HELP" in log
+    assert "NMI received" in log
+    result = await cli.run("send", "sysrq", "-g", "lab-rg", "-n", "win-1", "--input", "h")
+    assert result.code == 1
+    assert "You can only send a SysRq to a Linux VM." in result.err
+
+
+async def test_scale_set_without_instance_is_told_to_use_instance_id(cli: Cli) -> None:
+    """Naming a scale set without --instance-id gives Azure's CLI hint; with it, it works."""
+    await cli.login("alice")
+    result = await cli.run("send", "nmi", "-g", "lab-rg", "-n", "web-vmss")
+    assert result.code == 1
+    assert "Use the --instance-id parameter" in result.err
+    result = await cli.run("send", "nmi", "-g", "lab-rg", "-n", "web-vmss", "--instance-id", "0")
+    assert (result.code, result.text.strip()) == (0, "NMI sent successfully")
+
+
+async def test_enable_disable_print_the_state_and_need_the_role(cli: Cli) -> None:
+    """disable/enable print the console service's state as JSON; a VM Contributor is refused."""
+    await cli.login("carol")
+    result = await cli.run("disable")
+    assert (result.code, result.text.split()) == (0, ["{", '"properties":', "{",
+                                                      '"disabled":', "true", "}", "}"])  # fmt: skip
+    result = await cli.run("send", "nmi", "-g", "lab-rg", "-n", "linux-1")
+    assert "is not enabled for this subscription" in result.err
+    assert '"disabled": false' in (await cli.run("enable")).text
+    await cli.login("alice")
+    result = await cli.run("disable")
+    assert result.code == 1
+    assert "does not have authorization" in result.err
+
+
+async def test_boot_log_prints_bytes_from_an_offset(cli: Cli) -> None:
+    """boot-log prints the serial log; --start N prints the same bytes from offset N."""
+    await cli.login("alice")
+    whole = (await cli.run("boot-log", "-g", "lab-rg", "-n", "linux-1")).out
+    assert b"login: " in whole
+    tail = (await cli.run("boot-log", "-g", "lab-rg", "-n", "linux-1", "--start", "100")).out
+    assert tail.startswith(whole[100:])
+
+
+async def test_connect_logs_in_uses_the_menu_and_quits(cli: Cli) -> None:
+    """connect shows Azure's banner, types into the guest, Ctrl+] s h sends SysRq (its
+    help shows), n needs a capital Y, and Ctrl+] q quits with status 0."""
+    await cli.login("alice")
+    child = cli.spawn(*CONNECT_LINUX)
+    await expect(child, "Connected to the serial port of the VM.")
+    await expect(child, "If no login prompt is displayed, press ENTER.")
+    child.send("\r")
+    await expect(child, "login: ")
+    child.send("root\r")
+    await expect(child, "Password: ")
+    child.send("serial-lab\r")
+    await expect(child, "# ")
+    child.send("\x1d")
+    await expect(child, r"\| Press n for NMI \| s for SysRq \| r to Reset VM \| q to quit Console")
+    child.send("s")
+    await expect(child, "Which SysRq command would you like to send\\? Press h for help: ")
+    child.send("h")
+    await expect(child, "Successfully sent SysRq command")
+    await expect(child, "sysrq: HELP")
+    child.send("\x1dn")
+    await expect(child, r"Are you sure you want to send an NMI\? \(Y/n\): ")
+    child.send("Y")
+    await expect(child, "NMI sent successfully")
+    child.send("\x1dq")
+    assert await finished(child) == 0
+
+
+async def test_takeover_shows_azures_text_and_enter_reconnects(cli: Cli) -> None:
+    """A second writer takes the console over: the first sees Azure's text, and Enter
+    reconnects it with a new session (taking the console back)."""
+    await cli.login("alice")
+    first = cli.spawn(*CONNECT_LINUX)
+    await expect(first, "press ENTER")
+    second = cli.spawn(*CONNECT_LINUX)
+    await expect(second, "press ENTER")
+    await expect(first, TAKEOVER_TEXT.split(".")[0])
+    await expect(first, 'To reconnect, press "Enter".')
+    first.send("\r")
+    await expect(first, "Connected to the serial port of the VM.")
+    await expect(second, "another user connected")
+    second.send("q")
+    assert await finished(second) == 0
+    first.send("\x1dq")
+    assert await finished(first) == 0
+
+
+async def test_watch_is_read_only_and_kicks_nobody(cli: Cli) -> None:
+    """--watch shows the console without taking it over; its typing goes nowhere; the
+    Windows menu has no SysRq."""
+    await cli.login("alice")
+    writer = cli.spawn("connect", "-g", "lab-rg", "-n", "win-1")
+    await expect(writer, "press ENTER")
+    watcher = cli.spawn("connect", "-g", "lab-rg", "-n", "win-1", "--watch")
+    await expect(watcher, "Watching read-only")
+    watcher.send("x")
+    await expect(watcher, "typing goes nowhere")
+    writer.send("\x1d")
+    await expect(writer, r"\| Press n for NMI \| r to Reset VM \| q to quit Console")
+    writer.send("q")
+    assert await finished(writer) == 0
+    watcher.send("\x1dq")
+    assert await finished(watcher) == 0
+
+
+async def test_stopped_vm_says_why_and_q_quits(cli: Cli) -> None:
+    """Connecting to a stopped VM shows Azure's reason and the could-not-connect text."""
+    await cli.login("carol")
+    assert (await cli.run("vm", "stop", "-g", "lab-rg", "-n", "win-1")).code == 0
+    child = cli.spawn("connect", "-g", "lab-rg", "-n", "win-1")
+    await expect(child, "requires a virtual machine to be running")
+    await expect(child, "Could not establish connection to VM or VMSS.")
+    child.send("q")
+    assert await finished(child) == 0
+
+
+async def test_terminal_is_restored_on_sigterm(cli: Cli) -> None:
+    """SIGTERM during a session leaves the terminal as it was (echo back on)."""
+    await cli.login("alice")
+    child = cli.spawn(*CONNECT_LINUX)
+    master = os.dup(child.child_fd)  # pexpect closes its own at EOF
+    try:
+        before = termios.tcgetattr(master)
+        await expect(child, "press ENTER")
+        assert not termios.tcgetattr(master)[3] & termios.ECHO  # raw while connected
+        child.kill(signal.SIGTERM)
+        await expect(child, pexpect.EOF)
+        assert termios.tcgetattr(master) == before
+    finally:
+        os.close(master)
+    child.close()
+    assert child.exitstatus == 128 + signal.SIGTERM
