@@ -378,7 +378,16 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
 async def cmd_vm_list(args: argparse.Namespace) -> int:
     client, _ = _session(args)
     async with client:
-        vms = await client.list_vms(args.resource_group)
+        try:
+            vms = await client.list_vms(args.resource_group)
+        except GatewayError as err:
+            if err.status != 403 or args.resource_group is not None:
+                raise
+            raise GatewayError(
+                f"{err} To list the VMs of one resource group: serial-console vm list -g NAME",
+                status=err.status,
+                code=err.code,
+            ) from err
     if args.output == "json":
         _print_json(vms)
         return 0
