@@ -475,6 +475,9 @@ class LabRuntime:
         self.on_progress(name, "deallocated")
 
 
+SEND_BUFFER = 256 * 1024
+
+
 def _bind(host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket on ``host:port`` (port 0: any free port)."""
     try:
@@ -483,6 +486,10 @@ def _bind(host: str, port: int) -> socket.socket:
         )[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit this: a console client's bytes in flight stay bounded
+        # (loopback would otherwise buffer megabytes), so one that stops reading is noticed
+        # by its session queue (and told to resume) instead of hiding in the kernel.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         try:
             sock.bind(address)
         except OSError:
