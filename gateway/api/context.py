@@ -30,7 +30,7 @@ class ApiContext:
     sessions: ConnectSessions
     console: ConsoleState
     signer: UrlSigner
-    idle_timeout: float = 900.0
+    idle_timeout: float = 0.0  # 0: off
     replay_bytes: int = 65536
     session_buffer: int = 1 << 20  # output queued per console client before it is cut off
     allowed_origins: tuple[str, ...] = ()  # browser origins besides the gateway's own

@@ -246,11 +246,15 @@ class ConsoleHub:
     async def restart(self) -> str:
         return (await self.machine.restart()).value
 
+    def close_sessions(self) -> None:
+        """Close every session (the gateway is going away); the port is still read."""
+        going = "the gateway is shutting down"
+        self._close_all(Closing(CloseCode.GOING_AWAY, going, "The gateway is shutting down."))
+
     def close(self) -> None:
         """Close every session, the port, and stop attaching to new ones. Idempotent."""
         self._closed = True
-        going = "the gateway is shutting down"
-        self._close_all(Closing(CloseCode.GOING_AWAY, going, "The gateway is shutting down."))
+        self.close_sessions()
         if self._events_task is not None:
             self._events_task.cancel()
         if self._port is not None:

@@ -117,7 +117,7 @@ class GatewaySettings:
     port: int = 8400
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    idle_timeout: float = 900.0
+    idle_timeout: float = 0.0  # 0: off (Azure documents none)
     replay_bytes: int = 65536
     bootlog_bytes: int = 1 << 20
     token_lifetime: float = 3600.0
@@ -376,7 +376,7 @@ class _Parser:
             port=t.int("port", 8400, 0, 65535),
             tls_cert=self.path(t, "tls_cert"),
             tls_key=self.path(t, "tls_key"),
-            idle_timeout=t.number("idle_timeout", 900.0, 1.0, 7 * 86400.0),
+            idle_timeout=t.number("idle_timeout", 0.0, 0.0, 7 * 86400.0),
             replay_bytes=t.int("replay_bytes", 65536, 0, 64 << 20),
             bootlog_bytes=t.int("bootlog_bytes", 1 << 20, 4096, 1 << 30),
             token_lifetime=t.number("token_lifetime", 3600.0, 1.0, 30 * 86400.0),

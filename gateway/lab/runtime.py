@@ -334,7 +334,9 @@ class LabRuntime:
         assert self.context is not None
         config = uvicorn.Config(
             create_app(self.context),
-            ws="websockets",
+            ws="websockets-sansio",  # the websockets library's sans-I/O core
+            ws_ping_interval=20.0,  # keep-alive pings; a silent client is dropped
+            ws_ping_timeout=20.0,
             log_config=None,
             access_log=False,
             lifespan="off",
@@ -407,6 +409,11 @@ class LabRuntime:
         """Stop the server (graceful, then forced) and the flusher; the TaskGroup then ends."""
         if self._flusher is not None:
             self._flusher.cancel()
+        # Console clients first, while the audit log is open: each hears why it closes, and
+        # the server then has no connection left to wait for. The hubs keep reading their
+        # guests, so the last words of a graceful stop still reach the boot logs.
+        for hub in self.hubs.values():
+            hub.close_sessions()
         if self._server is None or self._server_task is None:
             return
         self._server.should_exit = True

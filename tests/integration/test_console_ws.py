@@ -241,3 +241,82 @@ async def test_sysrq_to_windows_is_refused_with_azures_text(lab: LabHandle) -> N
     reply = await lab.http.post(admin, json=body, headers={"Authorization": f"Bearer {token}"})
     assert reply.status_code == 400
     assert reply.json()["error"]["message"] == "You can only send a SysRq to a Linux VM."
+
+
+async def test_a_hard_reset_keeps_the_session_and_shows_the_new_boot(lab: LabHandle) -> None:
+    """Reset VM (Hard): the open console stays and streams the boot from its first line."""
+    url, token = await lab.session_url("alice")
+    client = await open_console(url, token, framed=True)
+    await client.event("connected")
+    await client.ws.send(json.dumps({"type": "reset"}))
+    assert (await client.event("result"))["message"] == "Successfully Hard Reset VM"
+    await client.expect(r"\[    0\.000000\] Linux version")
+    await client.expect(r"login: ")
+    assert client.ws.close_code is None
+
+
+async def test_a_graceful_restart_is_announced_and_the_console_goes_on(lab: LabHandle) -> None:
+    """Restart: power events stopping -> stopped -> starting -> running, same connection."""
+    url, token = await lab.session_url("alice")
+    client = await open_console(url, token, framed=True)
+    await client.event("connected")
+    await client.ws.send(json.dumps({"type": "restart", "id": 1}))
+    result = await client.event("result", 30)
+    assert result["ok"], result
+    states = [(await client.event("power"))["state"] for _ in range(4)]
+    assert states == ["stopping", "stopped", "starting", "running"]
+    await client.expect(r"login: ")
+
+
+async def test_deallocate_closes_sessions_with_the_reason(lab: LabHandle) -> None:
+    """A deallocated VM has no serial port: its consoles close with 4003 and say so."""
+    url, token = await lab.session_url("alice")
+    client = await open_console(url, token)
+    await client.expect(r"Connected")
+    await lab.runtime.machines["linux-1"].deallocate()
+    code, reason = await client.closed()
+    assert code == CloseCode.DEALLOCATED
+    assert "deallocated" in reason
+    assert b"Start it and reconnect." in client.data
+
+
+async def test_after_deallocate_and_start_the_console_follows_the_new_port(
+    lab: LabHandle,
+) -> None:
+    """The hub reopens the VM's new port: a new connection sees the new boot and types."""
+    machine = lab.runtime.machines["linux-1"]
+    await machine.deallocate()
+    await machine.start()
+    url, token = await lab.session_url("alice")
+    client = await open_console(url, token)
+    await login(client)
+    await client.type("hostname\r")
+    await client.expect(r"\r\nlinux-1\r\n")
+
+
+async def test_a_64_kib_paste_arrives_whole_and_in_order(lab: LabHandle) -> None:
+    """A long paste is not cut or reordered: the guest counts every byte it received."""
+    url, token = await lab.session_url("alice")
+    client = await open_console(url, token)
+    await login(client)
+    lines = [f"{n:07d}" for n in range(8192)]  # 8 bytes a line with the newline: 64 KiB
+    paste = "".join(line + "\r" for line in lines)
+    await client.type("cat > /dev/null\r")
+    await client.ws.send(paste.encode())
+    await client.expect(re.escape(lines[-1]) + r"\r\n", 60)
+    echoed = re.findall(rb"(\d{7})\r\n", client.data)
+    assert [e.decode() for e in echoed[-len(lines) :]] == lines
+
+
+async def test_the_idle_timeout_is_announced_then_closes(lab: LabHandle) -> None:
+    """With an idle timeout set, a silent client is warned, then closed with code 4004."""
+    assert lab.runtime.context is not None
+    lab.runtime.context.idle_timeout = 2.0
+    url, token = await lab.session_url("alice")
+    client = await open_console(url, token, framed=True)
+    await client.event("connected")
+    warning = await client.event("idle_warning")
+    assert 0 < warning["seconds"] <= 2
+    code, reason = await client.closed()
+    assert code == CloseCode.IDLE
+    assert "idle" in reason
