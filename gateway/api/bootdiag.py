@@ -10,6 +10,7 @@ asked for have rotated out of the ring (``start`` then says where the kept bytes
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -113,6 +114,8 @@ async def read_serial_log(
     body: dict[str, Any] = {
         "kind": "compute#serialPortOutput",
         "contents": page.contents.decode("utf-8", "replace"),
+        # The bytes exactly as the guest wrote them (contents is text for reading).
+        "contentsBase64": base64.b64encode(page.contents).decode("ascii"),
         "start": page.start,
         "next": page.next,
         "rotated": page.rotated,

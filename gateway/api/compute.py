@@ -13,10 +13,19 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from gateway.access import audit, rbac
-from gateway.api.auth import group_scope, instance_scope, record, require, scale_set_scope, vm_scope
+from gateway.api.auth import (
+    authenticate,
+    bearer,
+    group_scope,
+    instance_scope,
+    record,
+    require,
+    scale_set_scope,
+    vm_scope,
+)
 from gateway.api.auth import subscription_scope as sub_scope
 from gateway.api.bootdiag import log_path
 from gateway.api.context import ApiContext, Caller, context_of
@@ -118,11 +127,17 @@ def scale_set_body(vmss: ScaleSetResource) -> dict[str, Any]:
 @router.get(SUB + "/providers/Microsoft.Compute/virtualMachines", tags=["virtual machines"])
 async def list_vms_in_subscription(
     request: Request,
-    caller: Annotated[Caller, require(rbac.VM_READ, sub_scope)],
+    token: Annotated[str | None, Depends(bearer)],
     expand: Expand = None,
 ) -> dict[str, Any]:
-    inv = context_of(request).inventory
-    return {"value": [vm_body(vm, expand) for vm in inv.vms.values()]}
+    """Every VM of the subscription that the caller may read (ARM lists what you can see)."""
+    ctx = context_of(request)
+    user = authenticate(ctx, token)
+    sub_scope(ctx, request.path_params)
+    visible = [
+        vm for vm in ctx.inventory.vms.values() if rbac.is_allowed(user.roles, rbac.VM_READ, vm.id)
+    ]
+    return {"value": [vm_body(vm, expand) for vm in visible]}
 
 
 @router.get(GROUP, tags=["resource groups"])
