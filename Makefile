@@ -1,44 +1,56 @@
 # Serial Console Lab. Every target sets up what it needs from nothing:
-# system packages (apt-get when root, else the command to run), the virtual
+# system packages (apt-get when root, else the exact command to run), the virtual
 # environment, and the guest image.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYSPKGS := qemu-system-x86 busybox-static ser2net
+# command:debian-package pairs, checked by tools/sysdeps.sh
+QEMU_DEPS  := qemu-system-x86_64:qemu-system-x86
+IMAGE_DEPS := dpkg-deb:dpkg apt-get:apt lz4:lz4
+BENCH_DEPS := ser2net:ser2net
 PYTEST_ARGS ?=
+LAB_ARGS ?=
 
-.PHONY: run-lab test images bench lint sysdeps clean help
+.PHONY: help run-lab run-lab-emulated test images bench lint clean
 
 help:
-	@echo "make run-lab   start the default lab and print how to reach it"
-	@echo "make test      run the whole test suite (unit, emulated, QEMU, end to end)"
-	@echo "make images    build the Linux guest image (kernel + initramfs) into images/build/"
-	@echo "make bench     run the benchmarks and print their tables"
-	@echo "make lint      ruff"
+	@echo "make run-lab           start the default lab and print how to reach it"
+	@echo "make run-lab-emulated  the same lab with emulated guests only (no QEMU needed)"
+	@echo "make test              the whole suite: unit, emulated guests, QEMU guests, end to end"
+	@echo "make images            build the Linux guest image into images/build/linux/"
+	@echo "make bench             run the benchmarks and print their tables"
+	@echo "make lint              ruff"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; found " + sys.version.split()[0])'
-	@echo "==> virtual environment $(VENV) (Python packages from pyproject.toml)"
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --upgrade pip
-	@$(BIN)/python -m pip install --quiet -e '.[test]'
+	@echo "==> virtual environment $(VENV) with the packages of pyproject.toml"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || sh tools/venv-fallback.sh $(PYTHON) $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $@
 
-sysdeps:
-	@sh tools/sysdeps.sh qemu-system-x86_64:qemu-system-x86 dpkg-deb:dpkg cpio:cpio
-
-images: sysdeps
+images:
+	@sh tools/sysdeps.sh $(IMAGE_DEPS)
 	@sh images/build.sh
 
-run-lab: $(STAMP) images
-	@$(BIN)/serial-console lab run $(LAB_ARGS)
+run-lab: $(STAMP)
+	@if sh tools/sysdeps.sh $(QEMU_DEPS); then \
+		$(MAKE) --no-print-directory images && $(BIN)/serial-console lab run $(LAB_ARGS); \
+	else \
+		echo "Or run the same lab with emulated guests only:  make run-lab-emulated" >&2; exit 1; \
+	fi
+
+run-lab-emulated: $(STAMP)
+	@$(BIN)/serial-console lab run --emulated $(LAB_ARGS)
 
 test: $(STAMP) images
+	@sh tools/sysdeps.sh $(QEMU_DEPS)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) images
+	@sh tools/sysdeps.sh $(QEMU_DEPS) $(BENCH_DEPS)
 	@$(BIN)/python -m tests.bench
 
 lint: $(STAMP)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import shutil
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.lab.config import LabConfig, LabConfigError, load_default_lab, load_lab
+from gateway.lab.config import LabConfig, LabConfigError, MachineSpec, load_default_lab, load_lab
 
 
 def register(subparsers: Any) -> None:
@@ -32,6 +34,12 @@ def register(subparsers: Any) -> None:
     run.add_argument("--host", help="address to listen on (default from the lab file)")
     run.add_argument("--port", type=int, help="port to listen on; 0 picks a free one")
     run.add_argument("--state-dir", type=Path, help="state folder (default .lab/)")
+    run.add_argument(
+        "--emulated",
+        action="store_true",
+        help="run every VM as an emulated guest (no QEMU needed); without it, a lab with QEMU "
+        "VMs on a machine without qemu-system-x86_64 says what to install",
+    )
     run.set_defaults(func=run_command)
 
 
@@ -42,6 +50,17 @@ def run_command(args: argparse.Namespace) -> int:
     except LabConfigError as err:
         print(f"serial-console: {err}", file=sys.stderr)
         return 2
+    if args.emulated:
+        config = emulated_only(config)
+    elif _needs_qemu(config) and shutil.which("qemu-system-x86_64") is None:
+        print(
+            "serial-console: this lab runs QEMU guests and qemu-system-x86_64 is not installed.\n"
+            "  Install it:  sudo apt-get install -y qemu-system-x86\n"
+            "  Or run every VM as an emulated guest:  serial-console lab run --emulated"
+            "  (make run-lab-emulated)",
+            file=sys.stderr,
+        )
+        return 1
     runner_kwargs: dict[str, Any] = {}
     with contextlib.suppress(ImportError):
         import uvloop
@@ -49,6 +68,26 @@ def run_command(args: argparse.Namespace) -> int:
         runner_kwargs["loop_factory"] = uvloop.new_event_loop
     with asyncio.Runner(**runner_kwargs) as runner:
         return runner.run(run_lab(config))
+
+
+def _needs_qemu(config: LabConfig) -> bool:
+    return any(spec.backend == "qemu" for _, _, spec in _machines(config))
+
+
+def emulated_only(config: LabConfig) -> LabConfig:
+    """``config`` with every QEMU machine replaced by an emulated guest of the same OS."""
+
+    def swap(spec: MachineSpec) -> MachineSpec:
+        return dataclasses.replace(spec, backend="emulated") if spec.backend == "qemu" else spec
+
+    vms = tuple(dataclasses.replace(vm, machine=swap(vm.machine)) for vm in config.vms)
+    sets = tuple(
+        dataclasses.replace(s, instances=tuple(
+            dataclasses.replace(i, machine=swap(i.machine)) for i in s.instances
+        ))
+        for s in config.scale_sets
+    )  # fmt: skip
+    return dataclasses.replace(config, vms=vms, scale_sets=sets)
 
 
 def _progress(name: str, message: str) -> None:
@@ -105,28 +144,60 @@ async def run_lab(config: LabConfig) -> int:
 
 
 def banner(lab: Any) -> str:
-    """What to print once the lab is up: where it is, what runs, how to get in."""
+    """What to print once the lab is up: where it is, what runs, who may log in, and three
+    commands to copy."""
     config: LabConfig = lab.config
     url = lab.url
     lines = ["", f"Serial Console Lab is up at {url}"]
     if not config.gateway.loopback:
         lines.append(f"  listening on {config.gateway.host}:{lab.port}")
     lines.append(f"  subscription  {config.subscription.id} ({config.subscription.name})")
-    for name, machine in lab.machines.items():
-        failure = lab.start_failures.get(name)
-        lines.append(f"  {name:<16} {machine.power_state}" + (f" ({failure})" if failure else ""))
+    lines.append("")
+    lines.append(f"  {'VM':<16} {'group':<10} {'os':<8} {'backend':<9} state")
+    for group, name, spec in _machines(config):
+        failure = lab.start_failures.get(spec.name)
+        state = lab.machines[spec.name].power_state
+        lines.append(
+            f"  {name:<16} {group:<10} {spec.os:<8} {spec.backend:<9} {state}"
+            + (f" ({failure})" if failure else "")
+        )
+    lines += ["", f"  {'user':<8} {'password':<12} role"]
     for user in config.users:
         roles = ", ".join(f"{a.role} on {_short_scope(a.scope)}" for a in user.roles) or "no role"
-        lines.append(f"  user {user.name:<11} {roles}")
-    first = config.users[0].name if config.users else "USER"
-    lines += [
-        "",
-        f"Get a token:  curl -s -d grant_type=password -d username={first} "
-        f"-d password=PASSWORD {url}/oauth2/token",
-        f"API:          {url}/docs  (OpenAPI: {url}/openapi.json)",
-        "Press Ctrl+C to stop.",
-    ]
+        lines.append(f"  {user.name:<8} {user.password or '(SSH key only)':<12} {roles}")
+    guest_passwords = sorted({spec.password for _, _, spec in _machines(config)})
+    lines.append(f"  guest root password: {', '.join(guest_passwords)}")
+    user = next((u for u in config.users if u.password), None)
+    target = _first_linux_vm(config)
+    if user is not None and target is not None:
+        group, vm = target
+        lines += [
+            "",
+            "In another terminal (the CLI is .venv/bin/serial-console):",
+            f"  serial-console login --url {url} --username {user.name} --password {user.password}",
+            f"  serial-console connect -g {group} -n {vm}      # Ctrl+] for NMI, SysRq, reset",
+            f"  serial-console send sysrq -g {group} -n {vm} --input h",
+        ]
+    lines += ["", f"API: {url}/docs (OpenAPI: {url}/openapi.json)", "Press Ctrl+C to stop."]
     return "\n".join(lines)
+
+
+def _machines(config: LabConfig) -> list[tuple[str, str, MachineSpec]]:
+    """(group, name as the CLI names it, spec) of every VM and scale-set instance."""
+    rows = [(vm.resource_group, vm.name, vm.machine) for vm in config.vms]
+    for vmss in config.scale_sets:
+        rows += [
+            (vmss.resource_group, f"{vmss.name} #{i.instance_id}", i.machine)
+            for i in vmss.instances
+        ]
+    return rows
+
+
+def _first_linux_vm(config: LabConfig) -> tuple[str, str] | None:
+    """A VM a first console is best tried on: Linux, QEMU if any, boot diagnostics on."""
+    usable = [vm for vm in config.vms if vm.machine.os == "linux" and vm.boot_diagnostics]
+    usable.sort(key=lambda vm: vm.machine.backend != "qemu")
+    return (usable[0].resource_group, usable[0].name) if usable else None
 
 
 def _short_scope(scope: str) -> str:
