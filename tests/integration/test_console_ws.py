@@ -7,7 +7,6 @@ close code and reason for everything that goes wrong.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -15,88 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
-from gateway.console.frames import SUBPROTOCOL, CloseCode
+from gateway.console.frames import CloseCode
 from gateway.console.sessions import TAKEOVER_TEXT
-from tests.conftest import scaled
 from tests.support.lab import LabHandle, running_lab
+from tests.support.wsclient import login, open_console
 
 
 @pytest.fixture
 async def lab(tmp_path: Path) -> AsyncIterator[LabHandle]:
     async with running_lab(tmp_path) as handle:
         yield handle
-
-
-class Client:
-    """A websocket console client that keeps everything it received."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.data = bytearray()
-        self.events: list[dict[str, Any]] = []
-        self.cursor = 0
-
-    async def expect(self, pattern: str, timeout: float = 10) -> re.Match[bytes]:
-        regex = re.compile(pattern.encode())
-        async with asyncio.timeout(scaled(timeout)):
-            while not (match := regex.search(self.data, self.cursor)):
-                self._take(await self.ws.recv())
-        self.cursor = match.end()
-        return match
-
-    async def event(self, kind: str, timeout: float = 10) -> dict[str, Any]:
-        async with asyncio.timeout(scaled(timeout)):
-            while True:
-                for event in self.events:
-                    if event["type"] == kind:
-                        self.events.remove(event)
-                        return event
-                self._take(await self.ws.recv())
-
-    async def closed(self, timeout: float = 10) -> tuple[int, str]:
-        """Read to the end; the close code and reason."""
-        async with asyncio.timeout(scaled(timeout)):
-            try:
-                while True:
-                    self._take(await self.ws.recv())
-            except ConnectionClosed:
-                pass
-        assert self.ws.close_code is not None
-        return self.ws.close_code, self.ws.close_reason or ""
-
-    def _take(self, frame: str | bytes) -> None:
-        if isinstance(frame, bytes):
-            self.data += frame
-        else:
-            self.events.append(json.loads(frame))
-
-    async def type(self, text: str) -> None:
-        await self.ws.send(text.encode())
-
-
-def ws_url(url: str) -> str:
-    return url.replace("http://", "ws://")
-
-
-async def open_console(
-    url: str, token: str | None, *, framed: bool = False, query: str = "", **kw: Any
-) -> Client:
-    params = [p for p in (f"authorization={token}" if token else "", query) if p]
-    full = url + ("?" + "&".join(params) if params else "")
-    ws = await connect(full, subprotocols=[SUBPROTOCOL] if framed else None, **kw)  # type: ignore[list-item]
-    return Client(ws)
-
-
-async def login(client: Client) -> None:
-    await client.type("\r")
-    await client.expect(r"login: ")
-    await client.type("root\r")
-    await client.expect(r"Password: ")
-    await client.type("serial-lab\r")
-    await client.expect(r"# ")
 
 
 async def test_raw_console_shows_the_banner_the_boot_and_runs_commands(lab: LabHandle) -> None:

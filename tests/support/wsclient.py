@@ -1,0 +1,83 @@
+"""A websocket console client for tests: keeps every byte and event it received."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from gateway.console.frames import SUBPROTOCOL
+from tests.conftest import scaled
+
+
+class Client:
+    """A websocket console client that keeps everything it received."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.data = bytearray()
+        self.events: list[dict[str, Any]] = []
+        self.cursor = 0
+
+    async def expect(self, pattern: str, timeout: float = 10) -> re.Match[bytes]:
+        regex = re.compile(pattern.encode())
+        async with asyncio.timeout(scaled(timeout)):
+            while not (match := regex.search(self.data, self.cursor)):
+                self._take(await self.ws.recv())
+        self.cursor = match.end()
+        return match
+
+    async def event(self, kind: str, timeout: float = 10) -> dict[str, Any]:
+        async with asyncio.timeout(scaled(timeout)):
+            while True:
+                for event in self.events:
+                    if event["type"] == kind:
+                        self.events.remove(event)
+                        return event
+                self._take(await self.ws.recv())
+
+    async def closed(self, timeout: float = 10) -> tuple[int, str]:
+        """Read to the end; the close code and reason."""
+        async with asyncio.timeout(scaled(timeout)):
+            try:
+                while True:
+                    self._take(await self.ws.recv())
+            except ConnectionClosed:
+                pass
+        assert self.ws.close_code is not None
+        return self.ws.close_code, self.ws.close_reason or ""
+
+    def _take(self, frame: str | bytes) -> None:
+        if isinstance(frame, bytes):
+            self.data += frame
+        else:
+            self.events.append(json.loads(frame))
+
+    async def type(self, text: str) -> None:
+        await self.ws.send(text.encode())
+
+
+def ws_url(url: str) -> str:
+    return url.replace("http://", "ws://")
+
+
+async def open_console(
+    url: str, token: str | None, *, framed: bool = False, query: str = "", **kw: Any
+) -> Client:
+    params = [p for p in (f"authorization={token}" if token else "", query) if p]
+    full = url + ("?" + "&".join(params) if params else "")
+    ws = await connect(full, subprotocols=[SUBPROTOCOL] if framed else None, **kw)  # type: ignore[list-item]
+    return Client(ws)
+
+
+async def login(client: Client) -> None:
+    await client.type("\r")
+    await client.expect(r"login: ")
+    await client.type("root\r")
+    await client.expect(r"Password: ")
+    await client.type("serial-lab\r")
+    await client.expect(r"# ")
