@@ -1,11 +1,14 @@
 """``serial-console connect``: the interactive console, like ``az serial-console connect``.
 
-One run: look the machine up (its OS decides the menu), put the terminal in raw mode, then
-repeat: ``connect`` (a new one-time session URL) -> open the websocket with the framed
-subprotocol ``serial-console.v1`` and ``?authorization=<token>`` (``&watch=1`` for a
-read-only watcher) -> show the banner and the guest's bytes, send the keys -> on close,
-say why and wait for Enter (reconnect) or q (quit). Ctrl+] opens az's menu
-(``gateway.cli.escape``); its NMI, reset and SysRq go as framed commands and their
+One run: look the machine up (its OS decides the menu) and ask for the first session URL
+(``connect``); a refusal that Enter cannot cure (no permission, boot diagnostics off, the
+console disabled...) ends the command there with the gateway's text and exit status 1, as
+``az serial-console connect`` does. Then put the terminal in raw mode and repeat:
+``connect`` (a new one-time session URL, the first one already in hand) -> open the
+websocket with the framed subprotocol ``serial-console.v1`` and ``?authorization=<token>``
+(``&watch=1`` for a read-only watcher) -> show the banner and the guest's bytes, send the
+keys -> on close, say why and wait for Enter (reconnect) or q (quit). Ctrl+] opens az's
+menu (``gateway.cli.escape``); its NMI, reset and SysRq go as framed commands and their
 results are shown when they come back. A session closed because the client fell behind
 reconnects by itself from the byte it had reached, so nothing is lost.
 
@@ -34,7 +37,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
 from gateway.cli.client import GatewayClient
-from gateway.cli.errors import CliError, GatewayError
+from gateway.cli.errors import CliError, GatewayError, GatewayUnreachable
 from gateway.cli.escape import (
     EscapeMenu,
     Forward,
@@ -65,6 +68,11 @@ NEVER_CONNECTED_TEXT = (
     'press "Enter" try again...'
 )
 QUIT_HINT = "(press q to quit)"
+
+# Refusals of ``connect`` that may pass while the console waits for Enter: the VM can be
+# started, a throttled caller can retry. Any other 4xx is final.
+RETRYABLE_CODES = frozenset({"VMNotRunning"})
+RETRYABLE_STATUSES = frozenset({408, 429})
 
 OPEN_TIMEOUT = 20.0
 INPUT_QUEUE = 64
@@ -176,8 +184,10 @@ class ConsoleRun:
         windows: bool = False,
         stdin_fd: int,
         screen: Screen,
+        first_url: str | None = None,
     ) -> None:
         self.client = client
+        self._next_url = first_url
         self.target = target
         self.watch = watch
         self.menu = EscapeMenu(windows=windows, read_only=watch)
@@ -210,10 +220,12 @@ class ConsoleRun:
 
     async def _connection(self, keys: KeyReader, resume: int | None) -> _Outcome:
         outcome = _Outcome()
+        url, self._next_url = self._next_url, None
         try:
-            url = await self.client.connect(
-                self.target.group, self.target.name, self.target.instance_id
-            )
+            if url is None:
+                url = await self.client.connect(
+                    self.target.group, self.target.name, self.target.instance_id
+                )
         except GatewayError as err:
             outcome.error = str(err)
             return outcome
@@ -368,9 +380,17 @@ async def run_connect(
     """``serial-console connect``: look the machine up, then the console until q.
 
     Raises CliError (before touching the terminal) when the machine cannot be found or
-    read; everything after is told on the console and ends with exit status 0.
+    read, or when the first ``connect`` is refused for good (``final_refusal``);
+    everything after is told on the console and ends with exit status 0.
     """
     machine = await client.get_machine(target.group, target.name, target.instance_id)
+    first_url: str | None = None
+    try:
+        first_url = await client.connect(target.group, target.name, target.instance_id)
+    except GatewayError as err:
+        if final_refusal(err):
+            raise
+        # Told on the console, where Enter tries again (e.g. once the VM is started).
     os_type = str(
         machine.get("properties", {}).get("storageProfile", {}).get("osDisk", {}).get("osType", "")
     )
@@ -385,12 +405,21 @@ async def run_connect(
             windows=os_type.lower() == "windows",
             stdin_fd=fd,
             screen=screen,
+            first_url=first_url,
         )
         try:
             return await run.run()
         except CliError as err:
             screen.note(str(err), RED)
             return err.exit_code
+
+
+def final_refusal(err: GatewayError) -> bool:
+    """Whether a refused ``connect`` stays refused however often Enter is pressed: a 4xx
+    such as Azure's permission or boot-diagnostics texts, not a stopped VM or no answer."""
+    if isinstance(err, GatewayUnreachable) or not 400 <= err.status < 500:
+        return False
+    return err.status not in RETRYABLE_STATUSES and err.code not in RETRYABLE_CODES
 
 
 def _is_tty(stream: BinaryIO) -> bool:
