@@ -8,22 +8,19 @@ restoration are the real thing. Each test's credentials live in its own config f
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import stat
-import sys
 import termios
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pexpect
 import pytest
 
 from gateway.console.sessions import TAKEOVER_TEXT
-from tests.conftest import scaled
-from tests.support.lab import EMULATED_VMS, LabHandle, running_lab
+from tests.support.cli import Cli, expect, finished
+from tests.support.lab import EMULATED_VMS, running_lab
 
 SCALE_SET = """
 [[scale_sets]]
@@ -33,67 +30,13 @@ os = "linux"
 backend = "emulated"
 capacity = 1
 """
-CLI = [sys.executable, "-m", "gateway.cli.main"]
 CONNECT_LINUX = ["connect", "-g", "lab-rg", "-n", "linux-1"]
-
-
-@dataclass
-class Result:
-    code: int
-    out: bytes
-    err: str
-
-    @property
-    def text(self) -> str:
-        return self.out.decode("utf-8", "replace")
-
-
-@dataclass
-class Cli:
-    """Runs ``serial-console`` against ``lab`` with its own config folder."""
-
-    lab: LabHandle
-    env: dict[str, str]
-    config: Path
-
-    async def run(self, *argv: str, timeout: float = 30) -> Result:
-        process = await asyncio.create_subprocess_exec(
-            *CLI, *argv, env=self.env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        async with asyncio.timeout(scaled(timeout)):
-            out, err = await process.communicate()
-        assert process.returncode is not None
-        return Result(process.returncode, out, err.decode())
-
-    async def login(self, user: str) -> None:
-        result = await self.run("login", "--username", user, "--password", user)
-        assert result.code == 0, result.err
-
-    def spawn(self, *argv: str) -> pexpect.spawn:
-        child = pexpect.spawn(CLI[0], [*CLI[1:], *argv], env=self.env, timeout=scaled(15))
-        child.setwinsize(40, 200)  # wide: the menu line stays on one line
-        return child
-
-
-async def expect(child: pexpect.spawn, pattern: object) -> int:
-    index: int = await child.expect(pattern, async_=True)
-    return index
-
-
-async def finished(child: pexpect.spawn) -> int | None:
-    """Wait for ``child`` to end; its exit status (None when killed by a signal)."""
-    await expect(child, pexpect.EOF)
-    child.close()
-    return child.exitstatus
 
 
 @pytest.fixture
 async def cli(tmp_path: Path) -> AsyncIterator[Cli]:
     async with running_lab(tmp_path, vms=EMULATED_VMS + SCALE_SET) as lab:
-        config = tmp_path / "config"
-        env = dict(os.environ, XDG_CONFIG_HOME=str(config), SERIAL_CONSOLE_URL=lab.url)
-        yield Cli(lab, env, config)
+        yield Cli.at(lab.url, tmp_path / "config")
 
 
 async def test_login_keeps_an_owner_only_token_and_logout_forgets_it(cli: Cli) -> None:
