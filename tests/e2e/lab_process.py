@@ -29,12 +29,16 @@ UP = re.compile(r"Serial Console Lab is up at (http://\S+)")
 STOPPED = "Lab stopped: every machine is deallocated."
 
 
-def lab_file(state_dir: Path, port: int = 0) -> str:
-    """The default lab's text with ``state_dir`` and ``port`` in place of its own."""
+def lab_file(state_dir: Path, port: int = 0, replay_bytes: int | None = None) -> str:
+    """The default lab's text with ``state_dir`` and ``port`` in place of its own (and
+    ``replay_bytes``, when given)."""
     text = resources.files("gateway.lab").joinpath("default.toml").read_text(encoding="utf-8")
     text, dirs = re.subn(r'(?m)^state_dir = ".*"$', f'state_dir = "{state_dir}"', text)
     text, ports = re.subn(r"(?m)^port = \d+", f"port = {port}", text)
-    assert (dirs, ports) == (1, 1), "the default lab file changed shape: update lab_file()"
+    replays = 1
+    if replay_bytes is not None:
+        text, replays = re.subn(r"(?m)^replay_bytes = \d+", f"replay_bytes = {replay_bytes}", text)
+    assert (dirs, ports, replays) == (1, 1, 1), "the default lab changed shape: update lab_file()"
     return text
 
 
@@ -50,11 +54,13 @@ class LabProcess:
     _reader: threading.Thread | None = None
 
     @classmethod
-    def start(cls, folder: Path, port: int = 0, timeout: float = 60) -> LabProcess:
+    def start(
+        cls, folder: Path, port: int = 0, replay_bytes: int | None = None, timeout: float = 60
+    ) -> LabProcess:
         """Run the default lab (state in ``folder/state``) and wait until it serves."""
         state_dir = folder / "state"
         path = folder / "lab.toml"
-        path.write_text(lab_file(state_dir, port))
+        path.write_text(lab_file(state_dir, port, replay_bytes))
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli.main", "lab", "run", "--lab", str(path)],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

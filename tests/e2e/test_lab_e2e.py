@@ -85,8 +85,11 @@ async def past_replay(child: pexpect.spawn) -> None:
 
 
 async def root_shell(child: pexpect.spawn) -> None:
-    """From a console just opened on linux-1, root's shell prompt."""
+    """From a console just opened on linux-1, root's shell prompt. The guest is up once a
+    login prompt has shown: live, or in the replayed output (this lab prints far less than
+    its 64 KiB of replay)."""
     await expect(child, BANNER)
+    await expect(child, "login: ", BOOT)
     await to_root_prompt(child)
 
 
