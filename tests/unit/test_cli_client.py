@@ -10,8 +10,8 @@ import pytest
 
 from gateway.cli.client import GatewayClient
 from gateway.cli.commands import print_boot_log
-from gateway.cli.connect import Target
-from gateway.cli.errors import GatewayError, NotLoggedIn
+from gateway.cli.connect import Target, final_refusal
+from gateway.cli.errors import GatewayError, GatewayUnreachable, NotLoggedIn
 
 LOG = b"boot line one\r\nboot line two\r\n"
 LOG_URL = "http://lab/bootdiagnostics/vm/serialconsole.log?se=9&sig=s"
@@ -72,3 +72,23 @@ def test_mock_gateway_is_json() -> None:
     """(guard) the stand-in answers JSON, as the gateway does."""
     request = httpx.Request("GET", "http://lab/x")
     assert json.loads(gateway(request).content)["error"]["code"]
+
+
+@pytest.mark.parametrize(
+    ("error", "final"),
+    [
+        (GatewayError("no permission", status=403, code="AuthorizationFailed"), True),
+        (GatewayError("no boot diagnostics", status=409, code="BootDiagnosticsNotEnabled"), True),
+        (GatewayError("console disabled", status=409, code="SerialConsoleDisabled"), True),
+        (GatewayError("not running", status=409, code="VMNotRunning"), False),
+        (GatewayError("slow down", status=429, code="TooManyRequests"), False),
+        (GatewayError("gateway failed", status=500, code="InternalServerError"), False),
+        (GatewayUnreachable("no answer"), False),
+    ],
+)
+def test_connect_gives_up_only_on_refusals_that_enter_cannot_fix(
+    error: GatewayError, final: bool
+) -> None:
+    """A refused connect ends the CLI at once (like az) unless pressing Enter may help:
+    a stopped VM, a busy or failing gateway, or none at all keep the console waiting."""
+    assert final_refusal(error) is final
