@@ -106,11 +106,17 @@ class ConnectSessions:
         """The grant of ``session_id`` for ``user``, claimed or not, without using it up.
 
         For the admin commands, which go to a session's URL beside (or instead of) its
-        websocket. Raises UnknownSession or SessionWrongUser.
+        websocket, within the session's lifetime. Raises UnknownSession, SessionExpired or
+        SessionWrongUser.
         """
         entry = self._entries.get(session_id)
         if entry is None:
             raise UnknownSession("This console session does not exist. Call connect again.")
+        if self.clock() - entry.grant.created >= self.lifetime:
+            raise SessionExpired(
+                f"This console session expired: its URL is valid for {self.lifetime:g} seconds "
+                "after connect. Call connect again."
+            )
         if entry.grant.user != user:
             raise SessionWrongUser(
                 "This console session belongs to another user. Call connect with your own token."

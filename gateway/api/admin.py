@@ -20,7 +20,7 @@ from gateway.access.errors import AuthorizationError, ConnectSessionError
 from gateway.api.auth import authenticate, bearer, record
 from gateway.api.console_ws import run_command
 from gateway.api.context import Caller, client_address, context_of
-from gateway.api.errors import NO_PERMISSION, ArmError
+from gateway.api.errors import CONSOLE_DISABLED, NO_PERMISSION, PORT_DISABLED, ArmError
 from gateway.console.hub import ConsoleError
 from gateway.console.sysrq import SysRqError, parse_sysrq
 from gateway.machines.base import MachineError
@@ -59,6 +59,10 @@ async def admin_command(
     vm = ctx.inventory.by_id(grant.vm_id)
     caller = Caller(user, client_address(request), vm.id)
     action = f"console.{command}"
+    if ctx.console.disabled:  # switched off since connect: it counts now
+        raise ArmError(409, "SerialConsoleDisabled", CONSOLE_DISABLED)
+    if not ctx.console.port_enabled(vm):
+        raise ArmError(409, "SerialPortDisabled", PORT_DISABLED)
     try:
         rbac.check(user.name, user.roles, rbac.CONNECT, vm.id)
     except AuthorizationError:

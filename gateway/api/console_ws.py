@@ -36,6 +36,7 @@ from gateway.access.errors import (
 from gateway.access.users import User
 from gateway.api.context import ApiContext, client_address, context_of
 from gateway.api.resources import VmResource
+from gateway.console.bootlog import LogRead
 from gateway.console.frames import SUBPROTOCOL, CloseCode, Command, FrameError, encode_event
 from gateway.console.frames import parse_command as parse_frame
 from gateway.console.hub import ConsoleError, ConsoleHub
@@ -49,6 +50,7 @@ CONSOLE_PATH = "/n/connector/{container}/sessions/{session_id}/client"
 TOKEN_WAIT = 10.0
 IDLE_WARNING = 60.0
 MAX_REASON = 120  # a close frame's reason is at most 123 bytes
+INPUT_LIMIT = 1 << 20  # typed bytes waiting for a guest that does not read its port
 
 
 class _Refused(Exception):
@@ -75,6 +77,8 @@ class _Connection:
     last_input: float = field(default_factory=time.monotonic)
     activity: asyncio.Event = field(default_factory=asyncio.Event)
     told: bool = False
+    input: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+    input_pending: int = 0
 
     async def send_text_to_user(self, text: str) -> None:
         """A gateway message as the user sees it: a JSON event (framed) or terminal text."""
@@ -111,8 +115,9 @@ async def console(websocket: WebSocket, container: str, session_id: str) -> None
     try:
         _check_origin(websocket, ctx)
         conn.user = await _authenticate(conn)
+        role, resume = _options(conn)
         grant = _claim(conn, container, session_id)
-        await _serve(conn, grant)
+        await _serve(conn, grant, role, resume)
     except _Refused as refused:
         conn.audit("console.connect", audit.DENIED, refused.message)
         await _close(conn, Closing(refused.code, refused.message, refused.message))
@@ -174,30 +179,39 @@ async def _first_message_token(conn: _Connection) -> str:
     return command.token
 
 
+def _options(conn: _Connection) -> tuple[Role, int | None]:
+    """``?watch=`` and ``?offset=``, read before the one-time session is used up."""
+    query = conn.websocket.query_params
+    role = Role.WATCHER if query.get("watch", "").lower() in ("1", "true", "yes") else Role.WRITER
+    offset = query.get("offset")
+    if offset is None:
+        return role, None
+    if not (offset.isascii() and offset.isdigit()):
+        raise _Refused(CloseCode.MALFORMED, "?offset= must be a byte offset (a whole number)")
+    return role, int(offset)
+
+
 def _claim(conn: _Connection, container: str, session_id: str) -> ConnectGrant:
+    """Use up the one-time session (after checking, without using it, that it is this URL's)."""
     assert conn.user is not None
     try:
-        grant = conn.ctx.sessions.claim(session_id, conn.user.name)
+        if conn.ctx.sessions.lookup(session_id, conn.user.name).container != container:
+            raise _Refused(
+                CloseCode.SESSION_REFUSED, "This console URL is not valid. Call connect again."
+            )
+        return conn.ctx.sessions.claim(session_id, conn.user.name)
     except SessionWrongUser as err:
         raise _Refused(CloseCode.UNAUTHORIZED, str(err)) from None
     except ConnectSessionError as err:
         raise _Refused(CloseCode.SESSION_REFUSED, str(err)) from None
-    if grant.container != container:
-        raise _Refused(
-            CloseCode.SESSION_REFUSED, "This console URL is not valid. Call connect again."
-        )
-    return grant
 
 
-async def _serve(conn: _Connection, grant: ConnectGrant) -> None:
+async def _serve(conn: _Connection, grant: ConnectGrant, role: Role, resume: int | None) -> None:
     vm = conn.ctx.inventory.by_id(grant.vm_id)
     hub = vm.hub
     if hub is None:
         raise _Refused(CloseCode.PORT_LOST, f"VM '{vm.name}' has no console in this lab")
     conn.vm, conn.hub = vm, hub
-    query = conn.websocket.query_params
-    role = Role.WATCHER if query.get("watch", "").lower() in ("1", "true", "yes") else Role.WRITER
-    resume = _offset(query.get("offset"))
     session = ConsoleSession(grant.session_id, grant.user, vm.name, role, conn.ctx.session_buffer)
     try:
         backlog, displaced = hub.attach(session, resume)
@@ -209,30 +223,13 @@ async def _serve(conn: _Connection, grant: ConnectGrant) -> None:
         conn.audit(
             "console.takeover", audit.SUCCEEDED, f"took the console over from {displaced.user}"
         )
-    if conn.framed:
-        await conn.websocket.send_text(
-            encode_event(
-                "connected",
-                vm=vm.name,
-                user=grant.user,
-                role=role.value,
-                os=vm.os_type,
-                power_state=vm.machine.power_state.value,
-                banner=BANNER_TEXT,
-                replay_from=backlog.start,
-                offset=backlog.next,
-                rotated=backlog.rotated,
-            )
-        )
-    else:
-        await conn.websocket.send_bytes(BANNER_TEXT.encode() + b"\r\n")
-    if backlog.rotated and resume is not None:
-        await conn.send_text_to_user(
-            f"[bytes {resume} to {backlog.start} have rotated out of the boot log]"
-        )
-    pumps = [asyncio.create_task(_send_loop(conn)), asyncio.create_task(_receive_loop(conn))]
-    tasks = [*pumps, asyncio.create_task(_idle_watch(conn))] if conn.ctx.idle_timeout else pumps
+    tasks: list[asyncio.Task[None]] = []
     try:
+        await _greet(conn, backlog, resume)
+        pumps = [asyncio.create_task(_send_loop(conn)), asyncio.create_task(_receive_loop(conn))]
+        tasks = [*pumps, asyncio.create_task(_input_loop(conn))]
+        if conn.ctx.idle_timeout:
+            tasks.append(asyncio.create_task(_idle_watch(conn)))
         await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
@@ -247,12 +244,32 @@ async def _serve(conn: _Connection, grant: ConnectGrant) -> None:
         )
 
 
-def _offset(value: str | None) -> int | None:
-    if value is None:
-        return None
-    if not value.isdigit():
-        raise _Refused(CloseCode.MALFORMED, "?offset= must be a byte offset (a whole number)")
-    return int(value)
+async def _greet(conn: _Connection, backlog: LogRead, resume: int | None) -> None:
+    """The first words: the connected event (framed) or Azure's banner (raw)."""
+    assert conn.vm is not None
+    assert conn.session is not None
+    vm = conn.vm
+    if conn.framed:
+        await conn.websocket.send_text(
+            encode_event(
+                "connected",
+                vm=vm.name,
+                user=conn.session.user,
+                role=conn.session.role.value,
+                os=vm.os_type,
+                power_state=vm.machine.power_state.value,
+                banner=BANNER_TEXT,
+                replay_from=backlog.start,
+                offset=backlog.next,
+                rotated=backlog.rotated,
+            )
+        )
+    else:
+        await conn.websocket.send_bytes(BANNER_TEXT.encode() + b"\r\n")
+    if backlog.rotated and resume is not None:
+        await conn.send_text_to_user(
+            f"[bytes {resume} to {backlog.start} have rotated out of the boot log]"
+        )
 
 
 async def _send_loop(conn: _Connection) -> None:
@@ -286,9 +303,9 @@ async def _receive_loop(conn: _Connection) -> None:
         data, text = message.get("bytes"), message.get("text")
         try:
             if data is not None:
-                await conn.hub.write(conn.session, data)
+                _queue_input(conn, data)
             elif text is not None and not conn.framed:
-                await conn.hub.write(conn.session, text.encode())
+                _queue_input(conn, text.encode())
             elif text is not None:
                 await _command(conn, parse_frame(text))
         except FrameError as err:
@@ -302,6 +319,37 @@ async def _receive_loop(conn: _Connection) -> None:
             conn.told = not conn.framed  # raw terminals hear it once, not per keystroke
 
 
+def _queue_input(conn: _Connection, data: bytes) -> None:
+    """Hand typed bytes to ``_input_loop``, so that a guest that stopped reading its port
+    never holds up the commands behind them (a reset is how one unsticks such a guest)."""
+    assert conn.session is not None
+    assert conn.hub is not None
+    if conn.session.role is not Role.WRITER:
+        raise ConsoleError("this console is read-only: connect as a writer to type")
+    if conn.input_pending + len(data) > INPUT_LIMIT:
+        state = conn.hub.machine.power_state
+        raise ConsoleError(
+            f"the guest is not reading its serial port (it is {state}): {len(data)} typed "
+            "bytes were not sent. Reset or restart the VM if it hangs."
+        )
+    conn.input_pending += len(data)
+    conn.input.put_nowait(data)
+
+
+async def _input_loop(conn: _Connection) -> None:
+    """Typed bytes -> the guest, in order, at the pace its port takes them."""
+    assert conn.hub is not None
+    while True:
+        data = await conn.input.get()
+        try:
+            assert conn.session is not None
+            await conn.hub.write(conn.session, data)
+        except ConsoleError as err:
+            await _report(conn, None, "input", False, str(err))
+        finally:
+            conn.input_pending -= len(data)
+
+
 async def _command(conn: _Connection, command: Command) -> None:
     hub, session = conn.hub, conn.session
     assert hub is not None and session is not None
@@ -309,7 +357,8 @@ async def _command(conn: _Connection, command: Command) -> None:
         return  # already authorized; a repeated token is harmless
     if command.type == "resume":
         assert command.offset is not None
-        _resume(conn, command.offset)
+        if not _resume(conn, command.offset):
+            await _report(conn, command.id, "resume", False, "this session is closed: reconnect")
         return
     if session.role is not Role.WRITER:
         await _report(conn, command.id, command.type, False, "this console is read-only (watch)")
@@ -346,18 +395,23 @@ async def run_command(hub: ConsoleHub, command: str, keys: list[str]) -> str:
     raise ConsoleError(f"unknown command {command!r}")
 
 
-def _resume(conn: _Connection, offset: int) -> None:
-    """Start over from ``offset``: a fresh session, so the bytes stay in order."""
+def _resume(conn: _Connection, offset: int) -> bool:
+    """Start over from ``offset``: a fresh session, so the bytes stay in order. False when
+    this session is already closing (taken over, idle, deallocated): it cannot come back."""
     hub, old = conn.hub, conn.session
-    assert hub is not None and old is not None
+    assert hub is not None
+    assert old is not None
+    if not old.is_open:
+        return False
     hub.detach(old)
     fresh = ConsoleSession(old.id, old.user, old.vm, old.role, old.limit)
-    backlog, _ = hub.attach(fresh, offset)
-    fresh.push_event(
+    backlog, _ = hub.attach(fresh, offset)  # nobody to displace: this was the writer
+    fresh.prepend_event(
         encode_event("resumed", requested=offset, start=backlog.start, rotated=backlog.rotated)
     )
     conn.session = fresh
     old.close(Closing(CloseCode.NORMAL, "resumed"), drain=False)
+    return True
 
 
 async def _report(conn: _Connection, rid: str | None, command: str, ok: bool, text: str) -> None:

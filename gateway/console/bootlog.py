@@ -124,6 +124,11 @@ class BootLog:
         try:
             self._write_at(self._end + size - len(kept), kept)
         except OSError as err:
+            # The bytes keep their offsets all the same (clients count on them), and the ring
+            # may hold a torn write: the log starts over after this gap, so no read returns
+            # wrong bytes.
+            self._end += size
+            self._first = self._end
             raise BootLogError(f"cannot write the boot log {self._ring_path}: {err}") from err
         self._end += size
         self._first = max(self._first, self._end - self.capacity)

@@ -26,11 +26,18 @@ from gateway.console.frames import CloseCode, encode_event
 from gateway.console.port import SerialPort, SerialPortError
 from gateway.console.sessions import TAKEOVER_TEXT, Closing, ConsoleSession, Role
 from gateway.console.sysrq import send_sysrq
-from gateway.machines.base import EventKind, Machine, MachineEvent, PowerState
+from gateway.machines.base import (
+    EventKind,
+    Machine,
+    MachineEvent,
+    MachineLaunchError,
+    PowerState,
+)
 
 log = logging.getLogger("serial_console_lab.console.hub")
 
 DEFAULT_REPLAY = 16 * 1024
+COMMAND_WRITE_TIMEOUT = 5.0  # a SysRq key a guest does not take is reported, not waited on
 
 
 class ConsoleError(Exception):
@@ -80,17 +87,20 @@ class ConsoleHub:
             )
 
     async def _attach(self, path: str) -> None:
-        """Port hook: open ``path`` and start logging. SerialPortError fails the start."""
+        """Port hook: open ``path`` and start logging. MachineLaunchError fails the start."""
         if self._closed:
             return
         if self._port is not None:
             self._port.close()
         self._exited = ""
-        self._port = await SerialPort.open(path, on_data=self._on_data, on_close=self._on_close)
+        try:
+            self._port = await SerialPort.open(path, on_data=self._on_data, on_close=self._on_close)
+        except SerialPortError as err:
+            raise MachineLaunchError(f"VM '{self.machine.name}': {err}") from err
         self.log.debug("reading serial port %s", path)
 
     def _on_data(self, chunk: bytes) -> None:
-        offset = self.bootlog.end
+        offset = self.bootlog.end  # append moves it on, even when the disk fails
         try:
             self.bootlog.append(chunk)
         except BootLogError as err:
@@ -219,7 +229,7 @@ class ConsoleHub:
             raise ConsoleError("this console session is closed: reconnect to type")
         await self._write(data)
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes, timeout: float | None = None) -> None:
         port = self.port
         if port is None:
             raise ConsoleError(
@@ -227,15 +237,21 @@ class ConsoleHub:
                 f"{self.machine.power_state}): start it, then type again"
             )
         try:
-            await port.write(data)
+            async with asyncio.timeout(timeout):
+                await port.write(data)
         except SerialPortError as err:
             raise ConsoleError(f"the guest's serial port failed: {err}") from err
+        except TimeoutError:
+            raise ConsoleError(
+                f"the guest is not reading its serial port (it is {self.machine.power_state}): "
+                "reset or restart the VM"
+            ) from None
 
     async def sysrq(self, keys: list[str]) -> None:
         """Send each key as BREAK + key. Raises ConsoleError for a Windows VM."""
         if self.machine.os_type != "linux":
             raise ConsoleError("You can only send a SysRq to a Linux VM.")
-        await send_sysrq(self.machine, keys, self._write)
+        await send_sysrq(self.machine, keys, lambda key: self._write(key, COMMAND_WRITE_TIMEOUT))
 
     async def nmi(self) -> None:
         await self.machine.inject_nmi()

@@ -50,6 +50,7 @@ class SerialPort:
         self._loop = asyncio.get_running_loop()
         self._closed = False
         self._write_lock = asyncio.Lock()
+        self._pending: asyncio.Future[None] | None = None
         self.bytes_read = 0
         self.bytes_written = 0
         self._loop.add_reader(self._fd, self._readable)
@@ -109,18 +110,28 @@ class SerialPort:
                 self.bytes_written += sent
 
     async def _writable(self) -> None:
-        ready = self._loop.create_future()
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._pending = ready
         self._loop.add_writer(self._fd, lambda: ready.done() or ready.set_result(None))
         try:
             await ready
         finally:
-            self._loop.remove_writer(self._fd)
+            self._pending = None
+            if not self._closed:
+                self._loop.remove_writer(self._fd)
 
     def _shutdown(self, reason: str) -> None:
         if self._closed:
             return
         self._closed = True
         self._loop.remove_reader(self._fd)
+        if self._pending is not None:
+            # A writer waiting for room would otherwise wait forever on a closed fd.
+            self._loop.remove_writer(self._fd)
+            if not self._pending.done():
+                self._pending.set_exception(
+                    SerialPortError(f"serial port {self.path} closed: {reason}")
+                )
         try:
             self._serial.close()
         except (serial.SerialException, OSError):

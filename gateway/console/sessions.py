@@ -24,6 +24,7 @@ from gateway.console.frames import CloseCode
 log = logging.getLogger("serial_console_lab.console.sessions")
 
 DEFAULT_LIMIT = 1 << 20
+PRELOAD_CHUNK = 64 * 1024  # replay goes out in frames of this size at most
 MAX_EVENTS = 256
 
 TAKEOVER_TEXT = (
@@ -108,10 +109,16 @@ class ConsoleSession:
         return self.state is SessionState.OPEN
 
     def preload(self, offset: int, data: bytes) -> None:
-        """Queue the replay given at attach, ahead of live output and outside the limit."""
-        if data:
-            self._items.appendleft(Output(offset, data))
-            self._queued_bytes += len(data)
+        """Queue the replay given at attach ahead of live output, in frames of at most
+        ``PRELOAD_CHUNK`` bytes. It does not count against ``limit``, which is for what
+        arrives live: a resumed client is not cut off again for the backlog it asked for."""
+        view = memoryview(data)
+        replay = [
+            Output(offset + start, bytes(view[start : start + PRELOAD_CHUNK]))
+            for start in range(0, len(data), PRELOAD_CHUNK)
+        ]
+        self._items.extendleft(reversed(replay))
+        if replay:
             self._wake.set()
 
     def push_output(self, offset: int, data: bytes) -> None:
@@ -181,3 +188,8 @@ class ConsoleSession:
         self._items.clear()
         self._queued_bytes = self._queued_events = 0
         return items
+
+    def prepend_event(self, text: str) -> None:
+        """Queue an event ahead of everything queued (it introduces a replay)."""
+        self._items.appendleft(Event(text))
+        self._wake.set()

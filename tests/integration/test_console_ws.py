@@ -7,6 +7,8 @@ close code and reason for everything that goes wrong.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -14,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from gateway.console.frames import CloseCode
 from gateway.console.sessions import TAKEOVER_TEXT
+from tests.conftest import scaled
 from tests.support.lab import LabHandle, running_lab
 from tests.support.wsclient import login, open_console
 
@@ -248,3 +252,71 @@ async def test_the_idle_timeout_is_announced_then_closes(lab: LabHandle) -> None
     code, reason = await client.closed()
     assert code == CloseCode.IDLE
     assert "idle" in reason
+
+
+async def test_a_taken_over_writer_cannot_come_back_by_resuming(lab: LabHandle) -> None:
+    """After a takeover, the old session's `resume` is refused: the console stays carol's."""
+    url, token = await lab.session_url("alice")
+    alice = await open_console(url, token, framed=True)
+    await alice.event("connected")
+    url2, token2 = await lab.session_url("carol")
+    carol = await open_console(url2, token2, framed=True)
+    await carol.event("connected")
+    with contextlib.suppress(ConnectionClosed):  # the close may already be on its way
+        await alice.ws.send(json.dumps({"type": "resume", "offset": 0}))
+    code, _ = await alice.closed()
+    assert code == CloseCode.TAKEN_OVER
+    hub = lab.runtime.hubs["linux-1"]
+    assert hub.writer is not None
+    assert hub.writer.user == "carol"
+    assert carol.ws.close_code is None
+
+
+async def test_resumed_comes_before_the_bytes_it_announces(lab: LabHandle) -> None:
+    """Framed `resume`: the `resumed` event, then the bytes from its `start`, in that order."""
+    url, token = await lab.session_url("alice")
+    client = await open_console(url, token, framed=True)
+    await client.event("connected")
+    await client.expect(r"login: ")
+    await client.ws.send(json.dumps({"type": "resume", "offset": 0}))
+    frames = []
+    async with asyncio.timeout(scaled(10)):
+        while not frames or isinstance(frames[-1], bytes) is False:
+            frames.append(await client.ws.recv())
+    assert json.loads(frames[0])["type"] == "resumed"
+    assert json.loads(frames[0])["start"] == 0
+    assert frames[1].startswith(b"[    0.000000] Linux version")
+
+
+async def test_admin_commands_expire_with_the_session_and_obey_disable(lab: LabHandle) -> None:
+    """An old session URL cannot send commands; nor can a fresh one once the console is off."""
+    url, token = await lab.session_url("alice")
+    admin = url.replace("ws://", "http://").removesuffix("/client") + "/adminCommand/nmi"
+    headers = {"Authorization": f"Bearer {token}"}
+    sessions = lab.runtime.context.sessions  # type: ignore[union-attr]
+    real_clock = sessions.clock
+    sessions.clock = lambda: real_clock() + 3600
+    try:
+        reply = await lab.http.post(admin, json={"command": "nmi"}, headers=headers)
+    finally:
+        sessions.clock = real_clock
+    assert reply.status_code == 404
+    assert "expired" in reply.json()["error"]["message"]
+    url, token = await lab.session_url("carol")
+    admin = url.replace("ws://", "http://").removesuffix("/client") + "/adminCommand/nmi"
+    headers = {"Authorization": f"Bearer {token}"}
+    lab.runtime.context.console.set_disabled(True)  # type: ignore[union-attr]
+    reply = await lab.http.post(admin, json={"command": "nmi"}, headers=headers)
+    assert reply.status_code == 409
+    assert "not enabled for this subscription" in reply.json()["error"]["message"]
+
+
+async def test_a_bad_offset_is_refused_without_using_up_the_session(lab: LabHandle) -> None:
+    """`?offset=²` closes with 4007 and a reason; the same URL then still opens once."""
+    url, token = await lab.session_url("alice")
+    bad = await open_console(url, token, query="offset=%C2%B2")
+    code, reason = await bad.closed()
+    assert code == CloseCode.MALFORMED
+    assert "byte offset" in reason
+    good = await open_console(url, token)
+    await good.expect(r"Connected to the serial port")

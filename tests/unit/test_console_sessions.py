@@ -59,3 +59,25 @@ async def test_a_taken_over_session_still_gets_what_was_queued() -> None:
     assert session.state is SessionState.TAKEN_OVER
     assert await session.take() == [Output(0, b"last words")]
     assert await session.take() == []
+
+
+async def test_the_replay_given_at_attach_does_not_count_against_the_limit() -> None:
+    """A client resuming from far back is not cut off again for the backlog it asked for."""
+    session = _session(limit=10)
+    session.preload(0, b"x" * 100)
+    session.push_output(100, b"live")
+    assert session.is_open
+    items = await session.take()
+    assert b"".join(i.data for i in items if isinstance(i, Output)) == b"x" * 100 + b"live"
+
+
+async def test_a_long_replay_goes_out_in_bounded_frames_with_their_offsets() -> None:
+    """Replay frames are at most 64 KiB, so no client's frame-size limit is hit."""
+    session = _session()
+    session.preload(1000, b"y" * (150 * 1024))
+    items = await session.take()
+    assert [(i.offset, len(i.data)) for i in items if isinstance(i, Output)] == [
+        (1000, 65536),
+        (1000 + 65536, 65536),
+        (1000 + 131072, 150 * 1024 - 131072),
+    ]
