@@ -268,6 +268,12 @@ class ConsoleRun:
             outcome.message = outcome.message or ws.close_reason or ""
 
     async def _type(self, ws: ClientConnection, keys: KeyReader, outcome: _Outcome) -> None:
+        """Keys -> the menu -> the gateway, until quit. A close racing a keystroke ends it
+        quietly: ``_receive`` has the close and says why."""
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await self._type_keys(ws, keys, outcome)
+
+    async def _type_keys(self, ws: ClientConnection, keys: KeyReader, outcome: _Outcome) -> None:
         while True:
             data = await keys.get()
             actions = self.menu.receive_input(data) if data else self.menu.end_of_input()

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import resource
 import shutil
 import signal
 import sys
@@ -61,6 +62,7 @@ def run_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    _raise_file_limit()
     runner_kwargs: dict[str, Any] = {}
     with contextlib.suppress(ImportError):
         import uvloop
@@ -68,6 +70,15 @@ def run_command(args: argparse.Namespace) -> int:
         runner_kwargs["loop_factory"] = uvloop.new_event_loop
     with asyncio.Runner(**runner_kwargs) as runner:
         return runner.run(run_lab(config))
+
+
+def _raise_file_limit() -> None:
+    """Each VM holds a few descriptors (PTY, QMP, logs) and each client a socket: take the
+    hard limit, not the soft 1024 a shell starts with."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _needs_qemu(config: LabConfig) -> bool:

@@ -188,7 +188,9 @@ class LabRuntime:
     async def __aenter__(self) -> LabRuntime:
         try:
             await self._enter()
-        except BaseException:
+        except BaseException as err:
+            if isinstance(err, asyncio.CancelledError | KeyboardInterrupt):
+                self._forced.set()  # interrupted while starting: deallocate, no graceful stop
             await self._stack.__aexit__(*sys.exc_info())
             raise
         return self
@@ -382,8 +384,9 @@ class LabRuntime:
             try:
                 async with asyncio.timeout(self.start_timeout):
                     await machine.start()
-            except (MachineError, OSError, TimeoutError) as err:
+            except Exception as err:  # one machine's failure never takes the lab down
                 reason = str(err) or type(err).__name__
+                log.debug("%s: start failure", name, exc_info=err)
                 self.start_failures[name] = reason
                 self.on_progress(name, f"failed to start: {reason}")
                 log.error("%s: failed to start: %s", name, reason)

@@ -20,6 +20,8 @@ import os
 import shutil
 from pathlib import Path
 
+from gateway.machines.process import die_with_parent
+
 log = logging.getLogger("serial_console_lab.machines.accel")
 
 PROBE_SECONDS = 3.0
@@ -79,6 +81,7 @@ async def _probe(kernel: Path, qemu: str) -> tuple[str, str]:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=die_with_parent,
     )  # fmt: skip
     assert proc.stdout is not None
     try:

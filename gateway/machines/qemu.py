@@ -34,12 +34,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import ctypes
 import hashlib
 import logging
 import os
 import signal
+import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,13 @@ from gateway.machines.base import (
     EventKind,
     MachineBase,
     MachineCommandError,
+    MachineError,
     MachineLaunchError,
     MachineStateError,
     PowerState,
     RestartOutcome,
 )
+from gateway.machines.process import die_with_parent, wait_pid_exit
 
 QEMU = "qemu-system-x86_64"
 IMAGE_DIR = Path(__file__).resolve().parents[2] / "images" / "build" / "linux"
@@ -62,7 +65,6 @@ LAUNCH_TIMEOUT = 30.0
 SERIAL_ID = "ser0"
 
 _live_processes: dict[int, asyncio.subprocess.Process] = {}
-_PR_SET_PDEATHSIG = 1
 
 
 def default_image() -> tuple[Path, Path]:
@@ -71,14 +73,6 @@ def default_image() -> tuple[Path, Path]:
     if not (kernel.is_file() and initrd.is_file()):
         raise MachineLaunchError(f"the guest image is not built ({IMAGE_DIR}): run `make images`")
     return kernel, initrd
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the thread that started QEMU dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    # Our own terminal's Ctrl+C must reach the lab, which then stops QEMU in order.
-    os.setpgid(0, 0)
 
 
 @atexit.register
@@ -163,9 +157,10 @@ class QemuMachine(MachineBase):
             if self._state in (PowerState.RUNNING, PowerState.STARTING):
                 return
             if self._state is PowerState.STOPPED:
-                self._set_state(PowerState.STARTING)
-                await self._command("system_reset")
-                await self._command("cont")
+                with self._rollback():
+                    self._set_state(PowerState.STARTING)
+                    await self._command("system_reset")
+                    await self._command("cont")
                 self._set_state(PowerState.RUNNING)
                 return
             self._require(PowerState.DEALLOCATED, action="start")
@@ -176,20 +171,22 @@ class QemuMachine(MachineBase):
             if self._state is PowerState.STOPPED:
                 return
             self._require(PowerState.RUNNING, PowerState.PANICKED, action="stop")
-            if not await self._power_down(timeout):
-                await self._command("stop")
-                self._set_state(PowerState.STOPPED, "forced: the guest did not power off")
+            with self._rollback():
+                if not await self._power_down(timeout):
+                    await self._command("stop")
+                    self._set_state(PowerState.STOPPED, "forced: the guest did not power off")
 
     async def restart(self, timeout: float = 30.0) -> RestartOutcome:
         async with self._op_lock:
             self._require(PowerState.RUNNING, action="restart")
             outcome = RestartOutcome.GRACEFUL
-            if not await self._power_down(timeout):
-                outcome = RestartOutcome.FORCED
-                self.log.warning("the guest did not power off in %.0f s: hard reset", timeout)
-            self._set_state(PowerState.STARTING, outcome.value)
-            await self._command("system_reset")
-            await self._command("cont")
+            with self._rollback():
+                if not await self._power_down(timeout):
+                    outcome = RestartOutcome.FORCED
+                    self.log.warning("the guest did not power off in %.0f s: hard reset", timeout)
+                self._set_state(PowerState.STARTING, outcome.value)
+                await self._command("system_reset")
+                await self._command("cont")
             self._set_state(PowerState.RUNNING)
             return outcome
 
@@ -214,6 +211,18 @@ class QemuMachine(MachineBase):
     async def inject_nmi(self) -> None:
         self._require_guest_running("send an NMI to")
         await self._command("inject-nmi")
+
+    @contextlib.contextmanager
+    def _rollback(self) -> Iterator[None]:
+        """A monitor command failed mid-transition: go back to the state before it, so the
+        machine is not left 'starting' or 'stopping' with nothing going on."""
+        before = self._state
+        try:
+            yield
+        except MachineError:
+            if self._proc is not None:
+                self._set_state(before, "a monitor command failed")
+            raise
 
     def _require_guest_running(self, action: str) -> None:
         self._require(PowerState.RUNNING, PowerState.STARTING, PowerState.STOPPING, action=action)
@@ -256,7 +265,7 @@ class QemuMachine(MachineBase):
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         except OSError as err:
             await qmp.disconnect()
@@ -305,7 +314,11 @@ class QemuMachine(MachineBase):
         )
         if accept in done:
             exited.cancel()
-            accept.result()
+            try:
+                accept.result()
+            except (QMPError, OSError, EOFError) as err:
+                why = f"the monitor failed ({err}): {self._qemu_log()}"
+                raise MachineLaunchError(f"VM '{self.name}' did not start: {why}") from err
             return
         accept.cancel()
         exited.cancel()
@@ -412,8 +425,15 @@ def _socket_path(run_dir: Path) -> Path:
     if len(os.fsencode(path)) < 100:
         return path
     digest = hashlib.sha256(os.fsencode(run_dir.resolve())).hexdigest()[:12]
-    short = Path(tempfile.gettempdir()) / f"serial-console-lab-{digest}"
+    short = Path(tempfile.gettempdir()) / f"serial-console-lab-{os.getuid()}-{digest}"
     short.mkdir(mode=0o700, exist_ok=True)
+    info = short.lstat()
+    # A folder someone else made under this name could hand QEMU a socket of theirs.
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise MachineLaunchError(
+            f"{short} is not a private folder of this user: remove it, or use a shorter "
+            "state folder path"
+        )
     return short / "qmp.sock"
 
 
@@ -440,23 +460,3 @@ async def kill_stale(run_dir: Path) -> bool:
     await wait_pid_exit(pid, 10.0)
     pidfile.unlink(missing_ok=True)
     return True
-
-
-async def wait_pid_exit(pid: int, timeout: float) -> None:
-    """Wait until ``pid`` (not necessarily our child) has exited; TimeoutError after ``timeout``.
-
-    A pidfd becomes readable when its process exits: an event to await, not a poll.
-    """
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    loop = asyncio.get_running_loop()
-    exited = loop.create_future()
-    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
-    try:
-        async with asyncio.timeout(timeout):
-            await exited
-    finally:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)

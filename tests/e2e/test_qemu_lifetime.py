@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from gateway.machines import PowerState
-from gateway.machines.qemu import QemuMachine, kill_stale, wait_pid_exit
+from gateway.machines.process import wait_pid_exit
+from gateway.machines.qemu import QemuMachine, kill_stale
 from tests.conftest import scaled
 from tests.e2e.conftest import require_qemu
 
