@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from gateway.api import admin, arm, auth, bootdiag, compute, console_ws
 from gateway.api.context import ApiContext
 from gateway.api.errors import install_handlers
+from gateway.api.hosts import HostCheck
 
 API_VERSION = "2024-07-01"
 
@@ -40,4 +41,5 @@ def create_app(context: ApiContext) -> FastAPI:
     app.include_router(bootdiag.router)
     app.include_router(console_ws.router)
     app.include_router(admin.router)
+    app.add_middleware(HostCheck, allowed=context.allowed_hosts)
     return app

@@ -34,6 +34,7 @@ class ApiContext:
     replay_bytes: int = 65536
     session_buffer: int = 1 << 20  # output queued per console client before it is cut off
     allowed_origins: tuple[str, ...] = ()  # browser origins besides the gateway's own
+    allowed_hosts: frozenset[str] | None = None  # Host header names answered (None: any)
 
 
 @dataclass(frozen=True, slots=True)

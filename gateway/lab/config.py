@@ -121,6 +121,7 @@ class GatewaySettings:
     replay_bytes: int = 65536
     bootlog_bytes: int = 1 << 20
     token_lifetime: float = 3600.0
+    allowed_origins: tuple[str, ...] = ()  # browser pages besides the gateway's own
 
     @property
     def tls(self) -> bool:
@@ -380,11 +381,20 @@ class _Parser:
             replay_bytes=t.int("replay_bytes", 65536, 0, 64 << 20),
             bootlog_bytes=t.int("bootlog_bytes", 1 << 20, 4096, 1 << 30),
             token_lifetime=t.number("token_lifetime", 3600.0, 1.0, 30 * 86400.0),
+            allowed_origins=self.origins(t),
         )
         if (settings.tls_cert is None) != (settings.tls_key is None):
             raise t.fail("tls_key", "tls_cert and tls_key given together (or neither)")
         t.done()
         return settings
+
+    def origins(self, t: _Table) -> tuple[str, ...]:
+        expected = 'an array of origins such as "https://portal.example:8443"'
+        values = t.get("allowed_origins", list, expected, [])
+        for value in values:
+            if not isinstance(value, str) or not re.fullmatch(r"https?://[^/\s]+", value):
+                raise t.fail("allowed_origins", expected, value)
+        return tuple(values)
 
     def group_of(self, t: _Table, groups: set[str]) -> str:
         group = t.name("resource_group")

@@ -234,6 +234,8 @@ class LabRuntime:
             signer=UrlSigner.from_db(db),
             idle_timeout=settings.idle_timeout,
             replay_bytes=settings.replay_bytes,
+            allowed_origins=settings.allowed_origins,
+            allowed_hosts=_allowed_hosts(settings.host) if settings.loopback else None,
         )
         server, sock = self._prepare_server()
         self._stack.callback(sock.close)  # closed after the server stopped (LIFO)
@@ -486,6 +488,12 @@ class LabRuntime:
 
 
 SEND_BUFFER = 256 * 1024
+
+
+def _allowed_hosts(host: str) -> frozenset[str]:
+    """Host names a loopback gateway answers to. Any other Host header is a page on another
+    name that resolves here (DNS rebinding): it must not reach the lab's consoles."""
+    return frozenset({"127.0.0.1", "localhost", "::1", host.strip("[]").lower()})
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway.console.frames import CloseCode
 from gateway.console.sessions import TAKEOVER_TEXT
@@ -320,3 +320,18 @@ async def test_a_bad_offset_is_refused_without_using_up_the_session(lab: LabHand
     assert "byte offset" in reason
     good = await open_console(url, token)
     await good.expect(r"Connected to the serial port")
+
+
+async def test_a_page_on_another_name_is_refused(lab: LabHandle) -> None:
+    """DNS rebinding: a request naming another host (even with a matching Origin) is
+    refused, REST with ARM's 400 and the websocket before anything is read."""
+    reply = await lab.http.get("/subscriptions", headers={"Host": "evil.example"})
+    assert reply.status_code == 400
+    assert reply.json()["error"]["code"] == "InvalidHost"
+    url, token = await lab.session_url("alice")
+    with pytest.raises(InvalidStatus):
+        await open_console(
+            url, token, additional_headers={"Host": "evil.example"}, origin="http://evil.example"
+        )
+    client = await open_console(url, token)  # the session was not used up
+    await client.expect(r"Connected to the serial port")
