@@ -7,7 +7,9 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import pexpect.fdpexpect
 import pytest
+import serial
 
 from emulator.machine import EmulatedMachine
 from gateway.machines.base import (
@@ -277,3 +279,30 @@ async def test_sac_break_is_ignored_and_nmi_bugchecks(windows: Lab) -> None:
     await windows.console.expect(r"NMI_HARDWARE_FAILURE", 5)
     await windows.vm.reset()
     await windows.console.expect(r"SAC started and initialized", 5)
+
+
+async def test_pexpect_drives_an_emulated_guest_like_a_serial_terminal() -> None:
+    """pexpect (the suites' usual expect tool) on the guest's PTY, opened with pyserial as
+    the gateway opens it: boot, log in, run a command, wait for the prompt."""
+    vm = EmulatedMachine("vm-pexpect", hostname="pex-1")
+    ports: list[serial.Serial] = []
+
+    async def attach(path: str) -> None:
+        ports.append(serial.Serial(path, baudrate=115200, timeout=0))
+
+    vm.add_port_hook(attach)
+    await vm.start()
+    try:
+        child = pexpect.fdpexpect.fdspawn(ports[0].fileno(), timeout=scaled(10))
+        await child.expect(r"pex-1 login: ", async_=True)
+        child.send("root\r")
+        await child.expect(r"Password: ", async_=True)
+        child.send(f"{PASSWORD}\r")
+        await child.expect(r"# ", async_=True)
+        child.send("uname -n\r")
+        await child.expect(r"\r\npex-1\r\n", async_=True)
+        await child.expect(r"# ", async_=True)
+    finally:
+        await vm.deallocate()
+        for port in ports:
+            port.close()
