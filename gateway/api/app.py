@@ -9,6 +9,9 @@ them; they reach the lab through ``context_of(request)``.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from fastapi import FastAPI
 
 from gateway.api import admin, arm, auth, bootdiag, compute, console_ws
@@ -42,4 +45,32 @@ def create_app(context: ApiContext) -> FastAPI:
     app.include_router(console_ws.router)
     app.include_router(admin.router)
     app.add_middleware(HostCheck, allowed=context.allowed_hosts)
+    _declare_path_parameters(app)
     return app
+
+
+def _declare_path_parameters(app: FastAPI) -> None:
+    """Routes read ARM's path segments through their access check (``require``), not as
+    arguments, so FastAPI leaves them out of the schema: add each ``{name}`` of a path that
+    an operation does not declare, so that clients generated from /openapi.json work."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for path, operations in schema.get("paths", {}).items():
+            names = re.findall(r"{([^}]+)}", path)
+            for operation in operations.values():
+                declared = {
+                    p["name"] for p in operation.get("parameters", []) if p.get("in") == "path"
+                }
+                missing = [n for n in names if n not in declared]
+                operation.setdefault("parameters", []).extend(
+                    {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                    for n in missing
+                )
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -67,7 +67,9 @@ class UrlSigner:
                 "Server failed to authenticate the request: the URL is not signed (se and sig "
                 "are missing). Get one from retrieveBootDiagnosticsData.",
             )
-        if not hmac.compare_digest(self.signature(path, expires), signature):
+        expected = self.signature(path, expires).encode()
+        # Bytes, not str: compare_digest refuses non-ASCII strings, and a forged URL may hold any.
+        if not hmac.compare_digest(expected, signature.encode("utf-8", "surrogateescape")):
             raise ArmError(
                 403,
                 "AuthenticationFailed",

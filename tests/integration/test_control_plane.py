@@ -390,6 +390,8 @@ async def test_boot_diagnostics_url_is_signed_and_expires(lab: RunningLab) -> No
     other = url.copy_with(path=url.path.replace("vm-a", "vm-b"))
     assert_arm_error(await lab.client.get(other), 403, "AuthenticationFailed")
     assert_arm_error(await lab.client.get(url.copy_with(query=b"")), 403)
+    forged = url.copy_merge_params({"sig": "\u96e3\u00a9\u00ec"})  # non-ASCII: still a 403
+    assert_arm_error(await lab.client.get(forged), 403, "AuthenticationFailed")
     signer = lab.runtime.context.signer  # type: ignore[union-attr]
     signer.clock = lambda: time.time() + 3 * 3600
     assert "expired" in assert_arm_error(await lab.client.get(url), 403)
