@@ -55,14 +55,21 @@ class LabProcess:
 
     @classmethod
     def start(
-        cls, folder: Path, port: int = 0, replay_bytes: int | None = None, timeout: float = 60
+        cls,
+        folder: Path,
+        port: int = 0,
+        replay_bytes: int | None = None,
+        timeout: float = 60,
+        emulated: bool = False,
     ) -> LabProcess:
-        """Run the default lab (state in ``folder/state``) and wait until it serves."""
+        """Run the default lab (state in ``folder/state``; every guest emulated with
+        ``emulated``) and wait until it serves."""
         state_dir = folder / "state"
         path = folder / "lab.toml"
         path.write_text(lab_file(state_dir, port, replay_bytes))
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli.main", "lab", "run", "--lab", str(path)],
+            [sys.executable, "-m", "gateway.cli.main", "lab", "run", "--lab", str(path),
+             *(["--emulated"] if emulated else [])],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )  # fmt: skip
