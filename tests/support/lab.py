@@ -50,9 +50,7 @@ roles = [{ role = "Owner", scope = "subscription" }]
 """
 
 
-def lab_toml(
-    state_dir: Path, vms: str = EMULATED_VMS, gateway: str = "", extra: str = ""
-) -> str:
+def lab_toml(state_dir: Path, vms: str = EMULATED_VMS, gateway: str = "", extra: str = "") -> str:
     return f"""
 state_dir = "{state_dir}"
 
