@@ -73,7 +73,7 @@ class BootLog:
         capacity: int = DEFAULT_CAPACITY,
         *,
         flush_interval: float = 1.0,
-        flush_bytes: int = 65536,
+        flush_bytes: int = 256 * 1024,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if capacity < 1:
