@@ -85,6 +85,7 @@ class LinuxGuest:
     def halt(self) -> None:
         self._out.clear()
         self._timer = None
+        self._sysrq_until = None
         self.state = LinuxState.OFF
 
     def get_timer(self) -> float | None:
@@ -138,6 +139,8 @@ class LinuxGuest:
 
     def receive_data(self, data: bytes, now: float) -> None:
         self._now = now
+        if self.state is LinuxState.OFF:
+            return  # a powered-off guest reads nothing, a SysRq armed before included
         for byte in data:
             if self._sysrq_until is not None:
                 armed = now < self._sysrq_until
@@ -249,6 +252,7 @@ class LinuxGuest:
     def _power_off(self) -> None:
         self.state = LinuxState.OFF
         self._timer = None
+        self._sysrq_until = None
         self._out.emit(GuestEvent.POWERED_OFF)
 
     def _reboot(self, now: float) -> None:
@@ -442,7 +446,8 @@ class LinuxGuest:
                 status = 1
                 continue
             if sep:
-                if key in ("kernel.sysrq", "kernel.unknown_nmi_panic") and not value.isdigit():
+                numeric = value.isascii() and value.isdigit()
+                if key in ("kernel.sysrq", "kernel.unknown_nmi_panic") and not numeric:
                     self._say(f"sysctl: error setting key '{key}': Invalid argument")
                     status = 1
                     continue

@@ -140,6 +140,9 @@ class EmulatedMachine(MachineBase):
         if self._state is PowerState.STOPPED:
             return
         self._require(PowerState.RUNNING, PowerState.PANICKED, action="stop")
+        if self._state is PowerState.PANICKED:
+            self._force_off("panicked: halted")  # a crashed kernel answers no power button
+            return
         if not await self._power_down(timeout):
             self._force_off(f"did not power off within {timeout} s: halted")
 

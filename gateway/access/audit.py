@@ -16,6 +16,8 @@ from typing import Any
 from gateway.access.store import LabDatabase
 
 # Outcomes: an allowed/denied decision, or how a performed action ended.
+MAX_ROWS = 100_000  # the newest rows kept
+PRUNE_EVERY = 1000
 ALLOWED = "allowed"
 DENIED = "denied"
 SUCCEEDED = "succeeded"
@@ -44,9 +46,15 @@ class AuditRecord:
 class AuditLog:
     """Appends and reads audit rows. ``clock`` (Unix time) can be replaced in tests."""
 
-    def __init__(self, db: LabDatabase, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db: LabDatabase,
+        clock: Callable[[], float] = time.time,
+        max_rows: int = MAX_ROWS,
+    ) -> None:
         self.db = db
         self.clock = clock
+        self.max_rows = max_rows
 
     def record(
         self,
@@ -60,11 +68,15 @@ class AuditLog:
     ) -> int:
         """Append a row; its id. ``action`` names what was attempted (``connect``,
         ``token``, ``Microsoft.Compute/virtualMachines/start/action``...)."""
-        return self.db.insert(
+        row = self.db.insert(
             "INSERT INTO audit (at, user, address, action, target, outcome, detail) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (self.clock(), user, address or "", action, target, outcome, detail[:2000]),
         )
+        if row % PRUNE_EVERY == 0:
+            # Bounded: anyone may cause rows (a refused token is audited), so the oldest go.
+            self.db.execute("DELETE FROM audit WHERE id <= ?", (row - self.max_rows,))
+        return row
 
     def query(
         self,

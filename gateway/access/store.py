@@ -11,6 +11,7 @@ another process (``sqlite3 lab.db``) read while the lab runs.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -54,10 +55,16 @@ class LabDatabase:
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None, timeout=5.0
-            )
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            old_umask = os.umask(0o077)  # lab.db and its -wal/-shm files: owner only
+            try:
+                self._conn = sqlite3.connect(
+                    self.path, check_same_thread=False, isolation_level=None, timeout=5.0
+                )
+                self._conn.execute("PRAGMA journal_mode=WAL")
+            finally:
+                os.umask(old_umask)
+            if self.path != ":memory:":
+                os.chmod(self.path, 0o600)
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(SCHEMA)
         except (sqlite3.Error, OSError) as err:

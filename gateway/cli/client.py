@@ -85,9 +85,14 @@ class GatewayClient:
         headers = {"Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.AsyncClient(
-            base_url=self.url, headers=headers, timeout=timeout, transport=transport
-        )
+        try:
+            self._http = httpx.AsyncClient(
+                base_url=self.url, headers=headers, timeout=timeout, transport=transport
+            )
+        except httpx.InvalidURL as err:
+            raise GatewayError(
+                f"{url} is not a usable lab URL ({err}): give one such as http://127.0.0.1:8400"
+            ) from err
 
     async def __aenter__(self) -> GatewayClient:
         return self

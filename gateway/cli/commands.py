@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import getpass
 import json
 import os
@@ -28,7 +29,7 @@ from gateway.cli.connect import Target, run_connect
 from gateway.cli.credentials import Credentials, CredentialStore, normalize_url
 from gateway.cli.errors import CliError, GatewayError
 
-DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_URL = "http://127.0.0.1:8400"  # the default lab's port
 URL_ENV = "SERIAL_CONSOLE_URL"
 FOLLOW_INTERVAL = 1.0
 READ_SIZE = 1 << 20
@@ -164,6 +165,15 @@ def _runner(handler: Handler) -> Callable[[argparse.Namespace], int]:
         except KeyboardInterrupt:
             print("serial-console: interrupted", file=sys.stderr)
             return 130
+        except EOFError:
+            print("serial-console: error: input ended before it was read (no terminal?); "
+                  "give the value as an option, e.g. --password", file=sys.stderr)  # fmt: skip
+            return 1
+        except BrokenPipeError:
+            # The reader went away (e.g. `boot-log ... | head`): nothing more to say to it.
+            with contextlib.suppress(OSError):
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the exit flush
+            return 0
 
     return run
 

@@ -319,7 +319,7 @@ class _Parser:
             raise sub_t.fail("id", "a subscription id such as a GUID", subscription.id)
         sub_t.done()
         guest_t = top.table("guest")
-        guest_password = guest_t.str("password", DEFAULT_GUEST_PASSWORD)
+        guest_password = self.guest_password(guest_t, "password", DEFAULT_GUEST_PASSWORD)
         guest_t.done()
         settings = self.gateway(top.table("gateway"))
         state_dir = Path(top.str("state_dir", ".lab"))
@@ -329,7 +329,7 @@ class _Parser:
             groups.append(ResourceGroup(t.name("name"), t.str("location", "local")))
             t.done()
         self.unique(top, "resource_groups", [g.name for g in groups])
-        group_names = {g.name.lower() for g in groups}
+        group_names = {g.name.lower(): g.name for g in groups}
 
         vms = tuple(self.vm(t, group_names, guest_password) for t in top.tables("vms"))
         self.unique(top, "vms", [(vm.resource_group + "/" + vm.name) for vm in vms])
@@ -396,11 +396,29 @@ class _Parser:
                 raise t.fail("allowed_origins", expected, value)
         return tuple(values)
 
-    def group_of(self, t: _Table, groups: set[str]) -> str:
+    def guest_password(self, t: _Table, key: str, default: str) -> str:
+        """A guest root password: it travels on the kernel command line, so one word of
+        printable characters."""
+        value: str = t.str(key, default)
+        if not re.fullmatch(r"[!-~]{1,64}", value):
+            raise t.fail(key, "1-64 printable ASCII characters without spaces", value)
+        return value
+
+    def hostname(self, t: _Table, name: str) -> str:
+        """The guest's host name: ``hostname``, or the VM's name made into one."""
+        default = re.sub(r"[^A-Za-z0-9-]+", "-", name).strip("-")[:63] or "lab-guest"
+        value: str = t.str("hostname", default)
+        if not re.fullmatch(r"(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", value):
+            raise t.fail("hostname", "a host name (letters, digits, '-', at most 63)", value)
+        return value
+
+    def group_of(self, t: _Table, groups: dict[str, str]) -> str:
+        """The group's name as its [[resource_groups]] entry spells it (ARM names are
+        case-insensitive: ``LAB-RG`` is ``lab-rg``)."""
         group = t.name("resource_group")
         if group.lower() not in groups:
             raise t.fail("resource_group", "the name of a [[resource_groups]] entry", group)
-        return group
+        return groups[group.lower()]
 
     def machine(
         self, t: _Table, name: str, hostname: str, guest_password: str
@@ -419,7 +437,7 @@ class _Parser:
             memory_mb=t.int("memory_mb", 128, 16, 65536),
             image=image,
             hostname=hostname,
-            password=t.str("password", guest_password),
+            password=self.guest_password(t, "password", guest_password),
             boot_delay=t.number("boot_delay", 0.0, 0.0, 600.0),
             output_rate=t.int("output_rate", None, 1, 1 << 30),
         )
@@ -434,15 +452,15 @@ class _Parser:
         }
         return spec, flags
 
-    def vm(self, t: _Table, groups: set[str], guest_password: str) -> VmConfig:
+    def vm(self, t: _Table, groups: dict[str, str], guest_password: str) -> VmConfig:
         name = t.name("name")
         group = self.group_of(t, groups)
-        hostname = t.str("hostname", name)
+        hostname = self.hostname(t, name)
         spec, flags = self.machine(t, name, hostname, guest_password)
         t.done()
         return VmConfig(name=name, resource_group=group, machine=spec, **flags)
 
-    def scale_set(self, t: _Table, groups: set[str], guest_password: str) -> ScaleSetConfig:
+    def scale_set(self, t: _Table, groups: dict[str, str], guest_password: str) -> ScaleSetConfig:
         name = t.name("name")
         group = self.group_of(t, groups)
         capacity = t.int("capacity", 2, 0, 1000)

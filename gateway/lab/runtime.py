@@ -215,6 +215,9 @@ class LabRuntime:
                 + ". Change the passwords and set TLS in the lab file, or listen on 127.0.0.1."
             )
         try:
+            # Private: the database holds the audit log and the key that signs log URLs.
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.state_dir.chmod(0o700)
             (self.state_dir / "bootdiag").mkdir(parents=True, exist_ok=True)
             (self.state_dir / "run").mkdir(parents=True, exist_ok=True)
             db = LabDatabase(self.state_dir / "lab.db")

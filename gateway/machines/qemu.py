@@ -171,6 +171,9 @@ class QemuMachine(MachineBase):
             if self._state is PowerState.STOPPED:
                 return
             self._require(PowerState.RUNNING, PowerState.PANICKED, action="stop")
+            if self._state is PowerState.PANICKED:  # a crashed kernel answers no power button
+                self._set_state(PowerState.STOPPED, "panicked: halted")
+                return  # the CPU is already paused (panic=pause); start resets it
             with self._rollback():
                 if not await self._power_down(timeout):
                     await self._command("stop")

@@ -278,3 +278,23 @@ def test_dmesg_shows_the_kernel_log() -> None:
     text = run(guest, "dmesg")
     assert "Linux version" in text
     assert "sysrq: Emergency Sync" in text
+
+
+def test_a_sysrq_armed_before_power_off_does_nothing_afterwards() -> None:
+    """Break, power off, then `b`: the powered-off guest stays off (no reboot)."""
+    guest = booted()
+    guest.receive_break(T0 + 1)
+    guest.halt()
+    guest.receive_data(b"b", T0 + 2)
+    text, events = drain(guest)
+    assert guest.state is LinuxState.OFF
+    assert text == ""
+    assert events == []
+
+
+def test_a_non_ascii_digit_is_not_a_sysrq_setting() -> None:
+    """`sysctl kernel.sysrq=²` is refused, and SysRq keeps working."""
+    guest = logged_in()
+    assert "Invalid argument" in run(guest, "sysctl kernel.sysrq=\u00b2")
+    text, _ = sysrq(guest, b"h")
+    assert "sysrq: HELP" in text

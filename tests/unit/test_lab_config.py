@@ -182,3 +182,30 @@ def test_missing_lab_file_is_named(tmp_path: Path) -> None:
     """A lab file that cannot be read is named in the error."""
     with pytest.raises(LabConfigError, match=r"nope\.toml: cannot read the lab file"):
         load_lab(tmp_path / "nope.toml")
+
+
+def test_a_resource_group_named_in_other_letters_is_the_same_group() -> None:
+    """ARM names are case-insensitive: `LAB-RG` names `lab-rg`, spelled as declared."""
+    lab = parse(MINIMAL.replace('resource_group = "rg"', 'resource_group = "RG"'))
+    assert [vm.resource_group for vm in lab.vms] == ["rg"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('password = "two words"', "vms[0].password"),
+        ('password = ""', "vms[0].password"),
+        ('hostname = "bad host"', "vms[0].hostname"),
+        ('hostname = "x console=tty0"', "vms[0].hostname"),
+    ],
+)
+def test_what_goes_on_the_kernel_command_line_is_one_safe_word(line: str, key: str) -> None:
+    """A guest password or host name that would split the kernel command line is refused."""
+    with pytest.raises(LabConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        parse(MINIMAL + line + "\n")
+
+
+def test_a_vm_name_that_is_no_host_name_gives_a_usable_one() -> None:
+    """Without `hostname`, the VM's name made into a host name (underscores become '-')."""
+    lab = parse(MINIMAL.replace('name = "vm1"', 'name = "web_vm_1"'))
+    assert lab.vms[0].machine.hostname == "web-vm-1"  # type: ignore[attr-defined]
