@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     hash     TEXT PRIMARY KEY,
     user     TEXT NOT NULL,
     issued   REAL NOT NULL,
-    expires  REAL NOT NULL
+    expires  REAL NOT NULL,
+    credential TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS tokens_expires ON tokens (expires);
 CREATE TABLE IF NOT EXISTS audit (
@@ -67,8 +68,16 @@ class LabDatabase:
                 os.chmod(self.path, 0o600)
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(SCHEMA)
+            self._migrate()
         except (sqlite3.Error, OSError) as err:
             raise StoreError(f"cannot open the lab database {self.path}: {err}") from err
+
+    def _migrate(self) -> None:
+        """Bring a ``lab.db`` of an earlier version up to this schema."""
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(tokens)")}
+        if "credential" not in columns:
+            # Tokens of before carry no credential mark: they stop working (log in again).
+            self._conn.execute("ALTER TABLE tokens ADD COLUMN credential TEXT NOT NULL DEFAULT ''")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement; its rows (empty for writes). Raises StoreError."""

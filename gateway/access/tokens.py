@@ -2,12 +2,15 @@
 
 A token is 32 random bytes (URL-safe text). Only its SHA-256 is stored in ``lab.db``, so a
 copy of the database gives nobody a usable token; tokens survive a gateway restart until
-they expire. ``authenticate`` is what every door calls to turn a token into a user.
+they expire. Each row also keeps a mark of the user's password at issue (an HMAC under a
+secret of this lab): change a password in the lab file and that user's tokens stop
+working. ``authenticate`` is what every door calls to turn a token into a user.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import time
 from collections.abc import Callable
@@ -17,6 +20,8 @@ from datetime import UTC, datetime
 from gateway.access.errors import ExpiredToken, InvalidToken, MissingToken
 from gateway.access.store import LabDatabase
 from gateway.access.users import Directory, User
+
+SECRET_KEY = "token_credential_secret"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,15 @@ class TokenService:
         self.directory = directory
         self.lifetime = lifetime
         self.clock = clock
+        secret = db.setting(SECRET_KEY)
+        if secret is None:
+            secret = secrets.token_hex(32)
+            db.set_setting(SECRET_KEY, secret)
+        self._secret = bytes.fromhex(secret)
+
+    def _credential(self, user: User) -> str:
+        material = f"{user.name}\0{user.password or ''}".encode("utf-8", "surrogatepass")
+        return hmac.new(self._secret, material, hashlib.sha256).hexdigest()
 
     def issue(self, user: User) -> IssuedToken:
         """A new token for ``user``, valid for ``lifetime`` seconds from now."""
@@ -52,8 +66,8 @@ class TokenService:
         expires = now + self.lifetime
         self.db.execute("DELETE FROM tokens WHERE expires < ?", (now,))
         self.db.execute(
-            "INSERT INTO tokens (hash, user, issued, expires) VALUES (?, ?, ?, ?)",
-            (_hash(token), user.name, now, expires),
+            "INSERT INTO tokens (hash, user, issued, expires, credential) VALUES (?, ?, ?, ?, ?)",
+            (_hash(token), user.name, now, expires, self._credential(user)),
         )
         return IssuedToken(token, user.name, int(self.lifetime), expires)
 
@@ -65,10 +79,12 @@ class TokenService:
         """
         if not token:
             raise MissingToken("Authentication failed. The 'Authorization' header is missing.")
-        rows = self.db.execute("SELECT user, expires FROM tokens WHERE hash = ?", (_hash(token),))
+        rows = self.db.execute(
+            "SELECT user, expires, credential FROM tokens WHERE hash = ?", (_hash(token),)
+        )
         if not rows:
             raise InvalidToken("Authentication failed. The access token is invalid.")
-        name, expires = rows[0]
+        name, expires, credential = rows[0]
         now = self.clock()
         if now >= expires:
             raise ExpiredToken(
@@ -79,6 +95,11 @@ class TokenService:
         user = self.directory.get(name)
         if user is None:
             raise InvalidToken(f"Authentication failed. The user '{name}' is no longer in the lab.")
+        if not hmac.compare_digest(credential.encode(), self._credential(user).encode()):
+            raise InvalidToken(
+                f"Authentication failed. The password of '{name}' changed after this token "
+                "was issued: log in again."
+            )
         return user
 
     def revoke(self, token: str) -> None:
