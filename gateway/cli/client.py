@@ -128,7 +128,9 @@ class GatewayClient:
         if response.status_code >= 400:
             code, message = error_message(response)
             if response.status_code == 401 and self.token:
-                raise NotLoggedIn(f"The lab at {self.url} refused the stored token ({code})")
+                raise NotLoggedIn(
+                    f"The lab at {self.url} refused the stored token ({code})", self.url
+                )
             raise GatewayError(message, status=response.status_code, code=code)
         return response
 

@@ -120,9 +120,11 @@ class CredentialStore:
         """Usable credentials for ``url``. Raises NotLoggedIn when none or expired."""
         creds = self.get(url)
         if creds is None:
-            raise NotLoggedIn(f"Not logged in to {normalize_url(url)}")
+            raise NotLoggedIn(f"Not logged in to {normalize_url(url)}", normalize_url(url))
         if creds.expires_at - EXPIRY_MARGIN <= self.clock():
-            raise NotLoggedIn(f"The token for {creds.username} at {creds.url} has expired")
+            raise NotLoggedIn(
+                f"The token for {creds.username} at {creds.url} has expired", creds.url
+            )
         return creds
 
     # -- writing ----------------------------------------------------------------------

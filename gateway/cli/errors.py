@@ -27,8 +27,9 @@ class CredentialsError(CliError):
 class NotLoggedIn(CliError):
     """No usable token: the message ends with what to run."""
 
-    def __init__(self, reason: str = "Not logged in") -> None:
-        super().__init__(f"{reason}: {LOGIN_HINT}")
+    def __init__(self, reason: str = "Not logged in", url: str | None = None) -> None:
+        hint = LOGIN_HINT if url is None else LOGIN_HINT.replace("login", f"login --url {url}")
+        super().__init__(f"{reason}: {hint}")
 
 
 class GatewayError(CliError):

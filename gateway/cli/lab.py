@@ -16,7 +16,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from gateway.lab.config import LabConfig, LabConfigError, MachineSpec, load_default_lab, load_lab
 
@@ -101,8 +101,15 @@ def emulated_only(config: LabConfig) -> LabConfig:
     return dataclasses.replace(config, vms=vms, scale_sets=sets)
 
 
+def say(text: str, *, stream: TextIO | None = None) -> None:
+    """Print for the person running the lab, best effort: a closed pipe (``| tee`` ended
+    by the same Ctrl+C) must never stop the lab from stopping."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=stream or sys.stdout, flush=True)
+
+
 def _progress(name: str, message: str) -> None:
-    print(f"  {name:<16} {message}", flush=True)
+    say(f"  {name:<16} {message}")
 
 
 async def run_lab(config: LabConfig) -> int:
@@ -117,40 +124,38 @@ async def run_lab(config: LabConfig) -> int:
     def on_signal() -> None:
         nonlocal signals
         signals += 1
+        # Act first, then tell: the telling may fail (see ``say``).
         if lab is None:
             if signals == 1 and main_task is not None:
-                print("\nInterrupted while starting: deallocating the machines...", flush=True)
                 main_task.cancel()
+                say("\nInterrupted while starting: deallocating the machines...")
         elif signals == 1:
-            print(
-                "\nStopping: guests are shutting down (press Ctrl+C again to force)...",
-                flush=True,
-            )
             lab.request_stop()
+            say("\nStopping: guests are shutting down (press Ctrl+C again to force)...")
         elif signals == 2:
-            print("\nForcing: deallocating every machine now...", flush=True)
             lab.force_stop()
+            say("\nForcing: deallocating every machine now...")
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    print(f"Starting the lab from {config.source}, state in {config.state_dir}/", flush=True)
+    say(f"Starting the lab from {config.source}, state in {config.state_dir}/")
     try:
         async with LabRuntime(config, on_progress=_progress) as running:
             lab = running
-            print(banner(running), flush=True)
+            say(banner(running))
             await running.wait_for_stop()
             if running.server_error is not None:
-                print(f"serial-console: the server failed: {running.server_error}", file=sys.stderr)
+                say(f"serial-console: the server failed: {running.server_error}", stream=sys.stderr)
     except LabRuntimeError as err:
-        print(f"serial-console: {err}", file=sys.stderr)
+        say(f"serial-console: {err}", stream=sys.stderr)
         return 1
     except asyncio.CancelledError:
-        print("Lab stopped before it was up.", flush=True)
+        say("Lab stopped before it was up.")
         return 130
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    print("Lab stopped: every machine is deallocated.", flush=True)
+    say("Lab stopped: every machine is deallocated.")
     return 0
 
 

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import socket
 import sys
 import time
@@ -214,10 +216,15 @@ class LabRuntime:
                 + "; ".join(problems)
                 + ". Change the passwords and set TLS in the lab file, or listen on 127.0.0.1."
             )
+        # The port first, then the state folder: a lab that cannot run touches nothing.
+        sock = _bind(settings.host, settings.port)
+        self._stack.callback(sock.close)  # closed after the server stopped (LIFO)
+        self.port = sock.getsockname()[1]
         try:
             # Private: the database holds the audit log and the key that signs log URLs.
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.state_dir.chmod(0o700)
+            self._stack.callback(os.close, _lock_state(self.state_dir))
             (self.state_dir / "bootdiag").mkdir(parents=True, exist_ok=True)
             (self.state_dir / "run").mkdir(parents=True, exist_ok=True)
             db = LabDatabase(self.state_dir / "lab.db")
@@ -240,8 +247,7 @@ class LabRuntime:
             allowed_origins=settings.allowed_origins,
             allowed_hosts=_allowed_hosts(settings.host) if settings.loopback else None,
         )
-        server, sock = self._prepare_server()
-        self._stack.callback(sock.close)  # closed after the server stopped (LIFO)
+        server = self._prepare_server()
         group = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._stack.push_async_callback(self._stop_tasks)
         await self._serve(group, server, sock)
@@ -336,7 +342,7 @@ class LabRuntime:
                 )
         return inventory
 
-    def _prepare_server(self) -> tuple[_Server, socket.socket]:
+    def _prepare_server(self) -> _Server:
         settings = self.config.gateway
         assert self.context is not None
         config = uvicorn.Config(
@@ -355,9 +361,7 @@ class LabRuntime:
             config.load()
         except (OSError, ValueError) as err:
             raise LabRuntimeError(f"cannot load the TLS certificate or key: {err}") from err
-        sock = _bind(settings.host, settings.port)
-        self.port = sock.getsockname()[1]
-        return _Server(config), sock
+        return _Server(config)
 
     async def _serve(self, group: asyncio.TaskGroup, server: _Server, sock: socket.socket) -> None:
         self._server = server
@@ -394,7 +398,7 @@ class LabRuntime:
                 log.debug("%s: start failure", name, exc_info=err)
                 self.start_failures[name] = reason
                 self.on_progress(name, f"failed to start: {reason}")
-                log.error("%s: failed to start: %s", name, reason)
+                log.info("%s: failed to start: %s", name, reason)  # on_progress tells the user
                 return
             self.on_progress(name, f"{machine.power_state} ({time.monotonic() - began:.1f} s)")
 
@@ -491,6 +495,25 @@ class LabRuntime:
 
 
 SEND_BUFFER = 256 * 1024
+
+
+def _lock_state(state_dir: Path) -> int:
+    """Hold ``state_dir/lock`` for this lab's life (the fd; closing it lets go). Two labs on
+    one state folder would fight over its QEMUs: the second is refused, naming the first."""
+    path = state_dir / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise LabRuntimeError(
+            f"the state folder {state_dir} is in use by another lab (pid {holder}): stop it, "
+            "or give this one its own --state-dir (and --port)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _allowed_hosts(host: str) -> frozenset[str]:

@@ -44,7 +44,8 @@ async def test_login_keeps_an_owner_only_token_and_logout_forgets_it(cli: Cli) -
     reason; a login writes a 0600 token in a 0700 folder; logout removes it."""
     result = await cli.run("vm", "list")
     assert result.code == 1
-    assert "run serial-console login --username NAME" in result.err
+    url = cli.env["SERIAL_CONSOLE_URL"]
+    assert f"run serial-console login --url {url} --username NAME" in result.err
     assert len(result.err.strip().splitlines()) == 1
     result = await cli.run("login", "--username", "alice", "--password", "wrong")
     assert result.code == 1

@@ -6,6 +6,9 @@ import stat
 import time
 from pathlib import Path
 
+import pytest
+
+from gateway.lab.runtime import LabRuntime, LabRuntimeError
 from gateway.machines import EventKind, PowerState
 from tests.conftest import scaled
 from tests.support.lab import running_lab
@@ -32,3 +35,14 @@ async def test_power_off_of_a_panicked_vm_does_not_wait_for_acpi(tmp_path: Path)
         await vm.stop(timeout=30)
         assert vm.power_state is PowerState.STOPPED
         assert time.monotonic() - began < 5
+
+
+async def test_a_second_lab_on_the_same_state_folder_is_refused(tmp_path: Path) -> None:
+    """Two labs on one state folder would kill each other's guests: the second is refused,
+    naming the first, and the first keeps running."""
+    async with running_lab(tmp_path) as first:
+        config = first.runtime.config
+        with pytest.raises(LabRuntimeError, match=r"in use by another lab \(pid \d+\)"):
+            async with LabRuntime(config.with_overrides(port=0)):
+                pass
+        assert first.runtime.machines["linux-1"].power_state is PowerState.RUNNING

@@ -54,8 +54,8 @@ def test_existing_open_folder_is_tightened(tmp_path: Path) -> None:
 
 
 def test_no_token_says_run_login(tmp_path: Path) -> None:
-    """Without a login, commands are told to run serial-console login --username NAME."""
-    with pytest.raises(NotLoggedIn, match="run serial-console login --username NAME"):
+    """Without a login, commands are told the exact login command, the lab's URL included."""
+    with pytest.raises(NotLoggedIn, match=f"run serial-console login --url {URL} --username NAME"):
         store(tmp_path).load(URL)
 
 
