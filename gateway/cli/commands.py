@@ -19,6 +19,7 @@ import contextlib
 import getpass
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -312,6 +313,16 @@ async def cmd_boot_log(args: argparse.Namespace) -> int:
         return await print_boot_log(client, target, args.start, args.follow, sys.stdout.buffer)
 
 
+TERMINAL_QUERIES = re.compile(rb"\x1b\[[0-9;?]*[nc]")  # device status / attributes queries
+
+
+def _is_terminal(stream: BinaryIO) -> bool:
+    try:
+        return os.isatty(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 async def print_boot_log(
     client: GatewayClient, target: Target, start: int | None, follow: bool, out: BinaryIO
 ) -> int:
@@ -336,6 +347,10 @@ async def print_boot_log(
             )
             print(f"serial-console: warning: {warning}", file=sys.stderr)
         data = page_bytes(page)
+        if data and _is_terminal(out):
+            # On a terminal the guest's old queries (busybox's ESC[6n after each prompt)
+            # would be answered again and land at the user's shell prompt.
+            data = TERMINAL_QUERIES.sub(b"", data)
         if data:
             out.write(data)
             out.flush()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.lab.config import LabConfig, LabConfigError, MachineSpec, load_default_lab, load_lab
+from gateway.machines import accel
 
 
 def register(subparsers: Any) -> None:
@@ -177,12 +178,21 @@ def banner(lab: Any) -> str:
             f"  {name:<16} {group:<10} {spec.os:<8} {spec.backend:<9} {state}"
             + (f" ({failure})" if failure else "")
         )
-    lines += ["", f"  {'user':<8} {'password':<12} role"]
+    names = max([len("user"), *(len(u.name) for u in config.users)])
+    secrets = max([len("password"), *(len(u.password or "(SSH key only)") for u in config.users)])
+    lines += ["", f"  {'user':<{names}}  {'password':<{secrets}}  role"]
     for user in config.users:
         roles = ", ".join(f"{a.role} on {_short_scope(a.scope)}" for a in user.roles) or "no role"
-        lines.append(f"  {user.name:<8} {user.password or '(SSH key only)':<12} {roles}")
-    guest_passwords = sorted({spec.password for _, _, spec in _machines(config)})
-    lines.append(f"  guest root password: {', '.join(guest_passwords)}")
+        password = user.password or "(SSH key only)"
+        lines.append(f"  {user.name:<{names}}  {password:<{secrets}}  {roles}")
+    linux = sorted({spec.password for _, _, spec in _machines(config) if spec.os == "linux"})
+    windows = sorted({spec.password for _, _, spec in _machines(config) if spec.os == "windows"})
+    if linux:
+        lines.append(f"  Linux guests: root / {', '.join(linux)}")
+    if windows:
+        lines.append(f"  Windows SAC (ch -si 1): Administrator / {', '.join(windows)}")
+    if _needs_qemu(config) and accel.last_choice is not None:
+        lines.append(f"  QEMU accelerator: {accel.last_choice[0]} ({accel.last_choice[1]})")
     user = next((u for u in config.users if u.password), None)
     target = _first_linux_vm(config)
     if user is not None and target is not None:

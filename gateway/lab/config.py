@@ -429,6 +429,11 @@ class _Parser:
             initrd=self.path(image_t, "initrd"),
             append=image_t.str("append", ""),
         )
+        for key, path in (("kernel", image.kernel), ("initrd", image.initrd)):
+            if path is not None and not path.is_file():
+                raise image_t.fail(
+                    key, "an existing file (paths are relative to the lab file)", str(path)
+                )
         image_t.done()
         spec = MachineSpec(
             name=name,

@@ -26,6 +26,7 @@ log = logging.getLogger("serial_console_lab.machines.accel")
 
 PROBE_SECONDS = 3.0
 _cache: dict[str, str] = {}
+last_choice: tuple[str, str] | None = None  # (accelerator, why), for the lab's banner
 _lock = asyncio.Lock()
 
 
@@ -46,8 +47,10 @@ def _key(qemu: str, kernel: Path) -> str:
 
 async def select_accel(kernel: Path, qemu: str = "qemu-system-x86_64") -> str:
     """``"kvm"`` if KVM really boots ``kernel`` on this host, else ``"tcg"``; logged once."""
+    global last_choice
     forced = os.environ.get("LAB_ACCEL")
     if forced in ("kvm", "tcg"):
+        last_choice = (forced, "LAB_ACCEL")
         return forced
     async with _lock:
         key = _key(qemu, kernel)
@@ -55,17 +58,20 @@ async def select_accel(kernel: Path, qemu: str = "qemu-system-x86_64") -> str:
             return _cache[key]
         cached = _cache_file(key)
         with contextlib.suppress(OSError):
-            accel = cached.read_text().strip()
+            accel, _, why = cached.read_text().strip().partition("\n")
             if accel in ("kvm", "tcg"):
                 _cache[key] = accel
-                log.info("accelerator: %s (checked earlier on this boot of the host)", accel)
+                why = f"{why or 'checked earlier'}; checked once per boot of the host"
+                log.info("accelerator: %s (%s)", accel, why)
+                last_choice = (accel, why)
                 return accel
         accel, why = await _probe(kernel, qemu)
         log.info("accelerator: %s (%s)", accel, why)
+        last_choice = (accel, why)
         _cache[key] = accel
         with contextlib.suppress(OSError):
             cached.parent.mkdir(parents=True, exist_ok=True)
-            cached.write_text(accel + "\n")
+            cached.write_text(f"{accel}\n{why}\n")
         return accel
 
 

@@ -63,15 +63,26 @@ def test_minimal_lab_gets_defaults() -> None:
     )
 
 
-def test_image_and_tls_paths_are_relative_to_the_lab_file() -> None:
+def test_image_and_tls_paths_are_relative_to_the_lab_file(tmp_path: Path) -> None:
     """kernel, initrd and TLS files resolve next to the lab file, not the working directory."""
-    lab = parse(
+    (tmp_path / "k").mkdir()
+    for name in ("k/vmlinux", "k/initrd"):
+        (tmp_path / name).write_bytes(b"")
+    lab = parse_lab(
         MINIMAL.replace('resource_group = "rg"', 'resource_group = "rg"\nbackend = "qemu"')
         + '[vms.image]\nkernel = "k/vmlinux"\ninitrd = "k/initrd"\n'
-        + '[gateway]\ntls_cert = "c.pem"\ntls_key = "k.pem"\n'
+        + '[gateway]\ntls_cert = "c.pem"\ntls_key = "k.pem"\n',
+        source="lab.toml",
+        base=tmp_path,
     )
-    assert lab.vms[0].machine.image.kernel == Path("/labs/k/vmlinux")  # type: ignore[attr-defined]
-    assert lab.gateway.tls_cert == Path("/labs/c.pem")  # type: ignore[attr-defined]
+    assert lab.vms[0].machine.image.kernel == tmp_path / "k/vmlinux"
+    assert lab.gateway.tls_cert == tmp_path / "c.pem"
+
+
+def test_a_missing_kernel_is_named_on_load() -> None:
+    """A kernel that is not there is a lab-file mistake, reported before anything starts."""
+    with pytest.raises(LabConfigError, match=r"vms\[0\]\.image\.kernel: expected an existing file"):
+        parse(MINIMAL + '[vms.image]\nkernel = "nowhere/vmlinux"\n')
 
 
 @pytest.mark.parametrize(
