@@ -494,6 +494,8 @@ class _Parser:
     def user(self, t: _Table, lab: LabConfig) -> User:
         name = t.name("name")
         password = t.str("password")
+        if password == "":
+            raise t.fail("password", "a password (or leave the key out for SSH keys only)", "")
         keys = t.get("ssh_keys", list, "an array of SSH public keys", [])
         for key in keys:
             if not isinstance(key, str) or len(key.split()) < 2:

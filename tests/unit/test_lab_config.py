@@ -220,3 +220,9 @@ def test_a_vm_name_that_is_no_host_name_gives_a_usable_one() -> None:
     """Without `hostname`, the VM's name made into a host name (underscores become '-')."""
     lab = parse(MINIMAL.replace('name = "vm1"', 'name = "web_vm_1"'))
     assert lab.vms[0].machine.hostname == "web-vm-1"  # type: ignore[attr-defined]
+
+
+def test_an_empty_user_password_is_a_mistake_not_a_locked_account() -> None:
+    """`password = ""` would be a user who can never log in: the file is refused, saying so."""
+    with pytest.raises(LabConfigError, match=r"users\[0\]\.password: expected a password"):
+        parse(MINIMAL + '[[users]]\nname = "dan"\npassword = ""\n')
