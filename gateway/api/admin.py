@@ -18,16 +18,13 @@ from pydantic import BaseModel, Field
 from gateway.access import audit, rbac
 from gateway.access.errors import AuthorizationError, ConnectSessionError
 from gateway.api.auth import authenticate, bearer, record
-from gateway.api.console_ws import run_command
 from gateway.api.context import Caller, client_address, context_of
 from gateway.api.errors import CONSOLE_DISABLED, NO_PERMISSION, PORT_DISABLED, ArmError
-from gateway.console.hub import ConsoleError
+from gateway.console.hub import ConsoleError, SysRqNotSupported
 from gateway.console.sysrq import SysRqError, parse_sysrq
 from gateway.machines.base import MachineError
 
 router = APIRouter(tags=["Console admin commands"])
-
-SYSRQ_WINDOWS = "You can only send a SysRq to a Linux VM."
 
 
 class AdminCommand(BaseModel):
@@ -70,9 +67,6 @@ async def admin_command(
         raise ArmError(403, "AuthorizationFailed", NO_PERMISSION) from None
     keys: list[str] = []
     if command == "sysrq":
-        if vm.os_type != "linux":
-            record(ctx, caller, action, audit.DENIED, SYSRQ_WINDOWS)
-            raise ArmError(400, "SysRqNotSupported", SYSRQ_WINDOWS)
         try:
             keys = parse_sysrq(str(body.commandParameters.get("SysRqCommand", "")))
         except SysRqError as err:
@@ -80,7 +74,10 @@ async def admin_command(
     if vm.hub is None:
         raise ArmError(409, "ConsoleUnavailable", f"VM '{vm.name}' has no console in this lab")
     try:
-        message = await run_command(vm.hub, command, keys)
+        message = await vm.hub.command(command, keys)
+    except SysRqNotSupported as err:
+        record(ctx, caller, action, audit.DENIED, str(err))
+        raise ArmError(400, "SysRqNotSupported", str(err)) from None
     except (ConsoleError, MachineError) as err:
         record(ctx, caller, action, audit.FAILED, str(err))
         raise ArmError(409, "OperationNotAllowed", str(err)) from None

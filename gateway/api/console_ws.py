@@ -364,35 +364,13 @@ async def _command(conn: _Connection, command: Command) -> None:
         await _report(conn, command.id, command.type, False, "this console is read-only (watch)")
         return
     try:
-        message = await run_command(hub, command.type, list(command.keys))
+        message = await hub.command(command.type, list(command.keys))
     except (ConsoleError, MachineError) as err:
         conn.audit(f"console.{command.type}", audit.FAILED, str(err))
         await _report(conn, command.id, command.type, False, str(err))
         return
     conn.audit(f"console.{command.type}", audit.SUCCEEDED, "".join(command.keys))
     await _report(conn, command.id, command.type, True, message)
-
-
-async def run_command(hub: ConsoleHub, command: str, keys: list[str]) -> str:
-    """Do ``command`` on ``hub``'s VM; the success text (az's where az has one)."""
-    if command == "sysrq":
-        await hub.sysrq(keys)
-        return "Successfully sent SysRq command"
-    if command == "nmi":
-        await hub.nmi()
-        return "NMI sent successfully"
-    if command == "reset":
-        await hub.reset()
-        return "Successfully Hard Reset VM"
-    if command == "restart":
-        outcome = await hub.restart()
-        return "Successfully restarted VM" + (
-            "" if outcome == "graceful" else " (the guest did not shut down: it was hard-reset)"
-        )
-    if command == "break":
-        await hub.machine.send_break()
-        return "Break sent"
-    raise ConsoleError(f"unknown command {command!r}")
 
 
 def _resume(conn: _Connection, offset: int) -> bool:

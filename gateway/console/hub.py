@@ -32,6 +32,7 @@ from gateway.machines.base import (
     MachineEvent,
     MachineLaunchError,
     PowerState,
+    RestartOutcome,
 )
 
 log = logging.getLogger("serial_console_lab.console.hub")
@@ -42,6 +43,14 @@ COMMAND_WRITE_TIMEOUT = 5.0  # a SysRq key a guest does not take is reported, no
 
 class ConsoleError(Exception):
     """A console operation that cannot be done now; the message says why and what to do."""
+
+
+class SysRqNotSupported(ConsoleError):
+    """SysRq to a VM that is not Linux; the message is Azure's."""
+
+
+SYSRQ_LINUX_ONLY = "You can only send a SysRq to a Linux VM."
+COMMANDS = ("sysrq", "nmi", "reset", "restart", "break")
 
 
 class ConsoleHub:
@@ -248,19 +257,31 @@ class ConsoleHub:
             ) from None
 
     async def sysrq(self, keys: list[str]) -> None:
-        """Send each key as BREAK + key. Raises ConsoleError for a Windows VM."""
+        """Send each key as BREAK + key. Raises SysRqNotSupported for a Windows VM."""
         if self.machine.os_type != "linux":
-            raise ConsoleError("You can only send a SysRq to a Linux VM.")
+            raise SysRqNotSupported(SYSRQ_LINUX_ONLY)
         await send_sysrq(self.machine, keys, lambda key: self._write(key, COMMAND_WRITE_TIMEOUT))
 
-    async def nmi(self) -> None:
-        await self.machine.inject_nmi()
-
-    async def reset(self) -> None:
-        await self.machine.reset()
-
-    async def restart(self) -> str:
-        return (await self.machine.restart()).value
+    async def command(self, name: str, keys: list[str] | None = None) -> str:
+        """Do one of ``COMMANDS`` on the VM, for any door; the success text (az's where az
+        has one). Raises ConsoleError or MachineError with what went wrong."""
+        if name == "sysrq":
+            await self.sysrq(keys or [])
+            return "Successfully sent SysRq command"
+        if name == "nmi":
+            await self.machine.inject_nmi()
+            return "NMI sent successfully"
+        if name == "reset":
+            await self.machine.reset()
+            return "Successfully Hard Reset VM"
+        if name == "restart":
+            if await self.machine.restart() is RestartOutcome.GRACEFUL:
+                return "Successfully restarted VM"
+            return "Successfully restarted VM (the guest did not shut down: it was hard-reset)"
+        if name == "break":
+            await self.machine.send_break()
+            return "Break sent"
+        raise ConsoleError(f"unknown command {name!r}; expected one of {', '.join(COMMANDS)}")
 
     def close_sessions(self) -> None:
         """Close every session (the gateway is going away); the port is still read."""
