@@ -125,18 +125,7 @@ class ConsoleSession:
         if not self.is_open:
             return
         if self._queued_bytes + len(data) > self.limit:
-            first = next((i.offset for i in self._items if isinstance(i, Output)), offset)
-            self.close(
-                Closing(
-                    CloseCode.FELL_BEHIND,
-                    f"client fell behind; resume from offset {first}",
-                    f"The console closed because this client read too slowly: "
-                    f"{self._queued_bytes + len(data)} bytes were waiting. "
-                    f"Reconnect and resume from byte offset {first}; nothing is lost.",
-                    resume_offset=first,
-                ),
-                drain=False,
-            )
+            self._fall_behind(offset, f"{self._queued_bytes + len(data)} bytes were waiting")
             return
         self._items.append(Output(offset, data))
         self._queued_bytes += len(data)
@@ -147,19 +136,25 @@ class ConsoleSession:
         if not self.is_open:
             return
         if self._queued_events >= MAX_EVENTS:
-            first = next((i.offset for i in self._items if isinstance(i, Output)), self.next_offset)
-            self.close(
-                Closing(
-                    CloseCode.FELL_BEHIND,
-                    f"client fell behind; resume from offset {first}",
-                    resume_offset=first,
-                ),
-                drain=False,
-            )
+            self._fall_behind(self.next_offset, f"{self._queued_events} events were waiting")
             return
         self._items.append(Event(text))
         self._queued_events += 1
         self._wake.set()
+
+    def _fall_behind(self, next_offset: int, waiting: str) -> None:
+        """Close, dropping the queue, with the offset of the first byte not delivered."""
+        first = next((i.offset for i in self._items if isinstance(i, Output)), next_offset)
+        self.close(
+            Closing(
+                CloseCode.FELL_BEHIND,
+                f"client fell behind; resume from offset {first}",
+                f"The console closed because this client read too slowly: {waiting}. "
+                f"Reconnect and resume from byte offset {first}; nothing is lost.",
+                resume_offset=first,
+            ),
+            drain=False,
+        )
 
     def close(self, closing: Closing, *, drain: bool = True) -> None:
         """End the session. With ``drain`` the client still gets what is queued first."""
