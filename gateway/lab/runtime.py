@@ -40,6 +40,7 @@ from collections.abc import Callable, Generator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import uvicorn
 
@@ -100,7 +101,7 @@ def default_machine_factory(spec: MachineSpec, run_dir: Path) -> Machine:
     )
 
 
-class _Server(uvicorn.Server):
+class ReadyServer(uvicorn.Server):
     """uvicorn's server, minus its signal handling (the lab owns signals) and with a
     ``ready`` event instead of polling ``started``."""
 
@@ -146,7 +147,7 @@ class LabRuntime:
         self.server_error: BaseException | None = None
         self._stack = AsyncExitStack()
         self._stop = asyncio.Event()
-        self._server: _Server | None = None
+        self._server: ReadyServer | None = None
         self._server_task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._forced = asyncio.Event()
@@ -263,7 +264,8 @@ class LabRuntime:
         for group in cfg.resource_groups:
             inventory.add_group(group.name, group.location)
 
-        def make(spec: MachineSpec) -> tuple[Machine, BootLog, ConsoleHub]:
+        def resource(spec: MachineSpec, id: str, group: str, **parts: Any) -> VmResource:
+            """The VM (or instance) ``spec``: its machine, boot log and installed hub."""
             try:
                 bootlog = BootLog(
                     self.state_dir / "bootdiag" / spec.name, cfg.gateway.bootlog_bytes
@@ -281,25 +283,29 @@ class LabRuntime:
             hub.install()
             self.machines[spec.name] = machine
             self.hubs[spec.name] = hub
-            return machine, bootlog, hub
+            return VmResource(
+                id=id,
+                name=spec.name,
+                resource_group=group,
+                location=locations[group],
+                os_type=spec.os,
+                hostname=spec.hostname,
+                memory_mb=spec.memory_mb,
+                machine=machine,
+                bootlog=bootlog,
+                hub=hub,
+                **parts,
+            )
 
         for vm in cfg.vms:
-            machine, bootlog, hub = make(vm.machine)
             inventory.add_vm(
-                VmResource(
-                    id=rbac.vm_scope(sub, vm.resource_group, vm.name),
-                    name=vm.name,
-                    resource_group=vm.resource_group,
-                    location=locations[vm.resource_group],
-                    os_type=vm.machine.os,
-                    hostname=vm.machine.hostname,
-                    memory_mb=vm.machine.memory_mb,
+                resource(
+                    vm.machine,
+                    rbac.vm_scope(sub, vm.resource_group, vm.name),
+                    vm.resource_group,
                     provisioning_state=vm.provisioning_state,
                     boot_diagnostics=vm.boot_diagnostics,
                     port_enabled_default=vm.serial_port_enabled,
-                    machine=machine,
-                    bootlog=bootlog,
-                    hub=hub,
                 )
             )
         for vmss in cfg.scale_sets:
@@ -317,24 +323,16 @@ class LabRuntime:
                 )
             )
             for instance in vmss.instances:
-                machine, bootlog, hub = make(instance.machine)
                 inventory.add_vm(
-                    VmResource(
-                        id=rbac.instance_scope(
+                    resource(
+                        instance.machine,
+                        rbac.instance_scope(
                             sub, vmss.resource_group, vmss.name, instance.instance_id
                         ),
-                        name=instance.machine.name,
-                        resource_group=vmss.resource_group,
-                        location=locations[vmss.resource_group],
-                        os_type=instance.machine.os,
-                        hostname=instance.machine.hostname,
-                        memory_mb=instance.machine.memory_mb,
+                        vmss.resource_group,
                         provisioning_state=vmss.provisioning_state,
                         boot_diagnostics=vmss.boot_diagnostics,
                         port_enabled_default=vmss.serial_port_enabled,
-                        machine=machine,
-                        bootlog=bootlog,
-                        hub=hub,
                         scale_set=vmss.name,
                         instance_id=instance.instance_id,
                         latest_model=instance.latest_model,
@@ -342,7 +340,7 @@ class LabRuntime:
                 )
         return inventory
 
-    def _prepare_server(self) -> _Server:
+    def _prepare_server(self) -> ReadyServer:
         settings = self.config.gateway
         assert self.context is not None
         config = uvicorn.Config(
@@ -361,9 +359,11 @@ class LabRuntime:
             config.load()
         except (OSError, ValueError) as err:
             raise LabRuntimeError(f"cannot load the TLS certificate or key: {err}") from err
-        return _Server(config)
+        return ReadyServer(config)
 
-    async def _serve(self, group: asyncio.TaskGroup, server: _Server, sock: socket.socket) -> None:
+    async def _serve(
+        self, group: asyncio.TaskGroup, server: ReadyServer, sock: socket.socket
+    ) -> None:
         self._server = server
         self._server_task = group.create_task(self._run_server(sock), name="http")
         ready = asyncio.ensure_future(self._server.ready.wait())

@@ -25,7 +25,7 @@ import contextlib
 import json
 import socket
 import sys
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
@@ -34,6 +34,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from emulator.guest import OutputItem
 from emulator.machine import EmulatedMachine
 from gateway.lab.config import MachineSpec, parse_lab
+from gateway.lab.runtime import ReadyServer
 from gateway.machines.base import Machine
 
 VM = "bench-1"
@@ -184,22 +185,6 @@ async def serve_guest() -> None:
         await _until_stdin_closes()
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server with a ``ready`` event, and the signals left to the parent."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.ready.set()
-
-
 async def serve_wsecho() -> None:
     """A FastAPI websocket route that echoes each binary frame, on uvicorn as the lab
     serves it: the framework's floor under the gateway's round trip."""
@@ -218,7 +203,7 @@ async def serve_wsecho() -> None:
     config = uvicorn.Config(
         app, ws="websockets-sansio", log_config=None, access_log=False, lifespan="off"
     )
-    server = _Server(config)
+    server = ReadyServer(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     async with asyncio.timeout(30):
         await server.ready.wait()
