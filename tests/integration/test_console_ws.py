@@ -227,7 +227,7 @@ async def test_after_deallocate_and_start_the_console_follows_the_new_port(
 
 
 async def test_a_64_kib_paste_arrives_whole_and_in_order(lab: LabHandle) -> None:
-    """A long paste is not cut or reordered: the guest counts every byte it received."""
+    """A long paste is not cut or reordered: the guest echoes all 8192 lines, in order."""
     url, token = await lab.session_url("alice")
     client = await open_console(url, token)
     await login(client)
