@@ -4,7 +4,10 @@
 passed, and returns a URL with the session's id. The websocket door calls
 ``claim(session_id, user)`` when the client arrives: it returns the ``ConnectGrant`` (which
 VM, for whom) once, and never again. A session is bound to the user it was made for and
-expires ``lifetime`` seconds (60) after its creation, claimed or not.
+expires ``lifetime`` seconds (60) after its creation unless it was claimed; a claimed
+session's URL stays good for admin commands (``lookup``) for as long as its console is
+open, until the door calls ``release``. Session ids are GUIDs, as Azure's are (a client
+that rewrites ``ws`` in the URL to ``http`` must not find either inside an id).
 
 Claim errors (all ``ConnectSessionError``, messages for the user)::
 
@@ -19,8 +22,8 @@ In memory only: a gateway restart forgets the pending sessions, as their clients
 
 from __future__ import annotations
 
-import secrets
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,6 +53,8 @@ class ConnectGrant:
 class _Entry:
     grant: ConnectGrant
     used: bool = False
+    open: bool = False  # claimed and its console not released yet
+    released: float | None = None
 
 
 class ConnectSessions:
@@ -74,9 +79,12 @@ class ConnectSessions:
         """A new session for ``user`` on ``vm_id``; its ``session_id`` goes into the URL."""
         self._purge()
         if len(self._entries) >= self.max_sessions:
-            # Bounded: the oldest pending session gives way (dicts keep insertion order).
-            self._entries.pop(next(iter(self._entries)))
-        grant = ConnectGrant(secrets.token_urlsafe(24), vm_id, user, container, self.clock())
+            # Bounded: the oldest session whose console is not open gives way (dicts keep
+            # insertion order); open consoles keep their admin URL.
+            oldest = next((sid for sid, e in self._entries.items() if not e.open), None)
+            if oldest is not None:
+                self._entries.pop(oldest)
+        grant = ConnectGrant(str(uuid.uuid4()), vm_id, user, container, self.clock())
         self._entries[grant.session_id] = _Entry(grant)
         return grant
 
@@ -99,20 +107,32 @@ class ConnectSessions:
             raise SessionWrongUser(
                 "This console session belongs to another user. Call connect with your own token."
             )
-        entry.used = True
+        entry.used = entry.open = True
         return entry.grant
+
+    def release(self, session_id: str) -> None:
+        """The console of ``session_id`` closed: its URL now ends as an unclaimed one would."""
+        entry = self._entries.get(session_id)
+        if entry is not None and entry.open:
+            entry.open = False
+            entry.released = self.clock()
 
     def lookup(self, session_id: str, user: str) -> ConnectGrant:
         """The grant of ``session_id`` for ``user``, claimed or not, without using it up.
 
         For the admin commands, which go to a session's URL beside (or instead of) its
-        websocket, within the session's lifetime. Raises UnknownSession, SessionExpired or
-        SessionWrongUser.
+        websocket: good within the session's lifetime, and for as long as its console is
+        open (az's Ctrl+] menu posts there while the console runs). Raises UnknownSession,
+        SessionExpired or SessionWrongUser.
         """
         entry = self._entries.get(session_id)
         if entry is None:
             raise UnknownSession("This console session does not exist. Call connect again.")
-        if self.clock() - entry.grant.created >= self.lifetime:
+        if entry.released is not None:
+            raise SessionExpired(
+                "This console session ended when its console closed. Call connect again."
+            )
+        if not entry.open and self.clock() - entry.grant.created >= self.lifetime:
             raise SessionExpired(
                 f"This console session expired: its URL is valid for {self.lifetime:g} seconds "
                 "after connect. Call connect again."
@@ -126,6 +146,10 @@ class ConnectSessions:
     def _purge(self) -> None:
         # Keep expired/used ids for one more lifetime, so late claims hear why, not "unknown".
         horizon = self.clock() - 2 * self.lifetime
-        stale = [sid for sid, e in self._entries.items() if e.grant.created < horizon]
+        stale = [
+            sid
+            for sid, e in self._entries.items()
+            if not e.open and max(e.grant.created, e.released or 0.0) < horizon
+        ]
         for sid in stale:
             del self._entries[sid]

@@ -15,14 +15,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from gateway.access import audit, rbac
-from gateway.access.errors import AuthorizationError, ConnectSessionError
-from gateway.api.auth import authenticate, bearer, record
-from gateway.api.context import Caller, client_address, context_of
-from gateway.api.errors import CONSOLE_DISABLED, NO_PERMISSION, PORT_DISABLED, ArmError
-from gateway.console.hub import ConsoleError, SysRqNotSupported
+from gateway.access.errors import ConnectSessionError
+from gateway.api.auth import authenticate, bearer
+from gateway.api.console_ws import policy_of
+from gateway.api.context import client_address, context_of
+from gateway.api.errors import ArmError
+from gateway.console.hub import ConsoleError
+from gateway.console.policy import Actor, CommandRefused, Target
 from gateway.console.sysrq import SysRqError, parse_sysrq
-from gateway.machines.base import MachineError
 
 router = APIRouter(tags=["Console admin commands"])
 
@@ -44,7 +44,9 @@ async def admin_command(
     body: AdminCommand,
     token: Annotated[str | None, Depends(bearer)],
 ) -> dict[str, Any]:
-    """Send an NMI, a hard reset or SysRq to the session's VM."""
+    """Send an NMI, a hard reset or SysRq to the session's VM: the command policy decides
+    (console and port enabled, the caller's role on the VM, Linux for SysRq), as for every
+    door. A SysRq takes its turn behind the bytes typed on the session's console."""
     ctx = context_of(request)
     user = authenticate(ctx, token)
     try:
@@ -54,17 +56,6 @@ async def admin_command(
     if grant.container != container:
         raise ArmError(404, "SessionNotFound", "This console URL is not valid. Call connect again.")
     vm = ctx.inventory.by_id(grant.vm_id)
-    caller = Caller(user, client_address(request), vm.id)
-    action = f"console.{command}"
-    if ctx.console.disabled:  # switched off since connect: it counts now
-        raise ArmError(409, "SerialConsoleDisabled", CONSOLE_DISABLED)
-    if not ctx.console.port_enabled(vm):
-        raise ArmError(409, "SerialPortDisabled", PORT_DISABLED)
-    try:
-        rbac.check(user.name, user.roles, rbac.CONNECT, vm.id)
-    except AuthorizationError:
-        record(ctx, caller, action, audit.DENIED, NO_PERMISSION)
-        raise ArmError(403, "AuthorizationFailed", NO_PERMISSION) from None
     keys: list[str] = []
     if command == "sysrq":
         try:
@@ -73,14 +64,12 @@ async def admin_command(
             raise ArmError(400, "InvalidSysRqCommand", str(err)) from None
     if vm.hub is None:
         raise ArmError(409, "ConsoleUnavailable", f"VM '{vm.name}' has no console in this lab")
+    actor = Actor(user.name, user.roles, client_address(request), "adminCommand")
     try:
-        message = await vm.hub.command(command, keys)
-    except SysRqNotSupported as err:
-        record(ctx, caller, action, audit.DENIED, str(err))
-        raise ArmError(400, "SysRqNotSupported", str(err)) from None
-    except (ConsoleError, MachineError) as err:
-        record(ctx, caller, action, audit.FAILED, str(err))
+        message = await policy_of(ctx).run(actor, Target(vm.id, vm.name, vm.hub), command, keys)
+    except CommandRefused as err:
+        raise ArmError(err.refusal.status, err.refusal.code, str(err)) from None
+    except ConsoleError as err:
         raise ArmError(409, "OperationNotAllowed", str(err)) from None
-    record(ctx, caller, action, audit.SUCCEEDED, "".join(keys))
     return {"requestId": body.requestId, "command": command, "status": "Succeeded",
             "message": message}  # fmt: skip

@@ -1,17 +1,17 @@
 """The websocket console: ``/n/connector/{container}/sessions/{id}/client``.
 
-Two modes on one URL (docs/protocol.md):
+A thin adapter: ``gateway.console.connection.ConsoleConnection`` decides everything (the
+token, the options, what each frame means, what each item looks like on the wire, how a
+connection closes); ``gateway.console.policy.CommandPolicy`` decides every command; the
+VM's ``ConsoleHub`` carries input and commands to the guest. This module moves frames and
+calls the lab's services (tokens, one-time sessions, audit). docs/protocol.md is the
+reference.
 
-- raw (no subprotocol; what ``az serial-console`` speaks): the token comes as
-  ``?authorization=`` or as the first text message; every client frame, text or binary, is
-  input; output goes out as binary frames. Gateway texts (Azure's banner, takeover) are
-  written into the stream as a terminal would show them.
-- framed (subprotocol ``serial-console.v1``): binary frames are serial bytes both ways;
-  text frames are JSON events (gateway) and commands (client), see ``frames``.
-
-A connection: Origin check -> token -> claim the one-time session -> attach to the VM's
-hub (replay, or resume from ``?offset=``) -> pump both ways until either side closes.
-This module moves bytes and maps errors to close codes; the hub does the console's work.
+One task writes to the socket at a time: the handler until the session is attached, then
+the writer task, which sends the session's queue at the client's pace and, when the
+session ends, its closing frames and the close frame (with a bound, so a client that stops
+reading still gets its close code when it reads again, and never holds the gateway). The
+reader only reads: a bad frame closes the session, and the writer says why.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect
 
 from gateway.access import audit
 from gateway.access.connect_sessions import ConnectGrant
@@ -36,415 +35,354 @@ from gateway.access.errors import (
 from gateway.access.users import User
 from gateway.api.context import ApiContext, client_address, context_of
 from gateway.api.resources import VmResource
-from gateway.console.bootlog import LogRead
-from gateway.console.frames import SUBPROTOCOL, CloseCode, Command, FrameError, encode_event
-from gateway.console.frames import parse_command as parse_frame
+from gateway.console.connection import (
+    TOKEN_WAIT,
+    ConsoleConnection,
+    Frame,
+    Refused,
+    Resume,
+    RunCommand,
+    SendBinary,
+    SendText,
+    TypeInput,
+)
+from gateway.console.frames import SUBPROTOCOL, CloseCode, encode_event
 from gateway.console.hub import ConsoleError, ConsoleHub
-from gateway.console.sessions import BANNER_TEXT, Closing, ConsoleSession, Event, Output, Role
-from gateway.machines.base import MachineError
+from gateway.console.policy import Actor, CommandPolicy, Target
+from gateway.console.sessions import Closing, ConsoleSession, Role
 
 log = logging.getLogger("serial_console_lab.api.console")
 router = APIRouter()
 
 CONSOLE_PATH = "/n/connector/{container}/sessions/{session_id}/client"
-TOKEN_WAIT = 10.0
 IDLE_WARNING = 60.0
-MAX_REASON = 120  # a close frame's reason is at most 123 bytes
-INPUT_LIMIT = 1 << 20  # typed bytes waiting for a guest that does not read its port
+CLOSE_BOUND = 5.0  # seconds to deliver the last frames and the close frame to a slow client
 
 
-class _Refused(Exception):
-    """The connection cannot go on: close with ``code``; ``message`` is for the user."""
+class _Door:
+    """One websocket client: the connection core, its session, and the lab's services."""
 
-    def __init__(self, code: CloseCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    def __init__(self, websocket: WebSocket, ctx: ApiContext) -> None:
+        self.websocket = websocket
+        self.ctx = ctx
+        self.address = client_address(websocket)
+        headers = websocket.headers
+        self.core = ConsoleConnection(
+            framed=SUBPROTOCOL in websocket.scope.get("subprotocols", []),
+            query=websocket.query_params,
+            origin=headers.get("origin"),
+            host=headers.get("host", ""),
+            allowed_origins=ctx.allowed_origins,
+        )
+        self.user: User | None = None
+        self.vm: VmResource | None = None
+        self.hub: ConsoleHub | None = None
+        self.grant: ConnectGrant | None = None
+        self.session: ConsoleSession | None = None
+        self.last_input = time.monotonic()
+        self.activity = asyncio.Event()
 
+    # -- sending -----------------------------------------------------------------------------
 
-@dataclass(eq=False)
-class _Connection:
-    """One websocket client and its current console session."""
+    async def send(self, frames: list[Frame]) -> bool:
+        """Send ``frames`` in order; False once the close frame went (or the client left)."""
+        for frame in frames:
+            if isinstance(frame, SendBinary):
+                await self.websocket.send_bytes(frame.data)
+            elif isinstance(frame, SendText):
+                await self.websocket.send_text(frame.text)
+            else:
+                await self.websocket.close(frame.code, frame.reason)
+                return False
+        return True
 
-    websocket: WebSocket
-    framed: bool
-    ctx: ApiContext
-    address: str
-    user: User | None = None
-    vm: VmResource | None = None
-    hub: ConsoleHub | None = None
-    session: ConsoleSession | None = None
-    last_input: float = field(default_factory=time.monotonic)
-    activity: asyncio.Event = field(default_factory=asyncio.Event)
-    told: bool = False
-    input: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
-    input_pending: int = 0
+    async def finish(self, frames: list[Frame]) -> None:
+        """The last frames and the close, within ``CLOSE_BOUND``; a client gone is fine."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_BOUND):
+                await self.send(frames)
 
-    async def send_text_to_user(self, text: str) -> None:
-        """A gateway message as the user sees it: a JSON event (framed) or terminal text."""
-        if self.framed:
-            await self.websocket.send_text(encode_event("message", text=text))
-        else:
-            await self.websocket.send_bytes(f"\r\n{text}\r\n".encode())
+    # -- the lab's services ------------------------------------------------------------------
 
     def audit(self, action: str, outcome: str, detail: str = "") -> None:
         """Record an access to the console; a failing audit log never breaks the console."""
         try:
-            self._record(action, outcome, detail)
+            self.ctx.audit.record(
+                action,
+                user=self.user.name if self.user else "",
+                address=self.address,
+                target=self.vm.id if self.vm else self.websocket.url.path,
+                outcome=outcome,
+                detail=detail,
+            )
         except AccessError as err:
             log.error("audit record lost (%s %s): %s", action, outcome, err)
 
-    def _record(self, action: str, outcome: str, detail: str) -> None:
-        self.ctx.audit.record(
-            action,
-            user=self.user.name if self.user else "",
-            address=self.address,
-            target=self.vm.id if self.vm else self.websocket.url.path,
-            outcome=outcome,
-            detail=detail,
-        )
+    def authenticate(self, token: str) -> User:
+        try:
+            return self.ctx.tokens.authenticate(token)
+        except AuthenticationError as err:
+            raise Refused(
+                CloseCode.UNAUTHORIZED, f"{err} Get a token with POST /oauth2/token (or log in)."
+            ) from None
+
+    def claim(self, container: str, session_id: str) -> ConnectGrant:
+        """Use up the one-time session (after checking, without using it, that it is this
+        URL's)."""
+        assert self.user is not None
+        sessions = self.ctx.sessions
+        try:
+            if sessions.lookup(session_id, self.user.name).container != container:
+                raise Refused(
+                    CloseCode.SESSION_REFUSED, "This console URL is not valid. Call connect again."
+                )
+            return sessions.claim(session_id, self.user.name)
+        except SessionWrongUser as err:
+            raise Refused(CloseCode.UNAUTHORIZED, str(err)) from None
+        except ConnectSessionError as err:
+            raise Refused(CloseCode.SESSION_REFUSED, str(err)) from None
+
+    def attach(self, grant: ConnectGrant) -> list[Frame]:
+        vm = self.ctx.inventory.by_id(grant.vm_id)
+        if vm.hub is None:
+            raise Refused(CloseCode.PORT_LOST, f"VM '{vm.name}' has no console in this lab")
+        self.vm, self.hub = vm, vm.hub
+        role = self.core.options.role
+        limit = self.ctx.session_buffer
+        session = ConsoleSession(grant.session_id, grant.user, vm.name, role, limit)
+        try:
+            backlog, displaced = vm.hub.attach(session, self.core.options.resume)
+        except ConsoleError as err:
+            raise Refused(CloseCode.GOING_AWAY, str(err)) from None
+        self.session = session
+        self.audit("console.connect", audit.ALLOWED, f"{role} session {grant.session_id[:8]}...")
+        if displaced is not None:
+            self.audit(
+                "console.takeover", audit.SUCCEEDED, f"took the console over from {displaced.user}"
+            )
+        return self.core.attached(
+            vm=vm.name, user=session.user, os=vm.os_type,
+            power_state=vm.machine.power_state.value, start=backlog.start, offset=backlog.next,
+            rotated=backlog.rotated,
+        )  # fmt: skip
+
+    def actor(self) -> Actor:
+        assert self.user is not None and self.session is not None
+        return Actor(self.user.name, self.user.roles, self.address, "websocket", self.session.role)
+
+    def target(self) -> Target:
+        assert self.vm is not None and self.hub is not None
+        return Target(self.vm.id, self.vm.name, self.hub)
+
+
+def policy_of(ctx: ApiContext) -> CommandPolicy:
+    """The lab's command policy, with its switches read at each command."""
+    return CommandPolicy(
+        ctx.audit,
+        console_disabled=lambda: ctx.console.disabled,
+        port_enabled=lambda vm_id: ctx.console.port_enabled(ctx.inventory.by_id(vm_id)),
+    )
 
 
 @router.websocket(CONSOLE_PATH)
 async def console(websocket: WebSocket, container: str, session_id: str) -> None:
     """Serve one console connection (see the module docstring)."""
     ctx = context_of(websocket)
-    framed = SUBPROTOCOL in websocket.scope.get("subprotocols", [])
-    conn = _Connection(websocket, framed, ctx, client_address(websocket))
-    await websocket.accept(subprotocol=SUBPROTOCOL if framed else None)
+    door = _Door(websocket, ctx)
+    await websocket.accept(subprotocol=SUBPROTOCOL if door.core.framed else None)
     try:
-        _check_origin(websocket, ctx)
-        conn.user = await _authenticate(conn)
-        role, resume = _options(conn)
-        grant = _claim(conn, container, session_id)
-        await _serve(conn, grant, role, resume)
-    except _Refused as refused:
-        conn.audit("console.connect", audit.DENIED, refused.message)
-        await _close(conn, Closing(refused.code, refused.message, refused.message))
+        greeting = await _open(door, container, session_id)
+    except Refused as refused:
+        door.audit("console.connect", audit.DENIED, refused.message)
+        await door.finish(door.core.refuse(refused))
+        return
     except WebSocketDisconnect:
-        pass
-
-
-def _check_origin(websocket: WebSocket, ctx: ApiContext) -> None:
-    """No Origin (not a browser), the gateway's own origin, or one of the allowed ones."""
-    origin = websocket.headers.get("origin")
-    if origin is None:
         return
-    host = websocket.headers.get("host", "")
-    allowed = set(ctx.allowed_origins)
-    if urlsplit(origin).netloc == host or origin in allowed:
-        return
-    raise _Refused(
-        CloseCode.ORIGIN_REFUSED,
-        f"pages from {origin} may not open this console; add it to the lab's allowed origins",
-    )
-
-
-async def _authenticate(conn: _Connection) -> User:
-    token = conn.websocket.query_params.get("authorization")
-    if token is None:
-        token = await _first_message_token(conn)
-    if token.lower().startswith("bearer "):
-        token = token[7:]
     try:
-        return conn.ctx.tokens.authenticate(token)
-    except AuthenticationError as err:
-        raise _Refused(
-            CloseCode.UNAUTHORIZED, f"{err} Get a token with POST /oauth2/token (or log in)."
-        ) from None
-
-
-async def _first_message_token(conn: _Connection) -> str:
-    try:
-        async with asyncio.timeout(TOKEN_WAIT):
-            message = await conn.websocket.receive()
-    except TimeoutError:
-        raise _Refused(
-            CloseCode.UNAUTHORIZED,
-            "no token: pass ?authorization=<token> or send the token as the first message",
-        ) from None
-    if message["type"] == "websocket.disconnect":
-        raise WebSocketDisconnect(message.get("code", 1000))
-    text = message.get("text")
-    if not text:
-        raise _Refused(CloseCode.UNAUTHORIZED, "the first message must be the token, as text")
-    if not conn.framed:
-        return text.strip()
-    try:
-        command = parse_frame(text)
-    except FrameError as err:
-        raise _Refused(CloseCode.MALFORMED, f"expected an authorize command: {err}") from None
-    if command.type != "authorize" or command.token is None:
-        raise _Refused(CloseCode.UNAUTHORIZED, 'send {"type": "authorize", "token": ...} first')
-    return command.token
-
-
-def _options(conn: _Connection) -> tuple[Role, int | None]:
-    """``?watch=`` and ``?offset=``, read before the one-time session is used up."""
-    query = conn.websocket.query_params
-    role = Role.WATCHER if query.get("watch", "").lower() in ("1", "true", "yes") else Role.WRITER
-    offset = query.get("offset")
-    if offset is None:
-        return role, None
-    if not (offset.isascii() and offset.isdigit()):
-        raise _Refused(CloseCode.MALFORMED, "?offset= must be a byte offset (a whole number)")
-    return role, int(offset)
-
-
-def _claim(conn: _Connection, container: str, session_id: str) -> ConnectGrant:
-    """Use up the one-time session (after checking, without using it, that it is this URL's)."""
-    assert conn.user is not None
-    try:
-        if conn.ctx.sessions.lookup(session_id, conn.user.name).container != container:
-            raise _Refused(
-                CloseCode.SESSION_REFUSED, "This console URL is not valid. Call connect again."
-            )
-        return conn.ctx.sessions.claim(session_id, conn.user.name)
-    except SessionWrongUser as err:
-        raise _Refused(CloseCode.UNAUTHORIZED, str(err)) from None
-    except ConnectSessionError as err:
-        raise _Refused(CloseCode.SESSION_REFUSED, str(err)) from None
-
-
-async def _serve(conn: _Connection, grant: ConnectGrant, role: Role, resume: int | None) -> None:
-    vm = conn.ctx.inventory.by_id(grant.vm_id)
-    hub = vm.hub
-    if hub is None:
-        raise _Refused(CloseCode.PORT_LOST, f"VM '{vm.name}' has no console in this lab")
-    conn.vm, conn.hub = vm, hub
-    session = ConsoleSession(grant.session_id, grant.user, vm.name, role, conn.ctx.session_buffer)
-    try:
-        backlog, displaced = hub.attach(session, resume)
-    except ConsoleError as err:
-        raise _Refused(CloseCode.GOING_AWAY, str(err)) from None
-    conn.session = session
-    conn.audit("console.connect", audit.ALLOWED, f"{role} session {grant.session_id[:8]}...")
-    if displaced is not None:
-        conn.audit(
-            "console.takeover", audit.SUCCEEDED, f"took the console over from {displaced.user}"
-        )
-    tasks: list[asyncio.Task[None]] = []
-    try:
-        await _greet(conn, backlog, resume)
-        pumps = [asyncio.create_task(_send_loop(conn)), asyncio.create_task(_receive_loop(conn))]
-        tasks = [*pumps, asyncio.create_task(_input_loop(conn))]
-        if conn.ctx.idle_timeout:
-            tasks.append(asyncio.create_task(_idle_watch(conn)))
-        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        await _serve(door, greeting)
     finally:
-        for task in tasks:
-            task.cancel()
-        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(outcome, Exception) and not isinstance(outcome, WebSocketDisconnect):
-                log.debug("console pump of %s ended: %r", vm.name, outcome)
-        hub.detach(conn.session)
-        closing = conn.session.closing
-        conn.audit(
+        assert door.hub is not None and door.session is not None
+        door.hub.detach(door.session)
+        ctx.sessions.release(session_id)
+        closing = door.session.closing
+        door.audit(
             "console.disconnect", audit.SUCCEEDED, closing.reason if closing else "client left"
         )
 
 
-async def _greet(conn: _Connection, backlog: LogRead, resume: int | None) -> None:
-    """The first words: the connected event (framed) or Azure's banner (raw)."""
-    assert conn.vm is not None
-    assert conn.session is not None
-    vm = conn.vm
-    if conn.framed:
-        await conn.websocket.send_text(
-            encode_event(
-                "connected",
-                vm=vm.name,
-                user=conn.session.user,
-                role=conn.session.role.value,
-                os=vm.os_type,
-                power_state=vm.machine.power_state.value,
-                banner=BANNER_TEXT,
-                replay_from=backlog.start,
-                offset=backlog.next,
-                rotated=backlog.rotated,
-            )
-        )
-    else:
-        await conn.websocket.send_bytes(BANNER_TEXT.encode() + b"\r\n")
-    if backlog.rotated and resume is not None:
-        await conn.send_text_to_user(
-            f"[bytes {resume} to {backlog.start} have rotated out of the boot log]"
-        )
+async def _open(door: _Door, container: str, session_id: str) -> list[Frame]:
+    """Token, claim, attach: the greeting to send. Raises Refused or WebSocketDisconnect."""
+    core = door.core
+    await door.send(core.open())
+    if core.token is None:
+        core.token_received(await _first_frame(door.websocket))
+    assert core.token is not None
+    door.user = door.authenticate(core.token)
+    door.grant = door.claim(container, session_id)
+    return door.attach(door.grant)
 
 
-async def _send_loop(conn: _Connection) -> None:
-    """Session queue -> client, at the client's pace; then the close with its reason."""
+async def _first_frame(websocket: WebSocket) -> str | bytes | None:
+    try:
+        async with asyncio.timeout(TOKEN_WAIT):
+            message = await websocket.receive()
+    except TimeoutError:
+        return None
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    return message.get("text") if message.get("text") is not None else message.get("bytes")
+
+
+async def _serve(door: _Door, greeting: list[Frame]) -> None:
+    writer = asyncio.create_task(_write_loop(door, greeting))
+    helpers = [asyncio.create_task(_read_loop(door))]
+    if door.ctx.idle_timeout:
+        helpers.append(asyncio.create_task(_idle_watch(door)))
+    try:
+        await writer  # it ends after the close frame, or when the client is gone
+    finally:
+        for task in helpers:
+            task.cancel()
+        for outcome in await asyncio.gather(writer, *helpers, return_exceptions=True):
+            if isinstance(outcome, Exception) and not isinstance(outcome, WebSocketDisconnect):
+                log.debug("console of %s: %r", door.vm.name if door.vm else "?", outcome)
+
+
+async def _write_loop(door: _Door, greeting: list[Frame]) -> None:
+    """The only sender while serving: the session's queue, then its close."""
+    if not await door.send(greeting):
+        return
     while True:
-        session = conn.session
+        session = door.session
         assert session is not None
         items = await session.take()
-        if not items:
-            if session is not conn.session:
-                continue  # swapped for a resumed session
-            break
-        for item in items:
-            if isinstance(item, Output):
-                await conn.websocket.send_bytes(item.data)
-            elif conn.framed and isinstance(item, Event):
-                await conn.websocket.send_text(item.text)
-    assert conn.session is not None and conn.session.closing is not None
-    await _close(conn, conn.session.closing)
-
-
-async def _receive_loop(conn: _Connection) -> None:
-    """Client -> guest: input bytes, and commands in framed mode."""
-    assert conn.hub is not None and conn.session is not None
-    while True:
-        message = await conn.websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        conn.last_input = time.monotonic()
-        conn.activity.set()
-        data, text = message.get("bytes"), message.get("text")
-        try:
-            if data is not None:
-                _queue_input(conn, data)
-            elif text is not None and not conn.framed:
-                _queue_input(conn, text.encode())
-            elif text is not None:
-                await _command(conn, parse_frame(text))
-        except FrameError as err:
-            reason = f"malformed frame: {err}"[:MAX_REASON]
-            message = f"The gateway could not read a frame: {err}"
-            conn.session.close(Closing(CloseCode.MALFORMED, reason, message), drain=False)
-            return
-        except ConsoleError as err:
-            if not conn.told:
-                await _report(conn, None, "input", False, str(err))
-            conn.told = not conn.framed  # raw terminals hear it once, not per keystroke
-
-
-def _queue_input(conn: _Connection, data: bytes) -> None:
-    """Hand typed bytes to ``_input_loop``, so that a guest that stopped reading its port
-    never holds up the commands behind them (a reset is how one unsticks such a guest)."""
-    assert conn.session is not None
-    assert conn.hub is not None
-    if conn.session.role is not Role.WRITER:
-        raise ConsoleError("this console is read-only: connect as a writer to type")
-    if conn.input_pending + len(data) > INPUT_LIMIT:
-        state = conn.hub.machine.power_state
-        raise ConsoleError(
-            f"the guest is not reading its serial port (it is {state}): {len(data)} typed "
-            "bytes were not sent. Reset or restart the VM if it hangs."
-        )
-    conn.input_pending += len(data)
-    conn.input.put_nowait(data)
-
-
-async def _input_loop(conn: _Connection) -> None:
-    """Typed bytes -> the guest, in order, at the pace its port takes them."""
-    assert conn.hub is not None
-    while True:
-        data = await conn.input.get()
-        try:
-            assert conn.session is not None
-            await conn.hub.write(conn.session, data)
-        except ConsoleError as err:
-            await _report(conn, None, "input", False, str(err))
-        finally:
-            conn.input_pending -= len(data)
-
-
-async def _command(conn: _Connection, command: Command) -> None:
-    hub, session = conn.hub, conn.session
-    assert hub is not None and session is not None
-    if command.type == "authorize":
-        return  # already authorized; a repeated token is harmless
-    if command.type == "resume":
-        assert command.offset is not None
-        if not _resume(conn, command.offset):
-            await _report(conn, command.id, "resume", False, "this session is closed: reconnect")
+        if items:
+            await door.send(door.core.render(items))
+            continue
+        if session is not door.session:
+            continue  # swapped for a resumed session
+        assert session.closing is not None
+        await door.finish(door.core.closing(session.closing))
         return
-    if session.role is not Role.WRITER:
-        await _report(conn, command.id, command.type, False, "this console is read-only (watch)")
-        return
+
+
+async def _read_loop(door: _Door) -> None:
+    """Client frames -> actions. A bad frame, or the client leaving, closes the session."""
+    policy = policy_of(door.ctx)
+    commands: set[asyncio.Task[None]] = set()
     try:
-        message = await hub.command(command.type, list(command.keys))
-    except (ConsoleError, MachineError) as err:
-        conn.audit(f"console.{command.type}", audit.FAILED, str(err))
-        await _report(conn, command.id, command.type, False, str(err))
-        return
-    conn.audit(f"console.{command.type}", audit.SUCCEEDED, "".join(command.keys))
-    await _report(conn, command.id, command.type, True, message)
+        while True:
+            try:
+                message = await door.websocket.receive()
+            except (RuntimeError, UnicodeDecodeError, WebSocketDisconnect):
+                message = {"type": "websocket.disconnect"}
+            if message["type"] == "websocket.disconnect":
+                _end(door, Closing(CloseCode.NORMAL, "client left"))
+                return
+            door.last_input = time.monotonic()
+            door.activity.set()
+            frame = message.get("text")
+            if frame is None:
+                frame = message.get("bytes") or b""
+            try:
+                actions = door.core.receive(frame)
+            except Refused as refused:
+                _end(door, Closing(refused.code, refused.reason, refused.message))
+                return
+            for action in actions:
+                if isinstance(action, TypeInput):
+                    _type(door, action.data)
+                elif isinstance(action, Resume):
+                    _resume(door, action)
+                else:
+                    task = asyncio.create_task(_command(door, policy, action))
+                    commands.add(task)
+                    task.add_done_callback(commands.discard)
+    finally:
+        for task in commands:
+            task.cancel()
 
 
-def _resume(conn: _Connection, offset: int) -> bool:
-    """Start over from ``offset``: a fresh session, so the bytes stay in order. False when
+def _end(door: _Door, closing: Closing) -> None:
+    assert door.session is not None
+    door.session.close(closing, drain=closing.code is CloseCode.NORMAL)
+
+
+def _type(door: _Door, data: bytes) -> None:
+    assert door.hub is not None and door.session is not None
+    try:
+        door.hub.submit(door.session, data)
+    except ConsoleError as err:
+        door.session.push_notice("input", str(err))
+
+
+async def _command(door: _Door, policy: CommandPolicy, action: RunCommand) -> None:
+    """Run a framed command through the policy; its result goes into the session's queue,
+    in order with the output around it."""
+    command = action.command
+    assert door.session is not None
+    try:
+        message = await policy.run(door.actor(), door.target(), command.type, command.keys)
+        ok = True
+    except ConsoleError as err:
+        message, ok = str(err), False
+    except Exception:  # a bug must not leave the client without an answer
+        log.exception("console %s of %s failed", command.type, door.vm.name if door.vm else "?")
+        message, ok = f"the gateway failed to run {command.type}: see the lab's log", False
+    result = door.core.result(command.id, command.type, ok, message)
+    if result is not None:
+        door.session.push_item(result)
+
+
+def _resume(door: _Door, action: Resume) -> None:
+    """Start over from ``offset``: a fresh session, so the bytes stay in order. Refused when
     this session is already closing (taken over, idle, deallocated): it cannot come back."""
-    hub, old = conn.hub, conn.session
-    assert hub is not None
-    assert old is not None
+    hub, old = door.hub, door.session
+    assert hub is not None and old is not None
     if not old.is_open:
-        return False
+        result = door.core.result(action.id, "resume", False, "this session is closed: reconnect")
+        if result is not None:
+            old.push_item(result)
+        return
     hub.detach(old)
     fresh = ConsoleSession(old.id, old.user, old.vm, old.role, old.limit)
-    backlog, _ = hub.attach(fresh, offset)  # nobody to displace: this was the writer
+    backlog, _ = hub.attach(fresh, action.offset)  # nobody to displace: this was the writer
     fresh.prepend_event(
-        encode_event("resumed", requested=offset, start=backlog.start, rotated=backlog.rotated)
-    )
-    conn.session = fresh
-    old.close(Closing(CloseCode.NORMAL, "resumed"), drain=False)
-    return True
-
-
-async def _report(conn: _Connection, rid: str | None, command: str, ok: bool, text: str) -> None:
-    if conn.framed:
-        await conn.websocket.send_text(
-            encode_event("result", id=rid, command=command, ok=ok, message=text)
+        encode_event(
+            "resumed", requested=action.offset, start=backlog.start, rotated=backlog.rotated
         )
-    elif not ok:
-        await conn.send_text_to_user(text)
+    )
+    door.session = fresh
+    old.close(Closing(CloseCode.NORMAL, "resumed"), drain=False)
 
 
-async def _idle_watch(conn: _Connection) -> None:
+async def _idle_watch(door: _Door) -> None:
     """Warn a minute before the idle timeout, then close the session. Any input resets it."""
-    timeout = conn.ctx.idle_timeout
+    timeout = door.ctx.idle_timeout
     warned = False
     while True:
-        left = conn.last_input + timeout - time.monotonic()
+        session = door.session
+        assert session is not None
+        left = door.last_input + timeout - time.monotonic()
         if left <= 0:
-            assert conn.session is not None
             minutes = timeout / 60
-            conn.session.close(Closing(CloseCode.IDLE, f"idle for {minutes:g} minutes",
-                                       f"Closed after {minutes:g} minutes without input. "
-                                       "Reconnect to go on."), drain=True)  # fmt: skip
+            session.close(Closing(CloseCode.IDLE, f"idle for {minutes:g} minutes",
+                                  f"Closed after {minutes:g} minutes without input. "
+                                  "Reconnect to go on."), drain=True)  # fmt: skip
             return
         if not warned and left <= IDLE_WARNING:
             warned = True
-            if conn.framed:
-                assert conn.session is not None
-                conn.session.push_event(encode_event("idle_warning", seconds=round(left)))
+            if door.core.framed:
+                session.push_event(encode_event("idle_warning", seconds=round(left)))
             else:
-                await conn.send_text_to_user(
-                    f"[This console closes in {left:.0f} seconds without input. Type to stay.]"
-                )
+                warning = f"This console closes in {left:.0f} seconds without input."
+                session.push_notice("idle", f"[{warning} Type to stay.]")
         wait = left - IDLE_WARNING if left > IDLE_WARNING else left
-        conn.activity.clear()
+        door.activity.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
-                await conn.activity.wait()
+                await door.activity.wait()
                 warned = False
 
 
-async def _close(conn: _Connection, closing: Closing) -> None:
-    """Tell the user why (framed: a closing event; raw: the text), then close the socket."""
-    with contextlib.suppress(Exception):  # the client may already be gone
-        if conn.framed:
-            await conn.websocket.send_text(
-                encode_event(
-                    "closing",
-                    code=int(closing.code),
-                    reason=closing.reason,
-                    message=closing.message or closing.reason,
-                    resume_offset=closing.resume_offset,
-                )
-            )
-        elif closing.message:
-            await conn.websocket.send_bytes(f"\r\n{closing.message}\r\n".encode())
-        reason = closing.reason.encode()[:MAX_REASON].decode(errors="ignore")
-        await conn.websocket.close(int(closing.code), reason)
+__all__ = ["CONSOLE_PATH", "Role", "policy_of", "router"]

@@ -12,8 +12,11 @@ On disk, in the VM's folder (``<state>/bootdiag/<vm>/``)::
     serial.json   {"version", "capacity", "first", "end", "clean"}: the offsets
 
 Durability: ``append`` writes into the page cache at once (readers see it at once);
-the ring and the sidecar reach the disk (fsync) at most every ``flush_interval`` seconds
-or ``flush_bytes`` bytes, on ``flush()`` and on ``close()``, never per byte. After a crash
+the ring and the sidecar reach the disk (fsync) on ``flush()`` and on ``close()``, never
+per byte. ``flush_due`` says when ``flush_interval`` seconds or ``flush_bytes`` bytes have
+passed: the caller then flushes, in a worker thread if it serves an event loop
+(``flush_mark()`` in the owning thread, ``flush_to(mark)`` in the worker, ``flushed(mark)``
+back in the owner); a flush and ``close`` never overlap. After a crash
 the bytes written since the last flush may be lost; ``first`` then moves forward by the
 most that can have been overwritten unrecorded, so a read never returns bytes under a
 wrong offset. A change of ``capacity`` keeps the newest bytes and their offsets.
@@ -28,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,8 +64,17 @@ class LogRead(NamedTuple):
     rotated: bool
 
 
+class FlushMark(NamedTuple):
+    """What a flush in a worker thread puts on disk: the offsets as they were when asked."""
+
+    first: int
+    end: int
+    unflushed: int
+
+
 class BootLog:
-    """One VM's ring of serial output with absolute offsets. Use in one thread (the loop's).
+    """One VM's ring of serial output with absolute offsets. Use in one thread (the loop's),
+    but for ``flush_to``, which a worker thread may run.
 
     Opening reads the sidecar to carry the offsets on; ``close()`` flushes and marks the
     log cleanly closed. Methods after ``close()`` raise BootLogError.
@@ -90,6 +103,7 @@ class BootLog:
         self._unflushed = 0
         self._last_flush = clock()
         self._fd = -1
+        self._disk = threading.Lock()  # one flush at a time, and never during close
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._open()
@@ -133,37 +147,57 @@ class BootLog:
         self._end += size
         self._first = max(self._first, self._end - self.capacity)
         self._unflushed += size
-        if (
+
+    @property
+    def flush_due(self) -> bool:
+        """Unflushed bytes are ``flush_bytes`` or more, or older than ``flush_interval``."""
+        return bool(self._unflushed) and (
             self._unflushed >= self.flush_bytes
             or self._clock() - self._last_flush >= self.flush_interval
-        ):
-            self.flush()
+        )
 
     def flush(self) -> None:
         """Put the ring and its offsets on disk (fsync) if anything changed since last time."""
         self._check_open()
-        if not self._unflushed:
-            return
-        try:
-            os.fsync(self._fd)
-            self._write_meta(clean=False)
-        except OSError as err:
-            raise BootLogError(f"cannot flush the boot log in {self.directory}: {err}") from err
-        self._unflushed = 0
+        mark = self.flush_mark()
+        if mark.unflushed:
+            self.flush_to(mark)
+            self.flushed(mark)
+
+    def flush_mark(self) -> FlushMark:
+        """The offsets to flush, taken in the owning thread."""
+        return FlushMark(self._first, self._end, self._unflushed)
+
+    def flush_to(self, mark: FlushMark) -> None:
+        """fsync the ring and record ``mark``'s offsets; safe in a worker thread. Raises
+        BootLogError when the disk fails; does nothing once the log is closed."""
+        with self._disk:
+            if self._fd < 0:
+                return
+            try:
+                os.fsync(self._fd)
+                self._write_meta(clean=False, first=mark.first, end=mark.end)
+            except OSError as err:
+                raise BootLogError(f"cannot flush the boot log in {self.directory}: {err}") from err
+
+    def flushed(self, mark: FlushMark) -> None:
+        """``flush_to(mark)`` succeeded: what was appended since stays to flush."""
+        self._unflushed = max(0, self._unflushed - mark.unflushed)
         self._last_flush = self._clock()
 
     def close(self) -> None:
         """Flush and close; the sidecar records a clean close. Idempotent."""
-        if self._fd < 0:
-            return
-        try:
-            os.fsync(self._fd)
-            self._write_meta(clean=True)
-        except OSError:
-            log.exception("cannot flush the boot log in %s on close", self.directory)
-        finally:
-            os.close(self._fd)
-            self._fd = -1
+        with self._disk:
+            if self._fd < 0:
+                return
+            try:
+                os.fsync(self._fd)
+                self._write_meta(clean=True)
+            except OSError:
+                log.exception("cannot flush the boot log in %s on close", self.directory)
+            finally:
+                os.close(self._fd)
+                self._fd = -1
 
     # -- reading -------------------------------------------------------------------------
 
@@ -251,12 +285,12 @@ class BootLog:
             "clean": bool(raw.get("clean")),
         }
 
-    def _write_meta(self, *, clean: bool) -> None:
+    def _write_meta(self, *, clean: bool, first: int | None = None, end: int | None = None) -> None:
         body = {
             "version": _VERSION,
             "capacity": self.capacity,
-            "first": self._first,
-            "end": self._end,
+            "first": self._first if first is None else first,
+            "end": self._end if end is None else end,
             "clean": clean,
         }
         tmp = self._meta_path.with_suffix(".tmp")

@@ -63,6 +63,8 @@ def parse_command(text: str) -> Command:
         message = json.loads(text)
     except json.JSONDecodeError as err:
         raise FrameError(f"text frames must be JSON objects ({err.msg})") from None
+    except RecursionError:
+        raise FrameError("JSON nested too deep: send a flat object") from None
     if not isinstance(message, dict):
         raise FrameError('text frames must be JSON objects such as {"type": "nmi"}')
     kind = message.get("type")

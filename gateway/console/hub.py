@@ -10,9 +10,19 @@ session (``gateway.console.sessions``): one writer, any number of watchers. ``at
 registers a session and hands back the recent output to replay (or the bytes from a resume
 offset), atomically with respect to new output, so a client sees every byte once, in order.
 
-The hub also carries the commands beside the byte stream that every door shares: input
-(``write``, with backpressure), SysRq, NMI, hard reset and graceful restart. Machine events
-reach framed clients as ``power`` events; a deallocate closes the sessions with its reason.
+The hub also carries what every door sends beside reading: typed input and the commands
+(SysRq, break, NMI, hard reset, graceful restart). Input and the commands that act on the
+guest's view of the line (SysRq, break, NMI) go through one queue per VM, in the order they
+were submitted: a command waits until the guest has taken every byte typed before it
+(``Machine.wait_input_taken``), so a BREAK never overtakes typed bytes and the SysRq key is
+the key asked for. Reset and restart do not queue: a guest that stopped reading its port
+must never hold up the reset that unsticks it. Typed bytes wait in the queue (at most
+``INPUT_LIMIT``), never in a door. Machine events reach framed clients as ``power``
+events; a deallocate closes the sessions with its reason.
+
+The boot log is appended in the loop (a write into the page cache) and flushed to disk
+(fsync) in a worker thread, one flush at a time, never in the loop that serves every
+console.
 """
 
 from __future__ import annotations
@@ -20,15 +30,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
+from dataclasses import dataclass, field
 
+from gateway.console import texts
 from gateway.console.bootlog import BootLog, BootLogError, LogRead
 from gateway.console.frames import CloseCode, encode_event
 from gateway.console.port import SerialPort, SerialPortError
-from gateway.console.sessions import TAKEOVER_TEXT, Closing, ConsoleSession, Role
-from gateway.console.sysrq import send_sysrq
+from gateway.console.sessions import Closing, ConsoleSession, Role
 from gateway.machines.base import (
     EventKind,
     Machine,
+    MachineError,
     MachineEvent,
     MachineLaunchError,
     PowerState,
@@ -39,6 +52,10 @@ log = logging.getLogger("serial_console_lab.console.hub")
 
 DEFAULT_REPLAY = 16 * 1024
 COMMAND_WRITE_TIMEOUT = 5.0  # a SysRq key a guest does not take is reported, not waited on
+INPUT_TAKEN_TIMEOUT = 5.0  # typed bytes a guest does not take before a SysRq: say so
+QUEUE_TIMEOUT = 10.0  # a command behind input a guest does not read: give up, say why
+INPUT_LIMIT = 1 << 20  # typed bytes waiting for a guest that does not read its port
+ORDERED = frozenset({"sysrq", "break", "nmi"})  # wait for the typed bytes before them
 
 
 class ConsoleError(Exception):
@@ -49,8 +66,24 @@ class SysRqNotSupported(ConsoleError):
     """SysRq to a VM that is not Linux; the message is Azure's."""
 
 
-SYSRQ_LINUX_ONLY = "You can only send a SysRq to a Linux VM."
 COMMANDS = ("sysrq", "nmi", "reset", "restart", "break")
+
+
+@dataclass(eq=False, slots=True)
+class _Typed:
+    session: ConsoleSession
+    data: bytes
+
+
+@dataclass(eq=False, slots=True)
+class _Ordered:
+    name: str
+    keys: list[str]
+    done: asyncio.Future[str] = field(default_factory=lambda: _loop().create_future())
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
 
 
 class ConsoleHub:
@@ -74,6 +107,11 @@ class ConsoleHub:
         self._writer: ConsoleSession | None = None
         self._events_task: asyncio.Task[None] | None = None
         self._exited = ""
+        self._queue: deque[_Typed | _Ordered] = deque()
+        self._queued_input = 0
+        self._queue_wake = asyncio.Event()
+        self._pump_task: asyncio.Task[None] | None = None
+        self._flush_task: asyncio.Task[None] | None = None
 
     # -- the port --------------------------------------------------------------------------
 
@@ -113,16 +151,32 @@ class ConsoleHub:
         try:
             self.bootlog.append(chunk)
         except BootLogError as err:
-            # Keep reading: the guest must never block on the log. Say it once.
-            if not self._log_failed:
-                self.log.error("boot log stopped: %s", err)
-                self._log_failed = True
+            self._log_trouble(err)
         else:
             self._log_failed = False
+            if self.bootlog.flush_due and self._flush_task is None:
+                self._flush_task = asyncio.get_running_loop().create_task(self._flush())
         for session in list(self._sessions):
             session.push_output(offset, chunk)
             if not session.is_open:
                 self._forget(session)
+
+    def _log_trouble(self, err: BootLogError) -> None:
+        # Keep reading: the guest must never block on the log. Say it once.
+        if not self._log_failed:
+            self.log.error("boot log stopped: %s", err)
+            self._log_failed = True
+
+    async def _flush(self) -> None:
+        """Put the boot log on disk in a worker thread; the loop goes on serving consoles."""
+        try:
+            mark = self.bootlog.flush_mark()
+            await asyncio.to_thread(self.bootlog.flush_to, mark)
+            self.bootlog.flushed(mark)
+        except BootLogError as err:
+            self._log_trouble(err)
+        finally:
+            self._flush_task = None
 
     def _on_close(self, reason: str) -> None:
         self.log.debug("serial port closed: %s", reason)
@@ -156,9 +210,10 @@ class ConsoleHub:
             raise ConsoleError(f"the console of VM '{self.machine.name}' is shut down")
         end = self.bootlog.end
         start = max(end - self.replay, 0) if resume_from is None else min(resume_from, end)
-        backlog = self.bootlog.read(start, end - start)
+        kept = self.bootlog.read(start, 0)  # where the kept bytes begin; nothing read yet
+        backlog = LogRead(b"", kept.start, end, kept.rotated)
         session.next_offset = end
-        session.preload(backlog.start, backlog.contents)
+        session.replay(self._read_log, kept.start, end)
         displaced = None
         if session.role is Role.WRITER:
             displaced = self._writer
@@ -168,7 +223,7 @@ class ConsoleHub:
                     Closing(
                         CloseCode.TAKEN_OVER,
                         f"another user ({session.user}) connected to this console",
-                        TAKEOVER_TEXT,
+                        texts.TAKEOVER,
                     ),
                     drain=True,
                 )
@@ -227,16 +282,85 @@ class ConsoleHub:
                 )
             self._close_all(closing)
 
-    # -- commands beside the byte stream --------------------------------------------------
+    def _read_log(self, start: int, max_bytes: int) -> LogRead:
+        """A page of the boot log for a session's replay (a small read from the page cache)."""
+        try:
+            return self.bootlog.read(start, max_bytes)
+        except BootLogError as err:
+            self.log.error("replay stopped: %s", err)
+            return LogRead(b"", start, start, False)
 
-    async def write(self, session: ConsoleSession, data: bytes) -> None:
-        """Type ``data`` into the guest for ``session``, in order, waiting while the port is
-        full. Raises ConsoleError for a watcher, a closed session or a VM without a port."""
+    # -- input and commands ---------------------------------------------------------------
+
+    @property
+    def queued_input(self) -> int:
+        """Typed bytes waiting for the guest to read its port."""
+        return self._queued_input
+
+    def submit(self, session: ConsoleSession, data: bytes) -> None:
+        """Queue ``data``, typed by ``session``, for the guest; it is written in order, at
+        the pace the port takes it, behind everything submitted before. Never waits.
+
+        Raises ConsoleError for a watcher, a closed session, or when ``INPUT_LIMIT`` bytes
+        already wait for a guest that does not read its port. A failure to write later is
+        told to ``session`` (a ``Notice``), once per run of failures.
+        """
         if session.role is not Role.WRITER:
-            raise ConsoleError("this console is read-only: connect as a writer to type")
+            raise ConsoleError(texts.READ_ONLY)
         if not session.is_open:
             raise ConsoleError("this console session is closed: reconnect to type")
-        await self._write(data)
+        if self._queued_input + len(data) > INPUT_LIMIT:
+            raise ConsoleError(
+                f"{self._queued_input} typed bytes are still waiting for VM "
+                f"'{self.machine.name}' to read its serial port (it is "
+                f"{self.machine.power_state}), so these {len(data)} were not sent. "
+                "Reset or restart the VM if it hangs."
+            )
+        self._queued_input += len(data)
+        self._enqueue(_Typed(session, data))
+
+    def _enqueue(self, item: _Typed | _Ordered) -> None:
+        if self._closed:
+            raise ConsoleError(f"the console of VM '{self.machine.name}' is shut down")
+        self._queue.append(item)
+        self._queue_wake.set()
+        if self._pump_task is None:
+            self._pump_task = asyncio.get_running_loop().create_task(
+                self._pump(), name=f"{self.machine.name}-hub-input"
+            )
+
+    async def _pump(self) -> None:
+        """The queue -> the guest, one item at a time, in order."""
+        failing: set[ConsoleSession] = set()  # sessions told of a failure, not yet of success
+        while True:
+            while not self._queue:
+                self._queue_wake.clear()
+                await self._queue_wake.wait()
+            item = self._queue.popleft()
+            if isinstance(item, _Ordered):
+                if not item.done.done():  # not given up on while it waited
+                    await self._run_ordered(item)
+                continue
+            try:
+                await self._write(item.data)
+            except ConsoleError as err:
+                if item.session not in failing:
+                    failing.add(item.session)
+                    item.session.push_notice("input", str(err))
+            else:
+                failing.discard(item.session)
+            finally:
+                self._queued_input -= len(item.data)
+
+    async def _run_ordered(self, item: _Ordered) -> None:
+        try:
+            message = await self._do(item.name, item.keys)
+        except Exception as err:  # the command's caller reports it; the pump goes on
+            if not item.done.done():
+                item.done.set_exception(err)
+        else:
+            if not item.done.done():
+                item.done.set_result(message)
 
     async def _write(self, data: bytes, timeout: float | None = None) -> None:
         port = self.port
@@ -256,32 +380,71 @@ class ConsoleHub:
                 "reset or restart the VM"
             ) from None
 
-    async def sysrq(self, keys: list[str]) -> None:
-        """Send each key as BREAK + key. Raises SysRqNotSupported for a Windows VM."""
-        if self.machine.os_type != "linux":
-            raise SysRqNotSupported(SYSRQ_LINUX_ONLY)
-        await send_sysrq(self.machine, keys, lambda key: self._write(key, COMMAND_WRITE_TIMEOUT))
-
     async def command(self, name: str, keys: list[str] | None = None) -> str:
-        """Do one of ``COMMANDS`` on the VM, for any door; the success text (az's where az
-        has one). Raises ConsoleError or MachineError with what went wrong."""
+        """Do one of ``COMMANDS`` on the VM; the success text (az's where az has one).
+
+        SysRq, break and NMI take their turn behind the input submitted before them; reset
+        and restart act at once. This is the hub's mechanism, not its policy: doors call
+        ``gateway.console.policy.CommandPolicy.run``, which checks who may. Raises
+        SysRqNotSupported, ConsoleError or MachineError with what went wrong.
+        """
+        keys = list(keys or [])
+        if name not in COMMANDS:
+            raise ConsoleError(f"unknown command {name!r}; expected one of {', '.join(COMMANDS)}")
+        if name == "sysrq" and self.machine.os_type != "linux":
+            raise SysRqNotSupported(texts.SYSRQ_LINUX_ONLY)
+        if name not in ORDERED:
+            return await self._do(name, keys)
+        item = _Ordered(name, keys)
+        self._enqueue(item)
+        try:
+            async with asyncio.timeout(QUEUE_TIMEOUT):
+                return await asyncio.shield(item.done)
+        except TimeoutError:
+            if item.done.done():
+                return item.done.result()
+            item.done.cancel()  # the pump skips it if it has not begun
+            raise ConsoleError(
+                f"the {name} was not sent: {self._queued_input} typed bytes are still waiting "
+                f"for VM '{self.machine.name}' to read its serial port (it is "
+                f"{self.machine.power_state}). Reset or restart the VM if it hangs."
+            ) from None
+
+    async def _do(self, name: str, keys: list[str]) -> str:
+        if name in ORDERED:
+            await self._input_taken()
         if name == "sysrq":
-            await self.sysrq(keys or [])
-            return "Successfully sent SysRq command"
+            if not keys:
+                raise ConsoleError("SysRq needs a key: one of 0-9 or a-z, or a sequence")
+            for key in keys:  # one BREAK + key each; the key is typed, the next BREAK waits
+                await self.machine.send_break()
+                await self._write(key.encode(), COMMAND_WRITE_TIMEOUT)
+                await self._input_taken()
+            return texts.SUCCESS["sysrq"]
         if name == "nmi":
             await self.machine.inject_nmi()
-            return "NMI sent successfully"
-        if name == "reset":
+        elif name == "reset":
             await self.machine.reset()
-            return "Successfully Hard Reset VM"
-        if name == "restart":
-            if await self.machine.restart() is RestartOutcome.GRACEFUL:
-                return "Successfully restarted VM"
-            return "Successfully restarted VM (the guest did not shut down: it was hard-reset)"
-        if name == "break":
+        elif name == "restart":
+            if await self.machine.restart() is not RestartOutcome.GRACEFUL:
+                return texts.RESTART_FORCED
+        elif name == "break":
             await self.machine.send_break()
-            return "Break sent"
-        raise ConsoleError(f"unknown command {name!r}; expected one of {', '.join(COMMANDS)}")
+        return texts.SUCCESS[name]
+
+    async def _input_taken(self) -> None:
+        """Wait until the guest has read every byte written to its port so far."""
+        if self.port is None:
+            raise ConsoleError(
+                f"VM '{self.machine.name}' has no serial port now (it is "
+                f"{self.machine.power_state}): start it first"
+            )
+        try:
+            if not hasattr(self.machine, "wait_input_taken"):  # TEMPORARY-SHIM
+                return
+            await self.machine.wait_input_taken(INPUT_TAKEN_TIMEOUT)
+        except MachineError as err:
+            raise ConsoleError(str(err)) from err
 
     def close_sessions(self) -> None:
         """Close every session (the gateway is going away); the port is still read."""
@@ -292,8 +455,13 @@ class ConsoleHub:
         """Close every session, the port, and stop attaching to new ones. Idempotent."""
         self._closed = True
         self.close_sessions()
-        if self._events_task is not None:
-            self._events_task.cancel()
+        for task in (self._events_task, self._pump_task):
+            if task is not None:
+                task.cancel()
+        for item in self._queue:
+            if isinstance(item, _Ordered) and not item.done.done():
+                item.done.set_exception(ConsoleError("the console is shut down"))
+        self._queue.clear()
         if self._port is not None:
             self._port.close()
             self._port = None

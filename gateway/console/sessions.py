@@ -17,9 +17,15 @@ import asyncio
 import enum
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from gateway.console import texts
 from gateway.console.frames import CloseCode
+
+if TYPE_CHECKING:
+    from gateway.console.bootlog import LogRead
 
 log = logging.getLogger("serial_console_lab.console.sessions")
 
@@ -27,14 +33,8 @@ DEFAULT_LIMIT = 1 << 20
 PRELOAD_CHUNK = 64 * 1024  # replay goes out in frames of this size at most
 MAX_EVENTS = 256
 
-TAKEOVER_TEXT = (
-    "The serial console connection was closed. This can occur if there was an error or "
-    "another user connected to the console of this virtual machine. "
-    'To reconnect, press "Enter".'
-)
-BANNER_TEXT = (
-    "Connected to the serial port of the VM.\r\nIf no login prompt is displayed, press ENTER."
-)
+TAKEOVER_TEXT = texts.TAKEOVER
+BANNER_TEXT = texts.BANNER
 
 
 class SessionState(enum.StrEnum):
@@ -74,12 +74,30 @@ class Event:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A message for the user about ``command`` (``input`` for typed bytes): framed clients
+    get a ``result`` event, raw ones the text on a line of its own."""
+
+    command: str
+    text: str
+    ok: bool = False
+
+
+Item = Output | Event | Notice
+ReadLog = Callable[[int, int], "LogRead"]
+
+
 class ConsoleSession:
     """One client on one console. The hub pushes; the client's door awaits ``take()``.
 
-    ``push_output`` and ``push_event`` never block: past ``limit`` queued bytes (or
-    ``MAX_EVENTS`` events) the session closes itself with ``FELL_BEHIND`` and the offset of
-    the first byte the client did not get.
+    ``push_output``, ``push_event`` and ``push_notice`` never block: past ``limit`` queued
+    bytes (or ``MAX_EVENTS`` events) the session closes itself with ``FELL_BEHIND`` and the
+    offset of the first byte the client did not get.
+
+    The replay given at attach (``replay``) is not queued: ``take()`` reads it from the
+    boot log a page (``PRELOAD_CHUNK``) at a time as the client takes it, ahead of live
+    output, so a resume from far back costs one page of memory, not the whole backlog.
     """
 
     def __init__(
@@ -94,10 +112,13 @@ class ConsoleSession:
         self.closing: Closing | None = None
         self.next_offset = 0  # offset of the next byte the hub will push
         self.log = log.getChild(f"{vm}.{session_id[:8]}")
-        self._items: deque[Output | Event] = deque()
+        self._head: deque[Item] = deque()  # ahead of the replay (a resume's introduction)
+        self._items: deque[Item] = deque()
         self._queued_bytes = 0
         self._queued_events = 0
-        self._drain_on_close = True
+        self._read_log: ReadLog | None = None
+        self._replay_next = 0
+        self._replay_end = 0
         self._wake = asyncio.Event()
 
     @property
@@ -108,17 +129,18 @@ class ConsoleSession:
     def is_open(self) -> bool:
         return self.state is SessionState.OPEN
 
-    def preload(self, offset: int, data: bytes) -> None:
-        """Queue the replay given at attach ahead of live output, in frames of at most
-        ``PRELOAD_CHUNK`` bytes. It does not count against ``limit``, which is for what
-        arrives live: a resumed client is not cut off again for the backlog it asked for."""
-        view = memoryview(data)
-        replay = [
-            Output(offset + start, bytes(view[start : start + PRELOAD_CHUNK]))
-            for start in range(0, len(data), PRELOAD_CHUNK)
-        ]
-        self._items.extendleft(reversed(replay))
-        if replay:
+    @property
+    def replay_pending(self) -> int:
+        """Bytes of the replay not yet taken."""
+        return self._replay_end - self._replay_next if self._read_log else 0
+
+    def replay(self, read_log: ReadLog, start: int, end: int) -> None:
+        """Deliver the bytes ``[start, end)`` of the boot log first, read a page at a time
+        with ``read_log(start, max_bytes)``. They do not count against ``limit``, which is
+        for what arrives live: a resumed client is not cut off for the backlog it asked for."""
+        self._read_log = read_log
+        self._replay_next, self._replay_end = start, end
+        if end > start:
             self._wake.set()
 
     def push_output(self, offset: int, data: bytes) -> None:
@@ -133,18 +155,32 @@ class ConsoleSession:
         self._wake.set()
 
     def push_event(self, text: str) -> None:
+        self._push_other(Event(text))
+
+    def push_notice(self, command: str, text: str, *, ok: bool = False) -> None:
+        """A message for this session's user about ``command`` (``input``: typed bytes)."""
+        self._push_other(Notice(command, text, ok))
+
+    def push_item(self, item: Event | Notice) -> None:
+        """Queue an event or a notice made elsewhere (a command's result)."""
+        self._push_other(item)
+
+    def _push_other(self, item: Event | Notice) -> None:
         if not self.is_open:
             return
         if self._queued_events >= MAX_EVENTS:
             self._fall_behind(self.next_offset, f"{self._queued_events} events were waiting")
             return
-        self._items.append(Event(text))
+        self._items.append(item)
         self._queued_events += 1
         self._wake.set()
 
     def _fall_behind(self, next_offset: int, waiting: str) -> None:
         """Close, dropping the queue, with the offset of the first byte not delivered."""
-        first = next((i.offset for i in self._items if isinstance(i, Output)), next_offset)
+        if self.replay_pending:
+            first = self._replay_next
+        else:
+            first = next((i.offset for i in self._items if isinstance(i, Output)), next_offset)
         self.close(
             Closing(
                 CloseCode.FELL_BEHIND,
@@ -164,27 +200,57 @@ class ConsoleSession:
         self.state = (
             SessionState.TAKEN_OVER if closing.code is CloseCode.TAKEN_OVER else SessionState.CLOSED
         )
-        self._drain_on_close = drain
         if not drain:
+            self._head.clear()
             self._items.clear()
+            self._read_log = None
             self._queued_bytes = self._queued_events = 0
         self.log.info("%s session of %s closing: %s", self.role, self.user, closing.reason)
         self._wake.set()
 
-    async def take(self) -> list[Output | Event]:
-        """Everything queued, waiting while nothing is. An empty list: the session is over
-        (``closing`` says why) and nothing is left to deliver."""
-        while not self._items:
+    async def take(self) -> list[Item]:
+        """What is queued, waiting while nothing is: first a resume's introduction, then
+        the replay a page at a time, then live output and events. An empty list: the
+        session is over (``closing`` says why) and nothing is left to deliver."""
+        while not (self._head or self.replay_pending or self._items):
             if self.closing is not None:
                 return []
             self._wake.clear()
             await self._wake.wait()
+        if self._head:
+            items = list(self._head)
+            self._head.clear()
+            return items
+        if self.replay_pending:
+            return self._replay_page()
         items = list(self._items)
         self._items.clear()
         self._queued_bytes = self._queued_events = 0
         return items
 
+    def _replay_page(self) -> list[Item]:
+        assert self._read_log is not None
+        want = min(PRELOAD_CHUNK, self._replay_end - self._replay_next)
+        page = self._read_log(self._replay_next, want)
+        items: list[Item] = []
+        if page.start > self._replay_next:  # overwritten in the ring while being replayed
+            items.append(
+                Notice(
+                    "replay",
+                    f"[bytes {self._replay_next} to {page.start} have rotated out of the boot log]",
+                )
+            )
+        if not page.contents or page.start >= self._replay_end:
+            self._read_log = None
+            return items
+        data = page.contents[: self._replay_end - page.start]
+        items.append(Output(page.start, data))
+        self._replay_next = page.start + len(data)
+        if self._replay_next >= self._replay_end:
+            self._read_log = None
+        return items
+
     def prepend_event(self, text: str) -> None:
         """Queue an event ahead of everything queued (it introduces a replay)."""
-        self._items.appendleft(Event(text))
+        self._head.append(Event(text))
         self._wake.set()

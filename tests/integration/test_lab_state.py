@@ -29,7 +29,7 @@ async def test_power_off_of_a_panicked_vm_does_not_wait_for_acpi(tmp_path: Path)
         vm = lab.runtime.machines["linux-1"]
         hub = lab.runtime.hubs["linux-1"]
         with vm.events() as events:
-            await hub.sysrq(["c"])
+            await hub.command("sysrq", ["c"])
             await events.wait_for(lambda e: e.kind is EventKind.PANICKED, scaled(10))
         began = time.monotonic()
         await vm.stop(timeout=30)

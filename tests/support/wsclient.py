@@ -17,8 +17,9 @@ from tests.conftest import scaled
 class Client:
     """A websocket console client that keeps everything it received."""
 
-    def __init__(self, ws: ClientConnection) -> None:
+    def __init__(self, ws: ClientConnection, *, framed: bool = False) -> None:
         self.ws = ws
+        self.framed = framed
         self.data = bytearray()
         self.events: list[dict[str, Any]] = []
         self.cursor = 0
@@ -54,6 +55,8 @@ class Client:
     def _take(self, frame: str | bytes) -> None:
         if isinstance(frame, bytes):
             self.data += frame
+        elif not self.framed:  # raw mode: the console as text frames (what az prints)
+            self.data += frame.encode()
         else:
             self.events.append(json.loads(frame))
 
@@ -71,7 +74,7 @@ async def open_console(
     params = [p for p in (f"authorization={token}" if token else "", query) if p]
     full = url + ("?" + "&".join(params) if params else "")
     ws = await connect(full, subprotocols=[SUBPROTOCOL] if framed else None, **kw)  # type: ignore[list-item]
-    return Client(ws)
+    return Client(ws, framed=framed)
 
 
 async def login(client: Client) -> None:

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+from gateway.console.bootlog import BootLog, LogRead
 from gateway.console.frames import CloseCode
-from gateway.console.sessions import Closing, ConsoleSession, Event, Output, Role, SessionState
+from gateway.console.sessions import (
+    Closing,
+    ConsoleSession,
+    Event,
+    Notice,
+    Output,
+    Role,
+    SessionState,
+)
 
 
 def _session(limit: int = 100) -> ConsoleSession:
@@ -61,23 +71,56 @@ async def test_a_taken_over_session_still_gets_what_was_queued() -> None:
     assert await session.take() == []
 
 
-async def test_the_replay_given_at_attach_does_not_count_against_the_limit() -> None:
+async def test_the_replay_given_at_attach_does_not_count_against_the_limit(
+    tmp_path: Path,
+) -> None:
     """A client resuming from far back is not cut off again for the backlog it asked for."""
+    log = BootLog(tmp_path)
+    log.append(b"x" * 100)
     session = _session(limit=10)
-    session.preload(0, b"x" * 100)
+    session.replay(log.read, 0, 100)
     session.push_output(100, b"live")
     assert session.is_open
-    items = await session.take()
-    assert b"".join(i.data for i in items if isinstance(i, Output)) == b"x" * 100 + b"live"
+    data = b""
+    while len(data) < 104:
+        data += b"".join(i.data for i in await session.take() if isinstance(i, Output))
+    assert data == b"x" * 100 + b"live"
 
 
-async def test_a_long_replay_goes_out_in_bounded_frames_with_their_offsets() -> None:
-    """Replay frames are at most 64 KiB, so no client's frame-size limit is hit."""
+async def test_a_long_replay_is_read_a_page_at_a_time_with_its_offsets(tmp_path: Path) -> None:
+    """Replay frames are at most 64 KiB (no client's frame-size limit is hit), and each is
+    read from the boot log only when the client takes it."""
+    log = BootLog(tmp_path)
+    log.append(b"-" * 1000 + b"y" * (150 * 1024))
+    reads: list[tuple[int, int]] = []
+
+    def read(start: int, size: int) -> LogRead:
+        reads.append((start, size))
+        return log.read(start, size)
+
     session = _session()
-    session.preload(1000, b"y" * (150 * 1024))
-    items = await session.take()
-    assert [(i.offset, len(i.data)) for i in items if isinstance(i, Output)] == [
+    session.replay(read, 1000, 1000 + 150 * 1024)
+    pages = [await session.take() for _ in range(3)]
+    assert [(i.offset, len(i.data)) for p in pages for i in p if isinstance(i, Output)] == [
         (1000, 65536),
         (1000 + 65536, 65536),
         (1000 + 131072, 150 * 1024 - 131072),
+    ]
+    assert len(reads) == 3
+
+
+async def test_a_replay_overtaken_by_the_ring_says_which_bytes_are_gone(tmp_path: Path) -> None:
+    """Bytes that rotate out while a slow client replays are named, not silently skipped."""
+    log = BootLog(tmp_path, capacity=100 * 1024)
+    log.append(b"a" * (100 * 1024))
+    session = _session()
+    session.replay(log.read, 0, 100 * 1024)
+    first = await session.take()
+    assert [(i.offset, len(i.data)) for i in first if isinstance(i, Output)] == [(0, 65536)]
+    log.append(b"b" * (80 * 1024))  # the ring now starts at offset 80 KiB
+    second = await session.take()
+    assert isinstance(second[0], Notice)
+    assert "bytes 65536 to 81920 have rotated out" in second[0].text
+    assert [(i.offset, len(i.data)) for i in second if isinstance(i, Output)] == [
+        (81920, 100 * 1024 - 81920)
     ]

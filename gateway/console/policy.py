@@ -1,0 +1,172 @@
+"""One command policy for every door: may this person do this to this console, now?
+
+The websocket (raw and framed), adminCommand and every door to come call
+``CommandPolicy.run`` for SysRq, NMI, reset, restart and break, and nothing else decides.
+In order, as Azure checks them:
+
+1. the subscription's console is enabled (``CONSOLE_DISABLED``);
+2. the VM's serial port is enabled (``PORT_DISABLED``);
+3. the caller holds ``serialPorts/connect/action`` on the VM (``NO_PERMISSION``);
+4. the caller's session is the writer, not a watcher (``READ_ONLY``);
+5. the command fits the VM: SysRq is Linux only (``SYSRQ_LINUX_ONLY``), and the machine's
+   power state allows it (its own state error says what to do).
+
+Every outcome is audited: refusals as ``denied``, failures as ``failed``, the rest as
+``succeeded``. Refusals are ``CommandRefused`` with a ``Refusal`` each door maps to its own
+spelling (a close code, an HTTP status, a line of text); failures are ``CommandFailed``.
+
+Exceptions::
+
+    ConsoleError (gateway.console.hub)
+     +-- CommandRefused     not allowed: ``refusal`` says which rule, ``str()`` the text
+     +-- CommandFailed      allowed, tried, and the guest or its monitor failed
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from gateway.access import audit, rbac
+from gateway.access.errors import AccessError, AuthorizationError
+from gateway.console import texts
+from gateway.console.hub import COMMANDS, ConsoleError, ConsoleHub, SysRqNotSupported
+from gateway.console.sessions import Role
+from gateway.machines.base import MachineError, MachineStateError
+
+
+class Refusal(enum.Enum):
+    """Why a command was refused: ARM's error code and HTTP status for each rule."""
+
+    CONSOLE_DISABLED = ("SerialConsoleDisabled", 409)
+    PORT_DISABLED = ("SerialPortDisabled", 409)
+    FORBIDDEN = ("AuthorizationFailed", 403)
+    READ_ONLY = ("ReadOnlySession", 403)
+    NOT_SUPPORTED = ("SysRqNotSupported", 400)
+    UNKNOWN = ("InvalidCommand", 400)
+    WRONG_STATE = ("OperationNotAllowed", 409)
+
+    @property
+    def code(self) -> str:
+        return self.value[0]
+
+    @property
+    def status(self) -> int:
+        return self.value[1]
+
+
+class CommandRefused(ConsoleError):
+    """The policy refused the command; the message is the user's (Azure's where it has one)."""
+
+    def __init__(self, refusal: Refusal, message: str) -> None:
+        super().__init__(message)
+        self.refusal = refusal
+
+
+class CommandFailed(ConsoleError):
+    """The command was allowed and tried, and failed; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asks, from where, through which door, in which role on the console."""
+
+    user: str
+    roles: Sequence[rbac.RoleAssignment]
+    address: str
+    door: str
+    role: Role = Role.WRITER
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The console a command is for: the VM's ARM id (RBAC scope, audit target) and hub."""
+
+    id: str
+    name: str
+    hub: ConsoleHub
+
+
+class CommandPolicy:
+    """Checks, carries out and audits console commands for every door.
+
+    ``console_disabled()`` and ``port_enabled(vm_id)`` read the lab's switches at the
+    moment of the command (they may have changed since the console opened).
+    """
+
+    def __init__(
+        self,
+        audit_log: audit.AuditLog,
+        *,
+        console_disabled: Callable[[], bool],
+        port_enabled: Callable[[str], bool],
+    ) -> None:
+        self.audit_log = audit_log
+        self._console_disabled = console_disabled
+        self._port_enabled = port_enabled
+
+    def check(self, actor: Actor, target: Target, command: str) -> None:
+        """Raise CommandRefused (audited) unless ``actor`` may send ``command`` now."""
+        refusal = self._refusal(actor, target, command)
+        if refusal is not None:
+            kind, message = refusal
+            self.record(actor, target, command, audit.DENIED, message)
+            raise CommandRefused(kind, message)
+
+    def _refusal(self, actor: Actor, target: Target, command: str) -> tuple[Refusal, str] | None:
+        if command not in COMMANDS:
+            return Refusal.UNKNOWN, f"unknown command {command!r}; expected one of " + ", ".join(
+                COMMANDS
+            )
+        if self._console_disabled():
+            return Refusal.CONSOLE_DISABLED, texts.CONSOLE_DISABLED
+        if not self._port_enabled(target.id):
+            return Refusal.PORT_DISABLED, texts.PORT_DISABLED
+        try:
+            rbac.check(actor.user, actor.roles, rbac.CONNECT, target.id)
+        except AuthorizationError:
+            return Refusal.FORBIDDEN, texts.NO_PERMISSION
+        if actor.role is not Role.WRITER:
+            return Refusal.READ_ONLY, texts.READ_ONLY
+        if command == "sysrq" and target.hub.machine.os_type != "linux":
+            return Refusal.NOT_SUPPORTED, texts.SYSRQ_LINUX_ONLY
+        return None
+
+    async def run(
+        self, actor: Actor, target: Target, command: str, keys: Iterable[str] = ()
+    ) -> str:
+        """Check, then do ``command`` on the target's console; the success text (az's).
+
+        Raises CommandRefused (a rule said no) or CommandFailed (the guest, its port or its
+        monitor failed, or the power state does not allow it now).
+        """
+        keys = list(keys)
+        self.check(actor, target, command)
+        try:
+            message = await target.hub.command(command, keys)
+        except SysRqNotSupported as err:
+            self.record(actor, target, command, audit.DENIED, str(err))
+            raise CommandRefused(Refusal.NOT_SUPPORTED, str(err)) from None
+        except MachineStateError as err:
+            self.record(actor, target, command, audit.DENIED, str(err))
+            raise CommandRefused(Refusal.WRONG_STATE, str(err)) from None
+        except (ConsoleError, MachineError) as err:
+            self.record(actor, target, command, audit.FAILED, str(err))
+            raise CommandFailed(str(err)) from None
+        self.record(actor, target, command, audit.SUCCEEDED, "".join(keys))
+        return message
+
+    def record(self, actor: Actor, target: Target, command: str, outcome: str, detail: str) -> None:
+        """One audit row for ``command``; a failing audit log never breaks the console."""
+        try:
+            self.audit_log.record(
+                f"console.{command}",
+                user=actor.user,
+                address=actor.address,
+                target=target.id,
+                outcome=outcome,
+                detail=f"{actor.door}: {detail}" if detail else actor.door,
+            )
+        except AccessError:
+            target.hub.log.error("audit record lost (console.%s %s)", command, outcome)
