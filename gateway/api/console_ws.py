@@ -262,6 +262,7 @@ async def _write_loop(door: _Door, greeting: list[Frame]) -> None:
         if session is not door.session:
             continue  # swapped for a resumed session
         assert session.closing is not None
+        door.ctx.sessions.release(session.id)  # before the close: its admin URL ends with it
         await door.finish(door.core.closing(session.closing))
         return
 

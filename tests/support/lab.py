@@ -1,13 +1,19 @@
 """A real lab for tests: the gateway on 127.0.0.1 (a free port), emulated guests, real users.
 
 ``running_lab(tmp_path)`` starts ``LabRuntime`` with a small lab file (override any part
-with ``vms=``/``extra=``) and yields a ``LabHandle``: the runtime, and helpers that speak
-the lab's public REST API as a client would (token, connect).
+with ``vms=``/``gateway=``/``extra=``) and yields a ``LabHandle``: the runtime, and helpers
+that speak the lab's public REST API as a client would (token, connect).
+
+``running_lab(tmp_path, tls=True)`` serves HTTPS and WSS with the lab's own CA: the
+handle's ``url`` is ``https://127.0.0.1:<port>``, ``ca_path`` the CA certificate to trust
+(``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE`` for other clients), and its ``http`` client
+verifies against it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +23,7 @@ import httpx
 
 from gateway.lab.config import parse_lab
 from gateway.lab.runtime import LabRuntime
+from gateway.lab.tls import ensure_lab_certificate
 
 SUBSCRIPTION = "5e71a1c0-0000-4000-8000-0000000000aa"
 EMULATED_VMS = """
@@ -83,7 +90,13 @@ class LabHandle:
 
     @property
     def url(self) -> str:
+        """``http://127.0.0.1:<port>``, or ``https://...`` for a TLS lab."""
         return self.runtime.url
+
+    @property
+    def ca_path(self) -> Path | None:
+        """The lab CA's certificate (``<state>/tls/ca.pem``) of a ``tls=True`` lab."""
+        return self.runtime.ca_path
 
     async def token(self, user: str, password: str | None = None) -> str:
         reply = await self.http.post(
@@ -102,7 +115,7 @@ class LabHandle:
     async def connect(self, token: str, vm: str) -> httpx.Response:
         """``POST .../serialPorts/0/connect`` as ``az serial-console connect`` does."""
         return await self.http.post(
-            self.vm_path(vm) + "/providers/Microsoft.SerialConsole/serialPorts/0/connect",
+            self.vm_path(vm) + "/providers/Microsoft.SerialConsole/serialPorts/0/connect?api-version=2018-05-01",
             headers={"Authorization": f"Bearer {token}"},
         )
 
@@ -114,13 +127,35 @@ class LabHandle:
         return str(reply.json()["connectionString"]), token
 
 
+def trusting(ca_path: Path | None) -> ssl.SSLContext:
+    """A verifying client context that trusts ``ca_path`` (and the system's CAs)."""
+    context = ssl.create_default_context()
+    if ca_path is not None:
+        context.load_verify_locations(cafile=ca_path)
+    return context
+
+
 @contextlib.asynccontextmanager
-async def running_lab(tmp_path: Path, **parts: Any) -> AsyncIterator[LabHandle]:
-    """The lab of ``lab_toml(**parts)``, running, with an HTTP client pointed at it."""
+async def running_lab(
+    tmp_path: Path, *, tls: bool = False, **parts: Any
+) -> AsyncIterator[LabHandle]:
+    """The lab of ``lab_toml(**parts)``, running, with an HTTP client pointed at it; with
+    ``tls``, served by the lab's own CA (see the module docstring)."""
     text = lab_toml(tmp_path / "state", **parts)
     config = parse_lab(text, source=str(tmp_path / "lab.toml"), base=tmp_path)
-    async with (
-        LabRuntime(config) as runtime,
-        httpx.AsyncClient(base_url=runtime.url, timeout=30) as http,
-    ):
-        yield LabHandle(runtime, http)
+    if tls:
+        config = config.with_overrides(tls=True)
+    async with LabRuntime(config) as runtime:
+        verify = trusting(runtime.ca_path) if runtime.url.startswith("https:") else True
+        async with httpx.AsyncClient(base_url=runtime.url, timeout=30, verify=verify) as http:
+            yield LabHandle(runtime, http)
+
+
+def user_certificate(
+    folder: Path, hosts: tuple[str, ...] = ("127.0.0.1",)
+) -> tuple[Path, Path, Path]:
+    """A certificate a user would bring (from a CA of their own, not the lab's), for
+    ``hosts``: (certificate, key, that CA's certificate)."""
+    files = ensure_lab_certificate(folder, hosts)
+    assert files.ca is not None
+    return files.cert, files.key, files.ca
