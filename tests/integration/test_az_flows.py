@@ -153,9 +153,11 @@ async def test_framed_commands_obey_the_console_switch(lab: LabHandle) -> None:
     client = await open_console(url, token, framed=True, ssl=trusting(lab.ca_path))
     await client.event("connected")
     carol = await lab.token("carol")
-    sub = lab.vm_path("x").split("/resourceGroups")[0]
+    service = lab.vm_path("x").split("/resourceGroups")[0] + (
+        "/providers/Microsoft.SerialConsole/consoleServices/default"
+    )
     reply = await lab.http.post(
-        sub + "/providers/Microsoft.SerialConsole/consoleServices/default/disableConsole?api-version=2024-07-01",
+        service + "/disableConsole?api-version=2024-07-01",
         headers={"Authorization": f"Bearer {carol}"},
     )
     assert reply.status_code == 200, reply.text
