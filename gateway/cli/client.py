@@ -4,11 +4,14 @@
 is one route; every error answer becomes a ``GatewayError`` whose message is the one line
 the user reads: ARM's ``{"error": {"code", "message"}}`` message, or OAuth's
 ``error_description``. A refused token (401) becomes ``NotLoggedIn``; a gateway that does
-not answer becomes ``GatewayUnreachable`` naming the URL and what to do.
+not answer becomes ``GatewayUnreachable`` naming the URL and what to do. HTTPS is always
+verified: against the system's CAs plus the lab CA given as ``ca_pem`` (``ssl``, which the
+console websocket uses too).
 """
 
 from __future__ import annotations
 
+import ssl
 import uuid
 from types import TracebackType
 from typing import Any
@@ -17,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from gateway.cli.errors import GatewayError, GatewayUnreachable, NotLoggedIn
+from gateway.cli.trust import ssl_context, untrusted_hint
 
 API_VERSION = "2024-07-01"
 DEFAULT_TIMEOUT = 30.0
@@ -46,6 +50,16 @@ def admin_command_url(connection_string: str, command: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
+def _untrusted(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) is a failed certificate verification."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(err)
+
+
 def error_message(response: httpx.Response) -> tuple[str, str]:
     """The (code, message) of an error answer, from its ARM or OAuth body when it has one."""
     try:
@@ -67,7 +81,8 @@ class GatewayClient:
     """The gateway at ``url``, as ``token``'s user, in subscription ``subscription_id``.
 
     Use ``async with``. ``token`` and ``subscription_id`` may be empty for ``login`` and
-    ``subscriptions``; other methods need them. ``transport`` replaces the network in tests.
+    ``subscriptions``; other methods need them. ``ca_pem`` is the lab CA to trust besides
+    the system's. ``transport`` replaces the network in tests.
     """
 
     def __init__(
@@ -76,18 +91,24 @@ class GatewayClient:
         token: str = "",
         subscription_id: str = "",
         *,
+        ca_pem: str = "",
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.subscription_id = subscription_id
+        self.ssl: ssl.SSLContext = ssl_context(ca_pem)
         headers = {"Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:
             self._http = httpx.AsyncClient(
-                base_url=self.url, headers=headers, timeout=timeout, transport=transport
+                base_url=self.url,
+                headers=headers,
+                timeout=timeout,
+                transport=transport,
+                verify=self.ssl,
             )
         except httpx.InvalidURL as err:
             raise GatewayError(
@@ -121,6 +142,8 @@ class GatewayClient:
                 "check that it is running (serial-console lab run) and try again"
             ) from err
         except httpx.HTTPError as err:
+            if _untrusted(err):
+                raise GatewayUnreachable(untrusted_hint(self.url)) from err
             raise GatewayUnreachable(
                 f"Cannot reach the lab at {self.url} ({err or type(err).__name__}): start it "
                 "with serial-console lab run, or point --url / SERIAL_CONSOLE_URL at it"

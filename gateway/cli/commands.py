@@ -23,12 +23,14 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from gateway.cli.client import POWER_ACTIONS, GatewayClient
 from gateway.cli.connect import Target, run_connect
 from gateway.cli.credentials import Credentials, CredentialStore, normalize_url
 from gateway.cli.errors import CliError, GatewayError
+from gateway.cli.trust import lab_ca_for_login
 
 DEFAULT_URL = "http://127.0.0.1:8400"  # the default lab's port
 URL_ENV = "SERIAL_CONSOLE_URL"
@@ -94,6 +96,13 @@ def register(subparsers: Any) -> None:
                  "$XDG_CONFIG_HOME/serial-console/credentials.json.")  # fmt: skip
     login.add_argument("-u", "--username", required=True, help="the lab user")
     login.add_argument("-p", "--password", help="the password (asked for when not given)")
+    login.add_argument(
+        "--ca-file",
+        type=Path,
+        help="the lab's CA certificate (a lab run with --tls prints it: <state-dir>/tls/ca.pem); "
+        "kept with the token and trusted by every later command. Default for a lab on this "
+        "machine: .lab/tls/ca.pem here, if present",
+    )
     _url_option(login)
 
     logout = _add(subparsers, "logout", cmd_logout, "forget the token of a lab")
@@ -190,7 +199,8 @@ def resolve_url(args: argparse.Namespace, store: CredentialStore, *, login: bool
 def _session(args: argparse.Namespace) -> tuple[GatewayClient, Credentials]:
     store = CredentialStore()
     creds = store.load(resolve_url(args, store))
-    return GatewayClient(creds.url, creds.token, creds.subscription_id), creds
+    client = GatewayClient(creds.url, creds.token, creds.subscription_id, ca_pem=creds.ca_pem)
+    return client, creds
 
 
 def _target(args: argparse.Namespace) -> Target:
@@ -211,9 +221,10 @@ async def cmd_login(args: argparse.Namespace) -> int:
     password = args.password
     if password is None:
         password = await asyncio.to_thread(getpass.getpass, f"Password for {args.username}: ")
-    async with GatewayClient(url) as anonymous:
+    ca_pem = lab_ca_for_login(url, args.ca_file)
+    async with GatewayClient(url, ca_pem=ca_pem) as anonymous:
         token, expires_in = await anonymous.login(args.username, password)
-    async with GatewayClient(url, token) as client:
+    async with GatewayClient(url, token, ca_pem=ca_pem) as client:
         subscriptions = await client.subscriptions()
     if not subscriptions:
         raise CliError(
@@ -222,7 +233,9 @@ async def cmd_login(args: argparse.Namespace) -> int:
     subscription = subscriptions[0]
     expires_at = time.time() + expires_in
     store.save(
-        Credentials(url, args.username, token, expires_at, str(subscription["subscriptionId"]))
+        Credentials(
+            url, args.username, token, expires_at, str(subscription["subscriptionId"]), ca_pem
+        )
     )
     until = time.strftime("%Y-%m-%d %H:%M", time.localtime(expires_at))
     name = subscription.get("displayName") or subscription["subscriptionId"]

@@ -6,11 +6,12 @@ console disabled...) ends the command there with the gateway's text and exit sta
 ``az serial-console connect`` does. Then put the terminal in raw mode and repeat:
 ``connect`` (a new one-time session URL, the first one already in hand) -> open the
 websocket with the framed subprotocol ``serial-console.v1`` and ``?authorization=<token>``
-(``&watch=1`` for a read-only watcher) -> show the banner and the guest's bytes, send the
-keys -> on close, say why and wait for Enter (reconnect) or q (quit). Ctrl+] opens az's
-menu (``gateway.cli.escape``); its NMI, reset and SysRq go as framed commands and their
-results are shown when they come back. A session closed because the client fell behind
-reconnects by itself from the byte it had reached, so nothing is lost.
+(``&watch=1`` for a read-only watcher; ``wss://`` verified as the REST calls are) -> show
+the banner and the guest's bytes, send the keys -> on close, say why and wait for Enter
+(reconnect) or q (quit). Ctrl+] opens az's menu (``gateway.cli.escape``); its NMI, reset
+and SysRq go as framed commands and their results are shown when they come back. A
+session closed because the client fell behind reconnects by itself from the byte it had
+reached, so nothing is lost.
 
 Keys are read with ``loop.add_reader`` on stdin into a bounded queue (no threads, no
 polling); a full queue stops reading stdin until it drains. The terminal is restored
@@ -26,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ from gateway.cli.escape import (
     Show,
 )
 from gateway.cli.terminal import RawTerminal
+from gateway.cli.trust import untrusted_hint
 
 SUBPROTOCOL = Subprotocol("serial-console.v1")
 CLOSE_TAKEN_OVER = 4001
@@ -241,7 +244,11 @@ class ConsoleRun:
                 open_timeout=OPEN_TIMEOUT,
                 max_size=1 << 22,
                 compression=None,
+                ssl=self.client.ssl if url.startswith("wss:") else None,
             )
+        except ssl.SSLCertVerificationError:
+            outcome.error = untrusted_hint(self.client.url)
+            return outcome
         except (OSError, TimeoutError, websockets.InvalidHandshake) as err:
             outcome.error = f"The console websocket could not be opened: {err}"
             return outcome

@@ -2,7 +2,8 @@
 
 The file is ``$XDG_CONFIG_HOME/serial-console/credentials.json`` (``~/.config`` when the
 variable is unset or not absolute, as the XDG spec says). It holds one entry per lab URL
-(the token, its expiry, the user and the subscription) and the URL of the last login,
+(the token, its expiry, the user, the subscription and, for a lab with its own CA, that
+CA's certificate) and the URL of the last login,
 which commands use when neither ``--url`` nor ``SERIAL_CONSOLE_URL`` names one.
 
 The folder is made 0700 and the file written 0600, through a temporary file in the same
@@ -35,13 +36,15 @@ EXPIRY_MARGIN = 30.0
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """A token for one lab: ``expires_at`` is Unix time."""
+    """A token for one lab: ``expires_at`` is Unix time; ``ca_pem`` the lab CA the CLI
+    verifies an HTTPS lab against, besides the system's (empty: the system's alone)."""
 
     url: str
     username: str
     token: str
     expires_at: float
     subscription_id: str
+    ca_pem: str = ""
 
 
 def default_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -110,6 +113,7 @@ class CredentialStore:
                 token=str(entry["token"]),
                 expires_at=float(entry["expires_at"]),
                 subscription_id=str(entry["subscription_id"]),
+                ca_pem=str(entry.get("ca_pem") or ""),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise CredentialsError(

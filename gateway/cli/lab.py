@@ -37,6 +37,12 @@ def register(subparsers: Any) -> None:
     run.add_argument("--port", type=int, help="port to listen on; 0 picks a free one")
     run.add_argument("--state-dir", type=Path, help="state folder (default .lab/)")
     run.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve https and wss with a certificate from the lab's own CA, made on first use "
+        "in <state-dir>/tls/ (the lab file's tls_cert and tls_key win when given)",
+    )
+    run.add_argument(
         "--emulated",
         action="store_true",
         help="run every VM as an emulated guest (no QEMU needed); without it, a lab with QEMU "
@@ -48,7 +54,9 @@ def register(subparsers: Any) -> None:
 def run_command(args: argparse.Namespace) -> int:
     try:
         config = load_lab(args.lab) if args.lab else load_default_lab()
-        config = config.with_overrides(host=args.host, port=args.port, state_dir=args.state_dir)
+        config = config.with_overrides(
+            host=args.host, port=args.port, state_dir=args.state_dir, tls=args.tls
+        )
     except LabConfigError as err:
         print(f"serial-console: {err}", file=sys.stderr)
         return 2
@@ -168,6 +176,10 @@ def banner(lab: Any) -> str:
     lines = ["", f"Serial Console Lab is up at {url}"]
     if not config.gateway.loopback:
         lines.append(f"  listening on {config.gateway.host}:{lab.port}")
+    ca = lab.ca_path
+    if ca is not None:
+        lines.append(f"  TLS by the lab's CA {ca}; to trust it in other programs:")
+        lines.append(f"    export REQUESTS_CA_BUNDLE={ca} SSL_CERT_FILE={ca}")
     lines.append(f"  subscription  {config.subscription.id} ({config.subscription.name})")
     lines.append("")
     lines.append(f"  {'VM':<16} {'group':<10} {'os':<8} {'backend':<9} state")
@@ -197,10 +209,12 @@ def banner(lab: Any) -> str:
     target = _first_linux_vm(config)
     if user is not None and target is not None:
         group, vm = target
+        trust = f" --ca-file {ca}" if ca is not None else ""
         lines += [
             "",
             "In another terminal (the CLI is .venv/bin/serial-console):",
-            f"  serial-console login --url {url} --username {user.name} --password {user.password}",
+            f"  serial-console login --url {url}{trust} --username {user.name} "
+            f"--password {user.password}",
             f"  serial-console connect -g {group} -n {vm}      # Ctrl+] for NMI, SysRq, reset",
             f"  serial-console send sysrq -g {group} -n {vm} --input h",
         ]

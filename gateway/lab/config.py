@@ -28,6 +28,7 @@ from typing import Any
 from gateway.access import rbac
 from gateway.access.rbac import RoleAssignment
 from gateway.access.users import User
+from gateway.lab.tls import CertificateError, check_certificate_pair
 
 NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?")
 OS_TYPES = ("linux", "windows")
@@ -115,8 +116,9 @@ class ScaleSetConfig:
 class GatewaySettings:
     host: str = "127.0.0.1"
     port: int = 8400
-    tls_cert: Path | None = None
+    tls_cert: Path | None = None  # the user's certificate and key: they win over lab_ca
     tls_key: Path | None = None
+    lab_ca: bool = False  # ``tls = true``: serve with a certificate from the lab's own CA
     idle_timeout: float = 0.0  # 0: off (Azure documents none)
     replay_bytes: int = 65536
     bootlog_bytes: int = 1 << 20
@@ -125,7 +127,8 @@ class GatewaySettings:
 
     @property
     def tls(self) -> bool:
-        return self.tls_cert is not None
+        """Whether the gateway serves HTTPS and WSS (the user's certificate or the lab's)."""
+        return self.tls_cert is not None or self.lab_ca
 
     @property
     def loopback(self) -> bool:
@@ -160,10 +163,19 @@ class LabConfig:
                 yield instance.machine
 
     def with_overrides(
-        self, *, host: str | None = None, port: int | None = None, state_dir: Path | None = None
+        self,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        state_dir: Path | None = None,
+        tls: bool = False,
     ) -> LabConfig:
-        """This lab with the command line's ``--host``, ``--port``, ``--state-dir`` applied."""
+        """This lab with the command line's ``--host``, ``--port``, ``--state-dir`` and
+        ``--tls`` applied (``--tls`` turns the lab CA on; a certificate of the lab file's
+        still wins)."""
         settings = self.gateway
+        if tls:
+            settings = dataclasses.replace(settings, lab_ca=True)
         if host is not None:
             settings = dataclasses.replace(settings, host=host)
         if port is not None:
@@ -184,7 +196,7 @@ class LabConfig:
             if user.has_default_password
         ]
         if not self.gateway.tls:
-            problems.append("TLS is off (set gateway.tls_cert and gateway.tls_key)")
+            problems.append("TLS is off (run with --tls, or set tls = true in [gateway])")
         return problems
 
 
@@ -377,6 +389,7 @@ class _Parser:
             port=t.int("port", 8400, 0, 65535),
             tls_cert=self.path(t, "tls_cert"),
             tls_key=self.path(t, "tls_key"),
+            lab_ca=t.bool("tls", False),
             idle_timeout=t.number("idle_timeout", 0.0, 0.0, 7 * 86400.0),
             replay_bytes=t.int("replay_bytes", 65536, 0, 64 << 20),
             bootlog_bytes=t.int("bootlog_bytes", 1 << 20, 4096, 1 << 30),
@@ -385,8 +398,22 @@ class _Parser:
         )
         if (settings.tls_cert is None) != (settings.tls_key is None):
             raise t.fail("tls_key", "tls_cert and tls_key given together (or neither)")
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            self.certificate(t, settings.tls_cert, settings.tls_key)
         t.done()
         return settings
+
+    def certificate(self, t: _Table, cert: Path, key: Path) -> None:
+        """The user's certificate and key: existing files, PEM, a pair."""
+        for name, path in (("tls_cert", cert), ("tls_key", key)):
+            if not path.is_file():
+                raise t.fail(
+                    name, "an existing PEM file (paths are relative to the lab file)", str(path)
+                )
+        try:
+            check_certificate_pair(cert, key)
+        except CertificateError as err:
+            raise LabConfigError(f"{self.source}: {t.key(err.key)}: {err}") from err
 
     def origins(self, t: _Table) -> tuple[str, ...]:
         expected = 'an array of origins such as "https://portal.example:8443"'

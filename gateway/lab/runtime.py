@@ -8,7 +8,8 @@ Use::
         await lab.wait_for_stop()        # until lab.request_stop() or the server dies
 
 Entering: refuses to listen beyond loopback while a user keeps a default password or TLS is
-off; opens the state folder (``lab.db``, ``bootdiag/<vm>/``, ``run/<vm>/``); makes one
+off; opens the state folder (``lab.db``, ``bootdiag/<vm>/``, ``run/<vm>/``, and ``tls/``
+with the lab CA when ``tls`` is on and the lab file names no certificate); makes one
 ``BootLog`` + ``ConsoleHub`` per machine and installs the hub before the machine starts,
 so the boot is logged from its first byte; serves the app on one port (uvicorn, websockets);
 starts every machine in parallel, reporting progress. A machine that fails to start is
@@ -58,6 +59,7 @@ from gateway.api.resources import ConsoleState, Inventory, ScaleSetResource, VmR
 from gateway.console.bootlog import BootLog, BootLogError
 from gateway.console.hub import ConsoleHub
 from gateway.lab.config import LabConfig, MachineSpec
+from gateway.lab.tls import TlsError, TlsFiles, ensure_lab_certificate, server_hosts
 from gateway.machines.base import Machine, MachineError, PowerState
 
 log = logging.getLogger("serial_console_lab.lab")
@@ -144,6 +146,7 @@ class LabRuntime:
         self.start_failures: dict[str, str] = {}
         self.context: ApiContext | None = None
         self.port = 0
+        self.tls: TlsFiles | None = None  # set on entering when the lab serves TLS
         self.server_error: BaseException | None = None
         self._stack = AsyncExitStack()
         self._stop = asyncio.Event()
@@ -164,6 +167,12 @@ class LabRuntime:
             host = f"[{host}]"
         scheme = "https" if self.config.gateway.tls else "http"
         return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def ca_path(self) -> Path | None:
+        """The lab CA's certificate (``<state-dir>/tls/ca.pem``) clients trust, when the lab
+        serves with its own CA; None over HTTP or with the user's certificate."""
+        return self.tls.ca if self.tls is not None else None
 
     def request_stop(self) -> None:
         """Ask ``wait_for_stop`` to return (what Ctrl+C and SIGTERM do)."""
@@ -232,6 +241,7 @@ class LabRuntime:
         except (OSError, StoreError) as err:
             raise LabRuntimeError(f"cannot use the state folder {self.state_dir}: {err}") from err
         self._stack.callback(db.close)
+        self.tls = self._tls_files()
         # Registered before anything is built: it deallocates, then closes hubs and logs.
         self._stack.push_async_callback(self._release_machines)
         inventory = self._build(db)
@@ -340,8 +350,23 @@ class LabRuntime:
                 )
         return inventory
 
+    def _tls_files(self) -> TlsFiles | None:
+        """What the server speaks TLS with: the lab file's certificate when it names one
+        (the user's wins), else with ``tls`` the lab CA's in ``<state-dir>/tls/``."""
+        settings = self.config.gateway
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            return TlsFiles(settings.tls_cert, settings.tls_key)
+        if not settings.lab_ca:
+            return None
+        hosts = server_hosts(settings.host, (socket.gethostname(),))
+        try:
+            return ensure_lab_certificate(self.state_dir / "tls", hosts)
+        except TlsError as err:
+            raise LabRuntimeError(str(err)) from err
+
     def _prepare_server(self) -> ReadyServer:
         settings = self.config.gateway
+        tls = self.tls
         assert self.context is not None
         config = uvicorn.Config(
             create_app(self.context),
@@ -352,13 +377,21 @@ class LabRuntime:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=self.server_timeout,
-            ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-            ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+            ssl_certfile=str(tls.cert) if tls else None,
+            ssl_keyfile=str(tls.key) if tls else None,
         )
         try:
             config.load()
         except (OSError, ValueError) as err:
-            raise LabRuntimeError(f"cannot load the TLS certificate or key: {err}") from err
+            assert tls is not None  # nothing else in load() reads a file
+            where = (
+                f" (gateway.tls_cert and gateway.tls_key of {self.config.source})"
+                if settings.tls_cert
+                else ""
+            )
+            raise LabRuntimeError(
+                f"cannot load the TLS certificate {tls.cert} with the key {tls.key}{where}: {err}"
+            ) from err
         return ReadyServer(config)
 
     async def _serve(

@@ -220,3 +220,62 @@ async def test_terminal_is_restored_on_sigterm(cli: Cli) -> None:
         os.close(master)
     child.close()
     assert child.exitstatus == 128 + signal.SIGTERM
+
+
+# -- a lab served over TLS ------------------------------------------------------------------
+
+
+async def test_login_with_the_lab_ca_then_rest_and_wss_are_verified(tmp_path: Path) -> None:
+    """Against a TLS lab: login without its CA is refused with what to do; login with
+    --ca-file keeps the CA, and later commands (REST, and the console over wss://) trust it
+    without being told again."""
+    async with running_lab(tmp_path, tls=True) as lab:
+        assert lab.ca_path is not None
+        cli = Cli.at(lab.url, tmp_path / "config")
+        result = await cli.run("login", "--username", "alice", "--password", "alice")
+        assert result.code == 1
+        assert result.err.strip() == (
+            f"serial-console: error: The lab at {lab.url} presents a certificate this CLI does "
+            "not trust: log in again with --ca-file and the lab's CA (serial-console lab run "
+            "--tls prints its path, <state-dir>/tls/ca.pem)"
+        )
+        result = await cli.run(
+            "login", "--username", "alice", "--password", "alice", "--ca-file", str(lab.ca_path)
+        )
+        assert result.code == 0, result.err
+        result = await cli.run("vm", "list", "-g", "lab-rg")
+        assert result.code == 0, result.err
+        assert "linux-1" in result.text
+        child = cli.spawn(*CONNECT_LINUX)
+        await expect(child, "Connected to the serial port of the VM.")
+        child.send("\r")
+        await expect(child, "login: ")
+        child.send("\x1dq")
+        assert await finished(child) == 0
+
+
+async def test_login_on_this_machine_finds_the_default_state_folders_ca(tmp_path: Path) -> None:
+    """Run where the lab runs (its state folder is .lab/ here), login needs no --ca-file."""
+    async with running_lab(tmp_path, tls=True) as lab:
+        here = tmp_path / "checkout"
+        here.mkdir()
+        (here / ".lab").symlink_to(tmp_path / "state")
+        cli = Cli.at(lab.url, tmp_path / "config")
+        cli.cwd = here
+        await cli.login("carol")
+        result = await cli.run("vm", "list")
+        assert result.code == 0, result.err
+        assert "linux-1" in result.text
+
+
+async def test_login_names_a_ca_file_that_is_not_a_certificate(cli: Cli, tmp_path: Path) -> None:
+    """--ca-file pointing at something else is refused, naming the file."""
+    (tmp_path / "ca.pem").write_text("hello\n")
+    result = await cli.run("login", "-u", "alice", "-p", "alice", "--ca-file", str(tmp_path / "x"))
+    assert result.code == 1
+    assert f"--ca-file: cannot read {tmp_path / 'x'}: No such file or directory" in result.err
+    result = await cli.run(
+        "login", "-u", "alice", "-p", "alice", "--ca-file", str(tmp_path / "ca.pem")
+    )
+    assert result.code == 1
+    assert f"--ca-file: {tmp_path / 'ca.pem'} is not a PEM certificate" in result.err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import stat
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tests.integration.conftest import (
     lab_config,
     running_lab,
 )
+from tests.support import lab as support_lab
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,13 +86,17 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
     """Tokens, the console's disabled state and boot-log offsets outlive a gateway restart."""
     async with running_lab(EMULATED_LAB, tmp_path, default_machine_factory) as lab:
         headers = await lab.as_user("carol")
-        await lab.client.post(f"{SC}/consoleServices/default/disableConsole", headers=headers)
+        await lab.client.post(
+            f"{SC}/consoleServices/default/disableConsole?api-version=2024-07-01", headers=headers
+        )
         bootlog = lab.runtime.bootlogs["linux-e"]
         await eventually(lambda: b"login:" in bootlog.read(0).contents, scaled(10), "login:")
         first_boot = bootlog.read(0).contents
     end_before = bootlog.end
     async with running_lab(EMULATED_LAB, tmp_path, default_machine_factory) as lab:
-        response = await lab.client.get(f"{SC}/consoleServices/default", headers=headers)
+        response = await lab.client.get(
+            f"{SC}/consoleServices/default?api-version=2024-07-01", headers=headers
+        )
         assert response.status_code == 200
         assert response.json()["properties"]["disabled"] is True
         again = lab.runtime.bootlogs["linux-e"]
@@ -209,3 +215,107 @@ async def test_lab_run_reports_lab_file_mistakes(tmp_path: Path) -> None:
         _, err = await proc.communicate()
     assert proc.returncode == 2
     assert f"{lab_file}: vms[1].os: expected one of linux, windows, got 'bsd'" in err.decode()
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+
+async def test_a_tls_lab_is_trusted_with_its_ca_and_refused_without(tmp_path: Path) -> None:
+    """--tls: https on the same port with a certificate from the lab's CA, made in
+    <state>/tls/ (CA public, keys owner-only); a client trusting the CA is answered, one
+    that does not is refused; console URLs are wss:// and boot-log URLs https://."""
+    async with support_lab.running_lab(tmp_path, tls=True) as lab:
+        assert lab.url.startswith("https://127.0.0.1:")
+        tls_dir = tmp_path / "state" / "tls"
+        assert lab.ca_path == tls_dir / "ca.pem"
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tls_dir.iterdir()}
+        assert modes == {
+            "ca.pem": 0o644, "ca-key.pem": 0o600, "server.pem": 0o644, "server-key.pem": 0o600
+        }  # fmt: skip
+        url, _ = await lab.session_url("alice")
+        assert url.startswith(f"wss://127.0.0.1:{lab.runtime.port}/")
+        token = await lab.token("alice")
+        reply = await lab.http.post(
+            lab.vm_path("linux-1") + "/retrieveBootDiagnosticsData",
+            params={"api-version": "2024-07-01"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert reply.json()["serialConsoleLogBlobUri"].startswith("https://127.0.0.1:")
+        async with httpx.AsyncClient(verify=support_lab.trusting(lab.ca_path)) as trusted:
+            assert (await trusted.get(f"{lab.url}/openapi.json")).status_code == 200
+        async with httpx.AsyncClient() as stranger:
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await stranger.get(f"{lab.url}/openapi.json")
+        # localhost is in the certificate too.
+        async with httpx.AsyncClient(verify=support_lab.trusting(lab.ca_path)) as trusted:
+            local = lab.url.replace("127.0.0.1", "localhost")
+            assert (await trusted.get(f"{local}/openapi.json")).status_code == 200
+
+
+async def test_the_lab_ca_is_kept_across_restarts(tmp_path: Path) -> None:
+    """A restarted lab serves the same CA and certificate: clients keep trusting it."""
+    async with support_lab.running_lab(tmp_path, tls=True) as lab:
+        first = {p.name: p.read_bytes() for p in (tmp_path / "state" / "tls").iterdir()}
+    async with support_lab.running_lab(tmp_path, tls=True) as lab:
+        again = {p.name: p.read_bytes() for p in (tmp_path / "state" / "tls").iterdir()}
+        assert lab.ca_path is not None
+        async with httpx.AsyncClient(verify=support_lab.trusting(lab.ca_path)) as client:
+            assert (await client.get(f"{lab.url}/openapi.json")).status_code == 200
+    assert again == first
+
+
+async def test_a_certificate_the_user_brings_wins(tmp_path: Path) -> None:
+    """tls_cert and tls_key in the lab file are served even with --tls; no lab CA is made."""
+    cert, key, their_ca = support_lab.user_certificate(tmp_path / "mine")
+    gateway = f'tls_cert = "{cert}"\ntls_key = "{key}"'
+    async with support_lab.running_lab(tmp_path, tls=True, gateway=gateway) as lab:
+        assert lab.url.startswith("https://")
+        assert lab.ca_path is None
+        assert not (tmp_path / "state" / "tls").exists()
+        async with httpx.AsyncClient(verify=support_lab.trusting(their_ca)) as client:
+            assert (await client.get(f"{lab.url}/openapi.json")).status_code == 200
+
+
+async def test_lab_run_tls_prints_the_https_url_and_how_to_trust_it(tmp_path: Path) -> None:
+    """`lab run --tls` prints its https URL, the CA's path and the export line to trust it."""
+    lab_file = tmp_path / "lab.toml"
+    lab_file.write_text(EMULATED_LAB)
+    proc = await _cli("lab", "run", "--lab", str(lab_file), "--tls", cwd=tmp_path)
+    assert proc.stdout is not None
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(scaled(30)):
+            while "Press Ctrl+C" not in (line := (await proc.stdout.readline()).decode()):
+                assert line, "lab run ended early:\n" + "".join(seen)
+                seen.append(line)
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(scaled(30)):
+            await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = "".join(seen)
+    ca = tmp_path / ".lab" / "tls" / "ca.pem"
+    assert "Serial Console Lab is up at https://127.0.0.1:" in text
+    assert f"export REQUESTS_CA_BUNDLE={ca} SSL_CERT_FILE={ca}" in text
+    assert f"--ca-file {ca} --username carol" in text
+    assert proc.returncode == 0
+
+
+async def test_lab_run_names_an_unreadable_certificate_and_its_key(tmp_path: Path) -> None:
+    """A tls_cert that is not a certificate exits 2 naming the lab file, the key, the file."""
+    (tmp_path / "cert.pem").write_text("not a certificate\n")
+    (tmp_path / "key.pem").write_text("not a key\n")
+    lab_file = tmp_path / "lab.toml"
+    lab_file.write_text(
+        EMULATED_LAB.replace("port = 0", 'port = 0\ntls_cert = "cert.pem"\ntls_key = "key.pem"')
+    )
+    proc = await _cli("lab", "run", "--lab", str(lab_file), cwd=tmp_path)
+    async with asyncio.timeout(scaled(30)):
+        _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert err.decode().strip() == (
+        f"serial-console: {lab_file}: gateway.tls_cert: {tmp_path / 'cert.pem'} is not a PEM "
+        "certificate (BEGIN CERTIFICATE)"
+    )

@@ -36,10 +36,12 @@ class Result:
 
 @dataclass
 class Cli:
-    """Runs ``serial-console`` with ``env`` (its own config folder ``config``)."""
+    """Runs ``serial-console`` with ``env`` (its own config folder ``config``), in the
+    working directory ``cwd`` (None: the test's)."""
 
     env: dict[str, str]
     config: Path
+    cwd: Path | None = None
 
     @classmethod
     def at(cls, url: str, config: Path) -> Cli:
@@ -48,7 +50,7 @@ class Cli:
 
     async def run(self, *argv: str, timeout: float = 30) -> Result:
         process = await asyncio.create_subprocess_exec(
-            *CLI, *argv, env=self.env, stdin=asyncio.subprocess.DEVNULL,
+            *CLI, *argv, env=self.env, cwd=self.cwd, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         async with asyncio.timeout(scaled(timeout)):
@@ -61,7 +63,9 @@ class Cli:
         assert result.code == 0, result.err
 
     def spawn(self, *argv: str, timeout: float = 15) -> pexpect.spawn:
-        child = pexpect.spawn(CLI[0], [*CLI[1:], *argv], env=self.env, timeout=scaled(timeout))
+        child = pexpect.spawn(
+            CLI[0], [*CLI[1:], *argv], env=self.env, cwd=self.cwd, timeout=scaled(timeout)
+        )
         child.setwinsize(40, 200)  # wide: the menu line stays on one line
         return child
 

@@ -8,6 +8,7 @@ import pytest
 
 from gateway.access import rbac
 from gateway.lab.config import LabConfigError, load_default_lab, load_lab, parse_lab
+from tests.support.lab import user_certificate
 
 MINIMAL = """
 [[resource_groups]]
@@ -68,15 +69,68 @@ def test_image_and_tls_paths_are_relative_to_the_lab_file(tmp_path: Path) -> Non
     (tmp_path / "k").mkdir()
     for name in ("k/vmlinux", "k/initrd"):
         (tmp_path / name).write_bytes(b"")
+    cert, key, _ = user_certificate(tmp_path / "certs")
     lab = parse_lab(
         MINIMAL.replace('resource_group = "rg"', 'resource_group = "rg"\nbackend = "qemu"')
         + '[vms.image]\nkernel = "k/vmlinux"\ninitrd = "k/initrd"\n'
-        + '[gateway]\ntls_cert = "c.pem"\ntls_key = "k.pem"\n',
+        + '[gateway]\ntls_cert = "certs/server.pem"\ntls_key = "certs/server-key.pem"\n',
         source="lab.toml",
         base=tmp_path,
     )
     assert lab.vms[0].machine.image.kernel == tmp_path / "k/vmlinux"
-    assert lab.gateway.tls_cert == tmp_path / "c.pem"
+    assert (lab.gateway.tls_cert, lab.gateway.tls_key) == (cert, key)
+    assert lab.gateway.tls
+
+
+def test_tls_true_or_the_tls_flag_turns_the_lab_ca_on() -> None:
+    """`tls = true` in [gateway] and --tls both ask for the lab CA; the default is HTTP."""
+    assert not parse(MINIMAL).gateway.tls  # type: ignore[attr-defined]
+    assert parse(MINIMAL + "[gateway]\ntls = true").gateway.lab_ca  # type: ignore[attr-defined]
+    lab = load_default_lab()
+    assert not lab.gateway.tls
+    assert lab.with_overrides(tls=True).gateway.tls
+    assert lab.with_overrides(host="0.0.0.0", tls=True).exposure_problems()[-1].startswith("user")
+
+
+@pytest.mark.parametrize(
+    ("gateway", "message"),
+    [
+        (
+            'tls_cert = "nowhere.pem"\ntls_key = "key.pem"',
+            "lab.toml: gateway.tls_cert: expected an existing PEM file (paths are relative to "
+            "the lab file), got '{dir}/nowhere.pem'",
+        ),
+        (
+            'tls_cert = "server.pem"\ntls_key = "gone.pem"',
+            "lab.toml: gateway.tls_key: expected an existing PEM file",
+        ),
+        (
+            'tls_cert = "junk.pem"\ntls_key = "server-key.pem"',
+            "lab.toml: gateway.tls_cert: {dir}/junk.pem is not a PEM certificate (BEGIN "
+            "CERTIFICATE)",
+        ),
+        (
+            'tls_cert = "server.pem"\ntls_key = "junk.pem"',
+            "lab.toml: gateway.tls_key: {dir}/junk.pem is not a PEM private key",
+        ),
+        (
+            'tls_cert = "server.pem"\ntls_key = "ca-key.pem"',
+            "lab.toml: gateway.tls_key: {dir}/ca-key.pem is not the key of the certificate "
+            "{dir}/server.pem",
+        ),
+        ("tls = 1", "lab.toml: gateway.tls: expected true or false, got 1"),
+    ],
+)
+def test_bad_certificate_files_are_named_with_their_key(
+    tmp_path: Path, gateway: str, message: str
+) -> None:
+    """A certificate or key that is missing, not PEM or not a pair is refused on load,
+    naming the lab file, the key and the file."""
+    user_certificate(tmp_path)
+    (tmp_path / "junk.pem").write_text("junk\n")
+    with pytest.raises(LabConfigError) as caught:
+        parse_lab(MINIMAL + "[gateway]\n" + gateway, source="lab.toml", base=tmp_path)
+    assert message.format(dir=tmp_path) in str(caught.value)
 
 
 def test_a_missing_kernel_is_named_on_load() -> None:
