@@ -33,12 +33,13 @@ CTRL_C = 0x03
 CTRL_D = 0x04
 ENTER = (0x0D, 0x0A)
 
+# az's two lines, word for word (SysRq only for Linux guests).
 MENU_TEXT = (
-    "| Press n for NMI | s for SysRq | r to Reset VM | q to quit Console | "
-    "CTRL + ] to forward input |"
+    "| Press n for NMI | s for SysRq | r to Reset VM |\r\n"
+    "| q to quit Console | CTRL + ] to forward input |"
 )
 MENU_TEXT_WINDOWS = (
-    "| Press n for NMI | r to Reset VM | q to quit Console | CTRL + ] to forward input |"
+    "| Press n for NMI | r to Reset VM |\r\n| q to quit Console | CTRL + ] to forward input |"
 )
 QUIT_MENU_TEXT = "| Press q to quit Console |"
 NMI_PROMPT = (

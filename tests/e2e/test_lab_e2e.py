@@ -32,7 +32,10 @@ USERS = ("alice", "bob", "carol")
 CONNECT_LINUX = ["connect", "-g", "lab-rg", "-n", "linux-1"]
 BANNER = "Connected to the serial port of the VM."
 PROMPT = "root@linux-1:~# "
-MENU = re.escape("| Press n for NMI | s for SysRq | r to Reset VM | q to quit Console |")
+MENU = re.escape(
+    "| Press n for NMI | s for SysRq | r to Reset VM |\r\n"
+    "| q to quit Console | CTRL + ] to forward input |"
+)
 NO_PERMISSION = (
     "You do not have the required permissions to use this VM with the serial console. "
     "Ensure you have at least Virtual Machine Contributor role permissions."
@@ -181,7 +184,13 @@ async def test_windows_sac_cmd_channel_and_login(users: dict[str, Cli]) -> None:
     child.send(GUEST_PASSWORD + "\r")
     await expect(child, re.escape("C:\\Windows\\system32>"))
     child.send("\x1d")
-    await expect(child, re.escape("| Press n for NMI | r to Reset VM | q to quit Console |"))
+    await expect(
+        child,
+        re.escape(
+            "| Press n for NMI | r to Reset VM |\r\n"
+            "| q to quit Console | CTRL + ] to forward input |"
+        ),
+    )
     child.send("q")
     assert await finished(child) == 0
 

@@ -9,6 +9,7 @@ restoration are the real thing. Each test's credentials live in its own config f
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import termios
@@ -31,6 +32,14 @@ backend = "emulated"
 capacity = 1
 """
 CONNECT_LINUX = ["connect", "-g", "lab-rg", "-n", "linux-1"]
+# az's two-line Ctrl+] menu, as the terminal shows it.
+MENU_LINUX = re.escape(
+    "| Press n for NMI | s for SysRq | r to Reset VM |\r\n"
+    "| q to quit Console | CTRL + ] to forward input |"
+)
+MENU_WINDOWS = re.escape(
+    "| Press n for NMI | r to Reset VM |\r\n| q to quit Console | CTRL + ] to forward input |"
+)
 
 
 @pytest.fixture
@@ -142,7 +151,7 @@ async def test_connect_logs_in_uses_the_menu_and_quits(cli: Cli) -> None:
     child.send("serial-lab\r")
     await expect(child, "# ")
     child.send("\x1d")
-    await expect(child, r"\| Press n for NMI \| s for SysRq \| r to Reset VM \| q to quit Console")
+    await expect(child, MENU_LINUX)
     child.send("s")
     await expect(child, "Which SysRq command would you like to send\\? Press h for help: ")
     child.send("h")
@@ -186,7 +195,7 @@ async def test_watch_is_read_only_and_kicks_nobody(cli: Cli) -> None:
     watcher.send("x")
     await expect(watcher, "typing goes nowhere")
     writer.send("\x1d")
-    await expect(writer, r"\| Press n for NMI \| r to Reset VM \| q to quit Console")
+    await expect(writer, MENU_WINDOWS)
     writer.send("q")
     assert await finished(writer) == 0
     watcher.send("\x1dq")
