@@ -63,3 +63,19 @@ async def test_a_hard_reset_is_watched_live_on_the_same_connection(lab: LabHandl
     await client.expect(r"\[    0\.000000\] Linux version", BOOT)
     await client.expect(r"login: ", BOOT)
     assert client.ws.close_code is None
+
+
+@pytest.mark.parametrize("typed", [2_000, 20_000], ids=["2000-keys", "20000-byte-paste"])
+async def test_sysrq_after_typed_input_fires_the_key_asked_for(lab: LabHandle, typed: int) -> None:
+    """A writer types a burst of 5s (or pastes 20,000 bytes) and then asks for SysRq h: the
+    BREAK waits until the guest has taken every typed byte, so the kernel shows its help and
+    no typed 5 becomes the key ("Loglevel set to 5")."""
+    url, token = await lab.session_url("alice")
+    client = await open_console(url, token, framed=True)
+    await client.expect(r"login: ", BOOT)
+    await client.ws.send(b"5" * typed)
+    await client.ws.send(json.dumps({"type": "sysrq", "keys": "h", "id": "h"}))
+    result = await client.event("result", 120)
+    assert result["ok"], result
+    await client.expect(r"sysrq: HELP : loglevel\(0-9\)", 60)
+    assert b"Loglevel set to" not in client.data
