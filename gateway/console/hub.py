@@ -309,6 +309,11 @@ class ConsoleHub:
             raise ConsoleError(texts.READ_ONLY)
         if not session.is_open:
             raise ConsoleError("this console session is closed: reconnect to type")
+        if len(data) > INPUT_LIMIT:
+            raise ConsoleError(
+                f"{len(data)} bytes in one piece are more than the console takes at once "
+                f"({INPUT_LIMIT} bytes): nothing was sent. Send them in smaller pieces."
+            )
         if self._queued_input + len(data) > INPUT_LIMIT:
             raise ConsoleError(
                 f"{self._queued_input} typed bytes are still waiting for VM "

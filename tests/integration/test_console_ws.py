@@ -335,3 +335,31 @@ async def test_a_page_on_another_name_is_refused(lab: LabHandle) -> None:
         )
     client = await open_console(url, token)  # the session was not used up
     await client.expect(r"Connected to the serial port")
+
+
+async def test_an_oversized_input_frame_is_refused_without_blaming_the_guest(
+    lab: LabHandle,
+) -> None:
+    """A single frame over 1 MiB is refused as too big, not as a guest that stopped
+    reading; the console goes on."""
+    url, token = await lab.session_url("alice")
+    client = await open_console(url, token, framed=True)
+    await client.event("connected")
+    await client.ws.send(b"x" * ((1 << 20) + 1))
+    result = await client.event("result")
+    assert result["command"] == "input"
+    assert result["ok"] is False
+    assert "in one piece" in result["message"]
+    assert "not reading" not in result["message"]
+    await login(client)
+
+
+async def test_a_raw_client_hears_every_refused_input_not_only_the_first(lab: LabHandle) -> None:
+    """A watcher typing in raw mode is told each time, as a terminal shows it."""
+    url, token = await lab.session_url("alice")
+    client = await open_console(url, token, query="watch=1")
+    await client.expect("Connected to the serial port")
+    for _ in range(2):
+        await client.ws.send("x")
+        await client.expect("this console is read-only")
+    await client.ws.close()
