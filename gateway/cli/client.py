@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from gateway.cli.advice import SCALE_SET_WITHOUT_INSTANCE
 from gateway.cli.errors import GatewayError, GatewayUnreachable, NotLoggedIn
 from gateway.cli.trust import ssl_context, untrusted_hint
 
@@ -26,10 +27,6 @@ API_VERSION = "2024-07-01"
 DEFAULT_TIMEOUT = 30.0
 # Power actions answer when the machine is done: a graceful restart can take a while.
 POWER_TIMEOUT = 180.0
-SCALE_SET_WITHOUT_INSTANCE = (
-    "We found that you specified a Virtual Machine Scale Set and not a VM. Use the "
-    "--instance-id parameter to select the VMSS instance you want to connect to."
-)
 POWER_ACTIONS = {
     "start": "start",
     "stop": "powerOff",
@@ -202,7 +199,7 @@ class GatewayClient:
     ) -> dict[str, Any]:
         """A VM or scale-set instance with its instance view.
 
-        Naming a scale set without ``instance_id`` raises Azure's CLI text telling to
+        Naming a scale set without ``instance_id`` raises ARM's 404 with az's advice to
         use ``--instance-id``.
         """
         path = self.machine_path(group, name, instance_id)
@@ -216,9 +213,16 @@ class GatewayClient:
     async def _scale_set_hint(
         self, err: GatewayError, group: str, name: str, instance_id: str | None
     ) -> None:
-        """Raise Azure's --instance-id hint when ``err`` is a 404 for a scale set's name."""
+        """Raise ``err`` with az's --instance-id advice when it is a 404 for a scale set's
+        name (code ``IsScaleSet``)."""
         if err.status == 404 and instance_id is None and await self._is_scale_set(group, name):
-            raise GatewayError(SCALE_SET_WITHOUT_INSTANCE, status=400, code="IsScaleSet") from err
+            # az's way: ARM's "not found", then what to do about it.
+            raise GatewayError(
+                str(err),
+                status=err.status,
+                code="IsScaleSet",
+                recommendation=SCALE_SET_WITHOUT_INSTANCE,
+            ) from err
 
     async def _is_scale_set(self, group: str, name: str) -> bool:
         path = (

@@ -4,10 +4,13 @@
 ``enable``, ``disable``, ``boot-log`` and ``vm {list,start,stop,restart,deallocate}`` to
 the ``serial-console`` parser; ``build_parser()`` makes a parser with only these (tests).
 Each sets ``func`` to ``(args) -> exit status``: 0 done, 1 failed (one line on stderr
-saying why and what to do), 2 bad usage (argparse), 130 interrupted.
+saying why, then, as az prints them, its recommendation when it has one:
+``gateway.cli.advice``), 2 bad usage (argparse), 130 interrupted.
 
 The lab is found at ``--url``, else ``$SERIAL_CONSOLE_URL``, else the lab of the last
 login, else ``DEFAULT_URL``. Every command but ``login`` needs a token from ``login``.
+Commands that name a resource take az's ``--subscription`` (an ID or a display name);
+without it, the subscription of the last login.
 """
 
 from __future__ import annotations
@@ -22,14 +25,21 @@ import os
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from gateway.cli.advice import (
+    SEND_SUCCESS,
+    SUBSCRIPTION_NOT_FOUND,
+    SYSRQ_WINDOWS,
+    recommendation,
+    send_failure,
+)
 from gateway.cli.client import POWER_ACTIONS, GatewayClient
 from gateway.cli.connect import Target, run_connect
 from gateway.cli.credentials import Credentials, CredentialStore, normalize_url
-from gateway.cli.errors import CliError, GatewayError
+from gateway.cli.errors import CliError, GatewayError, GatewayUnreachable
 from gateway.cli.trust import lab_ca_for_login
 
 DEFAULT_URL = "http://127.0.0.1:8400"  # the default lab's port
@@ -62,14 +72,28 @@ def _url_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _subscription_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--subscription",
+        help="name or ID of subscription (default: the one of the last login)",
+    )
+
+
 def _machine_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-g", "--resource-group", required=True, help="the resource group")
+    parser.add_argument("-g", "--resource-group", required=True, help="name of resource group")
     parser.add_argument(
-        "-n", "--name", required=True, help="the VM, or the scale set with --instance-id"
+        "-n",
+        "--name",
+        required=True,
+        help="name of the Virtual Machine or Virtual Machine Scale Set",
     )
     parser.add_argument(
-        "--instance-id", type=_instance_id, help="the scale-set instance (VMSS only)"
+        "--instance-id",
+        type=_instance_id,
+        help="ID of VMSS instance. Not needed when connecting to the serialport of a Virtual "
+        "Machine.",
     )
+    _subscription_option(parser)
     _url_option(parser)
 
 
@@ -132,7 +156,8 @@ def register(subparsers: Any) -> None:
 
     for verb, handler in (("enable", cmd_enable), ("disable", cmd_disable)):
         parser = _add(subparsers, verb, handler,
-                      f"{verb} the serial console for the subscription")  # fmt: skip
+                      f"{verb} the serial console service for an entire subscription")  # fmt: skip
+        _subscription_option(parser)
         _url_option(parser)
 
     boot_log = _add(subparsers, "boot-log", cmd_boot_log, "print a VM's boot diagnostics log",
@@ -148,6 +173,7 @@ def register(subparsers: Any) -> None:
     vm_list = _add(actions, "list", cmd_vm_list, "list the VMs with their power state")
     vm_list.add_argument("-g", "--resource-group", help="only this resource group")
     _output_option(vm_list)
+    _subscription_option(vm_list)
     _url_option(vm_list)
     for action in POWER_ACTIONS:
         parser = _add(actions, action, cmd_vm_power, f"{action} a VM (waits until done)")
@@ -170,7 +196,10 @@ def _runner(handler: Handler) -> Callable[[argparse.Namespace], int]:
         try:
             return asyncio.run(handler(args))
         except CliError as err:
+            advice = err.recommendation or _recommendation(err, args)
             print(f"serial-console: error: {err}", file=sys.stderr)
+            if advice:
+                print(advice, file=sys.stderr)
             return err.exit_code
         except KeyboardInterrupt:
             print("serial-console: interrupted", file=sys.stderr)
@@ -196,11 +225,42 @@ def resolve_url(args: argparse.Namespace, store: CredentialStore, *, login: bool
     return normalize_url(url or DEFAULT_URL)
 
 
-def _session(args: argparse.Namespace) -> tuple[GatewayClient, Credentials]:
+def _recommendation(err: CliError, args: argparse.Namespace) -> str:
+    """az's advice for a refusal of the machine ``args`` name (if any)."""
+    if not isinstance(err, GatewayError):
+        return ""
+    return recommendation(
+        err.code,
+        getattr(args, "resource_group", None) or "",
+        getattr(args, "name", None) or "",
+        getattr(args, "instance_id", None),
+    )
+
+
+@contextlib.asynccontextmanager
+async def _session(args: argparse.Namespace) -> AsyncIterator[GatewayClient]:
+    """A client for the lab of ``args`` with the stored token, in the subscription of the
+    last login or the one ``--subscription`` names (by ID or name, as az takes it)."""
     store = CredentialStore()
     creds = store.load(resolve_url(args, store))
-    client = GatewayClient(creds.url, creds.token, creds.subscription_id, ca_pem=creds.ca_pem)
-    return client, creds
+    async with GatewayClient(
+        creds.url, creds.token, creds.subscription_id, ca_pem=creds.ca_pem
+    ) as client:
+        wanted = getattr(args, "subscription", None)
+        if wanted:
+            client.subscription_id = await _subscription_id(client, wanted)
+        yield client
+
+
+async def _subscription_id(client: GatewayClient, wanted: str) -> str:
+    """The ID of the caller's subscription whose ID or display name is ``wanted``
+    (case-insensitive). Raises CliError with az's text when there is none."""
+    for subscription in await client.subscriptions():
+        sub_id = str(subscription.get("subscriptionId", ""))
+        name = str(subscription.get("displayName", ""))
+        if wanted.lower() in (sub_id.lower(), name.lower()):
+            return sub_id
+    raise CliError(SUBSCRIPTION_NOT_FOUND.format(wanted))
 
 
 def _target(args: argparse.Namespace) -> Target:
@@ -258,26 +318,40 @@ async def cmd_logout(args: argparse.Namespace) -> int:
 
 
 async def cmd_connect(args: argparse.Namespace) -> int:
-    client, _ = _session(args)
-    async with client:
+    async with _session(args) as client:
         return await run_connect(client, _target(args), watch=args.watch)
 
 
 async def _send(args: argparse.Namespace, command: str, parameters: dict[str, str]) -> int:
-    client, _ = _session(args)
+    """``send COMMAND``: az's checks and texts. A refused ``connect`` is the gateway's
+    refusal (with az's advice); a refused command is az's "Failed to ..." line, with the
+    gateway's reason under it."""
     target = _target(args)
-    async with client:
+    async with _session(args) as client:
+        if command == "sysrq":
+            machine = await client.get_machine(target.group, target.name, target.instance_id)
+            if os_type(machine).lower() == "windows":
+                raise CliError(SYSRQ_WINDOWS)
         url = await client.connect(target.group, target.name, target.instance_id)
-        answer = await client.admin_command(url, command, parameters)
-    print(answer.get("message") or SEND_SUCCESS[command])
+        try:
+            await client.admin_command(url, command, parameters)
+        except GatewayError as err:
+            if isinstance(err, GatewayUnreachable) or err.status == 401:
+                raise
+            raise GatewayError(
+                send_failure(command, err.code),
+                status=err.status,
+                code=err.code,
+                recommendation=str(err),
+            ) from err
+    print(SEND_SUCCESS[command])
     return 0
 
 
-SEND_SUCCESS = {
-    "sysrq": "Successfully sent SysRq command",
-    "nmi": "NMI sent successfully",
-    "reset": "Successfully Hard Reset VM",
-}
+def os_type(machine: dict[str, Any]) -> str:
+    """``Linux`` or ``Windows``, from a VM body ("" if absent)."""
+    profile = machine.get("properties", {}).get("storageProfile", {})
+    return str(profile.get("osDisk", {}).get("osType", ""))
 
 
 async def cmd_send_sysrq(args: argparse.Namespace) -> int:
@@ -293,8 +367,7 @@ async def cmd_send_reset(args: argparse.Namespace) -> int:
 
 
 async def _set_console(args: argparse.Namespace, enabled: bool) -> int:
-    client, _ = _session(args)
-    async with client:
+    async with _session(args) as client:
         _print_json(await client.set_console(enabled))
     return 0
 
@@ -320,9 +393,8 @@ def page_bytes(page: dict[str, Any]) -> bytes:
 
 
 async def cmd_boot_log(args: argparse.Namespace) -> int:
-    client, _ = _session(args)
     target = _target(args)
-    async with client:
+    async with _session(args) as client:
         return await print_boot_log(client, target, args.start, args.follow, sys.stdout.buffer)
 
 
@@ -414,8 +486,7 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 async def cmd_vm_list(args: argparse.Namespace) -> int:
-    client, _ = _session(args)
-    async with client:
+    async with _session(args) as client:
         try:
             vms = await client.list_vms(args.resource_group)
         except GatewayError as err:
@@ -449,9 +520,8 @@ async def cmd_vm_list(args: argparse.Namespace) -> int:
 
 
 async def cmd_vm_power(args: argparse.Namespace) -> int:
-    client, _ = _session(args)
     target = _target(args)
-    async with client:
+    async with _session(args) as client:
         body = await client.power(args.vm_command, target.group, target.name, target.instance_id)
     if args.output == "json":
         _print_json(body)

@@ -38,6 +38,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
+from gateway.cli.advice import recommendation
 from gateway.cli.client import GatewayClient
 from gateway.cli.errors import CliError, GatewayError, GatewayUnreachable
 from gateway.cli.escape import (
@@ -230,7 +231,10 @@ class ConsoleRun:
                     self.target.group, self.target.name, self.target.instance_id
                 )
         except GatewayError as err:
-            outcome.error = str(err)
+            advice = err.recommendation or recommendation(
+                err.code, self.target.group, self.target.name, self.target.instance_id
+            )
+            outcome.error = f"{err}\r\n{advice}" if advice else str(err)
             return outcome
         query: dict[str, str] = {"authorization": self.client.token}
         if self.watch:

@@ -15,9 +15,17 @@ LOGIN_HINT = "run serial-console login --username NAME"
 
 
 class CliError(Exception):
-    """Base of every error the client commands raise; ``exit_code`` is the process's."""
+    """Base of every error the client commands raise; ``exit_code`` is the process's.
+
+    ``recommendation`` is what to do about it, printed on the line after the message (as
+    az prints its recommendations); "" when the message says it all.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str = "", *, recommendation: str = "") -> None:
+        super().__init__(message)
+        self.recommendation = recommendation
 
 
 class CredentialsError(CliError):
@@ -35,8 +43,10 @@ class NotLoggedIn(CliError):
 class GatewayError(CliError):
     """An error answer from the gateway: HTTP ``status``, ARM ``code`` and its ``message``."""
 
-    def __init__(self, message: str, *, status: int = 0, code: str = "") -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, status: int = 0, code: str = "", recommendation: str = ""
+    ) -> None:
+        super().__init__(message, recommendation=recommendation)
         self.status = status
         self.code = code
 

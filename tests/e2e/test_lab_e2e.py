@@ -135,11 +135,19 @@ async def test_reader_is_refused_with_azures_text(users: dict[str, Cli]) -> None
 
 
 async def test_vm_without_boot_diagnostics_is_refused(users: dict[str, Cli]) -> None:
-    """connect to nodiag-1 (boot diagnostics off) shows Azure's prerequisite text and
-    exits with a non-zero status."""
+    """connect to nodiag-1 (boot diagnostics off) shows Azure's prerequisite text, then
+    what to change in the lab file (where az names its own command), and exits with a
+    non-zero status."""
     alice = await logged_in(users, "alice")
     child = alice.spawn("connect", "-g", "lab-rg", "-n", "nodiag-1")
     await expect(child, re.escape("Azure Serial Console requires boot diagnostics to be enabled."))
+    await expect(
+        child,
+        re.escape(
+            "Set boot_diagnostics = true in the lab file's [[vms]] entry of nodiag-1, then "
+            "restart the lab."
+        ),
+    )
     assert await finished(child) not in (0, None)
 
 

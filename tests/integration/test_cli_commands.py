@@ -21,7 +21,7 @@ import pytest
 
 from gateway.console.sessions import TAKEOVER_TEXT
 from tests.support.cli import Cli, expect, finished
-from tests.support.lab import EMULATED_VMS, running_lab
+from tests.support.lab import EMULATED_VMS, SUBSCRIPTION, running_lab
 
 SCALE_SET = """
 [[scale_sets]]
@@ -81,9 +81,10 @@ async def test_vm_list_and_power_actions(cli: Cli) -> None:
     rows = [line.split() for line in (await cli.run("vm", "list")).text.splitlines()]
     assert ["win-1", "lab-rg", "local", "stopped", "Windows"] in rows
     result = await cli.run("send", "nmi", "-g", "lab-rg", "-n", "win-1")
-    assert (result.code, result.err.strip()) == (
-        1, "serial-console: error: Azure Serial Console requires a virtual machine to be running."
-    )  # fmt: skip
+    assert (result.code, result.err.splitlines()) == (1, [
+        "serial-console: error: Azure Serial Console requires a virtual machine to be running.",
+        'Use "serial-console vm start -g lab-rg -n win-1" to start the Virtual Machine.',
+    ])  # fmt: skip
     assert (await cli.run("vm", "start", "-g", "lab-rg", "-n", "win-1")).code == 0
 
 
@@ -99,8 +100,24 @@ async def test_send_commands_print_azs_texts(cli: Cli) -> None:
     assert "sysrq: HELP" in log
     assert "NMI received" in log
     result = await cli.run("send", "sysrq", "-g", "lab-rg", "-n", "win-1", "--input", "h")
+    assert (result.code, result.err) == (
+        1, "serial-console: error: You can only send a SysRq to a Linux VM.\n"
+    )  # fmt: skip
+
+
+async def test_a_refused_send_says_azs_failure_then_why(cli: Cli) -> None:
+    """A SysRq the gateway refuses: az's "Failed to send SysRq command..." line, then the
+    gateway's reason."""
+    await cli.login("alice")
+    result = await cli.run("send", "sysrq", "-g", "lab-rg", "-n", "linux-1", "--input", "h\x01")
     assert result.code == 1
-    assert "You can only send a SysRq to a Linux VM." in result.err
+    lines = result.err.splitlines()
+    assert lines[0] == (
+        "serial-console: error: Failed to send SysRq command. Make sure the input only "
+        "contains numbers and letters."
+    )
+    assert len(lines) == 2
+    assert lines[1]  # the gateway's own reason
 
 
 async def test_scale_set_without_instance_is_told_to_use_instance_id(cli: Cli) -> None:
@@ -108,7 +125,13 @@ async def test_scale_set_without_instance_is_told_to_use_instance_id(cli: Cli) -
     await cli.login("alice")
     result = await cli.run("send", "nmi", "-g", "lab-rg", "-n", "web-vmss")
     assert result.code == 1
-    assert "Use the --instance-id parameter" in result.err
+    error, hint = result.err.splitlines()
+    assert error.startswith("serial-console: error: The Resource ")  # ARM's "not found"
+    assert "'Microsoft.Compute/virtualMachines/web-vmss'" in error
+    assert hint == (
+        "We found that you specified a Virtual Machine Scale Set and not a VM. Use the "
+        "--instance-id parameter to select the VMSS instance you want to connect to."
+    )
     result = await cli.run("send", "nmi", "-g", "lab-rg", "-n", "web-vmss", "--instance-id", "0")
     assert (result.code, result.text.strip()) == (0, "NMI sent successfully")
 
@@ -121,6 +144,7 @@ async def test_enable_disable_print_the_state_and_need_the_role(cli: Cli) -> Non
                                                       '"disabled":', "true", "}", "}"])  # fmt: skip
     result = await cli.run("send", "nmi", "-g", "lab-rg", "-n", "linux-1")
     assert "is not enabled for this subscription" in result.err
+    assert result.err.splitlines()[1] == 'Enable Serial Console with "serial-console enable".'
     assert '"disabled": false' in (await cli.run("enable")).text
     await cli.login("alice")
     result = await cli.run("disable")
@@ -208,6 +232,9 @@ async def test_stopped_vm_says_why_and_q_quits(cli: Cli) -> None:
     assert (await cli.run("vm", "stop", "-g", "lab-rg", "-n", "win-1")).code == 0
     child = cli.spawn("connect", "-g", "lab-rg", "-n", "win-1")
     await expect(child, "requires a virtual machine to be running")
+    await expect(
+        child, re.escape('Use "serial-console vm start -g lab-rg -n win-1" to start the Virtual')
+    )
     await expect(child, "Could not establish connection to VM or VMSS.")
     child.send("q")
     assert await finished(child) == 0
@@ -288,3 +315,18 @@ async def test_login_names_a_ca_file_that_is_not_a_certificate(cli: Cli, tmp_pat
     )
     assert result.code == 1
     assert f"--ca-file: {tmp_path / 'ca.pem'} is not a PEM certificate" in result.err
+
+
+async def test_subscription_is_chosen_by_id_or_name(cli: Cli) -> None:
+    """--subscription takes the subscription's ID or display name; another is refused
+    with az's text."""
+    await cli.login("carol")
+    for wanted in (SUBSCRIPTION, "test SUBSCRIPTION"):
+        result = await cli.run("vm", "list", "-g", "lab-rg", "--subscription", wanted)
+        assert result.code == 0, result.err
+        assert "linux-1" in result.text
+    result = await cli.run("send", "nmi", "-g", "lab-rg", "-n", "linux-1", "--subscription", "x")
+    assert (result.code, result.err) == (1, (
+        "serial-console: error: Subscription 'x' not found. Check the spelling and casing and "
+        "try again.\n"
+    ))  # fmt: skip

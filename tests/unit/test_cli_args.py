@@ -80,6 +80,20 @@ def test_every_command_has_help(argv: list[str], capsys: pytest.CaptureFixture[s
     assert "usage: serial-console" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["connect", "-g", "rg", "-n", "vm"], ["send", "nmi", "-g", "rg", "-n", "vm"],
+     ["send", "reset", "-g", "rg", "-n", "vm"],
+     ["send", "sysrq", "-g", "rg", "-n", "vm", "--input", "h"],
+     ["boot-log", "-g", "rg", "-n", "vm"], ["vm", "start", "-g", "rg", "-n", "vm"],
+     ["vm", "list"], ["enable"], ["disable"]],
+)  # fmt: skip
+def test_every_command_that_names_a_resource_takes_subscription(argv: list[str]) -> None:
+    """--subscription (az's: a name or an ID) on every command that names a resource."""
+    assert parse(*argv).subscription is None
+    assert parse(*argv, "--subscription", "My lab").subscription == "My lab"
+
+
 def test_boot_log_and_vm_options() -> None:
     """boot-log takes --start and --follow; vm commands take --output table|json."""
     args = parse("boot-log", "-g", "rg", "-n", "vm", "--start", "1024", "--follow")
