@@ -25,7 +25,7 @@ from pathlib import Path
 from tests.conftest import scaled
 
 ROOT = Path(__file__).resolve().parents[2]
-UP = re.compile(r"Serial Console Lab is up at (http://\S+)")
+UP = re.compile(r"Serial Console Lab is up at (https?://\S+)")
 STOPPED = "Lab stopped: every machine is deallocated."
 
 
@@ -61,15 +61,17 @@ class LabProcess:
         replay_bytes: int | None = None,
         timeout: float = 60,
         emulated: bool = False,
+        tls: bool = False,
     ) -> LabProcess:
         """Run the default lab (state in ``folder/state``; every guest emulated with
-        ``emulated``) and wait until it serves."""
+        ``emulated``; https and wss from the lab's CA with ``tls``, see ``ca_path``) and
+        wait until it serves."""
         state_dir = folder / "state"
         path = folder / "lab.toml"
         path.write_text(lab_file(state_dir, port, replay_bytes))
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli.main", "lab", "run", "--lab", str(path),
-             *(["--emulated"] if emulated else [])],
+             *(["--emulated"] if emulated else []), *(["--tls"] if tls else [])],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )  # fmt: skip
@@ -96,6 +98,11 @@ class LabProcess:
     @property
     def output(self) -> str:
         return "".join(self.lines)
+
+    @property
+    def ca_path(self) -> Path:
+        """The lab CA's certificate a ``tls`` lab serves with (``<state>/tls/ca.pem``)."""
+        return self.state_dir / "tls" / "ca.pem"
 
     def qemu_pids(self) -> list[int]:
         """Live QEMU processes started by this lab (their -pidfile is in its state folder)."""

@@ -52,9 +52,11 @@ SCALE_SET_HINT = (
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabProcess]:
-    """The default lab, running; on teardown it must stop cleanly with no QEMU left."""
+    """The default lab, running with --tls (so every console here goes over wss, verified
+    against the lab's CA); on teardown it must stop cleanly with no QEMU left."""
     require_qemu()
-    running = LabProcess.start(tmp_path_factory.mktemp("lab"))
+    running = LabProcess.start(tmp_path_factory.mktemp("lab"), tls=True)
+    assert running.url.startswith("https://127.0.0.1:"), running.output
     try:
         assert len(running.qemu_pids()) == 2, running.output
         yield running
@@ -67,9 +69,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabProcess]:
 
 @pytest.fixture(scope="module")
 def users(lab: LabProcess, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Cli]:
-    """The CLI of each lab user, with a config folder of its own in this run."""
+    """The CLI of each lab user, with a config folder of its own in this run; each logs in
+    with the lab's CA (--ca-file)."""
     config = tmp_path_factory.mktemp("config")
-    return {name: Cli.at(lab.url, config / name) for name in USERS}
+    return {name: Cli.at(lab.url, config / name, ca_file=lab.ca_path) for name in USERS}
 
 
 async def logged_in(users: dict[str, Cli], name: str) -> Cli:
@@ -207,12 +210,14 @@ async def test_windows_sac_cmd_channel_and_login(users: dict[str, Cli]) -> None:
 
 
 async def test_login_connect_and_run_a_command(users: dict[str, Cli]) -> None:
-    """alice logs in to the lab, connects to linux-1, sees Azure's banner, presses Enter,
-    logs in on the guest as root and runs hostname: linux-1."""
+    """alice logs in to the lab with its CA, connects to linux-1 over wss, sees Azure's
+    banner, presses Enter, logs in on the guest as root and runs hostname: linux-1."""
     alice = users["alice"]
-    result = await alice.run("login", "--username", "alice", "--password", "alice")
+    assert alice.ca_file is not None
+    ca = ["--ca-file", str(alice.ca_file)]
+    result = await alice.run("login", "--username", "alice", "--password", "alice", *ca)
     assert result.code == 0, result.err
-    assert "Logged in to " in result.text
+    assert f"Logged in to {alice.env['SERIAL_CONSOLE_URL']} as alice" in result.text
     child = alice.spawn(*CONNECT_LINUX)
     await expect(child, BANNER)
     await expect(child, "If no login prompt is displayed, press ENTER.")

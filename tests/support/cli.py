@@ -37,16 +37,20 @@ class Result:
 @dataclass
 class Cli:
     """Runs ``serial-console`` with ``env`` (its own config folder ``config``), in the
-    working directory ``cwd`` (None: the test's)."""
+    working directory ``cwd`` (None: the test's); ``login`` gives it ``ca_file`` (the CA
+    of a TLS lab) when set."""
 
     env: dict[str, str]
     config: Path
     cwd: Path | None = None
+    ca_file: Path | None = None
 
     @classmethod
-    def at(cls, url: str, config: Path) -> Cli:
-        """The CLI pointed at the lab at ``url``, keeping its credentials in ``config``."""
-        return cls(dict(os.environ, XDG_CONFIG_HOME=str(config), SERIAL_CONSOLE_URL=url), config)
+    def at(cls, url: str, config: Path, ca_file: Path | None = None) -> Cli:
+        """The CLI pointed at the lab at ``url``, keeping its credentials in ``config``;
+        ``ca_file`` is the lab CA to log in with (a lab run with ``--tls``)."""
+        env = dict(os.environ, XDG_CONFIG_HOME=str(config), SERIAL_CONSOLE_URL=url)
+        return cls(env, config, ca_file=ca_file)
 
     async def run(self, *argv: str, timeout: float = 30) -> Result:
         process = await asyncio.create_subprocess_exec(
@@ -59,7 +63,9 @@ class Cli:
         return Result(process.returncode, out, err.decode())
 
     async def login(self, user: str) -> None:
-        result = await self.run("login", "--username", user, "--password", user)
+        """Log ``user`` in (password: the name), with ``ca_file`` when there is one."""
+        trust = ["--ca-file", str(self.ca_file)] if self.ca_file is not None else []
+        result = await self.run("login", "--username", user, "--password", user, *trust)
         assert result.code == 0, result.err
 
     def spawn(self, *argv: str, timeout: float = 15) -> pexpect.spawn:
