@@ -24,6 +24,12 @@ echo (no line editor, no shell) that can also blast numbered lines. Paths:
   floor the design measures.
 - ``ser2net default`` / ``ser2net tuned``: ser2net 4 bridging a guest PTY to raw TCP
   (no telnet), with its defaults and with ``chardelay: false``, 64 KiB buffers, nodelay.
+- ``az client: ...``: the client az serial-console uses (websocket-client, synchronous,
+  one text frame per keystroke, in a thread of this process), typing into the websockets
+  library's bare echo (``websockets echo``: the floor an az-like client can reach), into
+  the gateway's raw echo guest, and into an emulated Linux guest's shell after logging in
+  (``shell``), raw and framed. These rows are what a person at ``az serial-console``
+  meets; the aims compare them with the bare echo measured in the same run.
 
 ``python -m tests.bench`` runs it with the other benchmarks; alone:
 ``python -m tests.bench.bench_console [KEYS] [FANOUT]``. It stops by itself in under three
@@ -50,11 +56,18 @@ from typing import cast
 from urllib.parse import urlsplit
 
 import httpx
+import websocket
 from websockets.utils import accept_key, apply_mask
 
 from gateway.console.frames import SUBPROTOCOL
 from gateway.console.port import SerialPort
-from tests.bench.console_peers import VM, bench_machine, blast_command, end_marker
+from tests.bench.console_peers import (
+    SHELL_VM,
+    VM,
+    bench_machine,
+    blast_command,
+    end_marker,
+)
 from tests.support.lab import SUBSCRIPTION
 
 KEYS = 2000
@@ -142,9 +155,10 @@ class Probe(Sink, asyncio.Protocol):
     a second would measure this process instead of the server.
     """
 
-    def __init__(self, websocket: bool) -> None:
+    def __init__(self, websocket: bool, framed: bool = False) -> None:
         super().__init__()
         self.websocket = websocket
+        self.framed = framed  # raw websocket clients get the console as text frames
         self.transport: asyncio.Transport | None = None
         self.events: list[dict[str, object]] = []
         self.opened: asyncio.Future[None] = self.loop.create_future()
@@ -237,7 +251,7 @@ class Probe(Sink, asyncio.Protocol):
                 break
             payload = bytes(buf[pos + head : pos + head + size])
             pos += head + size
-            if opcode in (0x0, 0x2):
+            if opcode in (0x0, 0x2) or (opcode == 0x1 and not self.framed):
                 self.feed(payload)
             elif opcode == 0x1:
                 self.events.append(json.loads(payload))
@@ -300,10 +314,97 @@ async def open_ws(url: str, subprotocol: str | None = None) -> Probe:
     assert parts.port is not None
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(STEP_TIMEOUT):
-        _, probe = await loop.create_connection(lambda: Probe(True), parts.hostname, parts.port)
+        _, probe = await loop.create_connection(
+            lambda: Probe(True, framed=subprotocol is not None), parts.hostname, parts.port
+        )
         probe.handshake(url, subprotocol)
         await probe.opened
     return probe
+
+
+class AzProbe:
+    """az serial-console's side of a console: websocket-client's synchronous socket, one
+    frame per keystroke (text in raw mode, as az sends them; binary in framed mode). Used
+    from one thread."""
+
+    def __init__(self, url: str, framed: bool = False) -> None:
+        self.framed = framed
+        self.ws = websocket.create_connection(
+            url,
+            subprotocols=[SUBPROTOCOL] if framed else None,
+            skip_utf8_validation=True,
+            timeout=STEP_TIMEOUT,
+        )
+        self.buf = bytearray()
+
+    def type(self, keys: str) -> None:
+        for key in keys:
+            if self.framed:
+                self.ws.send_binary(key.encode())
+            else:
+                self.ws.send(key)
+
+    def wait_for(self, needle: bytes) -> None:
+        while (at := self.buf.find(needle)) < 0:
+            opcode, data = self.ws.recv_data()
+            if opcode == websocket.ABNF.OPCODE_BINARY or (
+                opcode == websocket.ABNF.OPCODE_TEXT and not self.framed
+            ):
+                self.buf += data
+            elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                raise ConnectionError(f"closed while waiting for {needle!r}")
+        del self.buf[: at + len(needle)]
+
+    def roundtrip(self, key: str) -> int:
+        self.buf.clear()
+        started = time.perf_counter_ns()
+        self.type(key)
+        self.wait_for(key.encode())
+        return time.perf_counter_ns() - started
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def az_rtt(probe: AzProbe, keys: int, row: Row, shell: bool) -> None:
+    """Keystroke round trips from an az-like client; in a shell, Enter every 64 keys (not
+    timed) keeps the line short."""
+    tag = f"sync-a{next(_tags)}"
+    if shell:
+        probe.type("\r")
+        probe.wait_for(b"# ")
+    else:
+        probe.type(tag)
+        probe.wait_for(tag.encode())
+    samples = []
+    for n in range(WARMUP + keys):
+        if shell and n and n % 64 == 0:
+            probe.type("\r")
+            probe.wait_for(b"# ")
+        elapsed = probe.roundtrip("x" if n % 2 else "y")
+        if n >= WARMUP:
+            samples.append(elapsed)
+    samples.sort()
+    row.p50_us = samples[len(samples) // 2] / 1000
+    row.p99_us = samples[min(len(samples) - 1, (len(samples) * 99) // 100)] / 1000
+
+
+def az_login(probe: AzProbe) -> None:
+    for keys, prompt in (("\r", b"login: "), ("root\r", b"Password: "), ("serial-lab\r", b"# ")):
+        probe.type(keys)
+        probe.wait_for(prompt)
+
+
+def az_row(name: str, url: str, keys: int, *, framed: bool = False, shell: bool = False) -> Row:
+    row = Row(name)
+    probe = AzProbe(url, framed)
+    try:
+        if shell:
+            az_login(probe)
+        az_rtt(probe, keys, row, shell)
+    finally:
+        probe.close()
+    return row
 
 
 # -- measures -----------------------------------------------------------------------------
@@ -417,7 +518,7 @@ async def _end(proc: asyncio.subprocess.Process, close_stdin: bool = False) -> N
         await proc.wait()
 
 
-async def gateway_session(http: httpx.AsyncClient, user: str) -> str:
+async def gateway_session(http: httpx.AsyncClient, user: str, vm: str = VM) -> str:
     """A one-time console URL with its token, as ``az serial-console connect`` gets one."""
     reply = await http.post(
         "/oauth2/token",
@@ -427,9 +528,11 @@ async def gateway_session(http: httpx.AsyncClient, user: str) -> str:
     token = reply.json()["access_token"]
     path = (
         f"/subscriptions/{SUBSCRIPTION}/resourceGroups/lab-rg/providers/Microsoft.Compute"
-        f"/virtualMachines/{VM}/providers/Microsoft.SerialConsole/serialPorts/0/connect"
+        f"/virtualMachines/{vm}/providers/Microsoft.SerialConsole/serialPorts/0/connect"
     )
-    reply = await http.post(path, headers={"Authorization": f"Bearer {token}"})
+    reply = await http.post(
+        path, params={"api-version": "2018-05-01"}, headers={"Authorization": f"Bearer {token}"}
+    )
     reply.raise_for_status()
     return f"{reply.json()['connectionString']}?authorization={token}"
 
@@ -559,7 +662,22 @@ async def gateway_rows(work: Path, keys: int, fanout: int) -> list[Row]:
                 if cut:
                     row.notes.append(f"{len(cut)} clients closed (codes {sorted(set(cut))})")
             rows.append(row)
+        for framed in (False, True):
+            mode = "framed" if framed else "raw"
+            for vm, guest in ((VM, "echo guest"), (SHELL_VM, "shell")):
+                url = await gateway_session(http, "alice", vm)
+                rows.append(await asyncio.to_thread(
+                    az_row, f"az client: gateway {mode}, {guest}", url, keys, framed=framed,
+                    shell=vm == SHELL_VM,
+                ))  # fmt: skip
     return rows
+
+
+async def bare_echo_row(work: Path, keys: int) -> Row:
+    async with child(work / "wsbare.log", "wsbare") as ready:
+        row = await asyncio.to_thread(az_row, "az client: websockets echo", ready["url"], keys)
+    row.notes.append("the websockets library alone, no PTY, no guest: the floor for az")
+    return row
 
 
 async def floor_row(work: Path, keys: int) -> Row:
@@ -599,6 +717,7 @@ async def measure(keys: int, fanout: int) -> list[Row]:
         rows = [await pty_in_process(keys)]
         rows += await ser2net_rows(work, keys, fanout)
         rows.append(await floor_row(work, keys))
+        rows.append(await bare_echo_row(work, keys))
         rows += await gateway_rows(work, keys, fanout)
     return rows
 
@@ -671,6 +790,21 @@ def aims(rows: list[Row]) -> list[str]:
                     f"  {name}: {label} {ours:.1f} vs {theirs:.1f} MiB/s (aim: at least "
                     f"tuned ser2net's) {'met' if ours >= theirs else 'MISSED'}"
                 )
+    floor = by.get("az client: websockets echo")
+    for gw in rows:
+        if not gw.path.startswith("az client: gateway") or gw.p50_us is None:
+            continue
+        if floor is not None and floor.p50_us:
+            ratio = gw.p50_us / floor.p50_us
+            lines.append(
+                f"  {gw.path}: rtt p50 {ratio:.2f}x the bare websockets echo's (aim: within "
+                f"1.3x) {'met' if ratio <= 1.3 else 'MISSED'}"
+            )
+        if gw.p99_us is not None:
+            lines.append(
+                f"  {gw.path}: rtt p99 {gw.p99_us:.0f} us (aim: under 1000 us) "
+                f"{'met' if gw.p99_us < 1000 else 'MISSED'}"
+            )
     return lines
 
 

@@ -10,9 +10,13 @@ port takes them, then the line ``[end <tag>]``. It runs on the emulator's own PT
 The benchmark keeps clients in its own process and runs each server in a child, so the
 clients' work never shares an event loop with what it measures::
 
-    python -m tests.bench.console_peers lab STATE_DIR    # the gateway, one VM "bench-1"
+    python -m tests.bench.console_peers lab STATE_DIR    # the gateway: "bench-1", "shell-1"
     python -m tests.bench.console_peers guest            # one guest PTY, for ser2net or a reader
     python -m tests.bench.console_peers wsecho           # FastAPI websocket echo (the floor)
+    python -m tests.bench.console_peers wsbare           # the websockets library's echo alone
+
+The lab's ``shell-1`` is an ordinary emulated Linux guest (its login and shell), for typing
+as a person types.
 
 Each prints one JSON line (``{"url": ...}``, ``{"pty": ...}``) once it is ready and runs
 until its standard input closes.
@@ -38,6 +42,7 @@ from gateway.lab.runtime import ReadyServer
 from gateway.machines.base import Machine
 
 VM = "bench-1"
+SHELL_VM = "shell-1"  # an emulated Linux guest with its shell
 BLAST = 0x02  # STX: a blast command follows, up to CR
 BLOCK = b"".join(b"%08d 0123456789abcdefghijklmnopqrstuvwxyz\r\n" % n for n in range(93))[:4096]
 END = b"\r\n[end %s]\r\n"
@@ -145,6 +150,10 @@ def bench_machine(name: str) -> EmulatedMachine:
 
 
 def _bench_factory(spec: MachineSpec, run_dir: Path) -> Machine:
+    from gateway.lab.runtime import default_machine_factory
+
+    if spec.name == SHELL_VM:
+        return default_machine_factory(spec, run_dir)
     return bench_machine(spec.name)
 
 
@@ -169,7 +178,10 @@ async def serve_lab(state: Path) -> None:
     from gateway.lab.runtime import LabRuntime
     from tests.support.lab import lab_toml
 
-    vms = f'[[vms]]\nname = "{VM}"\nresource_group = "lab-rg"\nos = "linux"\nbackend = "emulated"\n'
+    vms = "".join(
+        f'[[vms]]\nname = "{name}"\nresource_group = "lab-rg"\nos = "linux"\nbackend = "emulated"\n'
+        for name in (VM, SHELL_VM)
+    )
     text = lab_toml(state / "state", vms=vms)
     config = parse_lab(text, source=str(state / "lab.toml"), base=state)
     async with LabRuntime(config, machine_factory=_bench_factory) as runtime:
@@ -215,6 +227,21 @@ async def serve_wsecho() -> None:
         await serving
 
 
+async def serve_wsbare() -> None:
+    """The websockets library's own server echoing each frame as it came (text as text): no
+    framework, no PTY. The floor under an az-like client's round trip."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def echo(websocket: ServerConnection) -> None:
+        async for message in websocket:
+            await websocket.send(message)
+
+    async with serve(echo, "127.0.0.1", 0, compression=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        _say(url=f"ws://127.0.0.1:{port}/")
+        await _until_stdin_closes()
+
+
 def run(main: Callable[[], object]) -> None:
     """Run ``main()`` (a coroutine) on uvloop when it is installed, as the lab does."""
     kwargs: dict[str, object] = {}
@@ -237,5 +264,9 @@ if __name__ == "__main__":
         run(serve_guest)
     elif what == "wsecho":
         run(serve_wsecho)
+    elif what == "wsbare":
+        run(serve_wsbare)
     else:
-        raise SystemExit("usage: python -m tests.bench.console_peers lab DIR | guest | wsecho")
+        raise SystemExit(
+            "usage: python -m tests.bench.console_peers lab DIR | guest | wsecho | wsbare"
+        )
