@@ -21,15 +21,14 @@ constructor argument raises ``ValueError``.
 
 from __future__ import annotations
 
-import asyncio
-
 from emulator.guest import GuestEvent, Personality
 from emulator.linux import LinuxGuest
-from emulator.pty import PtyPair, Uart
+from emulator.pty import PtyPair, PtyUnavailable, Uart
 from emulator.sac import SacGuest
 from gateway.machines.base import (
     EventKind,
     MachineBase,
+    MachineError,
     MachineLaunchError,
     MachineStateError,
     PowerState,
@@ -78,7 +77,6 @@ class EmulatedMachine(MachineBase):
         self.os_type = self.guest.os_type
         self.output_rate = output_rate
         self._uart: Uart | None = None
-        self._off_waiter: asyncio.Future[bool] | None = None
 
     def __repr__(self) -> str:
         return f"<EmulatedMachine {self.name} {self.os_type} {self._state}>"
@@ -94,89 +92,104 @@ class EmulatedMachine(MachineBase):
         await self.deallocate()
 
     # -- power ----------------------------------------------------------------------------
+    # One power operation at a time, as for every machine (``MachineBase``): a call during
+    # another is refused with MachineStateError; deallocate takes over at any time.
 
     async def start(self) -> None:
         """Power on. Deallocated: a new PTY, the port hooks, then the boot. Stopped: boot again.
 
-        Idempotent when running or starting; MachineStateError while stopping or panicked;
-        MachineLaunchError when no PTY can be opened (the machine stays deallocated).
+        Idempotent when running or starting; MachineStateError while another operation is in
+        progress, or while panicked; MachineLaunchError when no PTY can be made (the
+        message names the limit that ran out; the machine stays deallocated).
         """
         if self._state in (PowerState.RUNNING, PowerState.STARTING):
             return
-        self._require(PowerState.DEALLOCATED, PowerState.STOPPED, action="start")
-        fresh = self._state is PowerState.DEALLOCATED
-        self._set_state(PowerState.STARTING)
-        if fresh:
-            try:
-                pty = PtyPair()
-            except OSError as err:
-                self._set_state(PowerState.DEALLOCATED, "no PTY")
-                raise MachineLaunchError(f"cannot start VM '{self.name}': no PTY: {err}") from err
-            uart = Uart(
-                self.guest,
-                pty,
-                on_event=self._on_guest_event,
-                output_rate=self.output_rate,
-                log=self.log,
-            )
-            self._uart = uart
-            try:
-                await self._run_port_hooks(pty.path)
-            except BaseException:
-                self._release("a port hook failed")
-                raise
-            if self._uart is not uart or self._state is not PowerState.STARTING:
-                raise MachineStateError(f"VM '{self.name}' was deallocated while it started")
-        self._set_state(PowerState.RUNNING)
-        if not fresh:
-            self._publish(EventKind.RESET, "power on")
-        self._live().boot()
+        async with self._power_operation(
+            "start", "starting", PowerState.DEALLOCATED, PowerState.STOPPED
+        ):
+            fresh = self._state is PowerState.DEALLOCATED
+            self._set_state(PowerState.STARTING)
+            if fresh:
+                await self._allocate()
+            self._set_state(PowerState.RUNNING)
+            if not fresh:
+                self._publish(EventKind.RESET, "power on")
+            self._live().boot()
+
+    async def _allocate(self) -> None:
+        try:
+            pty = PtyPair()
+        except PtyUnavailable as err:
+            self._set_state(PowerState.DEALLOCATED, "no PTY")
+            raise MachineLaunchError(f"cannot start VM '{self.name}': {err}") from err
+        uart = Uart(
+            self.guest,
+            pty,
+            on_event=self._on_guest_event,
+            output_rate=self.output_rate,
+            log=self.log,
+        )
+        self._uart = uart
+        try:
+            await self._run_port_hooks(pty.path)
+        except BaseException:
+            self._release("a port hook failed")
+            raise
+        if self._uart is not uart or self._state is not PowerState.STARTING:
+            raise MachineStateError(f"VM '{self.name}' was deallocated while it started")
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Graceful power-off (ACPI power button); halted by force after ``timeout`` s.
 
-        The PTY stays. Idempotent when stopped; MachineStateError unless running or panicked.
+        The PTY stays. Idempotent when stopped; MachineStateError unless running or
+        panicked, or while another operation is in progress.
         """
         if self._state is PowerState.STOPPED:
             return
-        self._require(PowerState.RUNNING, PowerState.PANICKED, action="stop")
-        if self._state is PowerState.PANICKED:
-            self._force_off("panicked: halted")  # a crashed kernel answers no power button
-            return
-        if not await self._power_down(timeout):
-            self._force_off(f"did not power off within {timeout} s: halted")
+        async with self._power_operation(
+            "stop", "stopping", PowerState.RUNNING, PowerState.PANICKED
+        ):
+            if self._state is PowerState.PANICKED:
+                self._force_off("panicked: halted")  # a crashed kernel answers no power button
+                return
+            if not await self._power_down(timeout):
+                self._force_off(f"did not power off within {timeout} s: halted")
 
     async def restart(self, timeout: float = 30.0) -> RestartOutcome:
         """ACPI power-off then boot again (GRACEFUL); a hard reset after ``timeout`` s (FORCED).
 
-        MachineStateError unless running (a panicked machine needs ``reset``).
+        MachineStateError unless running (a panicked machine needs ``reset``), or while
+        another operation is in progress; at once if the machine is deallocated meanwhile.
         """
-        self._require(PowerState.RUNNING, action="restart")
-        if await self._power_down(timeout):
-            self._require(PowerState.STOPPED, action="boot after a restart")
-            self._set_state(PowerState.STARTING)
-            self._set_state(PowerState.RUNNING)
-            self._publish(EventKind.RESET, "restart")
-            self._live().boot()
-            return RestartOutcome.GRACEFUL
-        self.log.warning("the guest did not power off within %s s: hard reset", timeout)
-        self._set_state(PowerState.STARTING, RestartOutcome.FORCED.value)
-        self._hard_reset("restart forced: the guest did not power off")
-        return RestartOutcome.FORCED
+        async with self._power_operation("restart", "restarting", PowerState.RUNNING):
+            if await self._power_down(timeout):
+                self._set_state(PowerState.STARTING)
+                self._set_state(PowerState.RUNNING)
+                self._publish(EventKind.RESET, "restart")
+                self._live().boot()
+                return RestartOutcome.GRACEFUL
+            self.log.warning("the guest did not power off within %s s: hard reset", timeout)
+            self._set_state(PowerState.STARTING, RestartOutcome.FORCED.value)
+            self._hard_reset("restart forced: the guest did not power off")
+            return RestartOutcome.FORCED
 
     async def reset(self) -> None:
         """Hard reset: the guest boots again at once on the same PTY; readers keep the port.
 
-        MachineStateError unless running or panicked.
+        MachineStateError unless running or panicked, or while another operation is in
+        progress.
         """
-        self._require(PowerState.RUNNING, PowerState.PANICKED, action="reset")
-        self._hard_reset("hard reset")
+        async with self._power_operation(
+            "reset", "resetting", PowerState.RUNNING, PowerState.PANICKED
+        ):
+            self._hard_reset("hard reset")
 
     async def deallocate(self, timeout: float = 10.0) -> None:
-        """Close the PTY (its readers see EIO) and forget the guest. Idempotent."""
-        if self._state is PowerState.DEALLOCATED:
-            return
-        self._release("deallocated")
+        """Close the PTY (its readers see EIO) and forget the guest. Idempotent; allowed
+        during another operation, which then fails at once."""
+        async with self._taking_over(f"VM '{self.name}' was deallocated", "start it again"):
+            if self._state is not PowerState.DEALLOCATED:
+                self._release("deallocated")
 
     async def send_break(self) -> None:
         """A serial BREAK (Linux: arms SysRq for the next byte; Windows: ignored).
@@ -194,6 +207,25 @@ class EmulatedMachine(MachineBase):
         self._require(*_CPU_RUNS, action="send an NMI to")
         self._live().nmi()
 
+    async def wait_input_taken(self, timeout: float) -> None:
+        """Return once the personality has read every byte written to the port so far.
+
+        The guest reads in this process (``Uart``), so this is exact and awaits its reads:
+        no polling. MachineStateError unless the guest's CPU runs; MachineError after
+        ``timeout`` s (the guest stopped reading: its output is not being read), or at once
+        when the machine is deallocated meanwhile.
+        """
+        self._require(*_CPU_RUNS, action="wait for typed input on")
+        uart = self._live()
+        try:
+            await self._wait(uart.wait_input_taken(), timeout)
+        except TimeoutError:
+            raise MachineError(
+                f"VM '{self.name}' has not read {uart.unread_input()} typed byte(s) on its "
+                f"serial port in {timeout:.1f} s: nobody reads its output, so it waits; read "
+                "its console, or reset the VM"
+            ) from None
+
     # -- inside ---------------------------------------------------------------------------
 
     def _live(self) -> Uart:
@@ -202,20 +234,20 @@ class EmulatedMachine(MachineBase):
         return self._uart
 
     async def _power_down(self, timeout: float) -> bool:
-        """Press the power button and wait; True once the guest powered itself off."""
+        """Press the power button and wait; True once the guest powered itself off.
+        Fails at once (MachineStateError) when the machine is deallocated meanwhile."""
         uart = self._live()
-        self._set_state(PowerState.STOPPING)
-        self._publish(EventKind.POWERDOWN)
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._off_waiter = waiter
-        try:
+        with self.events() as events:
+            self._set_state(PowerState.STOPPING)
+            self._publish(EventKind.POWERDOWN)
             uart.power_button()
-            async with asyncio.timeout(timeout):
-                return await asyncio.shield(waiter)
-        except TimeoutError:
-            return False
-        finally:
-            self._off_waiter = None
+            try:
+                await self._wait(
+                    events.wait_for(lambda e: e.kind is EventKind.SHUTDOWN, timeout), timeout
+                )
+            except TimeoutError:
+                return False
+        return True
 
     def _force_off(self, detail: str) -> None:
         self._live().halt()
@@ -233,8 +265,6 @@ class EmulatedMachine(MachineBase):
             self._uart.close()
             self._uart = None
         self.guest.halt()
-        if self._off_waiter is not None and not self._off_waiter.done():
-            self._off_waiter.set_result(True)
         self._set_state(PowerState.DEALLOCATED, detail)
 
     def _on_guest_event(self, event: GuestEvent) -> None:
@@ -244,8 +274,6 @@ class EmulatedMachine(MachineBase):
         elif event is GuestEvent.POWERED_OFF:
             self._set_state(PowerState.STOPPED, "guest powered off")
             self._publish(EventKind.SHUTDOWN, "guest powered off")
-            if self._off_waiter is not None and not self._off_waiter.done():
-                self._off_waiter.set_result(True)
         elif event is GuestEvent.PANICKED:
             self._set_state(PowerState.PANICKED, "guest panic")
             self._publish(EventKind.PANICKED, "guest panic")

@@ -16,18 +16,30 @@ bytes, applies backpressure and runs the personality's timer.
   like a real line (11520 B/s is 115200 baud 8N1).
 - Guest events reach ``on_event`` in order with the bytes: once everything printed
   before them is in the PTY.
+- Typed input the guest has not read yet is the master's unread count (``FIONREAD``,
+  after a ``poll`` with no timeout that makes the kernel push its flip buffer, which
+  ``FIONREAD`` alone lags by up to a millisecond); ``wait_input_taken`` is woken by the
+  guest's own reads.
+- Three descriptors per guest in all: the master and the slave kept here, and the one
+  the gateway opens. A PTY that cannot be made raises ``PtyUnavailable`` naming the
+  limit that ran out (the kernel's PTY count, or this process's descriptors).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
+import select
+import struct
+import termios
 import tty
 from collections.abc import Callable
 
 from emulator.guest import GuestEvent, Personality
+from gateway.machines.base import limit_message
 
 READ_SIZE = 4096
 WRITE_CHUNK = 4096
@@ -35,11 +47,21 @@ HIGH_WATER = 64 * 1024  # bytes queued in the personality before it stops readin
 PUMP_BUDGET = 64 * 1024  # bytes written per event-loop turn before yielding to others
 
 
+class PtyUnavailable(OSError):
+    """No PTY can be made; the message names the limit that ran out and what to do."""
+
+
 class PtyPair:
-    """A raw PTY: ``master`` (non-blocking) for the guest, ``path`` of the slave for the gateway."""
+    """A raw PTY: ``master`` (non-blocking) for the guest, ``path`` of the slave for the gateway.
+
+    Raises PtyUnavailable (the limit that ran out, in the message) when none can be made.
+    """
 
     def __init__(self) -> None:
-        self.master, self._slave = os.openpty()
+        try:
+            self.master, self._slave = os.openpty()
+        except OSError as err:
+            raise PtyUnavailable(limit_message(err, "no PTY")) from err
         try:
             tty.setraw(self._slave)
             os.set_blocking(self.master, False)
@@ -89,6 +111,7 @@ class Uart:
         self._reading = False
         self._waiting_writable = False
         self._closed = False
+        self._input_waiters: list[asyncio.Future[None]] = []
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -100,6 +123,34 @@ class Uart:
     def idle(self) -> bool:
         """True when every byte the guest printed so far is in the PTY."""
         return not self._pending and self.guest.output_buffered() == 0
+
+    def unread_input(self) -> int:
+        """Bytes written to the port that the guest has not read yet (0 once closed)."""
+        if self._closed:
+            return 0
+        poller = select.poll()  # poll(2): no descriptor of its own
+        poller.register(self._fd, select.POLLIN)
+        poller.poll(0)  # pushes the tty's flip buffer, which FIONREAD alone would miss
+        raw = fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0")
+        return int(struct.unpack("i", raw)[0])
+
+    async def wait_input_taken(self) -> None:
+        """Return once the guest has read every byte written so far (or the port closed).
+        Woken by the guest's reads; waits as long as the guest does not read."""
+        while self.unread_input():
+            taken: asyncio.Future[None] = self._loop.create_future()
+            self._input_waiters.append(taken)
+            try:
+                await taken
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._input_waiters.remove(taken)
+
+    def _wake_input_waiters(self) -> None:
+        for taken in self._input_waiters:
+            if not taken.done():
+                taken.set_result(None)
+        self._input_waiters.clear()
 
     # -- acting on the guest ----------------------------------------------------------
 
@@ -138,6 +189,7 @@ class Uart:
         if self._pending:
             self._log.debug("%d bytes of output were never read", len(self._pending))
         self.pty.close()
+        self._wake_input_waiters()
 
     # -- the loop's callbacks -----------------------------------------------------------
 
@@ -178,6 +230,8 @@ class Uart:
                 return
             self.bytes_in += len(data)
             self.guest.receive_data(data, self._loop.time())
+            if self._input_waiters:
+                self._wake_input_waiters()
             if len(data) < READ_SIZE:
                 return
 
@@ -192,6 +246,8 @@ class Uart:
         if data:
             self.bytes_in += len(data)
             self.guest.receive_data(data, self._loop.time())
+        if self._input_waiters:
+            self._wake_input_waiters()
         self._service()
 
     def _gate_input(self) -> None:

@@ -7,7 +7,10 @@ takes well under a second; where it does not come within ``PROBE_SECONDS``, TCG 
 
 The answer is kept for the process, and on disk per boot of the host (keyed by the host's
 boot id, the QEMU binary and the kernel), so that only the first run after a reboot pays
-for the probe. ``LAB_ACCEL=kvm|tcg`` in the environment skips the probe.
+for the probe. ``LAB_ACCEL=kvm|tcg`` in the environment skips the probe. Concurrent calls
+in one event loop share one probe (a lock per event loop: an asyncio lock belongs to the
+first loop that waits on it, and a process may run several loops, one after another or
+in threads).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from gateway.machines.process import die_with_parent
@@ -27,7 +31,17 @@ log = logging.getLogger("serial_console_lab.machines.accel")
 PROBE_SECONDS = 3.0
 _cache: dict[str, str] = {}
 last_choice: tuple[str, str] | None = None  # (accelerator, why), for the lab's banner
-_lock = asyncio.Lock()
+_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _loop_lock() -> asyncio.Lock:
+    """This event loop's probe lock; locks of closed loops are dropped."""
+    loop = asyncio.get_running_loop()
+    with _locks_guard:
+        for old in [old for old in _locks if old.is_closed()]:
+            del _locks[old]
+        return _locks.setdefault(loop, asyncio.Lock())
 
 
 def _cache_file(key: str) -> Path:
@@ -52,7 +66,7 @@ async def select_accel(kernel: Path, qemu: str = "qemu-system-x86_64") -> str:
     if forced in ("kvm", "tcg"):
         last_choice = (forced, "LAB_ACCEL")
         return forced
-    async with _lock:
+    async with _loop_lock():
         key = _key(qemu, kernel)
         if key in _cache:
             return _cache[key]

@@ -12,6 +12,16 @@ Power states (Azure's, plus ``panicked``)::
     running --(guest panic)--> panicked --reset--> running
     any allocated state --deallocate--> deallocated
 
+One operation at a time: ``start``, ``stop``, ``restart`` and ``reset`` are power operations;
+one called while another is in progress is refused at once with ``MachineStateError``
+("cannot reset VM 'x' while it is restarting: wait until that has finished"), as Azure
+refuses a conflicting operation (409 OperationNotAllowed); it never waits behind it, so it
+never acts on a state its caller did not see. ``deallocate`` is the exception: it is always
+allowed, fails the operation in progress at once and takes over. ``send_break``,
+``inject_nmi`` and ``wait_input_taken`` are not power operations: they only need the guest's
+CPU to run. Every wait inside an operation (for the guest to power off, say) is timed, and
+fails at once with ``MachineError`` when the machine dies or is deallocated meanwhile.
+
 The serial port exists from ``starting`` on. Before the guest's CPU runs, every port hook
 (``add_port_hook``) is awaited with the port's path, so a reader attached there sees the
 boot from its first byte. After ``deallocate`` the port is gone; the next ``start`` makes a
@@ -28,12 +38,16 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import errno
 import logging
+import resource
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 log = logging.getLogger("serial_console_lab.machines")
 
@@ -100,6 +114,7 @@ class MachineEvent:
 
 
 PortHook = Callable[[str], Awaitable[None]]
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -150,6 +165,15 @@ class Machine(Protocol):
 
     async def inject_nmi(self) -> None:
         """Inject a non-maskable interrupt."""
+
+    async def wait_input_taken(self, timeout: float) -> None:
+        """Return once the guest has taken every byte written to the serial port so far.
+
+        Call it between typed input and a ``send_break``: a BREAK is out of band and would
+        otherwise overtake bytes still queued on the way to the guest (then the next typed
+        byte, not the intended key, becomes the SysRq key). Raises ``MachineError`` (what to
+        do in the message) after ``timeout`` s, or at once when the machine has no port.
+        """
 
 
 class EventListener:
@@ -238,10 +262,18 @@ class MachineBase:
         self._events = EventHub(name)
         self._port_hooks: list[PortHook] = []
         self._history: list[PowerState] = [self._state]
+        self._operation: str | None = None  # the power operation in progress ("restarting")
+        self._op_lock = asyncio.Lock()  # held by the operation in progress, or deallocate
+        self._waits: set[asyncio.Future[None]] = set()
 
     @property
     def power_state(self) -> PowerState:
         return self._state
+
+    @property
+    def operation(self) -> str | None:
+        """The power operation in progress (``starting``, ``restarting``...), or None."""
+        return self._operation
 
     @property
     def state_history(self) -> list[PowerState]:
@@ -277,6 +309,70 @@ class MachineBase:
         if self._state not in states:
             raise MachineStateError(_state_advice(self.name, action, self._state))
 
+    @contextlib.asynccontextmanager
+    async def _power_operation(
+        self, action: str, doing: str, *states: PowerState
+    ) -> AsyncIterator[None]:
+        """Run the body as the one power operation in progress.
+
+        Refused at once (MachineStateError) while another operation is in progress, or
+        unless the machine is in one of ``states`` once it may go ahead.
+        """
+        if self._operation is not None:
+            raise MachineStateError(
+                f"cannot {action} VM '{self.name}' while it is {self._operation}: "
+                "wait until that has finished, then try again"
+            )
+        self._operation = doing
+        try:
+            async with self._op_lock:  # only a deallocate in progress can hold it here
+                self._require(*states, action=action)
+                yield
+        finally:
+            self._operation = None
+
+    @contextlib.asynccontextmanager
+    async def _taking_over(
+        self, why: str, advice: str, kind: type[MachineError] = MachineStateError
+    ) -> AsyncIterator[None]:
+        """For deallocate and a dead process: fail the operation in progress at once
+        (``kind``: "<why> while it was <operation>: <advice>"), then run the body once that
+        operation has let go."""
+        during = f" while it was {self._operation}" if self._operation else ""
+        self._fail_waits(kind(f"{why}{during}: {advice}"))
+        async with self._op_lock:
+            yield
+
+    async def _wait(self, waiting: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Await ``waiting`` for at most ``timeout`` s (TimeoutError after it), or fail at once
+        with the machine's end (see ``_fail_waits``)."""
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+        task = loop.create_task(waiting)
+        self._waits.add(ended)
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                return task.result()
+            error = ended.exception()
+            assert isinstance(error, MachineError)
+            raise type(error)(*error.args)
+        finally:
+            self._waits.discard(ended)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _fail_waits(self, error: MachineError) -> None:
+        """End every pending ``_wait`` at once with ``error`` (the machine died or went)."""
+        for ended in list(self._waits):
+            if not ended.done():
+                ended.set_exception(error)
+                ended.exception()  # retrieved: the waiter raises it itself
+        self._waits.clear()
+
 
 def _state_advice(name: str, action: str, state: PowerState) -> str:
     advice = {
@@ -288,3 +384,29 @@ def _state_advice(name: str, action: str, state: PowerState) -> str:
         PowerState.RUNNING: "stop it first",
     }[state]
     return f"cannot {action} VM '{name}' while it is {state}: {advice}"
+
+
+def _pty_limit() -> str:
+    try:
+        most = int(Path("/proc/sys/kernel/pty/max").read_text())
+        used = int(Path("/proc/sys/kernel/pty/nr").read_text())
+    except (OSError, ValueError):
+        return "the kernel has no PTY left"
+    return (
+        f"the kernel has no PTY left ({used} in use; its limit is {most}, "
+        "/proc/sys/kernel/pty/max): raise it (sysctl -w kernel.pty.max=N) or run fewer VMs"
+    )
+
+
+def limit_message(err: OSError, what: str) -> str:
+    """What ran out when ``what`` failed with ``err``, and what to do, for a person."""
+    if err.errno in (errno.EMFILE, errno.ENFILE):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        scope = "this process" if err.errno == errno.EMFILE else "the system"
+        return (
+            f"{what}: {scope} has no file descriptor left (open-file limit {soft}, hard "
+            f"limit {hard}): raise it (ulimit -n) or run fewer VMs"
+        )
+    if err.errno == errno.ENOSPC:
+        return f"{what}: {_pty_limit()}"
+    return f"{what}: {err.strerror or err}"

@@ -21,7 +21,42 @@ start              launch (deallocated) or ``system_reset`` + ``cont`` (stopped)
 deallocate         ``quit``, a timed wait, then SIGKILL. The PTY is gone
 =================  ==========================================================================
 
-Power state follows QMP events: RESET, POWERDOWN, SHUTDOWN, STOP, RESUME, GUEST_PANICKED.
+Power state follows the machine's own commands and the guest's QMP events SHUTDOWN (the
+guest powered off: stopped) and GUEST_PANICKED (panicked); RESET and POWERDOWN are passed
+on as events. STOP and RESUME are deliberately not followed: they only echo a pause or a
+``cont`` that already has a meaning of its own (our ``stop``/``cont``, the pause after a
+SHUTDOWN under ``-no-shutdown``, and ``-action panic=pause``, whose STOP comes right after
+GUEST_PANICKED and would turn ``panicked`` into ``stopped``, hiding the crash).
+
+One power operation at a time (``MachineBase``); every monitor command is timed
+(``command_timeout``): a hung QEMU gives ``MachineCommandError``, not a wait without end.
+When QEMU dies, a wait in progress (a restart waiting for the power-off) fails at once.
+
+Typed input and BREAK order (``wait_input_taken``): typed bytes reach the guest in two
+steps, and a BREAK sent by ``chardev-send-break`` overtakes both, so the gateway waits for
+both to be empty before a BREAK:
+
+1. The PTY. QEMU holds the PTY's master (``-chardev pty``), so the bytes the gateway wrote
+   and QEMU has not read yet are counted on the master: the machine takes a copy of
+   QEMU's master descriptor with ``pidfd_getfd`` (found by its ``tty-index`` in
+   ``/proc/<pid>/fdinfo``) and reads its unread count (``FIONREAD``), after a ``poll``
+   with no timeout, which makes the kernel push bytes still in the tty's flip buffer
+   (``FIONREAD`` alone lags a write by up to a millisecond). No event says "QEMU read",
+   so this is a short poll with back-off. (Handing QEMU a PTY we make,
+   ``-chardev serial,path=...``, would show the count as well, but that backend answers
+   the guest's modem-status reads from ``TIOCMGET``, which a PTY does not support: the
+   guest would see carrier and CTS drop.)
+2. The 16550's receive FIFO (QEMU ``hw/char/serial.c``). QEMU reads from the PTY only
+   what the FIFO has room for below the guest's trigger level (``serial_can_receive``:
+   at most 14 bytes, 8 as Linux sets it), so once the PTY is empty at most that many
+   typed bytes wait in the FIFO. A BREAK (``serial_receive_break``) puts a NUL at the
+   FIFO's tail but sets the line-status BI flag at once, so Linux's 8250 driver takes the
+   FIFO's first byte as the break and the next typed byte as the SysRq key. Nothing
+   outside QEMU shows the FIFO without side effects (reading LSR through the monitor
+   clears BI), but its drain is bounded: the guest is interrupted at once at the trigger
+   level, or after four character times below it (``fifo_timeout_int``), and reads the
+   FIFO empty in that one interrupt. So after the PTY is empty the machine waits
+   ``FIFO_DRAIN`` (50 ms, over a hundred times that bound) while the CPU runs.
 
 QEMU never outlives its owner: ``deallocate`` runs on every exit path of ``async with``; the
 process gets SIGKILL when the thread that started it dies (``PR_SET_PDEATHSIG``), so even a
@@ -34,12 +69,17 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import ctypes
+import fcntl
 import hashlib
 import logging
 import os
+import select
 import signal
 import stat
+import struct
 import tempfile
+import termios
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,7 +102,11 @@ from gateway.machines.process import die_with_parent, wait_pid_exit
 QEMU = "qemu-system-x86_64"
 IMAGE_DIR = Path(__file__).resolve().parents[2] / "images" / "build" / "linux"
 LAUNCH_TIMEOUT = 30.0
+COMMAND_TIMEOUT = 10.0  # a monitor command QEMU does not answer in this time fails
 SERIAL_ID = "ser0"
+FIFO_DRAIN = 0.05  # after the PTY is empty: the guest has emptied the 16550's FIFO
+_POLL_FIRST, _POLL_MAX = 0.001, 0.02  # back-off while QEMU reads the PTY
+_SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture
 
 _live_processes: dict[int, asyncio.subprocess.Process] = {}
 
@@ -105,6 +149,7 @@ class QemuMachine(MachineBase):
         append: str = "",
         accel: str | None = None,
         qemu: str = QEMU,
+        command_timeout: float = COMMAND_TIMEOUT,
     ) -> None:
         super().__init__(name)
         self.run_dir = Path(run_dir)
@@ -116,12 +161,14 @@ class QemuMachine(MachineBase):
         self._append = append
         self._accel = accel
         self._qemu = qemu
+        self.command_timeout = command_timeout
         self.accel: str | None = None  # the accelerator of the running process
         self._proc: asyncio.subprocess.Process | None = None
         self._qmp: QMPClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._port: str | None = None
-        self._op_lock = asyncio.Lock()
+        self._input_probe: _InputProbe | None = None
+        self._probe_error = "it has no serial port now"
         self._expect_exit = False
 
     # -- properties ------------------------------------------------------------------------
@@ -153,9 +200,11 @@ class QemuMachine(MachineBase):
     # -- power -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        async with self._op_lock:
-            if self._state in (PowerState.RUNNING, PowerState.STARTING):
-                return
+        if self._state in (PowerState.RUNNING, PowerState.STARTING):
+            return
+        async with self._power_operation(
+            "start", "starting", PowerState.DEALLOCATED, PowerState.STOPPED
+        ):
             if self._state is PowerState.STOPPED:
                 with self._rollback():
                     self._set_state(PowerState.STARTING)
@@ -163,14 +212,14 @@ class QemuMachine(MachineBase):
                     await self._command("cont")
                 self._set_state(PowerState.RUNNING)
                 return
-            self._require(PowerState.DEALLOCATED, action="start")
             await self._launch()
 
     async def stop(self, timeout: float = 30.0) -> None:
-        async with self._op_lock:
-            if self._state is PowerState.STOPPED:
-                return
-            self._require(PowerState.RUNNING, PowerState.PANICKED, action="stop")
+        if self._state is PowerState.STOPPED:
+            return
+        async with self._power_operation(
+            "stop", "stopping", PowerState.RUNNING, PowerState.PANICKED
+        ):
             if self._state is PowerState.PANICKED:  # a crashed kernel answers no power button
                 self._set_state(PowerState.STOPPED, "panicked: halted")
                 return  # the CPU is already paused (panic=pause); start resets it
@@ -180,8 +229,7 @@ class QemuMachine(MachineBase):
                     self._set_state(PowerState.STOPPED, "forced: the guest did not power off")
 
     async def restart(self, timeout: float = 30.0) -> RestartOutcome:
-        async with self._op_lock:
-            self._require(PowerState.RUNNING, action="restart")
+        async with self._power_operation("restart", "restarting", PowerState.RUNNING):
             outcome = RestartOutcome.GRACEFUL
             with self._rollback():
                 if not await self._power_down(timeout):
@@ -194,15 +242,16 @@ class QemuMachine(MachineBase):
             return outcome
 
     async def reset(self) -> None:
-        async with self._op_lock:
-            self._require(PowerState.RUNNING, PowerState.PANICKED, action="reset")
+        async with self._power_operation(
+            "reset", "resetting", PowerState.RUNNING, PowerState.PANICKED
+        ):
             await self._command("system_reset")
             if self._state is PowerState.PANICKED:
                 await self._command("cont")
                 self._set_state(PowerState.RUNNING, "reset after a panic")
 
     async def deallocate(self, timeout: float = 10.0) -> None:
-        async with self._op_lock:
+        async with self._taking_over(f"VM '{self.name}' was deallocated", "start it again"):
             if self._proc is None:
                 return
             await self._terminate(timeout)
@@ -215,6 +264,41 @@ class QemuMachine(MachineBase):
         self._require_guest_running("send an NMI to")
         await self._command("inject-nmi")
 
+    async def wait_input_taken(self, timeout: float) -> None:
+        """Return once the guest has read every byte written to the serial port so far: the
+        PTY is empty, then ``FIFO_DRAIN`` for the 16550's FIFO (see the module docstring).
+
+        MachineStateError unless the guest's CPU runs (a stopped guest takes nothing);
+        MachineError after ``timeout`` s (the guest is not reading: hung, or its input
+        queue is full), or at once when the machine dies meanwhile.
+        """
+        self._require_guest_running("wait for typed input on")
+        probe = self._input_probe
+        if probe is None:
+            raise MachineError(
+                f"VM '{self.name}': cannot see whether the guest took its input "
+                f"({self._probe_error}): send the break without waiting, or deallocate and "
+                "start the VM again"
+            )
+        try:
+            await self._wait(self._input_drained(probe), timeout)
+        except TimeoutError:
+            left = probe.unread() if not probe.closed else 0
+            raise MachineError(
+                f"VM '{self.name}' has not read {left} typed byte(s) on its serial port in "
+                f"{timeout:.1f} s (it is {self._state}): the guest is not reading its console; "
+                "wait for it, or reset or restart the VM"
+            ) from None
+
+    async def _input_drained(self, probe: _InputProbe) -> None:
+        pause = _POLL_FIRST
+        while not probe.closed and probe.unread():
+            await asyncio.sleep(pause)  # nothing signals a read by QEMU: poll, backing off
+            pause = min(pause * 2, _POLL_MAX)
+        await asyncio.sleep(FIFO_DRAIN)
+        if probe.closed:
+            raise MachineStateError(f"VM '{self.name}' lost its serial port: start it again")
+
     @contextlib.contextmanager
     def _rollback(self) -> Iterator[None]:
         """A monitor command failed mid-transition: go back to the state before it, so the
@@ -223,20 +307,23 @@ class QemuMachine(MachineBase):
         try:
             yield
         except MachineError:
-            if self._proc is not None:
+            if self._proc is not None and self._proc.returncode is None:
                 self._set_state(before, "a monitor command failed")
-            raise
+            raise  # QEMU is gone: the watcher deallocates
 
     def _require_guest_running(self, action: str) -> None:
         self._require(PowerState.RUNNING, PowerState.STARTING, PowerState.STOPPING, action=action)
 
     async def _power_down(self, timeout: float) -> bool:
-        """ACPI power button; True once the guest powered itself off within ``timeout``."""
+        """ACPI power button; True once the guest powered itself off within ``timeout``.
+        Fails at once (MachineError) when QEMU dies or the machine is deallocated."""
         with self.events() as events:
             self._set_state(PowerState.STOPPING)
             await self._command("system_powerdown")
             try:
-                await events.wait_for(lambda e: e.kind is EventKind.SHUTDOWN, timeout)
+                await self._wait(
+                    events.wait_for(lambda e: e.kind is EventKind.SHUTDOWN, timeout), timeout
+                )
             except TimeoutError:
                 return False
         return True
@@ -286,6 +373,9 @@ class QemuMachine(MachineBase):
             ]
             self._port = await self._query_port()
             self.log.info("serial port %s on %s (pid %d)", SERIAL_ID, self._port, self._proc.pid)
+            self._input_probe, self._probe_error = _grab_input_probe(self._proc.pid, self._port)
+            if self._input_probe is None:
+                self.log.warning("typed input cannot be tracked: %s", self._probe_error)
             await self._run_port_hooks(self._port)
             await self._command("cont")
         except BaseException:
@@ -367,6 +457,9 @@ class QemuMachine(MachineBase):
         self._tasks = []
         self._proc = self._qmp = None
         self._port = None
+        if self._input_probe is not None:
+            self._input_probe.close()
+            self._input_probe = None
         with contextlib.suppress(FileNotFoundError):
             (self.run_dir / "qemu.pid").unlink()
         self._set_state(PowerState.DEALLOCATED)
@@ -378,7 +471,8 @@ class QemuMachine(MachineBase):
         self.log.error("QEMU exited unexpectedly (status %s): %s", code, self._qemu_log())
         _live_processes.pop(proc.pid, None)
         self._publish(EventKind.EXITED, f"QEMU exited with status {code}")
-        async with self._op_lock:
+        why = f"VM '{self.name}' went away: its QEMU process exited (status {code})"
+        async with self._taking_over(why, "start it again", MachineError):
             if self._proc is proc:
                 await self._terminate(1.0)
 
@@ -401,11 +495,20 @@ class QemuMachine(MachineBase):
             self._publish(EventKind.PANICKED, str(data.get("info", "")))
 
     async def _command(self, cmd: str, args: dict[str, object] | None = None) -> object:
+        """Run a monitor command; MachineCommandError if QEMU refuses it, fails, or does
+        not answer within ``command_timeout`` s (a late answer is dropped by the client)."""
         qmp = self._qmp
         if qmp is None:
             raise MachineStateError(f"VM '{self.name}' is deallocated: start it first")
         try:
-            return await qmp.execute(cmd, args)
+            async with asyncio.timeout(self.command_timeout):
+                return await qmp.execute(cmd, args)
+        except TimeoutError:
+            raise MachineCommandError(
+                f"QEMU did not answer {cmd} for VM '{self.name}' within "
+                f"{self.command_timeout:.0f} s: its process is hung; deallocate and start it "
+                "again"
+            ) from None
         except ExecuteError as err:
             raise MachineCommandError(f"QEMU refused {cmd} for VM '{self.name}': {err}") from err
         except (QMPError, OSError) as err:
@@ -463,3 +566,60 @@ async def kill_stale(run_dir: Path) -> bool:
     await wait_pid_exit(pid, 10.0)
     pidfile.unlink(missing_ok=True)
     return True
+
+
+class _InputProbe:
+    """A copy of QEMU's PTY master: how many typed bytes QEMU has not read yet."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.closed = False
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN)
+
+    def unread(self) -> int:
+        """Bytes written to the port that QEMU has not read. The poll (no timeout) first
+        makes the kernel push its flip buffer, which FIONREAD alone would miss."""
+        self._poll.poll(0)
+        raw = fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0")
+        return int(struct.unpack("i", raw)[0])
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
+
+
+def _grab_input_probe(pid: int, slave_path: str) -> tuple[_InputProbe | None, str]:
+    """QEMU's master of the PTY ``slave_path`` (``/dev/pts/N``), copied with pidfd_getfd;
+    (None, why) when it cannot be had."""
+    index = slave_path.rsplit("/", 1)[-1]
+    try:
+        entries = os.listdir(f"/proc/{pid}/fdinfo")
+    except OSError as err:
+        return None, f"cannot list QEMU's descriptors: {err}"
+    for entry in entries:
+        try:
+            info = Path(f"/proc/{pid}/fdinfo/{entry}").read_text()
+            target = os.readlink(f"/proc/{pid}/fd/{entry}")
+        except OSError:
+            continue
+        if target in ("/dev/ptmx", "/dev/pts/ptmx") and f"tty-index:\t{index}\n" in info:
+            try:
+                return _InputProbe(_pidfd_getfd(pid, int(entry))), ""
+            except OSError as err:
+                return None, f"cannot copy QEMU's PTY master (pidfd_getfd): {err}"
+    return None, f"QEMU holds no PTY master for {slave_path}"
+
+
+def _pidfd_getfd(pid: int, fd: int) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        copy = libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if copy < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
+        return int(copy)
+    finally:
+        os.close(pidfd)

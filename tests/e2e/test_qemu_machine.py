@@ -6,9 +6,21 @@ reader on ttyS0 attached before the CPU runs, exactly as the gateway attaches it
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+from typing import Any
+
 import pytest
 
-from gateway.machines import EventKind, MachineStateError, PowerState, RestartOutcome
+from gateway.machines import (
+    EventKind,
+    MachineCommandError,
+    MachineError,
+    MachineStateError,
+    PowerState,
+    RestartOutcome,
+)
 from tests.conftest import scaled
 from tests.e2e.conftest import GUEST_PASSWORD, Guest
 
@@ -23,7 +35,9 @@ async def test_boot_is_seen_from_the_first_byte_to_login(guest: Guest) -> None:
     assert guest.console.data.startswith(b"[    0.000000] Linux version ")
     assert b"Run /init as init process" in guest.console.data
     assert guest.vm.power_state is PowerState.RUNNING
-    assert guest.vm.accel in ("kvm", "tcg")
+    # The accelerator the machine reports is the one QEMU really runs the guest under.
+    kvm: Any = await guest.vm._command("query-kvm")
+    assert guest.vm.accel == ("kvm" if kvm["enabled"] else "tcg")
 
 
 async def test_login_with_the_password_and_run_a_command(guest: Guest) -> None:
@@ -193,3 +207,80 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("logged_in", [False, True], ids=["at-login", "at-shell"])
+async def test_sysrq_after_a_flood_of_typed_input_gets_its_own_key(
+    guest: Guest, logged_in: bool
+) -> None:
+    """2,000 typed "5"s then SysRq h: the BREAK waits until the guest has taken every typed
+    byte, so the kernel answers "h" with its help, not "5" with "Loglevel set to 5"."""
+    console = guest.console
+    await console.expect(r"login: ", BOOT)
+    if logged_in:
+        await console.login(GUEST_PASSWORD)
+    await console.send("5" * 2000)
+    await guest.vm.wait_input_taken(scaled(30))
+    await guest.vm.send_break()
+    await console.send("h")
+    match = await console.expect(r"sysrq: (HELP|Loglevel set to \d)", 15)
+    assert match.group(1) == b"HELP", console.since(match.start())
+
+
+async def test_wait_input_taken_needs_a_running_guest(guest: Guest) -> None:
+    """A stopped guest takes no input: waiting for it is refused at once, with advice."""
+    await guest.console.expect(r"login: ", BOOT)
+    await guest.vm.stop(timeout=scaled(30))
+    with pytest.raises(MachineStateError, match="while it is stopped: start it first"):
+        await guest.vm.wait_input_taken(scaled(5))
+
+
+async def test_a_reset_during_a_restart_is_refused(guest: Guest) -> None:
+    """One power operation at a time: a reset while a restart is in progress is refused at
+    once with what to do, and the restart completes."""
+    await guest.console.expect(r"login: ", BOOT)
+    with guest.vm.events() as events:
+        restart = asyncio.create_task(guest.vm.restart(timeout=scaled(30)))
+        await events.wait_for(lambda e: e.state is PowerState.STOPPING, scaled(10))
+        with pytest.raises(MachineStateError, match="while it is restarting: wait until"):
+            await guest.vm.reset()
+    assert await restart is RestartOutcome.GRACEFUL
+    await guest.console.expect(r"login: ", BOOT)
+
+
+async def test_a_wait_for_power_off_fails_at_once_when_qemu_dies(guest: Guest) -> None:
+    """QEMU killed while a stop waits for the guest to power off: the stop fails at once
+    with the reason, not after its timeout, and the machine is deallocated."""
+    console = guest.console
+    await console.expect(r"login: ", BOOT)
+    await console.login(GUEST_PASSWORD)
+    await console.run("killall acpid")  # the power button is now ignored
+    with guest.vm.events() as events:
+        stop = asyncio.create_task(guest.vm.stop(timeout=scaled(120)))
+        await events.wait_for(lambda e: e.kind is EventKind.POWERDOWN, scaled(10))
+        assert guest.vm.pid is not None
+        os.kill(guest.vm.pid, signal.SIGKILL)
+        with pytest.raises(MachineError, match="its QEMU process exited"):
+            async with asyncio.timeout(scaled(10)):
+                await stop
+        await events.wait_for(lambda e: e.state is PowerState.DEALLOCATED, scaled(10))
+    assert PowerState.RUNNING not in guest.vm.state_history[-2:]  # not "running" meanwhile
+
+
+async def test_a_hung_qemu_fails_a_command_in_time(guest: Guest) -> None:
+    """A QEMU that stops answering its monitor fails an NMI after the command timeout,
+    with what to do, instead of leaving the caller waiting."""
+    await guest.console.expect(r"login: ", BOOT)
+    pid = guest.vm.pid
+    assert pid is not None
+    guest.vm.command_timeout = scaled(1)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(MachineCommandError, match=r"did not answer inject-nmi .* hung"):
+            async with asyncio.timeout(scaled(10)):
+                await guest.vm.inject_nmi()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    guest.vm.command_timeout = scaled(10)
+    await guest.vm.inject_nmi()  # answered again once QEMU runs
+    await guest.console.expect(r"Uhhuh\. NMI received", 15)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pexpect.fdpexpect
@@ -16,7 +18,9 @@ from gateway.machines.base import (
     EventKind,
     EventListener,
     Machine,
+    MachineError,
     MachineEvent,
+    MachineLaunchError,
     MachineStateError,
     PowerState,
     RestartOutcome,
@@ -214,21 +218,169 @@ async def test_output_rate_paces_the_boot() -> None:
         assert elapsed >= 0.9 * len(lab.console.data) / rate
 
 
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    """Let the loop run until ``condition`` holds; the guest gets there within a few turns
+    (its callbacks run in this loop: there is no event to await from outside)."""
+    try:
+        async with asyncio.timeout(scaled(5)):
+            while not condition():  # noqa: ASYNC110 - one loop turn at a time, no delay
+                await asyncio.sleep(0)
+    except TimeoutError:
+        raise AssertionError(f"never happened: {what}") from None
+
+
+async def _stall(lab: Lab) -> Callable[[], None]:
+    """Stop reading the console and fill the PTY with ``seq`` output until the guest waits
+    on it; returns what resumes reading."""
+    uart = lab.vm._uart
+    assert uart is not None
+    fd = lab.console.port._fd
+    loop = asyncio.get_running_loop()
+    loop.remove_reader(fd)  # the reader falls silent, as a stuck client would
+    await lab.console.send("seq 200000\r")
+    await _until(lambda: uart._waiting_writable, "the guest waits on a full PTY")
+    return lambda: loop.add_reader(fd, lab.console.port._readable)
+
+
 async def test_guest_waits_while_nobody_reads(linux: Lab) -> None:
-    """While the reader stops reading, the guest waits at the full PTY; nothing is lost."""
+    """While the reader stops reading, the guest's output fills the PTY and the guest waits
+    there: it writes nothing more (and drops nothing) while it still takes typed input;
+    once read, every line is there, in order."""
     await linux.vm.start()
     console = linux.console
     await console.expect(r"login: $", 5)
     await console.login(PASSWORD)
-    fd = console.port._fd
-    loop = asyncio.get_running_loop()
-    loop.remove_reader(fd)  # the reader falls silent, as a stuck client would
-    await console.send("seq 200000\r")
-    await asyncio.sleep(0.05)  # nothing to await: the point is that nothing happens meanwhile
-    loop.add_reader(fd, console.port._readable)
-    await console.expect(r"\r\n199999\r\n200000\r\nroot@vm-linux:~# $", 10)
+    resume = await _stall(linux)
+    uart = linux.vm._uart
+    assert uart is not None
+    held = uart.bytes_out
+    assert held < len("\r\n".join(str(n) for n in range(1, 200001)))
+    await console.send("x")  # typed meanwhile: taken, like a tty's input while output waits
+    await linux.vm.wait_input_taken(scaled(2))
+    assert uart.bytes_out == held
+    assert not uart.idle
+    resume()
+    await console.expect(r"\r\n199999\r\n200000\r\nroot@vm-linux:~# x$", 10)
     numbers = console.text.split("seq 200000\r\n", 1)[1].split("\r\n")[:-1]
     assert numbers == [str(n) for n in range(1, 200001)]
+
+
+async def test_wait_input_taken_times_out_while_the_guest_takes_nothing(linux: Lab) -> None:
+    """A guest whose echo nobody reads stops taking input past its high-water mark (as a
+    UART with flow control would): the wait says so after its timeout, with what to do."""
+    await linux.vm.start()
+    await linux.console.expect(r"login: $", 5)
+    uart = linux.vm._uart
+    assert uart is not None
+    fd = linux.console.port._fd
+    loop = asyncio.get_running_loop()
+    loop.remove_reader(fd)
+    typing = asyncio.create_task(linux.console.send(b"a" * 300_000))
+    await _until(lambda: not uart._reading, "the guest stopped taking input")
+    with pytest.raises(MachineError, match=r"has not read \d+ typed byte\(s\) .* read its"):
+        await linux.vm.wait_input_taken(0.2)
+    loop.add_reader(fd, linux.console.port._readable)
+    await asyncio.wait_for(typing, scaled(10))
+    await linux.vm.wait_input_taken(scaled(5))
+
+
+async def test_sysrq_after_a_flood_of_typed_input_gets_its_own_key(linux: Lab) -> None:
+    """2,000 typed "5"s, then wait_input_taken, BREAK and "h": the help, not a log level."""
+    await linux.vm.start()
+    await linux.console.expect(r"login: $", 5)
+    await linux.console.send("5" * 2000)
+    await linux.vm.wait_input_taken(scaled(5))
+    uart = linux.vm._uart
+    assert uart is not None
+    assert uart.unread_input() == 0
+    await linux.vm.send_break()
+    await linux.console.send("h")
+    match = await linux.console.expect(r"sysrq: (HELP|Loglevel set to \d)", 5)
+    assert match.group(1) == b"HELP"
+
+
+async def test_one_power_operation_at_a_time(linux: Lab) -> None:
+    """A reset or stop during a restart is refused at once, with what to do; the restart
+    goes on (here it waits for its power-off messages to be read)."""
+    await linux.vm.start()
+    await linux.console.expect(r"login: $", 5)
+    await linux.console.login(PASSWORD)
+    resume = await _stall(linux)
+    with linux.vm.events() as events:
+        restart = asyncio.create_task(linux.vm.restart(timeout=scaled(10)))
+        await wait_event(events, EventKind.POWERDOWN)
+        assert linux.vm.operation == "restarting"
+        with pytest.raises(MachineStateError, match="while it is restarting: wait until"):
+            await linux.vm.reset()
+        with pytest.raises(MachineStateError, match="while it is restarting: wait until"):
+            await linux.vm.stop()
+        resume()
+        assert await restart is RestartOutcome.GRACEFUL
+    assert linux.vm.operation is None
+    await linux.vm.reset()  # free again
+
+
+async def test_deallocate_during_a_restart_fails_it_at_once(linux: Lab) -> None:
+    """Deallocate is always allowed: a restart waiting for the power-off fails at once."""
+    await linux.vm.start()
+    await linux.console.expect(r"login: $", 5)
+    await linux.console.login(PASSWORD)
+    await _stall(linux)
+    with linux.vm.events() as events:
+        restart = asyncio.create_task(linux.vm.restart(timeout=scaled(60)))
+        await wait_event(events, EventKind.POWERDOWN)
+        await linux.vm.deallocate()
+    with pytest.raises(MachineStateError, match="deallocated while it was restarting"):
+        async with asyncio.timeout(scaled(1)):
+            await restart
+    assert linux.vm.power_state is PowerState.DEALLOCATED
+    with pytest.raises(MachineStateError, match="start it first"):
+        await linux.vm.wait_input_taken(1)
+
+
+async def test_each_guest_costs_three_descriptors_with_its_reader() -> None:
+    """An emulated guest with the gateway's reader on its port holds three descriptors:
+    the PTY's master and slave, and the reader's own."""
+    machines = [EmulatedMachine(f"vm-fd-{n}") for n in range(20)]
+    ports: list[PortConsole] = []
+
+    async def attach(path: str) -> None:
+        ports.append(await PortConsole.open(path))
+
+    before = len(os.listdir("/proc/self/fd"))
+    try:
+        for vm in machines:
+            vm.add_port_hook(attach)
+            await vm.start()
+        assert (len(os.listdir("/proc/self/fd")) - before) / len(machines) == 3
+    finally:
+        for vm in machines:
+            await vm.deallocate()
+        for port in ports:
+            port.close_port()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+async def test_no_descriptor_left_is_a_clear_refusal() -> None:
+    """When descriptors run out, start says so and names the limit; the machine stays
+    deallocated and starts once there is room again."""
+    vm = EmulatedMachine("vm-nofd")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+    try:
+        for _ in range(2):  # the same clear message each time, no PTY path in it
+            with pytest.raises(MachineLaunchError) as refused:
+                await vm.start()
+            assert f"no file descriptor left (open-file limit {lowest_free}" in str(refused.value)
+            assert "ulimit -n" in str(refused.value)
+            assert "/dev/pts" not in str(refused.value)
+            assert vm.power_state is PowerState.DEALLOCATED
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    await vm.start()
+    await vm.deallocate()
 
 
 async def test_state_errors_say_what_to_do() -> None:
