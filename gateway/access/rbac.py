@@ -27,6 +27,7 @@ from gateway.access.errors import AuthorizationError
 CONNECT = "Microsoft.SerialConsole/serialPorts/connect/action"
 SERIAL_PORT_READ = "Microsoft.SerialConsole/serialPorts/read"
 SERIAL_PORT_WRITE = "Microsoft.SerialConsole/serialPorts/write"
+SERIAL_PORT_DELETE = "Microsoft.SerialConsole/serialPorts/delete"
 CONSOLE_SERVICE_READ = "Microsoft.SerialConsole/consoleServices/read"
 CONSOLE_SERVICE_WRITE = "Microsoft.SerialConsole/consoleServices/write"
 AUDIT_READ = "Microsoft.SerialConsole/auditLogs/list/action"  # not a */read: Readers lack it

@@ -108,6 +108,12 @@ class LabDatabase:
             (key, value),
         )
 
+    def delete_setting(self, key: str) -> bool:
+        """Forget ``key``; True if it was stored."""
+        existed = self.setting(key) is not None
+        self.execute("DELETE FROM settings WHERE key = ?", (key,))
+        return existed
+
     def settings_with_prefix(self, prefix: str) -> Iterable[tuple[str, str]]:
         escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         rows = self.execute(

@@ -1,10 +1,12 @@
 """The FastAPI app of the gateway: ``create_app(context)``.
 
-Routes: ``auth`` (``/oauth2/token``), ``arm`` (Microsoft.SerialConsole, subscriptions,
-audit), ``compute`` (Microsoft.Compute), ``bootdiag`` (signed serial-log URLs). Every
-error is ARM-shaped (``errors``). OpenAPI at ``/openapi.json``. Further routers (the
-websocket console, admin commands) are added with ``app.include_router`` by whoever owns
-them; they reach the lab through ``context_of(request)``.
+Routes: ``auth`` (``/oauth2/token``), ``identity`` (Entra's v2.0 discovery and token
+endpoints), ``arm`` (Microsoft.SerialConsole, subscriptions, tenants, audit), ``compute``
+(Microsoft.Compute, long-running power actions), ``bootdiag`` (signed serial-log blobs).
+``armpath`` applies ARM's routing rules (case-insensitive words, ``api-version``) before
+any route. Every error is ARM-shaped (``errors``). OpenAPI at ``/openapi.json``. Further
+routers (the websocket console, admin commands) are added with ``app.include_router`` by
+whoever owns them; they reach the lab through ``context_of(request)``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from gateway.api import admin, arm, auth, bootdiag, compute, console_ws
+from gateway.api import admin, arm, auth, bootdiag, compute, console_ws, identity
+from gateway.api.armpath import ArmRouting
 from gateway.api.context import ApiContext
 from gateway.api.errors import install_handlers
 from gateway.api.hosts import HostCheck
@@ -29,9 +32,11 @@ def create_app(context: ApiContext) -> FastAPI:
         version=API_VERSION,
         description=(
             "Azure Serial Console's control plane on one machine: Microsoft.SerialConsole "
-            "and Microsoft.Compute on ARM's paths. Get a token with POST /oauth2/token, "
-            "send it as 'Authorization: Bearer <token>'. The api-version query parameter "
-            "is accepted and not required."
+            "and Microsoft.Compute on ARM's paths, as Azure's SDKs and az call them. Get a "
+            "token with POST /oauth2/token (or Entra's /{tenant}/oauth2/v2.0/token), send "
+            "it as 'Authorization: Bearer <token>'. Every path under /subscriptions, "
+            "/providers and /tenants needs ARM's api-version query parameter (e.g. "
+            "2024-07-01 for Microsoft.SerialConsole, 2026-04-01 for Microsoft.Compute)."
         ),
         docs_url="/docs",
         redoc_url=None,
@@ -39,12 +44,14 @@ def create_app(context: ApiContext) -> FastAPI:
     app.state.context = context
     install_handlers(app)
     app.include_router(auth.router)
+    app.include_router(identity.router)
     app.include_router(arm.router)
     app.include_router(compute.router)
     app.include_router(bootdiag.router)
     app.include_router(console_ws.router)
     app.include_router(admin.router)
-    app.add_middleware(HostCheck, allowed=context.allowed_hosts)
+    app.add_middleware(ArmRouting)
+    app.add_middleware(HostCheck, allowed=context.allowed_hosts)  # outermost: runs first
     _declare_path_parameters(app)
     return app
 

@@ -1,17 +1,23 @@
 """Microsoft.SerialConsole on ARM's paths: console service, serial ports, connect; plus
 the subscription list and the audit log.
 
-Paths and bodies follow the Microsoft.SerialConsole REST API (api-version 2024-07-01; the
-``api-version`` query parameter is accepted, not required). ``connect`` checks in Azure's
-order: console enabled for the subscription, the caller's role, the VM provisioned,
-running, boot diagnostics (for a scale-set instance: in the model, and the instance on the
-latest model), the serial port enabled; then it makes a one-time session (60 s, one use,
-bound to the caller and the VM) and answers its websocket URL.
+Paths and bodies follow the Microsoft.SerialConsole REST API (api-versions 2024-07-01,
+2023-01-01 and 2018-05-01; ``armpath`` checks the ``api-version`` and ARM's spelling rules
+before these routes see a request): the provider's operations, the console service (get,
+enable, disable), serial ports (list per VM and per subscription, get, create with 201,
+delete, connect) for VMs and scale-set instances; the subscription and tenant lists.
+
+``connect`` checks in Azure's order: console enabled for the subscription, the caller's
+role, the VM provisioned, running, boot diagnostics (for a scale-set instance: in the
+model, and the instance on the latest model), the serial port enabled; then it makes a
+one-time session (60 s, one use, bound to the caller and the VM) and answers its
+websocket URL.
 """
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict
 
 from gateway.access import audit, rbac
@@ -79,17 +85,80 @@ async def list_subscriptions(request: Request) -> dict[str, Any]:
     user = await _authenticated(request)
     inv = context_of(request).inventory
     scope = rbac.subscription_scope(inv.subscription_id)
-    value = []
-    if rbac.has_any_access(user.roles, scope):
-        value.append(
-            {
-                "id": scope,
-                "subscriptionId": inv.subscription_id,
-                "displayName": inv.subscription_name,
-                "state": "Enabled",
-            }
-        )
+    value = [inv.subscription_body()] if rbac.has_any_access(user.roles, scope) else []
     return {"value": value}
+
+
+@router.get(SUB, tags=["subscriptions"], summary="One subscription")
+async def get_subscription(request: Request, subscription_id: str) -> dict[str, Any]:
+    """The subscription, for a caller who holds any role in it (404 otherwise, as ARM)."""
+    user = await _authenticated(request)
+    inv = context_of(request).inventory
+    inv.check_subscription(subscription_id)
+    if not rbac.has_any_access(user.roles, rbac.subscription_scope(inv.subscription_id)):
+        raise ArmError(
+            404, "SubscriptionNotFound", f"The subscription '{subscription_id}' could not be found."
+        )
+    return inv.subscription_body()
+
+
+@router.get("/tenants", tags=["subscriptions"], summary="The directory (tenant) of the lab")
+async def list_tenants(request: Request) -> dict[str, Any]:
+    await _authenticated(request)
+    tenant = context_of(request).inventory.tenant_id
+    return {
+        "value": [
+            {
+                "id": f"/tenants/{tenant}",
+                "tenantId": tenant,
+                "tenantCategory": "Home",
+                "displayName": "Serial Console Lab",
+                "defaultDomain": "serialconsole.lab",
+                "domains": ["serialconsole.lab"],
+            }
+        ]
+    }
+
+
+# -- the provider's operations --------------------------------------------------------------
+
+_OPERATIONS = [
+    ("consoleServices/read", "Serial Console instance", "Default",
+     "Retrieves the current subscription state"),
+    ("consoleServices/disableConsole/action", "Serial Console instance", "Disable Console",
+     "Disable Serial Console for a subscription"),
+    ("consoleServices/enableConsole/action", "Serial Console instance", "Enable Console",
+     "Enable Serial Console for a subscription"),
+    ("serialPorts/read", "Serial Port for a Virtual Machine", "Read",
+     "Retrieves the serial port settings"),
+    ("serialPorts/write", "Serial Port for a Virtual Machine", "Write",
+     "Creates or updates the serial port settings"),
+    ("serialPorts/delete", "Serial Port for a Virtual Machine", "Delete",
+     "Deletes the serial port settings"),
+    ("serialPorts/connect/action", "Serial Port for a Virtual Machine", "Connect",
+     "Connect to a serial port"),
+]  # fmt: skip
+
+
+@router.get("/providers/Microsoft.SerialConsole/operations", tags=["console service"])
+async def list_operations(request: Request) -> dict[str, Any]:
+    """The operations of Microsoft.SerialConsole (any signed-in caller may list them)."""
+    await _authenticated(request)
+    return {
+        "value": [
+            {
+                "name": f"Microsoft.SerialConsole/{name}",
+                "isDataAction": "false",
+                "display": {
+                    "provider": "Microsoft.SerialConsole",
+                    "resource": resource,
+                    "operation": operation,
+                    "description": description,
+                },
+            }
+            for name, resource, operation, description in _OPERATIONS
+        ]
+    }
 
 
 def _console_body(ctx: ApiContext) -> dict[str, Any]:
@@ -102,10 +171,21 @@ def _console_body(ctx: ApiContext) -> dict[str, Any]:
     }
 
 
+def console_scope(ctx: ApiContext, params: Mapping[str, Any]) -> str:
+    """The subscription's scope; its ``SubscriptionNotFound`` in the console service's
+    shape (``{"code", "message"}``, as its spec shows)."""
+    try:
+        return subscription_scope(ctx, params)
+    except ArmError as err:
+        if err.code == "SubscriptionNotFound":
+            raise ArmError(err.status, err.code, err.message, flat=True) from err
+        raise
+
+
 @router.get(PROVIDER + "/consoleServices/default", tags=["console service"])
 async def get_console_service(
     request: Request,
-    caller: Annotated[Caller, require(rbac.CONSOLE_SERVICE_READ, subscription_scope)],
+    caller: Annotated[Caller, require(rbac.CONSOLE_SERVICE_READ, console_scope)],
 ) -> dict[str, Any]:
     """Whether the serial console is disabled for the subscription."""
     return _console_body(context_of(request))
@@ -124,7 +204,7 @@ async def disable_console(
     request: Request,
     caller: Annotated[
         Caller,
-        require(rbac.CONSOLE_SERVICE_WRITE, subscription_scope, audit_as="disableConsole"),
+        require(rbac.CONSOLE_SERVICE_WRITE, console_scope, audit_as="disableConsole"),
     ],
 ) -> dict[str, Any]:
     """Disable the serial console for the whole subscription (needs write there)."""
@@ -136,7 +216,7 @@ async def enable_console(
     request: Request,
     caller: Annotated[
         Caller,
-        require(rbac.CONSOLE_SERVICE_WRITE, subscription_scope, audit_as="enableConsole"),
+        require(rbac.CONSOLE_SERVICE_WRITE, console_scope, audit_as="enableConsole"),
     ],
 ) -> dict[str, Any]:
     """Enable the serial console for the whole subscription (needs write there)."""
@@ -206,7 +286,12 @@ def _port_routes(prefix: str, scope_of: Any, tag: str) -> None:
         ctx = context_of(request)
         return port_body(ctx, _port_of(ctx, dict(request.path_params), port))
 
-    @router.put(prefix + PORTS + "/{port}", tags=[tag], name=f"enable or disable port ({tag})")
+    @router.put(
+        prefix + PORTS + "/{port}",
+        tags=[tag],
+        name=f"enable or disable port ({tag})",
+        status_code=201,
+    )
     async def put_port(
         request: Request,
         port: str,
@@ -222,6 +307,27 @@ def _port_routes(prefix: str, scope_of: Any, tag: str) -> None:
         record(ctx, caller, "serialPort.write", audit.SUCCEEDED, body.properties.state,
                target=vm.port_id)  # fmt: skip
         return port_body(ctx, vm)
+
+    @router.delete(
+        prefix + PORTS + "/{port}",
+        tags=[tag],
+        name=f"delete port settings ({tag})",
+        responses={200: {"description": "Deleted"}, 204: {"description": "Nothing to delete"}},
+    )
+    async def delete_port(
+        request: Request,
+        port: str,
+        caller: Annotated[
+            Caller, require(rbac.SERIAL_PORT_DELETE, scope_of, audit_as="serialPort.delete")
+        ],
+    ) -> Response:
+        """Forget the port's settings: it is as the lab file says again (200; 204 when it
+        had none of its own)."""
+        ctx = context_of(request)
+        vm = _port_of(ctx, dict(request.path_params), port)
+        existed = ctx.console.reset_port(vm)
+        record(ctx, caller, "serialPort.delete", audit.SUCCEEDED, target=vm.port_id)
+        return Response(status_code=200 if existed else 204)
 
     @router.post(prefix + PORTS + "/{port}/connect", tags=[tag], name=f"connect ({tag})")
     async def connect(

@@ -1,19 +1,19 @@
 """Microsoft.Compute on ARM's paths: VMs, scale sets and their instances; power actions;
 ``retrieveBootDiagnosticsData``.
 
-Power actions call the machine and answer when it is done (200, with an operation status
-body), rather than ARM's 202 and polling: the lab's machines take seconds. The power
+Power actions are ARM's long-running operations (``operations``): 202 with
+``Azure-AsyncOperation``, ``Location`` and ``Retry-After``; the status resource is
+``.../providers/Microsoft.Compute/locations/{location}/operations/{id}``. The power
 state shows in the instance view as ``PowerState/<state>`` (``$expand=instanceView`` or
 ``.../instanceView``).
 """
 
-import time
-import uuid
+import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
 
 from gateway.access import audit, rbac
 from gateway.api.auth import (
@@ -29,7 +29,8 @@ from gateway.api.auth import (
 from gateway.api.auth import subscription_scope as sub_scope
 from gateway.api.bootdiag import log_path
 from gateway.api.context import ApiContext, Caller, context_of
-from gateway.api.errors import ArmError
+from gateway.api.errors import ArmError, error_response
+from gateway.api.operations import FAILED, SUCCEEDED
 from gateway.api.resources import VMSS_TYPE, ScaleSetResource, VmResource
 from gateway.machines.base import Machine, MachineError, MachineStateError, PowerState
 
@@ -41,6 +42,8 @@ COMPUTE = GROUP + "/providers/Microsoft.Compute"
 VM = COMPUTE + "/virtualMachines/{vm_name}"
 VMSS = COMPUTE + "/virtualMachineScaleSets/{scale_set}"
 INSTANCE = VMSS + "/virtualMachines/{instance_id}"
+LOCATIONS = "/providers/Microsoft.Compute/locations"
+RETRY_AFTER = 1  # seconds between polls: the lab's machines take seconds, not minutes
 
 Expand = Annotated[str | None, Query(alias="$expand", max_length=64)]
 
@@ -252,32 +255,91 @@ async def _power(
     vm: VmResource,
     action: str,
     run: Callable[[Machine], Awaitable[object]],
-) -> dict[str, Any]:
+) -> Response:
+    """Start ``run`` on ``vm``'s machine as a long-running operation: 202 and ARM's headers.
+
+    A machine refuses an action in the wrong state before it does anything: that refusal
+    is answered at once (409 ``OperationNotAllowed``), as ARM does.
+    """
     ctx = context_of(request)
-    started = time.time()
-    try:
-        result = await run(vm.machine)
-    except MachineStateError as err:
-        record(ctx, caller, action, audit.FAILED, str(err), target=vm.id)
-        raise ArmError(409, "OperationNotAllowed", str(err)) from err
-    except MachineError as err:
-        record(ctx, caller, action, audit.FAILED, str(err), target=vm.id)
-        raise ArmError(500, "InternalExecutionError", str(err)) from err
-    detail = f"{result}" if result is not None else ""
-    record(ctx, caller, action, audit.SUCCEEDED, detail, target=vm.id)
-    body: dict[str, Any] = {
-        "name": str(uuid.uuid4()),
-        "status": "Succeeded",
-        "startTime": _iso(started),
-        "endTime": _iso(time.time()),
-    }
-    if result is not None:
-        body["properties"] = {"output": detail}
-    return body
+
+    async def outcome() -> str:
+        try:
+            result = await run(vm.machine)
+        except MachineError as err:
+            record(ctx, caller, action, audit.FAILED, str(err), target=vm.id)
+            raise
+        detail = f"{result}" if result is not None else ""
+        record(ctx, caller, action, audit.SUCCEEDED, detail, target=vm.id)
+        return detail
+
+    op = ctx.operations.start(action, vm.id, outcome, _failure)
+    await asyncio.sleep(0)  # one turn of the loop: the machine's own state check runs
+    if op.status == FAILED and op.error is not None and op.error[0] == "OperationNotAllowed":
+        raise ArmError(409, *op.error)
+    status = _operation_url(request, vm.location, op.id)
+    version = request.query_params.get("api-version", "")
+    return Response(
+        status_code=202,
+        headers={
+            "Azure-AsyncOperation": f"{status}?api-version={version}",
+            "Location": f"{status}?monitor=true&api-version={version}",
+            "Retry-After": str(RETRY_AFTER),
+        },
+    )
 
 
-def _iso(when: float) -> str:
-    return datetime.fromtimestamp(when, UTC).isoformat().replace("+00:00", "Z")
+def _failure(err: BaseException) -> tuple[str, str] | None:
+    if isinstance(err, MachineStateError):
+        return "OperationNotAllowed", str(err)
+    if isinstance(err, MachineError):
+        return "InternalExecutionError", str(err)
+    return None
+
+
+def _operation_url(request: Request, location: str, operation_id: str) -> str:
+    sub = context_of(request).inventory.subscription_id
+    base = str(request.base_url).rstrip("/")
+    return f"{base}/subscriptions/{sub}{LOCATIONS}/{location}/operations/{operation_id}"
+
+
+@router.get(
+    SUB + LOCATIONS + "/{location}/operations/{operation_id}",
+    tags=["operations"],
+    summary="A long-running operation's status (Azure-AsyncOperation and Location URLs)",
+)
+async def get_operation(
+    request: Request,
+    location: str,
+    operation_id: str,
+    token: Annotated[str | None, Depends(bearer)],
+    monitor: bool = False,
+) -> Response:
+    """The status resource (``InProgress``, ``Succeeded``, ``Failed`` with ARM's error);
+    with ``monitor=true``, as the ``Location`` URL answers: 202 while the operation runs,
+    200 once it succeeded, its error once it failed."""
+    ctx = context_of(request)
+    authenticate(ctx, token)
+    sub_scope(ctx, request.path_params)
+    op = ctx.operations.get(operation_id)
+    if op is None:
+        raise ArmError(
+            404,
+            "OperationNotFound",
+            f"The operation '{operation_id[:64]}' was not found: the lab keeps its newest "
+            f"{ctx.operations.limit} operations while it runs.",
+        )
+    if not monitor:
+        return JSONResponse(op.body())
+    if not op.done:
+        return Response(
+            status_code=202,
+            headers={"Location": str(request.url), "Retry-After": str(RETRY_AFTER)},
+        )
+    if op.status == SUCCEEDED:
+        return Response(status_code=200)
+    code, message = op.error or ("OperationCanceled", "The operation was canceled.")
+    return error_response(ArmError(409 if code == "OperationNotAllowed" else 500, code, message))
 
 
 _ACTIONS: dict[str, tuple[str, str, Callable[[Machine], Awaitable[object]]]] = {
@@ -289,22 +351,27 @@ _ACTIONS: dict[str, tuple[str, str, Callable[[Machine], Awaitable[object]]]] = {
 
 
 def _power_routes(name: str, vm_action: str, vmss_action: str, run: Any) -> None:
-    @router.post(VM + f"/{name}", tags=["virtual machines"], name=f"VM {name}")
+    @router.post(VM + f"/{name}", tags=["virtual machines"], name=f"VM {name}", status_code=202)
     async def vm_power(
         request: Request,
         caller: Annotated[Caller, require(vm_action, vm_scope, audit_as=vm_action)],
-    ) -> dict[str, Any]:
+    ) -> Response:
         return await _power(request, caller, _vm(request), vm_action, run)
 
-    @router.post(INSTANCE + f"/{name}", tags=["scale sets"], name=f"instance {name}")
+    @router.post(
+        INSTANCE + f"/{name}", tags=["scale sets"], name=f"instance {name}", status_code=202
+    )
     async def instance_power(
         request: Request,
         caller: Annotated[Caller, require(vmss_action, instance_scope, audit_as=vmss_action)],
-    ) -> dict[str, Any]:
+    ) -> Response:
         return await _power(request, caller, _instance(request), vmss_action, run)
 
-    vm_power.__doc__ = f"``{name}`` the VM (calls the machine's {name} and waits for it)."
-    instance_power.__doc__ = f"``{name}`` the scale-set instance."
+    vm_power.__doc__ = (
+        f"``{name}`` the VM: 202, then poll the Azure-AsyncOperation URL until the status "
+        "is Succeeded or Failed."
+    )
+    instance_power.__doc__ = f"``{name}`` the scale-set instance (202, as for a VM)."
 
 
 for _name, (_vm_action, _vmss_action, _run) in _ACTIONS.items():

@@ -7,7 +7,7 @@ websocket handler.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
 
@@ -15,7 +15,8 @@ from gateway.access.audit import AuditLog
 from gateway.access.connect_sessions import ConnectSessions
 from gateway.access.tokens import TokenService
 from gateway.access.users import Directory, User
-from gateway.api.bootdiag import UrlSigner
+from gateway.api.bootdiag import BlobVersions, UrlSigner
+from gateway.api.operations import Operations
 from gateway.api.resources import ConsoleState, Inventory
 
 
@@ -35,6 +36,8 @@ class ApiContext:
     session_buffer: int = 1 << 20  # output queued per console client before it is cut off
     allowed_origins: tuple[str, ...] = ()  # browser origins besides the gateway's own
     allowed_hosts: frozenset[str] | None = None  # Host header names answered (None: any)
+    operations: Operations = field(default_factory=Operations)  # power actions (202 + polling)
+    blob_versions: BlobVersions = field(default_factory=BlobVersions)  # serial log ETags
 
 
 @dataclass(frozen=True, slots=True)

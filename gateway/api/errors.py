@@ -49,16 +49,27 @@ TOKEN_HINT = (
 
 
 class ArmError(Exception):
-    """An error response in ARM's shape. ``message`` is what the user reads."""
+    """An error response in ARM's shape. ``message`` is what the user reads.
+
+    ``flat`` answers ``{"code", "message"}`` without the ``error`` wrapper: the shape the
+    Microsoft.SerialConsole spec gives its console service's ``SubscriptionNotFound``.
+    """
 
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        flat: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.flat = flat
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -66,7 +77,12 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 
 
 def error_response(err: ArmError) -> JSONResponse:
-    return JSONResponse(error_body(err.code, err.message), err.status, headers=err.headers)
+    body = (
+        {"code": err.code, "message": err.message}
+        if err.flat
+        else error_body(err.code, err.message)
+    )
+    return JSONResponse(body, err.status, headers=err.headers)
 
 
 def not_found(kind: str, name: str, group: str | None = None) -> ArmError:

@@ -18,6 +18,7 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.access import rbac
 from gateway.access.store import LabDatabase
@@ -31,6 +32,8 @@ VMSS_TYPE = "Microsoft.Compute/virtualMachineScaleSets"
 VMSS_VM_TYPE = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines"
 PORT_TYPE = "Microsoft.SerialConsole/serialPorts"
 PORT_NAME = "0"
+# The lab's directory (tenant) unless the lab file names one: ``[subscription] tenant_id``.
+DEFAULT_TENANT = "5e71a1c0-0000-4000-8000-00000000ad00"
 
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.()-]{0,88}[A-Za-z0-9_()])?")
 _SUBSCRIPTION = re.compile(r"[A-Za-z0-9-]{1,64}")
@@ -145,9 +148,12 @@ class ScaleSetResource:
 class Inventory:
     """Every resource of the lab's one subscription, looked up case-insensitively."""
 
-    def __init__(self, subscription_id: str, subscription_name: str) -> None:
+    def __init__(
+        self, subscription_id: str, subscription_name: str, tenant_id: str = DEFAULT_TENANT
+    ) -> None:
         self.subscription_id = subscription_id
         self.subscription_name = subscription_name
+        self.tenant_id = tenant_id
         self.groups: dict[str, ResourceGroupInfo] = {}
         self.vms: dict[tuple[str, str], VmResource] = {}
         self.scale_sets: dict[tuple[str, str], ScaleSetResource] = {}
@@ -197,6 +203,22 @@ class Inventory:
                 "SubscriptionNotFound",
                 f"The subscription '{subscription}' could not be found.",
             )
+
+    def subscription_body(self) -> dict[str, Any]:
+        """The subscription as ``GET /subscriptions`` lists it."""
+        return {
+            "id": rbac.subscription_scope(self.subscription_id),
+            "subscriptionId": self.subscription_id,
+            "tenantId": self.tenant_id,
+            "displayName": self.subscription_name,
+            "state": "Enabled",
+            "subscriptionPolicies": {
+                "locationPlacementId": "Public_2014-09-01",
+                "quotaId": "Lab_2026-01-01",
+                "spendingLimit": "Off",
+            },
+            "authorizationSource": "RoleBased",
+        }
 
     def group(self, name: str) -> ResourceGroupInfo:
         info = self.groups.get(name.lower())
@@ -254,3 +276,7 @@ class ConsoleState:
 
     def set_port_enabled(self, vm: VmResource, enabled: bool) -> None:
         self.db.set_setting(f"serial_port:{vm.id.lower()}", "enabled" if enabled else "disabled")
+
+    def reset_port(self, vm: VmResource) -> bool:
+        """Forget the port's PUT: it is as the lab file says again. True if there was one."""
+        return self.db.delete_setting(f"serial_port:{vm.id.lower()}")

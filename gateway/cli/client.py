@@ -11,6 +11,7 @@ console websocket uses too).
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import uuid
 from types import TracebackType
@@ -24,6 +25,12 @@ from gateway.cli.errors import GatewayError, GatewayUnreachable, NotLoggedIn
 from gateway.cli.trust import ssl_context, untrusted_hint
 
 API_VERSION = "2024-07-01"
+# ARM wants an api-version its provider publishes: the last namespace in the path decides.
+API_VERSIONS = {
+    "Microsoft.SerialConsole": "2024-07-01",
+    "Microsoft.Compute": "2024-07-01",
+}
+RESOURCES_API_VERSION = "2022-12-01"  # subscriptions, tenants (Microsoft.Resources)
 DEFAULT_TIMEOUT = 30.0
 # Power actions answer when the machine is done: a graceful restart can take a while.
 POWER_TIMEOUT = 180.0
@@ -55,6 +62,17 @@ def _untrusted(err: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return "CERTIFICATE_VERIFY_FAILED" in str(err)
+
+
+def api_version(path: str) -> str | None:
+    """The ``api-version`` for an ARM ``path`` (None for the lab's other paths)."""
+    if not path.startswith(("/subscriptions", "/providers", "/tenants")):
+        return None
+    parts = path.split("/")
+    namespaces = [parts[i + 1] for i, part in enumerate(parts[:-1]) if part == "providers"]
+    if namespaces:
+        return API_VERSIONS.get(namespaces[-1], API_VERSION)
+    return RESOURCES_API_VERSION
 
 
 def error_message(response: httpx.Response) -> tuple[str, str]:
@@ -128,6 +146,9 @@ class GatewayClient:
     async def _request(
         self, method: str, path: str | httpx.URL, *, anonymous: bool = False, **kwargs: Any
     ) -> httpx.Response:
+        version = api_version(path) if isinstance(path, str) else None
+        if version is not None:
+            kwargs["params"] = {**(kwargs.get("params") or {}), "api-version": version}
         request = self._http.build_request(method, path, **kwargs)
         if anonymous:
             request.headers.pop("Authorization", None)
@@ -250,9 +271,27 @@ class GatewayClient:
     async def power(
         self, action: str, group: str, name: str, instance_id: str | None = None
     ) -> dict[str, Any]:
-        """Run power ``action`` (start, stop, restart, deallocate); its operation status."""
+        """Run power ``action`` (start, stop, restart, deallocate) and wait for it, as ARM's
+        long-running operation (202, then its Azure-AsyncOperation status until final);
+        the final status. A failed operation raises GatewayError with its message."""
         path = self.machine_path(group, name, instance_id) + "/" + POWER_ACTIONS[action]
-        body: dict[str, Any] = await self._json("POST", path, timeout=POWER_TIMEOUT)
+        response = await self._request("POST", path, timeout=POWER_TIMEOUT)
+        status_url = response.headers.get("Azure-AsyncOperation")
+        if response.status_code != 202 or not status_url:
+            body: dict[str, Any] = response.json()
+            return body
+        async with asyncio.timeout(POWER_TIMEOUT):
+            while True:
+                body = (await self._request("GET", httpx.URL(status_url))).json()
+                if body.get("status") != "InProgress":
+                    break
+                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+        if body.get("status") != "Succeeded":
+            error = body.get("error") or {}
+            raise GatewayError(
+                str(error.get("message") or f"The {action} operation {body.get('status')}"),
+                code=str(error.get("code", "")),
+            )
         return body
 
     # -- the console ------------------------------------------------------------------
@@ -321,7 +360,8 @@ class GatewayClient:
     async def read_boot_log(self, url: str, start: int | None = None) -> dict[str, Any]:
         """One page of the serial log at signed ``url`` from byte ``start`` (None: the
         oldest kept): ``contents``, ``start``, ``next``, ``rotated`` and maybe ``warning``."""
-        target = httpx.URL(url)
+        blob = httpx.URL(url)  # the blob itself; its pages (same se and sig) are JSON
+        target = blob.copy_with(path=blob.path + "/pages")
         if start is not None:  # merged: params= would drop the signature's se and sig
             target = target.copy_merge_params({"start": str(start)})
         # The signed URL is its own credential: no bearer token goes with it.

@@ -21,7 +21,7 @@ def gateway(request: httpx.Request) -> httpx.Response:
     path = request.url.path
     if path.endswith("/retrieveBootDiagnosticsData"):
         return httpx.Response(200, json={"serialConsoleLogBlobUri": LOG_URL})
-    if path == "/bootdiagnostics/vm/serialconsole.log":
+    if path == "/bootdiagnostics/vm/serialconsole.log/pages":  # the log read as JSON
         assert request.url.params["sig"] == "s", "the signature must survive ?start="
         assert "authorization" not in request.headers
         start = int(request.url.params.get("start", "0"))
