@@ -32,7 +32,8 @@ VMSS_TYPE = "Microsoft.Compute/virtualMachineScaleSets"
 VMSS_VM_TYPE = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines"
 PORT_TYPE = "Microsoft.SerialConsole/serialPorts"
 PORT_NAME = "0"
-# The lab's directory (tenant) unless the lab file names one: ``[subscription] tenant_id``.
+# The lab's directory (tenant) unless the lab file names one: ``[subscription] tenant_id``
+# (gateway.lab.config has the same default).
 DEFAULT_TENANT = "5e71a1c0-0000-4000-8000-00000000ad00"
 
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.()-]{0,88}[A-Za-z0-9_()])?")

@@ -35,6 +35,8 @@ OS_TYPES = ("linux", "windows")
 BACKENDS = ("qemu", "emulated")
 PROVISIONING_STATES = ("Succeeded", "Creating", "Updating", "Failed")
 DEFAULT_SUBSCRIPTION = "5e71a1c0-0000-4000-8000-000000000001"
+DEFAULT_TENANT = "5e71a1c0-0000-4000-8000-00000000ad00"
+_GUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 DEFAULT_GUEST_PASSWORD = "serial-lab"
 
 
@@ -46,6 +48,7 @@ class LabConfigError(Exception):
 class Subscription:
     id: str
     name: str
+    tenant_id: str = DEFAULT_TENANT  # the directory its users sign in to (azure-identity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,10 +328,15 @@ class _Parser:
     def lab(self, top: _Table) -> LabConfig:
         sub_t = top.table("subscription")
         subscription = Subscription(
-            id=sub_t.str("id", DEFAULT_SUBSCRIPTION), name=sub_t.str("name", "Serial Console Lab")
+            id=sub_t.str("id", DEFAULT_SUBSCRIPTION),
+            name=sub_t.str("name", "Serial Console Lab"),
+            tenant_id=sub_t.str("tenant_id", DEFAULT_TENANT),
         )
         if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", subscription.id):
             raise sub_t.fail("id", "a subscription id such as a GUID", subscription.id)
+        if not _GUID.fullmatch(subscription.tenant_id):
+            expected = f"a GUID such as {DEFAULT_TENANT}"
+            raise sub_t.fail("tenant_id", expected, subscription.tenant_id)
         sub_t.done()
         guest_t = top.table("guest")
         guest_password = self.guest_password(guest_t, "password", DEFAULT_GUEST_PASSWORD)

@@ -269,7 +269,7 @@ class LabRuntime:
         """Machines, boot logs, hubs (installed), and the inventory the API serves."""
         cfg = self.config
         sub = cfg.subscription.id
-        inventory = Inventory(sub, cfg.subscription.name)
+        inventory = Inventory(sub, cfg.subscription.name, cfg.subscription.tenant_id)
         locations = {g.name: g.location for g in cfg.resource_groups}
         for group in cfg.resource_groups:
             inventory.add_group(group.name, group.location)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,8 +13,9 @@ import pytest
 
 from gateway.access.errors import SessionExpired, SessionUsed, SessionWrongUser, UnknownSession
 from gateway.api import errors as texts
+from gateway.lab.config import LabConfigError, parse_lab
 from tests.conftest import scaled
-from tests.integration.conftest import SUBSCRIPTION, RunningLab
+from tests.integration.conftest import CONTROL_PLANE_LAB, SUBSCRIPTION, RunningLab, running_lab
 
 SUB = f"/subscriptions/{SUBSCRIPTION}"
 RG = f"{SUB}/resourceGroups/lab-rg"
@@ -783,3 +785,23 @@ async def test_openapi_lists_the_azure_paths(lab: RunningLab) -> None:
     assert "/oauth2/token" in paths
     assert any(p.endswith("/serialPorts/{port}/connect") for p in paths)
     assert any(p.endswith("/retrieveBootDiagnosticsData") for p in paths)
+
+
+# -- the lab's tenant -----------------------------------------------------------------------
+
+
+async def test_the_lab_file_names_the_tenant(tmp_path: Path) -> None:
+    """[subscription] tenant_id is the tenant of /tenants, /subscriptions and Entra's paths;
+    a tenant id that is not a GUID is a lab-file error that says what is expected."""
+    tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+    text = f'[subscription]\nid = "{SUBSCRIPTION}"\ntenant_id = "{tenant}"\n' + CONTROL_PLANE_LAB
+    async with running_lab(text, tmp_path) as lab:
+        bob = await lab.as_user("bob")
+        tenants = await lab.client.get("/tenants?api-version=2022-12-01", headers=bob)
+        assert [t["tenantId"] for t in tenants.json()["value"]] == [tenant]
+        subs = await lab.client.get("/subscriptions?api-version=2022-12-01", headers=bob)
+        assert subs.json()["value"][0]["tenantId"] == tenant
+        config = await lab.client.get(f"/{tenant}/v2.0/.well-known/openid-configuration")
+        assert config.json()["token_endpoint"].endswith(f"/{tenant}/oauth2/v2.0/token")
+    with pytest.raises(LabConfigError, match=r"subscription\.tenant_id: expected a GUID"):
+        parse_lab('[subscription]\ntenant_id = "oauth2"\n', source="lab.toml", base=tmp_path)
