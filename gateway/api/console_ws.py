@@ -55,6 +55,21 @@ log = logging.getLogger("serial_console_lab.api.console")
 router = APIRouter()
 
 CONSOLE_PATH = "/n/connector/{container}/sessions/{session_id}/client"
+
+
+class _ClientNoise(logging.Filter):
+    """uvicorn logs a traceback at ERROR for every text frame that is not UTF-8 (then closes
+    with 1007, as it should): a client's mistake, not the gateway's, and 500 clients doing it
+    would write hundreds of KB of tracebacks. Keep one line at DEBUG instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Invalid UTF-8 sequence received from client"):
+            log.debug("a client sent a text frame that is not UTF-8: closed with 1007")
+            return False
+        return True
+
+
+logging.getLogger("uvicorn.error").addFilter(_ClientNoise())
 IDLE_WARNING = 60.0
 CLOSE_BOUND = 5.0  # seconds to deliver the last frames and the close frame to a slow client
 
@@ -81,6 +96,7 @@ class _Door:
         self.session: ConsoleSession | None = None
         self.last_input = time.monotonic()
         self.activity = asyncio.Event()
+        self.commands: set[asyncio.Task[None]] = set()  # framed commands under way
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -243,13 +259,27 @@ async def _serve(door: _Door, greeting: list[Frame]) -> None:
     finally:
         for task in helpers:
             task.cancel()
-        for outcome in await asyncio.gather(writer, *helpers, return_exceptions=True):
-            if isinstance(outcome, Exception) and not isinstance(outcome, WebSocketDisconnect):
-                log.debug("console of %s: %r", door.vm.name if door.vm else "?", outcome)
+        await asyncio.gather(writer, *helpers, return_exceptions=True)
+        if door.commands:  # commands under way finish (a reset half done helps nobody)
+            await asyncio.wait(door.commands, timeout=CLOSE_BOUND)
+            for task in door.commands:
+                task.cancel()
 
 
 async def _write_loop(door: _Door, greeting: list[Frame]) -> None:
-    """The only sender while serving: the session's queue, then its close."""
+    """The only sender while serving: the session's queue, then its close. A client gone
+    mid-send ends the session: there is nobody left to deliver to."""
+    try:
+        await _write_all(door, greeting)
+    except Exception as err:  # the transport's error when the peer vanished
+        log.debug(
+            "console of %s: client gone while sending: %r", door.vm.name if door.vm else "?", err
+        )
+        if door.session is not None:
+            door.session.close(Closing(CloseCode.NORMAL, "client left"), drain=False)
+
+
+async def _write_all(door: _Door, greeting: list[Frame]) -> None:
     if not await door.send(greeting):
         return
     while True:
@@ -270,43 +300,41 @@ async def _write_loop(door: _Door, greeting: list[Frame]) -> None:
 async def _read_loop(door: _Door) -> None:
     """Client frames -> actions. A bad frame, or the client leaving, closes the session."""
     policy = policy_of(door.ctx)
-    commands: set[asyncio.Task[None]] = set()
-    try:
-        while True:
-            try:
-                message = await door.websocket.receive()
-            except (RuntimeError, UnicodeDecodeError, WebSocketDisconnect):
-                message = {"type": "websocket.disconnect"}
-            if message["type"] == "websocket.disconnect":
-                _end(door, Closing(CloseCode.NORMAL, "client left"))
-                return
-            door.last_input = time.monotonic()
-            door.activity.set()
-            frame = message.get("text")
-            if frame is None:
-                frame = message.get("bytes") or b""
-            try:
-                actions = door.core.receive(frame)
-            except Refused as refused:
-                _end(door, Closing(refused.code, refused.reason, refused.message))
-                return
-            for action in actions:
-                if isinstance(action, TypeInput):
-                    _type(door, action.data)
-                elif isinstance(action, Resume):
-                    _resume(door, action)
-                else:
-                    task = asyncio.create_task(_command(door, policy, action))
-                    commands.add(task)
-                    task.add_done_callback(commands.discard)
-    finally:
-        for task in commands:
-            task.cancel()
+    commands = door.commands
+    while True:
+        try:
+            message = await door.websocket.receive()
+        except (RuntimeError, UnicodeDecodeError, WebSocketDisconnect):
+            message = {"type": "websocket.disconnect"}
+        if message["type"] == "websocket.disconnect":
+            _end(door, Closing(CloseCode.NORMAL, "client left"))
+            return
+        door.last_input = time.monotonic()
+        door.activity.set()
+        frame = message.get("text")
+        if frame is None:
+            frame = message.get("bytes") or b""
+        try:
+            actions = door.core.receive(frame)
+        except Refused as refused:
+            _end(door, Closing(refused.code, refused.reason, refused.message))
+            return
+        for action in actions:
+            if isinstance(action, TypeInput):
+                _type(door, action.data)
+            elif isinstance(action, Resume):
+                _resume(door, action)
+            else:
+                task = asyncio.create_task(_command(door, policy, action))
+                commands.add(task)
+                task.add_done_callback(commands.discard)
 
 
 def _end(door: _Door, closing: Closing) -> None:
+    """End the session from the reader's side; what is queued is dropped, the writer
+    sends the close."""
     assert door.session is not None
-    door.session.close(closing, drain=closing.code is CloseCode.NORMAL)
+    door.session.close(closing, drain=False)
 
 
 def _type(door: _Door, data: bytes) -> None:

@@ -168,3 +168,23 @@ async def test_framed_commands_obey_the_console_switch(lab: LabHandle) -> None:
         "message": texts.CONSOLE_DISABLED,
     }  # fmt: skip
     await client.ws.close()
+
+
+async def test_invalid_utf8_text_frames_close_cleanly_without_tracebacks(
+    lab: LabHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A text frame that is not UTF-8 ends that connection with the protocol's 1007, and
+    the gateway logs no error for it, however many clients do it."""
+    caplog.set_level(logging.WARNING)
+    for _ in range(20):
+        url, token = await lab.session_url("alice")
+        client = await open_console(url, token, ssl=trusting(lab.ca_path))
+        await client.expect("Connected to the serial port")
+        await client.ws.send(b"\xff\xfe", text=True)
+        code, _ = await client.closed()
+        assert code == 1007
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    url, token = await lab.session_url("alice")  # the lab serves on
+    client = await open_console(url, token, ssl=trusting(lab.ca_path))
+    await client.expect("login: ")
+    await client.ws.close()
