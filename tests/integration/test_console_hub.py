@@ -1,0 +1,58 @@
+"""The hub on an emulated guest: nothing slow in the loop, commands in order with input."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from emulator.machine import EmulatedMachine
+from gateway.console.bootlog import BootLog, FlushMark
+from gateway.console.hub import ConsoleHub
+from gateway.console.sessions import ConsoleSession, Output, Role
+from tests.conftest import scaled
+
+
+class SlowDisk(BootLog):
+    """A boot log whose flush hangs until released, as a slow or stalled disk does."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, flush_bytes=1, flush_interval=0)
+        self.release = threading.Event()
+        self.flushing = threading.Event()
+
+    def flush_to(self, mark: FlushMark) -> None:
+        self.flushing.set()
+        self.release.wait(30)
+        super().flush_to(mark)
+
+
+async def _read_until(session: ConsoleSession, needle: bytes) -> bytes:
+    seen = b""
+    async with asyncio.timeout(scaled(10)):
+        while needle not in seen:
+            seen += b"".join(i.data for i in await session.take() if isinstance(i, Output))
+    return seen
+
+
+async def test_a_stalled_disk_never_stalls_the_console(tmp_path: Path) -> None:
+    """The boot log's fsync runs in a worker thread: while it hangs, the guest's output
+    still reaches the console and typing still reaches the guest."""
+    log = SlowDisk(tmp_path)
+    machine = EmulatedMachine("linux-1", "linux")
+    hub = ConsoleHub(machine, log)
+    hub.install()
+    session = ConsoleSession("s" * 16, "alice", "linux-1", Role.WRITER)
+    try:
+        async with machine:
+            hub.attach(session)
+            await machine.start()
+            await _read_until(session, b"login: ")
+            assert await asyncio.to_thread(log.flushing.wait, scaled(10))
+            hub.submit(session, b"root\r")  # the flush is still hanging
+            await _read_until(session, b"Password: ")
+            assert not log.release.is_set()
+    finally:
+        log.release.set()
+        hub.close()
+        log.close()
