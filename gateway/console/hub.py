@@ -167,6 +167,14 @@ class ConsoleHub:
             self.log.error("boot log stopped: %s", err)
             self._log_failed = True
 
+    def flush_log(self) -> None:
+        """Put the boot log's unflushed bytes on disk soon, in a worker thread (the lab's
+        periodic flush calls this; a flush already under way covers it)."""
+        if self.bootlog.closed or self._flush_task is not None:
+            return
+        if self.bootlog.flush_mark().unflushed:
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+
     async def _flush(self) -> None:
         """Put the boot log on disk in a worker thread; the loop goes on serving consoles."""
         try:

@@ -440,13 +440,12 @@ class LabRuntime:
                 starting.create_task(start(name, machine), name=f"start-{name}")
 
     async def _flush_loop(self) -> None:
+        """Each boot log reaches the disk at least once a second; each hub flushes in a
+        worker thread, never in the loop that serves the consoles."""
         while True:
             await asyncio.sleep(1.0)  # a period, not a wait for an event
-            for name, bootlog in self.bootlogs.items():
-                try:
-                    bootlog.flush()
-                except BootLogError as err:
-                    log.warning("%s: %s", name, err)
+            for hub in self.hubs.values():
+                hub.flush_log()
 
     # -- leaving -------------------------------------------------------------------------
 
