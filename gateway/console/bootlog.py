@@ -8,18 +8,27 @@ newest ``capacity`` bytes (default 1 MiB): ``first`` is the oldest offset still 
 
 On disk, in the VM's folder (``<state>/bootdiag/<vm>/``)::
 
-    serial.ring   capacity bytes; the byte at offset o sits at position o % capacity
-    serial.json   {"version", "capacity", "first", "end", "clean"}: the offsets
+    serial.ring     capacity bytes; the byte at offset o sits at position o % capacity
+    serial.json     {"version", "capacity", "first", "end", "clean", "hole"}: the offsets
+    serial.reserve  an offset no byte has reached yet (see below)
 
 Durability: ``append`` writes into the page cache at once (readers see it at once);
 the ring and the sidecar reach the disk (fsync) on ``flush()`` and on ``close()``, never
 per byte. ``flush_due`` says when ``flush_interval`` seconds or ``flush_bytes`` bytes have
 passed: the caller then flushes, in a worker thread if it serves an event loop
 (``flush_mark()`` in the owning thread, ``flush_to(mark)`` in the worker, ``flushed(mark)``
-back in the owner); a flush and ``close`` never overlap. After a crash
-the bytes written since the last flush may be lost; ``first`` then moves forward by the
-most that can have been overwritten unrecorded, so a read never returns bytes under a
-wrong offset. A change of ``capacity`` keeps the newest bytes and their offsets.
+back in the owner); a flush and ``close`` never overlap.
+
+After a crash, offsets are never given twice. Before ``end`` passes the offset in
+``serial.reserve``, ``append`` moves it ``reserve_step`` bytes on (``RESERVE``, at most a
+quarter of the ring, so a crash skips few offsets and the bytes before them stay): a small
+write, no fsync, since it must outlive the process, and the page cache does. Opening a log that was not closed
+cleanly starts the new bytes at that reserved offset, so no client that received bytes
+before the crash ever sees other bytes under the same offsets; the offsets between the
+last flushed ``end`` and the reservation are a *hole*: reads skip it as rotated (``rotated``
+and ``start`` say what is gone), and the bytes before it stay readable. ``first`` moves up
+past whatever the unrecorded bytes can have overwritten, so a read never returns bytes
+under a wrong offset. A change of ``capacity`` keeps the newest bytes and their offsets.
 
 Exceptions::
 
@@ -35,13 +44,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 log = logging.getLogger("serial_console_lab.console.bootlog")
 
 DEFAULT_CAPACITY = 1 << 20
 RING_NAME = "serial.ring"
 META_NAME = "serial.json"
+RESERVE_NAME = "serial.reserve"
+RESERVE = 256 * 1024  # offsets reserved at a time (at most a quarter of the ring)
 _VERSION = 1
 
 
@@ -98,8 +109,12 @@ class BootLog:
         self._clock = clock
         self._ring_path = self.directory / RING_NAME
         self._meta_path = self.directory / META_NAME
+        self._reserve_path = self.directory / RESERVE_NAME
         self._first = 0
         self._end = 0
+        self._reserved = 0
+        self.reserve_step = max(1, min(RESERVE, capacity // 4))
+        self._hole: tuple[int, int] | None = None  # offsets lost in a crash, never read
         self._unflushed = 0
         self._last_flush = clock()
         self._fd = -1
@@ -136,6 +151,8 @@ class BootLog:
             return
         kept = data[-self.capacity :] if size > self.capacity else data
         try:
+            if self._end + size > self._reserved:
+                self._reserve(self._end + size + self.reserve_step)
             self._write_at(self._end + size - len(kept), kept)
         except OSError as err:
             # The bytes keep their offsets all the same (clients count on them), and the ring
@@ -146,6 +163,9 @@ class BootLog:
             raise BootLogError(f"cannot write the boot log {self._ring_path}: {err}") from err
         self._end += size
         self._first = max(self._first, self._end - self.capacity)
+        if self._hole is not None and self._first >= self._hole[0]:
+            self._first = max(self._first, self._hole[1])
+            self._hole = None
         self._unflushed += size
 
     @property
@@ -206,18 +226,28 @@ class BootLog:
 
         ``start`` before ``first`` reads from ``first`` and sets ``rotated``; ``start`` at or
         beyond ``end`` reads nothing and returns ``start == next == end``.
+        A read stops at a hole left by a crash; a read from inside one starts after it, with
+        ``rotated`` set.
         """
         self._check_open()
         wanted = self._first if start is None else start
         begin = min(max(wanted, self._first), self._end)
-        count = self._end - begin
+        rotated = wanted < self._first
+        stop = self._end
+        if self._hole is not None:
+            low, high = self._hole
+            if low <= begin < high:
+                begin, rotated = high, True
+            elif begin < low:
+                stop = low
+        count = stop - begin
         if max_bytes is not None:
             count = min(count, max(0, max_bytes))
         try:
             contents = self._read_at(begin, count)
         except OSError as err:
             raise BootLogError(f"cannot read the boot log {self._ring_path}: {err}") from err
-        return LogRead(contents, begin, begin + len(contents), wanted < self._first)
+        return LogRead(contents, begin, begin + len(contents), rotated)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -231,12 +261,12 @@ class BootLog:
         if meta is not None:
             old_capacity = meta["capacity"]
             self._first, self._end = meta["first"], meta["end"]
+            self._hole = meta["hole"]
             if not meta["clean"]:
-                # Bytes appended after the last flush may have overwritten the oldest ones
-                # without the sidecar knowing: give those up rather than mislabel them.
-                margin = self.flush_bytes + (1 << 16)
-                self._first = min(self._end, max(self._first, self._end - old_capacity + margin))
+                self._recover(old_capacity)
         self._fd = os.open(self._ring_path, os.O_RDWR | os.O_CREAT, 0o640)
+        if old_capacity != self.capacity and self._hole is not None:
+            self._first, self._hole = max(self._first, self._hole[1]), None
         if old_capacity != self.capacity and self._end > self._first:
             kept = self._read_at(self._first, self._end - self._first, capacity=old_capacity)
             kept = kept[-self.capacity :]
@@ -253,10 +283,51 @@ class BootLog:
         elif os.fstat(self._fd).st_size != self.capacity:
             os.ftruncate(self._fd, self.capacity)
         self._first = max(self._first, self._end - self.capacity)
+        if self._hole is not None and self._first >= self._hole[0]:
+            self._first, self._hole = max(self._first, self._hole[1]), None
         os.fsync(self._fd)
         self._write_meta(clean=False)
+        self._reserve(self._end + self.reserve_step)
 
-    def _load_meta(self) -> dict[str, int] | None:
+    def _recover(self, capacity: int) -> None:
+        """After a crash: new bytes start past every offset that may have been handed out;
+        what the unrecorded bytes may have overwritten, and the offsets they had, are gone."""
+        reserved = self._load_reserve()
+        if reserved is None or reserved < self._end:
+            # No reservation (a log from before reservations): the unflushed bytes may have
+            # overwritten the oldest ones; give those up rather than mislabel them.
+            margin = self.flush_bytes + (1 << 16)
+            self._first = min(self._end, max(self._first, self._end - capacity + margin))
+            return
+        lost_from, self._end = self._end, reserved
+        self._first = max(self._first, reserved - capacity)
+        if self._first < lost_from < reserved:
+            self._hole = (lost_from, reserved)
+        else:
+            self._first = max(self._first, min(lost_from, reserved))
+            if self._first >= lost_from:
+                self._first = reserved
+        log.warning(
+            "boot log %s was not closed cleanly: new output starts at offset %d "
+            "(offsets %d to %d are lost)", self.directory, reserved, lost_from, reserved,
+        )  # fmt: skip
+
+    def _load_reserve(self) -> int | None:
+        try:
+            text = self._reserve_path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return int(text) if text.isdigit() else None
+
+    def _reserve(self, offset: int) -> None:
+        """Record that offsets up to ``offset`` may be handed out (no fsync: this must
+        outlive the process, not the machine, whose crash loses the unflushed ring too)."""
+        tmp = self._reserve_path.with_suffix(".tmp")
+        tmp.write_text(str(offset), encoding="ascii")
+        os.replace(tmp, self._reserve_path)
+        self._reserved = offset
+
+    def _load_meta(self) -> dict[str, Any] | None:
         try:
             raw = json.loads(self._meta_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -278,11 +349,19 @@ class BootLog:
         if not ok:
             log.warning("boot log %s: invalid %s: starting empty", self.directory, META_NAME)
             return None
+        hole = raw.get("hole")
+        valid_hole = (
+            isinstance(hole, list)
+            and len(hole) == 2
+            and all(isinstance(h, int) for h in hole)
+            and raw["first"] <= hole[0] < hole[1] <= raw["end"]
+        )
         return {
             "capacity": raw["capacity"],
             "first": raw["first"],
             "end": raw["end"],
             "clean": bool(raw.get("clean")),
+            "hole": (hole[0], hole[1]) if valid_hole else None,
         }
 
     def _write_meta(self, *, clean: bool, first: int | None = None, end: int | None = None) -> None:
@@ -292,6 +371,7 @@ class BootLog:
             "first": self._first if first is None else first,
             "end": self._end if end is None else end,
             "clean": clean,
+            "hole": list(self._hole) if self._hole else None,
         }
         tmp = self._meta_path.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8") as handle:

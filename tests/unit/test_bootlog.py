@@ -89,10 +89,38 @@ def test_unclean_stop_never_mislabels_bytes(tmp_path: Path) -> None:
     assert meta["end"] == 100
     assert meta["clean"] is False
     again = BootLog(tmp_path, capacity=1 << 20)
-    assert again.end == 100
     page = again.read(0)
     assert page.next == 100
     assert page.contents == b"a" * 100
+    assert again.end >= 200  # new output never reuses an offset a client may have seen
+
+
+def test_after_a_crash_offsets_are_never_given_twice(tmp_path: Path) -> None:
+    """A watcher received bytes up to offset 300 000 that the sidecar never recorded; the
+    lab is killed. After the restart the new boot starts past every offset handed out, the
+    lost offsets read as rotated, and the bytes flushed before the crash are still there."""
+    log = BootLog(tmp_path, capacity=1 << 20, flush_bytes=1 << 30, flush_interval=1e9)
+    log.append(b"old boot\n" * 1000)
+    log.flush()
+    flushed = log.end
+    log.append(b"x" * 290_000)  # seen by clients, never flushed
+    seen = log.end
+    del log  # killed: no close()
+    again = BootLog(tmp_path, capacity=1 << 20)
+    assert again.end > seen
+    start = again.end
+    again.append(b"new boot\n")
+    assert again.read(start).contents == b"new boot\n"
+    assert again.read(0).contents == b"old boot\n" * 1000
+    gone = again.read(flushed + 5)
+    assert gone.rotated
+    assert gone.start == start
+    assert gone.contents == b"new boot\n"
+    again.close()
+    reopened = BootLog(tmp_path, capacity=1 << 20)  # the hole is remembered
+    assert reopened.read(0).contents == b"old boot\n" * 1000
+    assert reopened.read(seen - 1).start == start
+    reopened.close()
 
 
 def test_capacity_change_keeps_newest_bytes(tmp_path: Path) -> None:
