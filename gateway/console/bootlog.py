@@ -22,13 +22,14 @@ back in the owner); a flush and ``close`` never overlap.
 After a crash, offsets are never given twice. Before ``end`` passes the offset in
 ``serial.reserve``, ``append`` moves it ``reserve_step`` bytes on (``RESERVE``, at most a
 quarter of the ring, so a crash skips few offsets and the bytes before them stay): a small
-write, no fsync, since it must outlive the process, and the page cache does. Opening a log that was not closed
-cleanly starts the new bytes at that reserved offset, so no client that received bytes
-before the crash ever sees other bytes under the same offsets; the offsets between the
-last flushed ``end`` and the reservation are a *hole*: reads skip it as rotated (``rotated``
-and ``start`` say what is gone), and the bytes before it stay readable. ``first`` moves up
-past whatever the unrecorded bytes can have overwritten, so a read never returns bytes
-under a wrong offset. A change of ``capacity`` keeps the newest bytes and their offsets.
+write, no fsync, since it must outlive the process, and the page cache does. Opening a
+log that was not closed cleanly starts the new bytes at that reserved offset, so no client
+that received bytes before the crash ever sees other bytes under the same offsets; the
+offsets between the last flushed ``end`` and the reservation are a *hole*: reads skip it
+as rotated (``rotated`` and ``start`` say what is gone), and the bytes before it stay
+readable. ``first`` moves up past whatever the unrecorded bytes can have overwritten, so a
+read never returns bytes under a wrong offset. A change of ``capacity`` keeps the newest
+bytes and their offsets.
 
 Exceptions::
 
