@@ -111,6 +111,7 @@ class ConsoleHub:
         self._queued_input = 0
         self._queue_wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
+        self._pumping = False  # the pump is carrying out an item
         self._flush_task: asyncio.Task[None] | None = None
 
     # -- the port --------------------------------------------------------------------------
@@ -329,6 +330,16 @@ class ConsoleHub:
                 f"{self.machine.power_state}), so these {len(data)} were not sent. "
                 "Reset or restart the VM if it hangs."
             )
+        if not self._queue and not self._pumping and (port := self.port) is not None:
+            # The common case, a keystroke with nothing ahead of it: straight to the port,
+            # one event-loop turn sooner than through the pump.
+            try:
+                sent = port.write_now(data)
+            except SerialPortError:
+                sent = 0  # the pump says what went wrong, in order
+            data = data[sent:]
+            if not data:
+                return
         self._queued_input += len(data)
         self._enqueue(_Typed(session, data))
 
@@ -350,20 +361,24 @@ class ConsoleHub:
                 self._queue_wake.clear()
                 await self._queue_wake.wait()
             item = self._queue.popleft()
-            if isinstance(item, _Ordered):
-                if not item.done.done():  # not given up on while it waited
-                    await self._run_ordered(item)
-                continue
+            self._pumping = True
             try:
-                await self._write(item.data)
-            except ConsoleError as err:
-                if item.session not in failing:
-                    failing.add(item.session)
-                    item.session.push_notice("input", str(err))
-            else:
-                failing.discard(item.session)
+                if isinstance(item, _Ordered):
+                    if not item.done.done():  # not given up on while it waited
+                        await self._run_ordered(item)
+                    continue
+                try:
+                    await self._write(item.data)
+                except ConsoleError as err:
+                    if item.session not in failing:
+                        failing.add(item.session)
+                        item.session.push_notice("input", str(err))
+                else:
+                    failing.discard(item.session)
+                finally:
+                    self._queued_input -= len(item.data)
             finally:
-                self._queued_input -= len(item.data)
+                self._pumping = False
 
     async def _run_ordered(self, item: _Ordered) -> None:
         try:
@@ -453,8 +468,6 @@ class ConsoleHub:
                 f"{self.machine.power_state}): start it first"
             )
         try:
-            if not hasattr(self.machine, "wait_input_taken"):  # TEMPORARY-SHIM
-                return
             await self.machine.wait_input_taken(INPUT_TAKEN_TIMEOUT)
         except MachineError as err:
             raise ConsoleError(str(err)) from err

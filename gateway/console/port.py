@@ -141,6 +141,24 @@ class SerialPort:
                 view = view[sent:]
                 self.bytes_written += sent
 
+    def write_now(self, data: bytes) -> int:
+        """Send what the PTY takes of ``data`` at once, without waiting: the number of bytes
+        sent (0 while another write waits for room, to keep the order). Raises
+        SerialPortError when the port is closed or fails. The caller writes the rest."""
+        if self._write_lock.locked():
+            return 0
+        if self._closed:
+            raise SerialPortError(f"serial port {self.path} is closed")
+        try:
+            sent = os.write(self._fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as err:
+            self._shutdown(str(err))
+            raise SerialPortError(f"cannot write to {self.path}: {err}") from err
+        self.bytes_written += sent
+        return sent
+
     async def _writable(self) -> None:
         ready: asyncio.Future[None] = self._loop.create_future()
         self._pending = ready
