@@ -71,6 +71,11 @@ NEVER_CONNECTED_TEXT = (
     "Could not establish connection to VM or VMSS. Make sure that it is powered on and "
     'press "Enter" try again...'
 )
+# az's text when the connect call itself fails (no answer), not the console.
+UNREACHABLE_TEXT = (
+    "An unexpected error occurred. Could not establish connection to VM or VMSS. "
+    'Check network connection and press "Enter" to try again...'
+)
 QUIT_HINT = "(press q to quit)"
 
 # Refusals of ``connect`` that may pass while the console waits for Enter: the VM can be
@@ -104,6 +109,7 @@ class _Outcome:
     message: str = ""
     resume_offset: int | None = None
     error: str = ""  # why it could not even start (connect refused, socket failed)
+    unreachable: bool = False  # the connect call got no answer at all
 
 
 class KeyReader:
@@ -231,6 +237,7 @@ class ConsoleRun:
                     self.target.group, self.target.name, self.target.instance_id
                 )
         except GatewayError as err:
+            outcome.unreachable = isinstance(err, GatewayUnreachable)
             advice = err.recommendation or recommendation(
                 err.code, self.target.group, self.target.name, self.target.instance_id
             )
@@ -364,7 +371,8 @@ class ConsoleRun:
             reason = outcome.error or outcome.message
             if reason:
                 self.screen.note(reason, RED)
-            self.screen.note(NEVER_CONNECTED_TEXT + " " + QUIT_HINT, RED)
+            text = UNREACHABLE_TEXT if outcome.unreachable else NEVER_CONNECTED_TEXT
+            self.screen.note(text + " " + QUIT_HINT, RED)
             return
         if outcome.message and outcome.code not in (None, 1000):
             self.screen.note(outcome.message, RED)

@@ -179,8 +179,10 @@ async def test_connect_logs_in_uses_the_menu_and_quits(cli: Cli) -> None:
     child.send("s")
     await expect(child, "Which SysRq command would you like to send\\? Press h for help: ")
     child.send("h")
-    await expect(child, "Successfully sent SysRq command")
-    await expect(child, "sysrq: HELP")
+    # The kernel's answer and the command's result come in either order.
+    pending = ["Successfully sent SysRq command", "sysrq: HELP"]
+    while pending:
+        pending.pop(await expect(child, pending))
     child.send("\x1dn")
     await expect(child, r"Are you sure you want to send an NMI\? \(Y/n\): ")
     child.send("Y")
@@ -330,3 +332,24 @@ async def test_subscription_is_chosen_by_id_or_name(cli: Cli) -> None:
         "serial-console: error: Subscription 'x' not found. Check the spelling and casing and "
         "try again.\n"
     ))  # fmt: skip
+
+
+async def test_a_lab_that_went_away_gets_azs_network_text(tmp_path: Path) -> None:
+    """The lab stops under an open console: az's closed text; Enter finds no lab, and az's
+    "check network connection" text says so; q quits."""
+    async with running_lab(tmp_path) as lab:
+        cli = Cli.at(lab.url, tmp_path / "config")
+        await cli.login("alice")
+        child = cli.spawn(*CONNECT_LINUX)
+        await expect(child, "Connected to the serial port of the VM.")
+    await expect(child, re.escape('Connection Closed: Press "Enter" to reconnect...'))
+    child.send("\r")
+    await expect(
+        child,
+        re.escape(
+            "An unexpected error occurred. Could not establish connection to VM or VMSS. "
+            'Check network connection and press "Enter" to try again...'
+        ),
+    )
+    child.send("q")
+    assert await finished(child) == 0

@@ -115,7 +115,8 @@ class LabHandle:
     async def connect(self, token: str, vm: str) -> httpx.Response:
         """``POST .../serialPorts/0/connect`` as ``az serial-console connect`` does."""
         return await self.http.post(
-            self.vm_path(vm) + "/providers/Microsoft.SerialConsole/serialPorts/0/connect?api-version=2018-05-01",
+            self.vm_path(vm)
+            + "/providers/Microsoft.SerialConsole/serialPorts/0/connect?api-version=2018-05-01",
             headers={"Authorization": f"Bearer {token}"},
         )
 
