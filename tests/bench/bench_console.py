@@ -344,16 +344,21 @@ class AzProbe:
             else:
                 self.ws.send(key)
 
-    def wait_for(self, needle: bytes) -> None:
-        while (at := self.buf.find(needle)) < 0:
+    def wait_for(self, *needles: bytes) -> bytes:
+        """Read until one of ``needles`` arrives; which one (what came before is dropped)."""
+        while True:
+            found = [(at, n) for n in needles if (at := self.buf.find(n)) >= 0]
+            if found:
+                at, needle = min(found)
+                del self.buf[: at + len(needle)]
+                return needle
             opcode, data = self.ws.recv_data()
             if opcode == websocket.ABNF.OPCODE_BINARY or (
                 opcode == websocket.ABNF.OPCODE_TEXT and not self.framed
             ):
                 self.buf += data
             elif opcode == websocket.ABNF.OPCODE_CLOSE:
-                raise ConnectionError(f"closed while waiting for {needle!r}")
-        del self.buf[: at + len(needle)]
+                raise ConnectionError(f"closed while waiting for {needles!r}")
 
     def roundtrip(self, key: str) -> int:
         self.buf.clear()
@@ -390,7 +395,11 @@ def az_rtt(probe: AzProbe, keys: int, row: Row, shell: bool) -> None:
 
 
 def az_login(probe: AzProbe) -> None:
-    for keys, prompt in (("\r", b"login: "), ("root\r", b"Password: "), ("serial-lab\r", b"# ")):
+    """Log in at the shell VM's console, unless an earlier row left it logged in."""
+    probe.type("\r")
+    if probe.wait_for(b"login: ", b"# ") == b"# ":
+        return
+    for keys, prompt in (("root\r", b"Password: "), ("serial-lab\r", b"# ")):
         probe.type(keys)
         probe.wait_for(prompt)
 
