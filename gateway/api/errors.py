@@ -20,28 +20,31 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+# Azure's texts, word for word: one copy, in the console core, for every door.
+from gateway.console.texts import (
+    BOOT_DIAGNOSTICS_OFF,
+    CONSOLE_DISABLED,
+    NO_PERMISSION,
+    NOT_PROVISIONED,
+    NOT_RUNNING,
+    PORT_DISABLED,
+)
+
 log = logging.getLogger("serial_console_lab.api")
 
-# Azure's texts (see shared/reference/azure-serial-console.md), word for word.
-CONSOLE_DISABLED = (
-    "Azure Serial Console is not enabled for this subscription, contact your subscription "
-    "administrator to enable."
-)
-NO_PERMISSION = (
-    "You do not have the required permissions to use this VM with the serial console. Ensure "
-    "you have at least Virtual Machine Contributor role permissions."
-)
-NOT_PROVISIONED = (
-    "Provisioning for this VM has not yet succeeded. Please ensure the VM is fully deployed "
-    "and retry the serial console connection."
-)
-NOT_RUNNING = "Azure Serial Console requires a virtual machine to be running."
-BOOT_DIAGNOSTICS_OFF = "Azure Serial Console requires boot diagnostics to be enabled."
-PORT_DISABLED = (
-    "The serial port of this virtual machine is disabled. Enable it with PUT "
-    ".../providers/Microsoft.SerialConsole/serialPorts/0 and a body of "
-    '{"properties": {"state": "enabled"}}, then retry the serial console connection.'
-)
+
+__all__ = [
+    "BOOT_DIAGNOSTICS_OFF",
+    "CONSOLE_DISABLED",
+    "NOT_PROVISIONED",
+    "NOT_RUNNING",
+    "NO_PERMISSION",
+    "PORT_DISABLED",
+    "TOKEN_HINT",
+    "ArmError",
+    "install_handlers",
+]
+
 TOKEN_HINT = (
     " Get a token with POST /oauth2/token (form fields grant_type=password, username, "
     "password) and send it as 'Authorization: Bearer <access_token>'."

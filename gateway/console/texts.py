@@ -16,6 +16,13 @@ TAKEOVER = (
 # it with its bearer token (az serial-console waits for it, then sends the token).
 TOKEN_CHALLENGE = "Authorization required: send your bearer token."
 
+# Azure's prerequisite texts, word for word.
+NOT_PROVISIONED = (
+    "Provisioning for this VM has not yet succeeded. Please ensure the VM is fully deployed "
+    "and retry the serial console connection."
+)
+NOT_RUNNING = "Azure Serial Console requires a virtual machine to be running."
+BOOT_DIAGNOSTICS_OFF = "Azure Serial Console requires boot diagnostics to be enabled."
 CONSOLE_DISABLED = (
     "Azure Serial Console is not enabled for this subscription, contact your subscription "
     "administrator to enable."
