@@ -90,7 +90,7 @@ def lab_ca_for_login(url: str, ca_file: Path | None, cwd: Path | None = None) ->
 def untrusted_hint(url: str) -> str:
     """What to do when the lab's certificate fails verification."""
     return (
-        f"The lab at {url} presents a certificate this CLI does not trust: log in again with "
+        f"The lab at {url} presents a certificate this CLI does not trust: log in with "
         "--ca-file and the lab's CA (serial-console lab run --tls prints its path, "
         "<state-dir>/tls/ca.pem)"
     )

@@ -274,7 +274,7 @@ async def test_login_with_the_lab_ca_then_rest_and_wss_are_verified(tmp_path: Pa
         assert result.code == 1
         assert result.err.strip() == (
             f"serial-console: error: The lab at {lab.url} presents a certificate this CLI does "
-            "not trust: log in again with --ca-file and the lab's CA (serial-console lab run "
+            "not trust: log in with --ca-file and the lab's CA (serial-console lab run "
             "--tls prints its path, <state-dir>/tls/ca.pem)"
         )
         result = await cli.run(
