@@ -132,26 +132,41 @@ def register(subparsers: Any) -> None:
     logout = _add(subparsers, "logout", cmd_logout, "forget the token of a lab")
     _url_option(logout)
 
-    connect = _add(subparsers, "connect", cmd_connect, "open the serial console of a VM",
-                   "Open the VM's serial console in this terminal. CTRL + ] opens the menu "
-                   "(NMI, SysRq, hard reset, quit); on a close, Enter reconnects.")  # fmt: skip
+    connect = _add(subparsers, "connect", cmd_connect,
+                   "connect to Serial Console VM or VMSS Instance",
+                   "Connect to the serial port (ttyS0, COM1) of a VM or VMSS instance in this "
+                   "terminal, independent of its network. To exit serial console type Ctrl + ] "
+                   "and then q. To send an NMI/SysRq/Reset type Ctrl + ] and then n/s/r "
+                   "respectively. On a close, Enter reconnects.")  # fmt: skip
     _machine_options(connect)
     connect.add_argument(
         "--watch", action="store_true", help="read-only: watch without taking the console over"
     )
 
     send = subparsers.add_parser(
-        "send", help="send SysRq, an NMI or a hard reset", description="Send a command to a VM."
+        "send",
+        help="send NMI/SysRq/Reset to a VM or VMSS Instance",
+        description="Send NMI/SysRq/Reset to a VM or VMSS Instance.",
     )
     kinds = send.add_subparsers(dest="send_command", metavar="COMMAND", required=True)
-    sysrq = _add(kinds, "sysrq", cmd_send_sysrq, "send SysRq (Linux only)",
-                 "Send SysRq: a serial break followed by the key (or each key of a sequence "
-                 "such as REISUB).")  # fmt: skip
+    sysrq = _add(kinds, "sysrq", cmd_send_sysrq,
+                 "send SysRq sequence to a VM or VMSS Instance (Linux only)",
+                 "A SysRq is a sequence of keys understood by the Linux kernel, which can "
+                 "trigger a set of pre-defined actions (for example when the VM is not "
+                 "responding). Each key goes as a serial break followed by the key; --input "
+                 "takes one key, or a sequence such as REISUB.")  # fmt: skip
     _machine_options(sysrq)
     sysrq.add_argument("--input", required=True, help="the SysRq key, e.g. h, or a sequence")
-    nmi = _add(kinds, "nmi", cmd_send_nmi, "send a non-maskable interrupt")
+    nmi = _add(kinds, "nmi", cmd_send_nmi,
+               "send a Non-Maskable Interrupt (NMI) to a VM or VMSS Instance",
+               "A Non-Maskable Interrupt (NMI) is used in debugging scenarios and is designed "
+               "to crash your target Virtual Machine.")  # fmt: skip
     _machine_options(nmi)
-    reset = _add(kinds, "reset", cmd_send_reset, "hard-reset the VM (power cycle)")
+    reset = _add(kinds, "reset", cmd_send_reset,
+                 'perform a "hard" restart of the VM or VMSS Instance',
+                 'This results in a "hard" restart, like powering the computer down, then back '
+                 "up again. This can result in data loss in the virtual machine. You should "
+                 "only perform this operation if a graceful restart is not effective.")  # fmt: skip
     _machine_options(reset)
 
     for verb, handler in (("enable", cmd_enable), ("disable", cmd_disable)):
