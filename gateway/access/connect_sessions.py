@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from gateway.access.errors import (
 
 SESSION_LIFETIME = 60.0
 MAX_SESSIONS = 10_000
+MAX_PER_USER = 100  # a user's own oldest waiting session gives way past this
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,24 +68,34 @@ class ConnectSessions:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_sessions: int = MAX_SESSIONS,
+        max_per_user: int = MAX_PER_USER,
     ) -> None:
         self.lifetime = lifetime
         self.clock = clock
         self.max_sessions = max_sessions
+        self.max_per_user = max_per_user
         self._entries: dict[str, _Entry] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def create(self, vm_id: str, user: str, container: str) -> ConnectGrant:
-        """A new session for ``user`` on ``vm_id``; its ``session_id`` goes into the URL."""
+        """A new session for ``user`` on ``vm_id``; its ``session_id`` goes into the URL.
+
+        Bounded, fairly: past ``max_per_user`` sessions waiting to be opened, the user's own
+        oldest gives way, so no user can expire another's URL; past ``max_sessions`` in all,
+        the oldest waiting session of whoever holds the most does. Open consoles keep their
+        admin URL.
+        """
         self._purge()
-        if len(self._entries) >= self.max_sessions:
-            # Bounded: the oldest session whose console is not open gives way (dicts keep
-            # insertion order); open consoles keep their admin URL.
-            oldest = next((sid for sid, e in self._entries.items() if not e.open), None)
-            if oldest is not None:
-                self._entries.pop(oldest)
+        waiting = [sid for sid, e in self._entries.items() if not e.used]  # oldest first
+        mine = [sid for sid in waiting if self._entries[sid].grant.user == user]
+        if len(mine) >= self.max_per_user:
+            self._entries.pop(mine[0])
+        elif len(self._entries) >= self.max_sessions and waiting:
+            counts = Counter(self._entries[sid].grant.user for sid in waiting)
+            greedy = counts.most_common(1)[0][0]
+            self._entries.pop(next(s for s in waiting if self._entries[s].grant.user == greedy))
         grant = ConnectGrant(str(uuid.uuid4()), vm_id, user, container, self.clock())
         self._entries[grant.session_id] = _Entry(grant)
         return grant
