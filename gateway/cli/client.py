@@ -75,6 +75,21 @@ def api_version(path: str) -> str | None:
     return RESOURCES_API_VERSION
 
 
+def _other_scheme(url: str, err: httpx.HTTPError) -> str:
+    """``https`` when plain HTTP was cut off by a server that (likely) speaks TLS, ``http``
+    when a TLS handshake met a plain-HTTP server; "" for any other failure."""
+    if url.startswith("http://") and isinstance(err, httpx.RemoteProtocolError):
+        return "https"
+    text = str(err)
+    if (
+        url.startswith("https://")
+        and isinstance(err, httpx.ConnectError)
+        and ("WRONG_VERSION_NUMBER" in text or "record layer failure" in text)
+    ):
+        return "http"
+    return ""
+
+
 def error_message(response: httpx.Response) -> tuple[str, str]:
     """The (code, message) of an error answer, from its ARM or OAuth body when it has one."""
     try:
@@ -162,6 +177,14 @@ class GatewayClient:
         except httpx.HTTPError as err:
             if _untrusted(err):
                 raise GatewayUnreachable(untrusted_hint(self.url)) from err
+            other = _other_scheme(self.url, err)
+            if other:
+                raise GatewayUnreachable(
+                    f"The lab at {self.url} does not speak {self.url.split(':')[0]} "
+                    f"({err or type(err).__name__}): a lab run "
+                    f"{'with' if other == 'https' else 'without'} --tls is at "
+                    f"{other}{self.url[self.url.index(':') :]}"
+                ) from err
             raise GatewayUnreachable(
                 f"Cannot reach the lab at {self.url} ({err or type(err).__name__}): start it "
                 "with serial-console lab run, or point --url / SERIAL_CONSOLE_URL at it"

@@ -353,3 +353,16 @@ async def test_a_lab_that_went_away_gets_azs_network_text(tmp_path: Path) -> Non
     )
     child.send("q")
     assert await finished(child) == 0
+
+
+@pytest.mark.parametrize("tls", [True, False])
+async def test_the_wrong_scheme_is_named_with_the_right_url(tmp_path: Path, tls: bool) -> None:
+    """http:// to a --tls lab, or https:// to a plain one: the CLI says which URL it is."""
+    async with running_lab(tmp_path, tls=tls) as lab:
+        right = lab.url
+        wrong = right.replace("https://", "http://") if tls else right.replace("http", "https")
+        cli = Cli.at(wrong, tmp_path / "config")
+        result = await cli.run("login", "--username", "alice", "--password", "alice")
+    assert result.code == 1
+    assert f"serial-console: error: The lab at {wrong} does not speak " in result.err
+    assert result.err.rstrip().endswith(f"--tls is at {right}"), result.err
