@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from gateway.api import admin, arm, auth, bootdiag, compute, console_ws, identity
-from gateway.api.armpath import ArmRouting
+from gateway.api.armpath import API_VERSIONS, ArmRouting, canonical_path, is_arm_path
 from gateway.api.context import ApiContext
 from gateway.api.errors import install_handlers
 from gateway.api.hosts import HostCheck
@@ -56,10 +56,24 @@ def create_app(context: ApiContext) -> FastAPI:
     return app
 
 
+def _api_version_parameter(path: str) -> dict[str, Any]:
+    """ARM's required ``api-version``, with the versions the path's provider publishes."""
+    _, provider = canonical_path(path)
+    versions = list(API_VERSIONS[provider])
+    return {
+        "name": "api-version",
+        "in": "query",
+        "required": True,
+        "description": f"A version {provider} publishes; the newest is {versions[0]}.",
+        "schema": {"type": "string", "enum": versions, "default": versions[0]},
+    }
+
+
 def _declare_path_parameters(app: FastAPI) -> None:
     """Routes read ARM's path segments through their access check (``require``), not as
     arguments, so FastAPI leaves them out of the schema: add each ``{name}`` of a path that
-    an operation does not declare, so that clients generated from /openapi.json work."""
+    an operation does not declare, and ARM's ``api-version`` on ARM's paths, so that
+    clients generated from /openapi.json work."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -77,6 +91,8 @@ def _declare_path_parameters(app: FastAPI) -> None:
                     {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
                     for n in missing
                 )
+                if is_arm_path(path):
+                    operation["parameters"].append(_api_version_parameter(path))
         app.openapi_schema = schema
         return schema
 

@@ -330,7 +330,9 @@ async def get_operation(
             f"{ctx.operations.limit} operations while it runs.",
         )
     if not monitor:
-        return JSONResponse(op.body())
+        # Pollers wait Retry-After between polls (azure-core: 30 s without it).
+        retry = {} if op.done else {"Retry-After": str(RETRY_AFTER)}
+        return JSONResponse(op.body(), headers=retry)
     if not op.done:
         return Response(
             status_code=202,

@@ -5,8 +5,7 @@ actions as long-running operations, boot diagnostics). Emulated guests."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
 import requests
@@ -32,31 +31,48 @@ VMSS = "virtualMachineScaleSets"
 SCOPE = "https://management.azure.com/.default"
 
 
-def credential(lab: ClientLab, user: str = "carol", secret: str | None = None) -> Any:
-    """azure-identity as a user would write it: a lab user is the client, its password the
-    secret, the lab the authority."""
-    return ClientSecretCredential(
-        lab.tenant_id,
-        client_id=user,
-        client_secret=secret or user,
-        authority=lab.url,
-        disable_instance_discovery=True,
-    )
+Credentials = Callable[..., ClientSecretCredential]
 
 
 @pytest.fixture(scope="module")
-def serialconsole(client_lab: ClientLab) -> Iterator[MicrosoftSerialConsoleClient]:
+def credentials(client_lab: ClientLab) -> Iterator[Credentials]:
+    """azure-identity as a user would write it: a lab user is the client, its password the
+    secret, the lab the authority. Each credential is closed at the end (its connections
+    with it)."""
+    made: list[ClientSecretCredential] = []
+
+    def make(user: str = "carol", secret: str | None = None) -> ClientSecretCredential:
+        made.append(
+            ClientSecretCredential(
+                client_lab.tenant_id,
+                client_id=user,
+                client_secret=secret or user,
+                authority=client_lab.url,
+                disable_instance_discovery=True,
+            )
+        )
+        return made[-1]
+
+    yield make
+    for credential in made:
+        credential.close()
+
+
+@pytest.fixture(scope="module")
+def serialconsole(
+    client_lab: ClientLab, credentials: Credentials
+) -> Iterator[MicrosoftSerialConsoleClient]:
     with MicrosoftSerialConsoleClient(
-        credential(client_lab), client_lab.subscription_id, base_url=client_lab.url
+        credentials(), client_lab.subscription_id, base_url=client_lab.url
     ) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-def compute(client_lab: ClientLab) -> Iterator[ComputeManagementClient]:
+def compute(client_lab: ClientLab, credentials: Credentials) -> Iterator[ComputeManagementClient]:
     # The lab's machines take seconds: the pollers follow the lab's Retry-After (1 s).
     with ComputeManagementClient(
-        credential(client_lab), client_lab.subscription_id, base_url=client_lab.url
+        credentials(), client_lab.subscription_id, base_url=client_lab.url
     ) as client:
         yield client
 
@@ -73,14 +89,14 @@ def power_state(compute: ComputeManagementClient, vm: str, instance: str | None 
 # -- azure-identity -------------------------------------------------------------------------
 
 
-def test_client_secret_credential_gets_a_token_from_the_lab(client_lab: ClientLab) -> None:
+def test_client_secret_credential_gets_a_token_from_the_lab(credentials: Credentials) -> None:
     """ClientSecretCredential(tenant, user, password, authority=lab) gets a bearer token;
     a wrong secret is the SDK's ClientAuthenticationError with Entra's AADSTS text."""
-    token = credential(client_lab, "alice").get_token(SCOPE)
+    token = credentials("alice").get_token(SCOPE)
     assert len(token.token) >= 32
     assert token.expires_on > 0
     with pytest.raises(ClientAuthenticationError, match="AADSTS7000215"):
-        credential(client_lab, "alice", "wrong").get_token(SCOPE)
+        credentials("alice", "wrong").get_token(SCOPE)
 
 
 # -- azure-mgmt-serialconsole ---------------------------------------------------------------
@@ -108,11 +124,13 @@ def test_console_service_disable_get_enable(serialconsole: MicrosoftSerialConsol
         assert serialconsole.enable_console("default").properties.disabled is False
 
 
-def test_console_service_of_an_unknown_subscription(client_lab: ClientLab) -> None:
+def test_console_service_of_an_unknown_subscription(
+    client_lab: ClientLab, credentials: Credentials
+) -> None:
     """The spec's 404 for the console service: ResourceNotFoundError, SubscriptionNotFound."""
     unknown = "00000000-0000-0000-0000-000000000000"
     with (
-        MicrosoftSerialConsoleClient(credential(client_lab), unknown, base_url=client_lab.url) as c,
+        MicrosoftSerialConsoleClient(credentials(), unknown, base_url=client_lab.url) as c,
         pytest.raises(ResourceNotFoundError) as missing,
     ):
         c.get_console_status("default")
@@ -162,11 +180,11 @@ def test_serial_port_get_list_create_connect(
     assert url.endswith("/client")
 
 
-def test_connect_needs_the_role(client_lab: ClientLab) -> None:
+def test_connect_needs_the_role(client_lab: ClientLab, credentials: Credentials) -> None:
     """bob is a Reader: connect is refused with Azure's text (403)."""
     with (
         MicrosoftSerialConsoleClient(
-            credential(client_lab, "bob"), client_lab.subscription_id, base_url=client_lab.url
+            credentials("bob"), client_lab.subscription_id, base_url=client_lab.url
         ) as bob,
         pytest.raises(HttpResponseError) as refused,
     ):

@@ -486,9 +486,11 @@ async def power(lab: RunningLab, path: str, headers: dict[str, str]) -> dict[str
     assert "/providers/Microsoft.Compute/locations/" in status_url
     async with asyncio.timeout(scaled(30)):
         while True:
-            body: dict[str, Any] = (await lab.client.get(status_url, headers=headers)).json()
+            status = await lab.client.get(status_url, headers=headers)
+            body: dict[str, Any] = status.json()
             if body["status"] != "InProgress":
                 break
+            assert int(status.headers["Retry-After"]) >= 1  # pollers wait this long
             # The status resource is polled, as ARM's clients do; it has no event to await.
             await asyncio.sleep(0.05)
     final = await lab.client.get(response.headers["Location"], headers=headers)
@@ -785,6 +787,14 @@ async def test_openapi_lists_the_azure_paths(lab: RunningLab) -> None:
     assert "/oauth2/token" in paths
     assert any(p.endswith("/serialPorts/{port}/connect") for p in paths)
     assert any(p.endswith("/retrieveBootDiagnosticsData") for p in paths)
+    connect = next(p for p in paths if p.endswith("/serialPorts/{port}/connect"))
+    version = next(
+        p for p in spec["paths"][connect]["post"]["parameters"] if p["name"] == "api-version"
+    )
+    assert (version["in"], version["required"]) == ("query", True)
+    assert {"2024-07-01", "2018-05-01"} <= set(version["schema"]["enum"])
+    token = spec["paths"]["/oauth2/token"]["post"]
+    assert all(p["name"] != "api-version" for p in token.get("parameters", []))
 
 
 # -- the lab's tenant -----------------------------------------------------------------------
