@@ -53,19 +53,16 @@ from gateway.cli.escape import (
 )
 from gateway.cli.terminal import RawTerminal
 from gateway.cli.trust import untrusted_hint
+from gateway.console import texts
+from gateway.console.frames import SUBPROTOCOL as FRAMED_SUBPROTOCOL
+from gateway.console.frames import CloseCode
 
-SUBPROTOCOL = Subprotocol("serial-console.v1")
-CLOSE_TAKEN_OVER = 4001
-CLOSE_FELL_BEHIND = 4002
-
-TAKEOVER_TEXT = (
-    "The serial console connection was closed. This can occur if there was an error or "
-    "another user connected to the console of this virtual machine. "
-    'To reconnect, press "Enter".'
-)
-BANNER_TEXT = (
-    "Connected to the serial port of the VM.\r\nIf no login prompt is displayed, press ENTER."
-)
+# The console's wire constants, imported rather than copied (pure: no I/O comes with them).
+SUBPROTOCOL = Subprotocol(FRAMED_SUBPROTOCOL)
+CLOSE_TAKEN_OVER = int(CloseCode.TAKEN_OVER)
+CLOSE_FELL_BEHIND = int(CloseCode.FELL_BEHIND)
+TAKEOVER_TEXT = texts.TAKEOVER
+BANNER_TEXT = texts.BANNER
 CLOSED_TEXT = 'Connection Closed: Press "Enter" to reconnect...'
 NEVER_CONNECTED_TEXT = (
     "Could not establish connection to VM or VMSS. Make sure that it is powered on and "

@@ -1,17 +1,14 @@
-"""SysRq: which keys there are, how a sequence is read, and how one is sent.
+"""SysRq: which keys there are and how a sequence is read.
 
 A SysRq reaches a Linux guest as a serial BREAK followed by the key, so a sequence such as
-``REISUB`` is one break + key per letter. Keys are Azure's: ``0-9`` and ``a-z`` (the
-kernel's handlers are lower-case; a sequence may be written in capitals, as the portal
-shows ``REISUB``).
+``REISUB`` is one break + key per letter (the hub sends them, in order with typed input).
+Keys are Azure's: ``0-9`` and ``a-z`` (the kernel's handlers are lower-case; a sequence may
+be written in capitals, as the portal shows ``REISUB``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
-
-from gateway.machines.base import Machine
 
 MAX_SEQUENCE = 32
 _KEYS = re.compile(r"[0-9a-z]+")
@@ -37,12 +34,3 @@ def parse_sysrq(text: str) -> list[str]:
             f"SysRq keys are 0-9 and a-z, or a sequence of them such as REISUB; got {text!r}"
         )
     return list(keys)
-
-
-async def send_sysrq(
-    machine: Machine, keys: list[str], write: Callable[[bytes], Awaitable[None]]
-) -> None:
-    """Send each key as a BREAK then the key, through ``write`` (the console's input)."""
-    for key in keys:
-        await machine.send_break()
-        await write(key.encode())
