@@ -80,7 +80,10 @@ class SerialPort:
         try:
             fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as err:
-            raise SerialPortError(limit_message(err, f"cannot open serial port {path}")) from err
+            # Out of descriptors, every port fails alike: the limit is the news, not the path.
+            out = err.errno in (errno.EMFILE, errno.ENFILE)
+            what = "cannot open a serial port" if out else f"cannot open serial port {path}"
+            raise SerialPortError(limit_message(err, what)) from err
         try:
             _configure(fd, speed)
         except (OSError, termios.error) as err:
@@ -199,9 +202,17 @@ def _configure(fd: int, speed: int) -> None:
     """Raw 8N1 at ``speed``, no flow control, reads that never block: pyserial's settings."""
     tty.setraw(fd)
     attrs = termios.tcgetattr(fd)
-    attrs[0] &= ~(termios.IXON | termios.IXOFF | termios.IXANY | termios.INPCK)  # iflag
+    attrs[0] &= ~(  # iflag: no CR/NL mapping, no flow control, breaks and parity untouched
+        termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IGNBRK | termios.PARMRK
+        | termios.IXON | termios.IXOFF | termios.IXANY | termios.INPCK | termios.ISTRIP
+    )  # fmt: skip
+    attrs[1] &= ~(termios.OPOST | termios.ONLCR | termios.OCRNL)  # oflag
     attrs[2] &= ~(termios.CSIZE | termios.PARENB | termios.CSTOPB | termios.CRTSCTS)  # cflag
     attrs[2] |= termios.CS8 | termios.CREAD | termios.CLOCAL
+    attrs[3] &= ~(  # lflag: no echo, no line editing, no signals
+        termios.ICANON | termios.ECHO | termios.ECHOE | termios.ECHOK | termios.ECHONL
+        | termios.ISIG | termios.IEXTEN | termios.ECHOCTL | termios.ECHOKE
+    )  # fmt: skip
     attrs[4] = attrs[5] = speed  # ispeed, ospeed
     attrs[6][termios.VMIN] = 0
     attrs[6][termios.VTIME] = 0

@@ -286,6 +286,14 @@ class MachineBase:
     def events(self, maxsize: int = 256) -> EventListener:
         return self._events.listen(maxsize)
 
+    async def wait_input_taken(self, timeout: float) -> None:
+        """See ``Machine.wait_input_taken``. A machine kind with a serial port overrides
+        this; here there is none to wait on, so MachineStateError at once."""
+        raise MachineStateError(
+            f"VM '{self.name}' has no serial port to type into (it is {self._state}): "
+            "start it first"
+        )
+
     def _set_state(self, state: PowerState, detail: str = "") -> None:
         if state is self._state:
             return

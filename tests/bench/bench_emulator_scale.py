@@ -57,14 +57,14 @@ def _check_limits(count: int) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     need = count * FDS_PER_GUEST + _open_fds() + 64
     if hard != resource.RLIM_INFINITY and hard < need:
-        raise SystemExit(
+        raise RuntimeError(
             f"{count} emulated guests need about {need} file descriptors; the hard limit "
             f"(RLIMIT_NOFILE) is {hard}: raise it (ulimit -Hn) or run fewer"
         )
     most = int(Path("/proc/sys/kernel/pty/max").read_text())
     used = int(Path("/proc/sys/kernel/pty/nr").read_text())
     if count > most - used:
-        raise SystemExit(
+        raise RuntimeError(
             f"{count} emulated guests need {count} PTYs; the kernel allows {most} "
             f"(/proc/sys/kernel/pty/max) and {used} are in use: raise it or run fewer"
         )
