@@ -471,6 +471,8 @@ class LabRuntime:
     async def _release_machines(self) -> None:
         """Stop running machines gracefully (unless forced), then deallocate every one, then
         close the hubs and boot logs (so the guests' last words are logged)."""
+        if self.context is not None:  # power actions still running (their 202s) end first
+            await self.context.operations.close()
         try:
             if not self._forced.is_set():
                 await self._stop_gracefully()

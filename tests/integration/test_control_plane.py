@@ -13,9 +13,16 @@ import pytest
 
 from gateway.access.errors import SessionExpired, SessionUsed, SessionWrongUser, UnknownSession
 from gateway.api import errors as texts
-from gateway.lab.config import LabConfigError, parse_lab
+from gateway.lab.config import LabConfigError, MachineSpec, parse_lab
+from gateway.machines.base import PowerState, RestartOutcome
 from tests.conftest import scaled
-from tests.integration.conftest import CONTROL_PLANE_LAB, SUBSCRIPTION, RunningLab, running_lab
+from tests.integration.conftest import (
+    CONTROL_PLANE_LAB,
+    SUBSCRIPTION,
+    FakeMachine,
+    RunningLab,
+    running_lab,
+)
 
 SUB = f"/subscriptions/{SUBSCRIPTION}"
 RG = f"{SUB}/resourceGroups/lab-rg"
@@ -475,6 +482,19 @@ async def test_every_connect_makes_a_new_session(lab: RunningLab) -> None:
 # -- compute --------------------------------------------------------------------------------
 
 
+async def power_status(lab: RunningLab, url: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The operation status at ``url``, polled until it is no longer InProgress."""
+    async with asyncio.timeout(scaled(30)):
+        while True:
+            status = await lab.client.get(url, headers=headers)
+            body: dict[str, Any] = status.json()
+            if body["status"] != "InProgress":
+                return body
+            assert int(status.headers["Retry-After"]) >= 1  # pollers wait this long
+            # The status resource is polled, as ARM's clients do; it has no event to await.
+            await asyncio.sleep(0.05)
+
+
 async def power(lab: RunningLab, path: str, headers: dict[str, str]) -> dict[str, Any]:
     """POST a power action as ARM's long-running operation: 202 with Azure-AsyncOperation,
     Location and Retry-After; then the status resource until it is final. Its last body."""
@@ -484,15 +504,7 @@ async def power(lab: RunningLab, path: str, headers: dict[str, str]) -> dict[str
     assert "monitor=true" in response.headers["Location"]
     status_url = response.headers["Azure-AsyncOperation"]
     assert "/providers/Microsoft.Compute/locations/" in status_url
-    async with asyncio.timeout(scaled(30)):
-        while True:
-            status = await lab.client.get(status_url, headers=headers)
-            body: dict[str, Any] = status.json()
-            if body["status"] != "InProgress":
-                break
-            assert int(status.headers["Retry-After"]) >= 1  # pollers wait this long
-            # The status resource is polled, as ARM's clients do; it has no event to await.
-            await asyncio.sleep(0.05)
+    body = await power_status(lab, status_url, headers)
     final = await lab.client.get(response.headers["Location"], headers=headers)
     assert final.status_code == (200 if body["status"] == "Succeeded" else 409), final.text
     return body
@@ -523,6 +535,62 @@ async def test_power_actions_drive_the_machine(lab: RunningLab) -> None:
     assert machine.calls[-4:] == ["stop", "start", "restart", "deallocate"]  # type: ignore[attr-defined]
     response = await lab.client.post(f"{vm}/restart", headers=alice)
     assert "deallocated" in assert_arm_error(response, 409, "OperationNotAllowed")
+
+
+class SlowMachine(FakeMachine):
+    """Restarts only when the test says so: a power action that is still running."""
+
+    def __init__(self, name: str, os_type: str = "linux") -> None:
+        super().__init__(name, os_type)
+        self.restart_entered = asyncio.Event()
+        self.finish_restart = asyncio.Event()
+
+    async def restart(self, timeout: float = 30.0) -> RestartOutcome:
+        self._require(PowerState.RUNNING, action="restart")
+        self.restart_entered.set()
+        await self.finish_restart.wait()
+        return RestartOutcome.GRACEFUL
+
+
+def slow_factory(spec: MachineSpec, run_dir: Path) -> SlowMachine:
+    return SlowMachine(spec.name, spec.os)
+
+
+async def test_a_running_power_action_is_polled_then_ends_with_the_lab(tmp_path: Path) -> None:
+    """While the machine works, the status is InProgress with Retry-After and the Location
+    URL answers 202; once done, Succeeded and 200. An operation still running when the lab
+    stops is canceled, not left behind."""
+    async with running_lab(CONTROL_PLANE_LAB, tmp_path, slow_factory) as lab:
+        lab.client.event_hooks["request"].append(_with_api_version)
+        alice = await lab.as_user("alice")
+        machine = lab.runtime.machines["vm-a"]
+        assert isinstance(machine, SlowMachine)
+        accepted = await lab.client.post(f"{VMS}/vm-a/restart", headers=alice)
+        assert accepted.status_code == 202
+        await asyncio.wait_for(machine.restart_entered.wait(), scaled(10))
+        status = await lab.client.get(accepted.headers["Azure-AsyncOperation"], headers=alice)
+        assert status.json()["status"] == "InProgress"
+        assert status.headers["Retry-After"] == "1"
+        monitor = await lab.client.get(accepted.headers["Location"], headers=alice)
+        assert monitor.status_code == 202
+        machine.finish_restart.set()
+        body = await power_status(lab, accepted.headers["Azure-AsyncOperation"], alice)
+        assert (body["status"], body["properties"]["output"]) == ("Succeeded", "graceful")
+        assert (
+            await lab.client.get(accepted.headers["Location"], headers=alice)
+        ).status_code == 200
+        machine.finish_restart.clear()
+        machine.restart_entered.clear()
+        second = await lab.client.post(f"{VMS}/vm-a/restart", headers=alice)
+        await asyncio.wait_for(machine.restart_entered.wait(), scaled(10))
+        operations = lab.runtime.context.operations  # type: ignore[union-attr]
+        pending = operations.get(
+            second.headers["Azure-AsyncOperation"].split("/")[-1].split("?")[0]
+        )
+        assert pending is not None
+    assert pending.status == "Canceled"
+    assert pending.task is not None
+    assert pending.task.done()
 
 
 async def test_vm_and_scale_set_bodies_look_like_arm(lab: RunningLab) -> None:
