@@ -98,11 +98,12 @@ class EmulatedMachine(MachineBase):
     async def start(self) -> None:
         """Power on. Deallocated: a new PTY, the port hooks, then the boot. Stopped: boot again.
 
-        Idempotent when running or starting; MachineStateError while another operation is in
-        progress, or while panicked; MachineLaunchError when no PTY can be made (the
-        message names the limit that ran out; the machine stays deallocated).
+        Idempotent when running; a start during a start waits for it. MachineStateError
+        while another operation is in progress, or while panicked; MachineLaunchError when
+        no PTY can be made (the message names the limit that ran out; the machine stays
+        deallocated).
         """
-        if self._state in (PowerState.RUNNING, PowerState.STARTING):
+        if await self._join_start():
             return
         async with self._power_operation(
             "start", "starting", PowerState.DEALLOCATED, PowerState.STOPPED

@@ -13,7 +13,8 @@ Power states (Azure's, plus ``panicked``)::
     any allocated state --deallocate--> deallocated
 
 One operation at a time: ``start``, ``stop``, ``restart`` and ``reset`` are power operations;
-one called while another is in progress is refused at once with ``MachineStateError``
+one called while another is in progress (a start during a start joins it instead) is
+refused at once with ``MachineStateError``
 ("cannot reset VM 'x' while it is restarting: wait until that has finished"), as Azure
 refuses a conflicting operation (409 OperationNotAllowed); it never waits behind it, so it
 never acts on a state its caller did not see. ``deallocate`` is the exception: it is always
@@ -146,7 +147,8 @@ class Machine(Protocol):
         """A new listener of this machine's events (see ``EventListener``)."""
 
     async def start(self) -> None:
-        """Power on: launch (deallocated) or boot again (stopped). Idempotent when running."""
+        """Power on: launch (deallocated) or boot again (stopped). Idempotent when running;
+        a start during a start waits for it to end."""
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Graceful power-off (ACPI); halted by force after ``timeout``. Keeps the port."""
@@ -263,6 +265,7 @@ class MachineBase:
         self._port_hooks: list[PortHook] = []
         self._history: list[PowerState] = [self._state]
         self._operation: str | None = None  # the power operation in progress ("restarting")
+        self._operation_done: asyncio.Future[None] | None = None  # resolved when it ends
         self._op_lock = asyncio.Lock()  # held by the operation in progress, or deallocate
         self._waits: set[asyncio.Future[None]] = set()
 
@@ -332,12 +335,27 @@ class MachineBase:
                 "wait until that has finished, then try again"
             )
         self._operation = doing
+        done = self._operation_done = asyncio.get_running_loop().create_future()
         try:
             async with self._op_lock:  # only a deallocate in progress can hold it here
                 self._require(*states, action=action)
                 yield
         finally:
-            self._operation = None
+            self._operation = self._operation_done = None
+            done.set_result(None)
+
+    async def _join_start(self) -> bool:
+        """For ``start``: True once the machine runs, joining a start in progress (a second
+        start waits for the first, and fails with its state if that one failed)."""
+        if self._operation == "starting" and self._operation_done is not None:
+            await asyncio.shield(self._operation_done)
+            if self._state is not PowerState.RUNNING:
+                raise MachineStateError(
+                    f"VM '{self.name}' did not start (it is {self._state}): see why in the "
+                    "first start's error, then start it again"
+                )
+            return True
+        return self._state is PowerState.RUNNING and self._operation is None
 
     @contextlib.asynccontextmanager
     async def _taking_over(

@@ -200,7 +200,7 @@ class QemuMachine(MachineBase):
     # -- power -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._state in (PowerState.RUNNING, PowerState.STARTING):
+        if await self._join_start():
             return
         async with self._power_operation(
             "start", "starting", PowerState.DEALLOCATED, PowerState.STOPPED

@@ -320,6 +320,32 @@ async def test_one_power_operation_at_a_time(linux: Lab) -> None:
     await linux.vm.reset()  # free again
 
 
+async def test_a_start_during_a_start_returns_once_it_runs() -> None:
+    """A second start while the first waits in its port hook returns only once the machine
+    runs, as the first does; a reset meanwhile is refused."""
+    vm = EmulatedMachine("vm-twice")
+    release = asyncio.Event()
+
+    async def slow_hook(path: str) -> None:
+        await release.wait()
+
+    vm.add_port_hook(slow_hook)
+    try:
+        with vm.events() as events:
+            first = asyncio.create_task(vm.start())
+            await wait_event(events, EventKind.PORT)
+            second = asyncio.create_task(vm.start())
+            with pytest.raises(MachineStateError, match="while it is starting: wait until"):
+                await vm.reset()
+            await asyncio.sleep(0)
+            assert not second.done()
+            release.set()
+            await asyncio.wait_for(asyncio.gather(first, second), scaled(5))
+        assert vm.power_state is PowerState.RUNNING
+    finally:
+        await vm.deallocate()
+
+
 async def test_deallocate_during_a_restart_fails_it_at_once(linux: Lab) -> None:
     """Deallocate is always allowed: a restart waiting for the power-off fails at once."""
     await linux.vm.start()
