@@ -156,6 +156,12 @@ _WORDS = {
 }
 _ARM_ROOTS = frozenset({"subscriptions", "providers", "tenants"})
 
+# The resource types each provider serves here (the first word after its namespace).
+RESOURCE_TYPES: dict[str, frozenset[str]] = {
+    SERIAL_CONSOLE: frozenset({"serialPorts", "consoleServices", "operations", "auditLogs"}),
+    COMPUTE: frozenset({"virtualMachines", "virtualMachineScaleSets", "locations"}),
+}
+
 MISSING = "The api-version query parameter (?api-version=) is required for all requests."
 INVALID = "The api-version '{version}' is invalid. The supported versions are '{supported}'."
 
@@ -207,6 +213,24 @@ def check_api_version(provider: str, query: str) -> tuple[str, str] | None:
     shown = version if len(version) <= 64 else version[:64] + "..."
     return "InvalidApiVersionParameter", INVALID.format(
         version=shown, supported=",".join(supported)
+    )
+
+
+def unknown_resource_type(path: str, version: str) -> str | None:
+    """ARM's ``InvalidResourceType`` message when ``path`` names a type its provider does not
+    serve here (``.../providers/Microsoft.Compute/disks/d``); None otherwise."""
+    segments = canonical_path(path)[0].split("/")
+    marks = [i for i, segment in enumerate(segments[:-2]) if segment == "providers"]
+    if not marks:
+        return None
+    namespace, resource_type = segments[marks[-1] + 1], segments[marks[-1] + 2]
+    known = RESOURCE_TYPES.get(namespace)
+    if known is None or resource_type in known or not resource_type:
+        return None
+    shown = resource_type if len(resource_type) <= 64 else resource_type[:64] + "..."
+    return (
+        f"The resource type '{shown}' could not be found in the namespace '{namespace}' for "
+        f"api version '{version[:64]}'."
     )
 
 

@@ -20,6 +20,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.api.armpath import unknown_resource_type
+
 # Azure's texts, word for word: one copy, in the console core, for every door.
 from gateway.console.texts import (
     BOOT_DIAGNOSTICS_OFF,
@@ -120,6 +122,11 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
         if err.status_code == 404:
+            invalid = unknown_resource_type(
+                request.url.path, request.query_params.get("api-version", "")
+            )
+            if invalid is not None:
+                return error_response(ArmError(404, "InvalidResourceType", invalid))
             message = (
                 f"No route matches '{request.method} {request.url.path}'. The paths this "
                 "gateway serves are listed in /openapi.json."

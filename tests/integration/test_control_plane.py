@@ -255,6 +255,15 @@ async def test_api_version_is_required_and_checked_per_provider(lab: RunningLab)
     assert_arm_error(compute, 400, "InvalidApiVersionParameter")
 
 
+async def test_unknown_resource_types_are_arms_invalid_resource_type(lab: RunningLab) -> None:
+    carol = await lab.as_user("carol")
+    reply = await lab.client.get(f"{RG}/providers/microsoft.compute/DISKS/d1", headers=carol)
+    assert assert_arm_error(reply, 404, "InvalidResourceType") == (
+        "The resource type 'DISKS' could not be found in the namespace 'Microsoft.Compute' "
+        f"for api version '{API_VERSION}'."
+    )
+
+
 async def test_serial_console_lists_its_operations(lab: RunningLab) -> None:
     """GET /providers/Microsoft.SerialConsole/operations, as the spec's example shows it."""
     reply = await lab.client.get(
@@ -793,6 +802,7 @@ HOSTILE = [
     ),
     ("GET", f"{VMS}/vm-a/providers/Microsoft.SerialConsole/serialPorts/1", 404),
     ("GET", "/no/such/route", 404),
+    ("GET", f"{RG}/providers/Microsoft.Compute/disks/d1", 404),
     ("DELETE", f"{VMS}/vm-a", 405),
     ("GET", f"{SC}/auditLogs?$top=-1", 400),
     ("GET", f"{SC}/auditLogs?sinceId=abc", 400),

@@ -13,6 +13,7 @@ from gateway.api.armpath import (
     canonical_path,
     check_api_version,
     is_arm_path,
+    unknown_resource_type,
 )
 
 SUB = "/subscriptions/5E71A1C0-0000-4000-8000-000000000001"
@@ -86,3 +87,16 @@ def test_versions_the_current_clients_send_are_published() -> None:
     """azure-mgmt-serialconsole 2.0.0, az serial-console, azure-mgmt-compute 39."""
     assert {"2024-07-01", "2018-05-01"} <= set(API_VERSIONS[SERIAL_CONSOLE])
     assert {"2026-04-01", "2026-03-03", "2026-03-02", "2025-03-03"} <= set(API_VERSIONS[COMPUTE])
+
+
+def test_unknown_resource_types_are_named() -> None:
+    """ARM's InvalidResourceType text for a type the lab's providers do not serve."""
+    disks = f"{SUB}/resourceGroups/rg/providers/microsoft.compute/disks/d"
+    assert unknown_resource_type(disks, "2026-04-01") == (
+        "The resource type 'disks' could not be found in the namespace 'Microsoft.Compute' "
+        "for api version '2026-04-01'."
+    )
+    vm = f"{SUB}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm/nothing"
+    assert unknown_resource_type(vm, "2026-04-01") is None  # a known type: the route decides
+    assert unknown_resource_type(f"{SUB}/providers/Contoso.Widgets/gadgets", "1") is None
+    assert unknown_resource_type("/subscriptions", "2022-12-01") is None
