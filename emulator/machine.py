@@ -188,7 +188,11 @@ class EmulatedMachine(MachineBase):
     async def deallocate(self, timeout: float = 10.0) -> None:
         """Close the PTY (its readers see EIO) and forget the guest. Idempotent; allowed
         during another operation, which then fails at once."""
-        async with self._taking_over(f"VM '{self.name}' was deallocated", "start it again"):
+        # At once, not after the operation in progress: each step of those re-checks the
+        # machine after an await (a port hook that never returns cannot hold this).
+        async with self._taking_over(
+            f"VM '{self.name}' was deallocated", "start it again", wait=False
+        ):
             if self._state is not PowerState.DEALLOCATED:
                 self._release("deallocated")
 

@@ -249,10 +249,15 @@ class EventHub:
 
 
 class MachineBase:
-    """Power-state bookkeeping, events and port hooks, common to every machine kind.
+    """Power-state bookkeeping, events, port hooks and the concurrency contract, common to
+    every machine kind.
 
     Subclasses call ``_set_state`` on every transition and ``_publish`` for other events,
-    and ``_run_port_hooks`` when a new port exists, before the guest's CPU runs.
+    and ``_run_port_hooks`` when a new port exists, before the guest's CPU runs. They run
+    each power operation inside ``_power_operation`` (one at a time, state-guarded),
+    ``deallocate`` and the handling of a dead process inside ``_taking_over`` (fails the
+    operation in progress at once, then waits for it to let go), and every wait on the
+    guest through ``_wait`` (timed, and failed at once by ``_fail_waits``).
     """
 
     os_type: str = "linux"
@@ -359,13 +364,23 @@ class MachineBase:
 
     @contextlib.asynccontextmanager
     async def _taking_over(
-        self, why: str, advice: str, kind: type[MachineError] = MachineStateError
+        self,
+        why: str,
+        advice: str,
+        kind: type[MachineError] = MachineStateError,
+        *,
+        wait: bool = True,
     ) -> AsyncIterator[None]:
         """For deallocate and a dead process: fail the operation in progress at once
         (``kind``: "<why> while it was <operation>: <advice>"), then run the body once that
-        operation has let go."""
+        operation has let go, or at once with ``wait=False`` (for a kind whose operations
+        check the state after every await, so that a hook that never returns cannot hold
+        a deallocate)."""
         during = f" while it was {self._operation}" if self._operation else ""
         self._fail_waits(kind(f"{why}{during}: {advice}"))
+        if not wait:
+            yield
+            return
         async with self._op_lock:
             yield
 

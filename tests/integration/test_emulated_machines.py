@@ -346,6 +346,28 @@ async def test_a_start_during_a_start_returns_once_it_runs() -> None:
         await vm.deallocate()
 
 
+async def test_deallocate_during_a_start_is_not_held_by_its_port_hook() -> None:
+    """Deallocate while a port hook still runs: it returns at once (the PTY is closed), and
+    the start fails saying so once the hook returns."""
+    vm = EmulatedMachine("vm-gone")
+    release = asyncio.Event()
+
+    async def slow_hook(path: str) -> None:
+        await release.wait()
+
+    vm.add_port_hook(slow_hook)
+    with vm.events() as events:
+        start = asyncio.create_task(vm.start())
+        await wait_event(events, EventKind.PORT)
+        await asyncio.wait_for(vm.deallocate(), scaled(1))
+    assert vm.power_state is PowerState.DEALLOCATED
+    release.set()
+    with pytest.raises(MachineStateError, match="deallocated while it started"):
+        await asyncio.wait_for(start, scaled(5))
+    await vm.start()  # free again
+    await vm.deallocate()
+
+
 async def test_deallocate_during_a_restart_fails_it_at_once(linux: Lab) -> None:
     """Deallocate is always allowed: a restart waiting for the power-off fails at once."""
     await linux.vm.start()
