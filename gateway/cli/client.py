@@ -303,12 +303,18 @@ class GatewayClient:
         if response.status_code != 202 or not status_url:
             body: dict[str, Any] = response.json()
             return body
-        async with asyncio.timeout(POWER_TIMEOUT):
-            while True:
-                body = (await self._request("GET", httpx.URL(status_url))).json()
-                if body.get("status") != "InProgress":
-                    break
-                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+        try:
+            async with asyncio.timeout(POWER_TIMEOUT):
+                while True:
+                    body = (await self._request("GET", httpx.URL(status_url))).json()
+                    if body.get("status") != "InProgress":
+                        break
+                    await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+        except TimeoutError as err:
+            raise GatewayError(
+                f"The {action} operation did not finish within {POWER_TIMEOUT:.0f} s; the VM "
+                "may still get there: check it with serial-console vm list"
+            ) from err
         if body.get("status") != "Succeeded":
             error = body.get("error") or {}
             raise GatewayError(
