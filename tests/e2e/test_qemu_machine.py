@@ -268,8 +268,9 @@ async def test_a_wait_for_power_off_fails_at_once_when_qemu_dies(guest: Guest) -
 
 
 async def test_a_hung_qemu_fails_a_command_in_time(guest: Guest) -> None:
-    """A QEMU that stops answering its monitor fails an NMI after the command timeout,
-    with what to do, instead of leaving the caller waiting."""
+    """A QEMU that stops answering its monitor fails an NMI after the command timeout, and
+    a wait for typed input after its own, each with what to do, instead of leaving the
+    caller waiting; once QEMU runs again, both work."""
     await guest.console.expect(r"login: ", BOOT)
     pid = guest.vm.pid
     assert pid is not None
@@ -279,8 +280,12 @@ async def test_a_hung_qemu_fails_a_command_in_time(guest: Guest) -> None:
         with pytest.raises(MachineCommandError, match=r"did not answer inject-nmi .* hung"):
             async with asyncio.timeout(scaled(10)):
                 await guest.vm.inject_nmi()
+        await guest.console.send("x" * 100)  # typed into a guest that reads nothing now
+        with pytest.raises(MachineError, match=r"has not read 100 typed byte\(s\) .*reset"):
+            await guest.vm.wait_input_taken(scaled(1))
     finally:
         os.kill(pid, signal.SIGCONT)
+    await guest.vm.wait_input_taken(scaled(10))
     guest.vm.command_timeout = scaled(10)
     await guest.vm.inject_nmi()  # answered again once QEMU runs
     await guest.console.expect(r"Uhhuh\. NMI received", 15)
