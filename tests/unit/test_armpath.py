@@ -100,3 +100,11 @@ def test_unknown_resource_types_are_named() -> None:
     assert unknown_resource_type(vm, "2026-04-01") is None  # a known type: the route decides
     assert unknown_resource_type(f"{SUB}/providers/Contoso.Widgets/gadgets", "1") is None
     assert unknown_resource_type("/subscriptions", "2022-12-01") is None
+
+
+def test_versions_are_listed_newest_first_once() -> None:
+    """As ARM lists them in InvalidApiVersionParameter."""
+    for versions in API_VERSIONS.values():
+        dates = [v[:10] for v in versions]
+        assert dates == sorted(dates, reverse=True)
+        assert len(set(versions)) == len(versions)
