@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 MESSAGE = (
     "This gateway answers to {names} only (the Host header was {host!r}). Use "
-    "http://127.0.0.1:PORT, or set the lab's host to the name you use."
+    "{scheme}://127.0.0.1:PORT, or set the lab's host to the name you use."
 )
 
 
@@ -42,7 +42,8 @@ class HostCheck:
         if host_name(header) in self.allowed:
             await self.app(scope, receive, send)
             return
-        text = MESSAGE.format(names=", ".join(sorted(self.allowed)), host=header)
+        scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+        text = MESSAGE.format(names=", ".join(sorted(self.allowed)), host=header, scheme=scheme)
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 4008, "reason": "unknown Host"})
             return

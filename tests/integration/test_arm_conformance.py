@@ -27,6 +27,7 @@ from tests.integration.conftest import (
     RunningLab,
     running_lab,
 )
+from tests.support import lab as support_lab
 
 
 @pytest.fixture
@@ -217,3 +218,11 @@ async def test_the_lab_file_names_the_tenant(tmp_path: Path) -> None:
         assert config.json()["token_endpoint"].endswith(f"/{tenant}/oauth2/v2.0/token")
     with pytest.raises(LabConfigError, match=r"subscription\.tenant_id: expected a GUID"):
         parse_lab('[subscription]\ntenant_id = "oauth2"\n', source="lab.toml", base=tmp_path)
+
+
+async def test_a_tls_lab_refusing_a_host_names_its_https_url(tmp_path: Path) -> None:
+    """The DNS-rebinding refusal tells a TLS lab's user to use https://, not http://."""
+    async with support_lab.running_lab(tmp_path, tls=True) as lab:
+        reply = await lab.http.get("/subscriptions", headers={"Host": "evil.example"})
+    message = assert_arm_error(reply, 400, "InvalidHost")
+    assert "Use https://127.0.0.1:PORT" in message
