@@ -1,7 +1,7 @@
 """A test's view of a serial console: everything read so far, and waits on what comes next.
 
 ``PortConsole`` reads a guest's serial port through the gateway's ``SerialPort`` (the same
-non-blocking pyserial adapter the gateway uses) and keeps the whole transcript. ``expect``
+non-blocking adapter the gateway uses) and keeps the whole transcript. ``expect``
 waits, with a bound, for a pattern to appear after the last match: no sleeps, no polling.
 """
 
@@ -12,6 +12,8 @@ import re
 
 from gateway.console.port import SerialPort
 from tests.conftest import scaled
+
+KERNEL_LINE = re.compile(rb"\[ *\d+\.\d+\] [^\r\n]*\r?\n")  # a printk line on the console
 
 
 class ExpectTimeout(AssertionError):
@@ -108,12 +110,15 @@ class PortConsole(Transcript):
         being typed before the shell is ready to edit a line.
         """
         token = f"{abs(hash(command)) % 10**6}"
+        start = len(self.data)
         await self.send(f"{command}; printf '%s_%s\\n' __done {token}\r")
-        await self.expect(r"__done \d+\r*\n", timeout)
-        start = self.cursor
-        match = await self.expect(f"__done_{token}\r*\n", timeout)
+        await self.expect(f"__done_{token}\r*\n", timeout)
         await self.expect(r"# ", timeout)
-        return self.data[start : match.start()].decode(errors="replace")
+        # The kernel prints to the same console at any moment, even inside the echo of the
+        # typed line: read around its lines.
+        text = KERNEL_LINE.sub(b"", bytes(self.data[start:])).decode(errors="replace")
+        echo = text.index(f"__done {token}") + len(f"__done {token}")
+        return text[echo:].lstrip("\r\n").split(f"__done_{token}")[0]
 
     def close_port(self) -> None:
         self.port.close()
