@@ -71,6 +71,7 @@ class _ClientNoise(logging.Filter):
 
 logging.getLogger("uvicorn.error").addFilter(_ClientNoise())
 IDLE_WARNING = 60.0
+MAX_CONSOLES_PER_USER = 64  # open at once, writers and watchers, across every VM
 CLOSE_BOUND = 5.0  # seconds to deliver the last frames and the close frame to a slow client
 
 
@@ -162,6 +163,20 @@ class _Door:
         vm = self.ctx.inventory.by_id(grant.vm_id)
         if vm.hub is None:
             raise Refused(CloseCode.PORT_LOST, f"VM '{vm.name}' has no console in this lab")
+        open_now = sum(
+            1
+            for other in self.ctx.inventory.all_machines()
+            if other.hub is not None
+            for session in other.hub.sessions
+            if session.user == grant.user
+        )
+        if open_now >= MAX_CONSOLES_PER_USER:
+            raise Refused(
+                CloseCode.TOO_MANY,
+                f"{grant.user} already has {open_now} consoles open, the most one user may: "
+                "close one, then connect again",
+                "too many consoles open for this user",
+            )
         self.vm, self.hub = vm, vm.hub
         role = self.core.options.role
         limit = self.ctx.session_buffer

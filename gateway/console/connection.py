@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 from gateway.console import texts
 from gateway.console.frames import CloseCode, Command, FrameError, encode_event, parse_command
-from gateway.console.sessions import Closing, Event, Item, Notice, Output, Role
+from gateway.console.sessions import Closing, Event, Gap, Item, Notice, Output, Role
 from gateway.console.utf8 import TextSplitter
 
 MAX_REASON = 123  # a close frame's reason, in bytes
@@ -277,6 +277,14 @@ class ConsoleConnection:
             elif isinstance(item, Event):
                 if self.framed:
                     frames.append(SendText(item.text))
+            elif isinstance(item, Gap):
+                text = f"[bytes {item.start} to {item.end} are gone from the boot log]"
+                if self.framed:
+                    frames.append(SendText(encode_event(
+                        "lost", start=item.start, end=item.end, message=text
+                    )))  # fmt: skip
+                else:
+                    frames += self._message(text)
             elif self.framed:
                 frames.append(SendText(encode_event(
                     "result", id=None, command=item.command, ok=item.ok, message=item.text

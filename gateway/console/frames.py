@@ -35,6 +35,7 @@ class CloseCode(enum.IntEnum):
     MALFORMED = 4007  # a frame the gateway could not read
     ORIGIN_REFUSED = 4008  # a browser page from an origin that is not allowed
     PORT_LOST = 4009  # the VM's serial port went away (its process ended)
+    TOO_MANY = 4010  # this user already has the most consoles open that one user may
 
 
 class FrameError(ValueError):

@@ -84,7 +84,16 @@ class Notice:
     ok: bool = False
 
 
-Item = Output | Event | Notice
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Offsets ``[start, end)`` that are gone from the boot log (rotated out, or lost in a
+    crash): the replay goes on from ``end``."""
+
+    start: int
+    end: int
+
+
+Item = Output | Event | Notice | Gap
 ReadLog = Callable[[int, int], "LogRead"]
 
 
@@ -233,13 +242,8 @@ class ConsoleSession:
         want = min(PRELOAD_CHUNK, self._replay_end - self._replay_next)
         page = self._read_log(self._replay_next, want)
         items: list[Item] = []
-        if page.start > self._replay_next:  # overwritten in the ring while being replayed
-            items.append(
-                Notice(
-                    "replay",
-                    f"[bytes {self._replay_next} to {page.start} have rotated out of the boot log]",
-                )
-            )
+        if page.start > self._replay_next:  # rotated out while replayed, or lost in a crash
+            items.append(Gap(self._replay_next, page.start))
         if not page.contents or page.start >= self._replay_end:
             self._read_log = None
             return items

@@ -19,7 +19,7 @@ from gateway.console.connection import (
     TypeInput,
 )
 from gateway.console.frames import CloseCode
-from gateway.console.sessions import Closing, Event, Notice, Output, Role
+from gateway.console.sessions import Closing, Event, Gap, Notice, Output, Role
 
 TOKEN = "t0k3n-" + "x" * 40
 
@@ -160,6 +160,20 @@ def test_raw_clients_read_gateway_messages_as_lines_and_skip_events() -> None:
     ]
     assert conn.result("1", "nmi", True, "NMI sent successfully") is None
     assert conn.result("1", "nmi", False, "nope") == Notice("nmi", "nope")
+
+
+def test_a_gap_in_the_replay_is_an_event_or_a_line() -> None:
+    """Bytes gone from the boot log (rotated, or lost in a crash) are named, never skipped
+    silently: a ``lost`` event for framed clients, a line for raw ones."""
+    framed = _serving(_framed(authorization=TOKEN))
+    (frame,) = framed.render([Gap(100, 250)])
+    assert isinstance(frame, SendText)
+    event = json.loads(frame.text)
+    assert (event["type"], event["start"], event["end"]) == ("lost", 100, 250)
+    raw = _serving(_raw(authorization=TOKEN))
+    assert raw.render([Gap(100, 250)]) == [
+        SendText("\r\n[bytes 100 to 250 are gone from the boot log]\r\n")
+    ]
 
 
 def test_closing_says_why_then_closes_with_a_reason_that_fits() -> None:
