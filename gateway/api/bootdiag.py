@@ -156,7 +156,7 @@ async def read_serial_log_blob(
     if vm is None or vm.bootlog is None:
         return blob_error(404, "BlobNotFound", "The specified blob does not exist.", head)
     try:
-        page = vm.bootlog.read(None, vm.bootlog.capacity)
+        page = vm.bootlog.read_kept()  # across a crash's hole, too
     except BootLogError as err:
         return blob_error(503, "ServerBusy", str(err), head)
     data = page.contents

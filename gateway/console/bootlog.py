@@ -250,6 +250,16 @@ class BootLog:
             raise BootLogError(f"cannot read the boot log {self._ring_path}: {err}") from err
         return LogRead(contents, begin, begin + len(contents), rotated)
 
+    def read_kept(self) -> LogRead:
+        """Every byte still kept, oldest first, as one piece (what a blob download gets): a
+        crash's hole is left out, and ``rotated`` says one was. ``start`` is ``first``,
+        ``next`` is ``end``."""
+        before = self.read(None)
+        if self._hole is None:
+            return before
+        after = self.read(self._hole[1])
+        return LogRead(before.contents + after.contents, before.start, after.next, True)
+
     # -- internals -----------------------------------------------------------------------
 
     def _check_open(self) -> None:

@@ -116,6 +116,9 @@ def test_after_a_crash_offsets_are_never_given_twice(tmp_path: Path) -> None:
     assert gone.rotated
     assert gone.start == start
     assert gone.contents == b"new boot\n"
+    whole = again.read_kept()  # a blob download: both sides of the hole, in order
+    assert whole.contents == b"old boot\n" * 1000 + b"new boot\n"
+    assert whole.rotated
     again.close()
     reopened = BootLog(tmp_path, capacity=1 << 20)  # the hole is remembered
     assert reopened.read(0).contents == b"old boot\n" * 1000
