@@ -156,11 +156,10 @@ class BootLog:
                 self._reserve(self._end + size + self.reserve_step)
             self._write_at(self._end + size - len(kept), kept)
         except OSError as err:
-            # The bytes keep their offsets all the same (clients count on them), and the ring
-            # may hold a torn write: the log starts over after this gap, so no read returns
-            # wrong bytes.
-            self._end += size
-            self._first = self._end
+            # The bytes keep their offsets all the same (clients count on them); what the
+            # disk did not take becomes a hole that reads report as lost, and whatever a torn
+            # write may have overwritten in the ring is given up. The bytes before stay.
+            self._lose(size)
             raise BootLogError(f"cannot write the boot log {self._ring_path}: {err}") from err
         self._end += size
         self._first = max(self._first, self._end - self.capacity)
@@ -168,6 +167,20 @@ class BootLog:
             self._first = max(self._first, self._hole[1])
             self._hole = None
         self._unflushed += size
+
+    def _lose(self, size: int) -> None:
+        """``size`` bytes from ``end`` on could not be written: a hole, not other bytes."""
+        lost_from = self._end
+        self._end += size
+        self._first = max(self._first, self._end - self.capacity)
+        if self._hole is not None and self._hole[1] == lost_from:
+            self._hole = (self._hole[0], self._end)  # the same outage goes on
+        else:
+            if self._hole is not None:
+                self._first = max(self._first, self._hole[1])  # one hole at a time is kept
+            self._hole = (lost_from, self._end)
+        if self._first >= self._hole[0]:
+            self._first, self._hole = max(self._first, self._hole[1]), None
 
     @property
     def flush_due(self) -> bool:

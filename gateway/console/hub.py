@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -54,6 +55,7 @@ DEFAULT_REPLAY = 16 * 1024
 COMMAND_WRITE_TIMEOUT = 5.0  # a SysRq key a guest does not take is reported, not waited on
 INPUT_TAKEN_TIMEOUT = 5.0  # typed bytes a guest does not take before a SysRq: say so
 QUEUE_TIMEOUT = 10.0  # a command behind input a guest does not read: give up, say why
+LOG_TROUBLE_EVERY = 60.0  # seconds between two log lines about a failing boot log
 INPUT_LIMIT = 1 << 20  # typed bytes waiting for a guest that does not read its port
 ORDERED = frozenset({"sysrq", "break", "nmi"})  # wait for the typed bytes before them
 
@@ -102,7 +104,7 @@ class ConsoleHub:
         self._port: SerialPort | None = None
         self._installed = False
         self._closed = False
-        self._log_failed = False
+        self._log_told = -LOG_TROUBLE_EVERY  # when the boot log's trouble was last logged
         self._sessions: set[ConsoleSession] = set()
         self._writer: ConsoleSession | None = None
         self._events_task: asyncio.Task[None] | None = None
@@ -154,7 +156,6 @@ class ConsoleHub:
         except BootLogError as err:
             self._log_trouble(err)
         else:
-            self._log_failed = False
             if self.bootlog.flush_due and self._flush_task is None:
                 self._flush_task = asyncio.get_running_loop().create_task(self._flush())
         for session in list(self._sessions):
@@ -163,10 +164,13 @@ class ConsoleHub:
                 self._forget(session)
 
     def _log_trouble(self, err: BootLogError) -> None:
-        # Keep reading: the guest must never block on the log. Say it once.
-        if not self._log_failed:
-            self.log.error("boot log stopped: %s", err)
-            self._log_failed = True
+        # Keep reading: the guest must never block on the log. Say it once a minute, not
+        # once per write or flush: a full disk would otherwise fill the lab's own log.
+        now = time.monotonic()
+        if now - self._log_told >= LOG_TROUBLE_EVERY:
+            self.log.error("boot log: %s (consoles go on; the bytes not kept are reported "
+                           "as lost when the disk has room again)", err)  # fmt: skip
+            self._log_told = now
 
     def flush_log(self) -> None:
         """Put the boot log's unflushed bytes on disk soon, in a worker thread (the lab's

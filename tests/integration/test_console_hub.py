@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from pathlib import Path
+
+import pytest
 
 from emulator.machine import EmulatedMachine
 from gateway.console.bootlog import BootLog, FlushMark
@@ -56,3 +59,36 @@ async def test_a_stalled_disk_never_stalls_the_console(tmp_path: Path) -> None:
         log.release.set()
         hub.close()
         log.close()
+
+
+class BrokenDisk(BootLog):
+    """A ring that never takes a byte (a full or failing disk)."""
+
+    def _write_at(self, offset: int, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+
+async def test_a_failing_boot_log_is_told_once_and_the_console_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every write of the boot log fails: the console still shows the boot and takes
+    typing, and the lab's log says so once, not once per write."""
+    caplog.set_level(logging.ERROR)
+    log = BrokenDisk(tmp_path)
+    machine = EmulatedMachine("linux-1", "linux")
+    hub = ConsoleHub(machine, log)
+    hub.install()
+    session = ConsoleSession("s" * 16, "alice", "linux-1", Role.WRITER)
+    try:
+        async with machine:
+            hub.attach(session)
+            await machine.start()
+            await _read_until(session, b"login: ")
+            hub.submit(session, b"root\r")
+            await _read_until(session, b"Password: ")
+    finally:
+        hub.close()
+        log.close()
+    told = [r for r in caplog.records if "boot log" in r.getMessage()]
+    assert len(told) == 1, [r.getMessage() for r in told]
+    assert "No space left" in told[0].getMessage()

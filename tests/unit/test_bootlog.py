@@ -151,3 +151,34 @@ def test_corrupt_sidecar_starts_empty(tmp_path: Path) -> None:
     (tmp_path / META_NAME).write_text("{not json")
     log = BootLog(tmp_path, capacity=8)
     assert (log.first, log.end) == (0, 0)
+
+
+class FullDisk(BootLog):
+    """A ring whose writes fail with ENOSPC while ``full`` is set."""
+
+    full = False
+
+    def _write_at(self, offset: int, data: bytes) -> None:
+        if self.full:
+            raise OSError(28, "No space left on device")
+        super()._write_at(offset, data)
+
+
+def test_bytes_a_full_disk_did_not_take_are_a_hole_and_the_rest_stays(tmp_path: Path) -> None:
+    """While the disk is full the bytes keep their offsets but are reported lost; the bytes
+    before stay readable, and the log goes on when space returns."""
+    log = FullDisk(tmp_path, capacity=1 << 20)
+    log.append(b"before\n")
+    log.full = True
+    for _ in range(3):
+        with pytest.raises(BootLogError, match="No space left"):
+            log.append(b"x" * 100)
+    log.full = False
+    log.append(b"after\n")
+    assert log.end == 7 + 300 + 6
+    assert log.read(0).contents == b"before\n"
+    gone = log.read(7)
+    assert gone.rotated
+    assert (gone.start, gone.contents) == (307, b"after\n")
+    assert log.read_kept().contents == b"before\nafter\n"
+    log.close()
