@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -175,8 +176,11 @@ def _say(**fields: object) -> None:
 
 async def serve_lab(state: Path) -> None:
     """The gateway with one bench VM, as ``serial-console lab run`` serves it."""
+    from gateway.api import console_ws
     from gateway.lab.runtime import LabRuntime
     from tests.support.lab import lab_toml
+
+    console_ws.MAX_CONSOLES_PER_USER = 1000  # the load benchmark opens 199 watchers as one user
 
     vms = "".join(
         f'[[vms]]\nname = "{name}"\nresource_group = "lab-rg"\nos = "linux"\nbackend = "emulated"\n'
@@ -185,7 +189,7 @@ async def serve_lab(state: Path) -> None:
     text = lab_toml(state / "state", vms=vms)
     config = parse_lab(text, source=str(state / "lab.toml"), base=state)
     async with LabRuntime(config, machine_factory=_bench_factory) as runtime:
-        _say(url=runtime.url)
+        _say(url=runtime.url, pid=os.getpid())
         await _until_stdin_closes()
 
 
