@@ -18,6 +18,15 @@ class InvalidCredentials(AuthenticationError):
     """Wrong user name or password."""
 
 
+class AccountLocked(AuthenticationError):
+    """Too many failed sign-ins of this user: it is locked for ``retry_after`` seconds
+    (Entra ID's smart lockout, AADSTS50053), even for the right password."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class MissingToken(AuthenticationError):
     """The request carried no bearer token."""
 
@@ -46,6 +55,16 @@ class AuthorizationError(AccessError):
 
 class StoreError(AccessError):
     """The lab database cannot be opened or used; the message names the file."""
+
+
+class StorageFull(StoreError):
+    """The state folder's disk is full: ``lab.db`` cannot take the write. Nothing was
+    written; the same write works again once space is freed. ``folder`` is the state
+    folder, for the message a user reads."""
+
+    def __init__(self, message: str, *, folder: str) -> None:
+        super().__init__(message)
+        self.folder = folder
 
 
 class ConnectSessionError(AccessError):

@@ -12,8 +12,13 @@ role, the VM provisioned, running, boot diagnostics (for a scale-set instance: i
 model, and the instance on the latest model), the serial port enabled; then it makes a
 one-time session (60 s, one use, bound to the caller and the VM) and answers its
 websocket URL.
+
+Every write here (console enable/disable, port PUT and DELETE, connect) stores its state
+and its audit row in one ``lab.db`` transaction before it answers: on a full disk both
+are refused together (507, ``errors.storage_error``) and nothing changes.
 """
 
+import contextlib
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -21,6 +26,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict
 
 from gateway.access import audit, rbac
+from gateway.access.errors import StoreError
 from gateway.access.users import User
 from gateway.api.auth import (
     instance_scope,
@@ -193,9 +199,10 @@ async def get_console_service(
 
 async def _set_console(request: Request, caller: Caller, disabled: bool) -> dict[str, Any]:
     ctx = context_of(request)
-    ctx.console.set_disabled(disabled)
     action = "disableConsole" if disabled else "enableConsole"
-    record(ctx, caller, action, audit.SUCCEEDED)
+    with ctx.audit.db.transaction():
+        ctx.console.set_disabled(disabled)
+        record(ctx, caller, action, audit.SUCCEEDED)
     return {"properties": {"disabled": disabled}}
 
 
@@ -303,9 +310,10 @@ def _port_routes(prefix: str, scope_of: Any, tag: str) -> None:
         """Enable or disable the VM's serial port: a disabled port refuses ``connect``."""
         ctx = context_of(request)
         vm = _port_of(ctx, dict(request.path_params), port)
-        ctx.console.set_port_enabled(vm, body.properties.state == "enabled")
-        record(ctx, caller, "serialPort.write", audit.SUCCEEDED, body.properties.state,
-               target=vm.port_id)  # fmt: skip
+        with ctx.audit.db.transaction():
+            ctx.console.set_port_enabled(vm, body.properties.state == "enabled")
+            record(ctx, caller, "serialPort.write", audit.SUCCEEDED, body.properties.state,
+                   target=vm.port_id)  # fmt: skip
         return port_body(ctx, vm)
 
     @router.delete(
@@ -325,8 +333,9 @@ def _port_routes(prefix: str, scope_of: Any, tag: str) -> None:
         had none of its own)."""
         ctx = context_of(request)
         vm = _port_of(ctx, dict(request.path_params), port)
-        existed = ctx.console.reset_port(vm)
-        record(ctx, caller, "serialPort.delete", audit.SUCCEEDED, target=vm.port_id)
+        with ctx.audit.db.transaction():
+            existed = ctx.console.reset_port(vm)
+            record(ctx, caller, "serialPort.delete", audit.SUCCEEDED, target=vm.port_id)
         return Response(status_code=200 if existed else 204)
 
     @router.post(prefix + PORTS + "/{port}/connect", tags=[tag], name=f"connect ({tag})")
@@ -350,7 +359,8 @@ def _port_routes(prefix: str, scope_of: Any, tag: str) -> None:
             vm = _port_of(ctx, dict(request.path_params), port)
             _check_prerequisites(ctx, vm)
         except ArmError as err:
-            record(ctx, caller, "connect", audit.DENIED, f"{err.code}: {err.message}")
+            with contextlib.suppress(StoreError):  # the refusal stands on a full disk
+                record(ctx, caller, "connect", audit.DENIED, f"{err.code}: {err.message}")
             raise
         grant = ctx.sessions.create(vm.id, caller.user.name, vm.container)
         scheme = "wss" if request.url.scheme == "https" else "ws"
@@ -358,6 +368,8 @@ def _port_routes(prefix: str, scope_of: Any, tag: str) -> None:
             f"{scheme}://{request.url.netloc}/n/connector/{grant.container}"
             f"/sessions/{grant.session_id}/client"
         )
+        # Audited before the URL is handed out: on a full disk this raises (507) and the
+        # session, never seen by anyone, expires unclaimed.
         record(ctx, caller, "connect", audit.ALLOWED, f"session {grant.session_id[:8]}...",
                target=vm.id)  # fmt: skip
         return {"connectionString": url}

@@ -6,9 +6,14 @@ Power actions are ARM's long-running operations (``operations``): 202 with
 ``.../providers/Microsoft.Compute/locations/{location}/operations/{id}``. The power
 state shows in the instance view as ``PowerState/<state>`` (``$expand=instanceView`` or
 ``.../instanceView``).
+
+A power action is audited before it acts (``allowed``, then its outcome): when the audit
+log cannot take that first row (a full disk) the action answers 507 and the machine is
+not touched, so no restart is ever done without its record.
 """
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -16,6 +21,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from gateway.access import audit, rbac
+from gateway.access.errors import StoreError
 from gateway.api.auth import (
     authenticate,
     bearer,
@@ -259,18 +265,20 @@ async def _power(
     """Start ``run`` on ``vm``'s machine as a long-running operation: 202 and ARM's headers.
 
     A machine refuses an action in the wrong state before it does anything: that refusal
-    is answered at once (409 ``OperationNotAllowed``), as ARM does.
+    is answered at once (409 ``OperationNotAllowed``), as ARM does. The action is audited
+    before it starts; a full disk refuses it (StorageFull: 507) with the machine untouched.
     """
     ctx = context_of(request)
+    record(ctx, caller, action, audit.ALLOWED, "started", target=vm.id)
 
     async def outcome() -> str:
         try:
             result = await run(vm.machine)
         except MachineError as err:
-            record(ctx, caller, action, audit.FAILED, str(err), target=vm.id)
+            _record_outcome(ctx, caller, action, audit.FAILED, str(err), vm.id)
             raise
         detail = f"{result}" if result is not None else ""
-        record(ctx, caller, action, audit.SUCCEEDED, detail, target=vm.id)
+        _record_outcome(ctx, caller, action, audit.SUCCEEDED, detail, vm.id)
         return detail
 
     op = ctx.operations.start(action, vm.id, outcome, _failure)
@@ -287,6 +295,15 @@ async def _power(
             "Retry-After": str(RETRY_AFTER),
         },
     )
+
+
+def _record_outcome(
+    ctx: ApiContext, caller: Caller, action: str, outcome: str, detail: str, target: str
+) -> None:
+    """How a started action ended; its start is already recorded, so a disk that filled
+    meanwhile loses this row (the store says so in its log), not the action's result."""
+    with contextlib.suppress(StoreError):
+        record(ctx, caller, action, outcome, detail, target=target)
 
 
 def _failure(err: BaseException) -> tuple[str, str] | None:

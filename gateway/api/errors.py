@@ -5,6 +5,14 @@ installed by ``install_handlers`` turn it, FastAPI's validation errors, unknown 
 unexpected failures into that shape. Hostile or malformed input is a 4xx with a message
 that says what was wrong, never a 5xx.
 
+A full disk under the state folder (``StorageFull`` from ``lab.db``, or ENOSPC from any
+other write) is ``507 InsufficientStorage``, saying what to free; the request did nothing.
+The lab database failing otherwise is ``503 ServiceUnavailable``. Neither is logged per
+request: the store logs a full disk once a minute.
+
+``entra_error`` is the token endpoints' error: Entra ID's ``{"error", "error_description",
+"error_codes", ...}`` with an ``AADSTS`` code.
+
 Exceptions::
 
     ArmError            an HTTP error with ARM's body; status, code, message, headers
@@ -13,6 +21,10 @@ Exceptions::
 from __future__ import annotations
 
 import logging
+import os
+import time
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +32,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.access.errors import StorageFull, StoreError
+from gateway.access.store import FullDiskNotice, full_message, is_disk_full
 from gateway.api.armpath import unknown_resource_type
 
 # Azure's texts, word for word: one copy, in the console core, for every door.
@@ -44,8 +58,12 @@ __all__ = [
     "PORT_DISABLED",
     "TOKEN_HINT",
     "ArmError",
+    "entra_error",
     "install_handlers",
 ]
+
+# ENOSPC from writes outside lab.db (a request's own files): one log line a minute too.
+_other_writes = FullDiskNotice("the state folder", what="the control plane cannot write")
 
 TOKEN_HINT = (
     " Get a token with POST /oauth2/token (form fields grant_type=password, username, "
@@ -101,12 +119,62 @@ def not_found(kind: str, name: str, group: str | None = None) -> ArmError:
     )
 
 
+def storage_error(err: StoreError) -> ArmError:
+    """ARM's answer to a lab database that refused: 507 for a full disk, else 503."""
+    if isinstance(err, StorageFull):
+        return ArmError(507, "InsufficientStorage", str(err))
+    return ArmError(
+        503,
+        "ServiceUnavailable",
+        f"The lab cannot use its database, so it did nothing: {err}. Check the state folder "
+        "(its disk, its permissions), then try again.",
+    )
+
+
+def entra_error(
+    status: int, error: str, code: int, description: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error of Entra ID's token endpoints: ``AADSTS<code>: <description>`` and its
+    trace and correlation ids, as MSAL and azure-identity parse it."""
+    trace = str(uuid.uuid4())
+    stamp = datetime.fromtimestamp(time.time(), UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return JSONResponse(
+        {
+            "error": error,
+            "error_description": f"AADSTS{code}: {description} Trace ID: {trace} "
+            f"Correlation ID: {trace} Timestamp: {stamp}",
+            "error_codes": [code],
+            "timestamp": stamp,
+            "trace_id": trace,
+            "correlation_id": trace,
+        },
+        status_code=status,
+        headers=headers,
+    )
+
+
 def install_handlers(app: FastAPI) -> None:
     """Answer every error of ``app`` in ARM's shape."""
 
     @app.exception_handler(ArmError)
     async def _arm(_: Request, err: ArmError) -> JSONResponse:
         return error_response(err)
+
+    @app.exception_handler(StoreError)
+    async def _store(_: Request, err: StoreError) -> JSONResponse:
+        return error_response(storage_error(err))
+
+    @app.exception_handler(OSError)
+    async def _os(request: Request, err: OSError) -> JSONResponse:
+        if is_disk_full(err):
+            _other_writes.refused()
+            where = os.path.dirname(str(err.filename)) if err.filename else "the state folder"
+            return error_response(ArmError(507, "InsufficientStorage", full_message(where)))
+        log.error("%s %s failed: %s", request.method, request.url.path, err)
+        log.debug("traceback", exc_info=err)
+        return error_response(
+            ArmError(500, "InternalServerError", f"The gateway failed to serve the request: {err}")
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:

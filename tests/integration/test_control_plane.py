@@ -331,7 +331,8 @@ async def test_audit_records_tokens_connects_and_power_actions(lab: RunningLab) 
     assert ("alice", "connect", "allowed") in seen
     assert ("bob", "connect", "denied") in seen
     assert ("carol", "disableConsole", "succeeded") in seen
-    stopped = next(r for r in rows if r["action"].endswith("powerOff/action"))
+    started, stopped = [r for r in rows if r["action"].endswith("powerOff/action")]
+    assert (started["outcome"], started["detail"]) == ("allowed", "started")  # before acting
     assert (stopped["user"], stopped["outcome"], stopped["target"]) == (
         "alice",
         "succeeded",
