@@ -7,7 +7,8 @@
 # Built once; rebuilt when the recipe (this folder) or GUEST_PASSWORD changes.
 #
 # Environment: GUEST_PASSWORD  default root password baked into the image (serial-lab);
-#              the lab can still set another per VM with lab.password= on the command line.
+#              the lab sets each VM's own through QEMU's fw_cfg (see rootfs/etc/init.d/rcS),
+#              never on the kernel command line.
 #              KERNEL_FLAVOUR  Debian kernel flavour (cloud-amd64).
 set -eu
 
@@ -82,7 +83,7 @@ for applet in $("$busybox" --list-full); do
 done
 ln -sf /bin/busybox "$root/init"
 moddir="$build/unpacked/lib/modules/$kernel_version/kernel"
-for module in drivers/acpi/button.ko drivers/input/evdev.ko \
+for module in drivers/firmware/qemu_fw_cfg.ko drivers/acpi/button.ko drivers/input/evdev.ko \
     drivers/misc/pvpanic/pvpanic.ko drivers/misc/pvpanic/pvpanic-pci.ko; do
     cp "$moddir/$module" "$root/lib/modules/"
 done

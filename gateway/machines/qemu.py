@@ -58,6 +58,20 @@ both to be empty before a BREAK:
    FIFO empty in that one interrupt. So after the PTY is empty the machine waits
    ``FIFO_DRAIN`` (50 ms, over a hundred times that bound) while the CPU runs.
 
+The guest's root password (``password``) never appears in QEMU's command line nor on the
+kernel's (which the kernel prints at boot, into the boot log every console replays): it
+goes to QEMU as a fw_cfg file, ``-fw_cfg name=opt/serial-console-lab/password,file=PATH``,
+and the image's init reads it from the guest's ``qemu_fw_cfg`` sysfs entry (root only).
+``PATH`` is ``guest-password`` in the run folder, written mode 0600 just before the launch
+and removed as soon as the monitor answers (QEMU has read it into memory by then), so a
+local user sees only a path in ``/proc/<pid>/cmdline``, and the secret spends well under a
+second on disk, in a file only the lab's user can read. Why fw_cfg rather than an initrd
+overlay (the image's initramfs plus a small cpio, made per VM): the same protection on the
+host, but no copy of the initramfs per launch, and nothing left in the guest's root file
+system; QEMU keeps fw_cfg in memory, so a hard reset or a restart (``system_reset``, same
+process) hands the guest the same password again, and a start after a deallocate writes
+the file afresh.
+
 QEMU never outlives its owner: ``deallocate`` runs on every exit path of ``async with``; the
 process gets SIGKILL when the thread that started it dies (``PR_SET_PDEATHSIG``), so even a
 ``kill -9`` of the owner takes its guests along; and a QEMU left by a dead run (found by the
@@ -104,6 +118,8 @@ IMAGE_DIR = Path(__file__).resolve().parents[2] / "images" / "build" / "linux"
 LAUNCH_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 10.0  # a monitor command QEMU does not answer in this time fails
 SERIAL_ID = "ser0"
+PASSWORD_FW_CFG = "opt/serial-console-lab/password"  # the image's init reads this entry
+PASSWORD_FILE = "guest-password"  # in the run folder, only while QEMU starts
 FIFO_DRAIN = 0.05  # after the PTY is empty: the guest has emptied the 16550's FIFO
 _POLL_FIRST, _POLL_MAX = 0.001, 0.02  # back-off while QEMU reads the PTY
 _SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture
@@ -183,9 +199,8 @@ class QemuMachine(MachineBase):
 
     @property
     def kernel_cmdline(self) -> str:
+        """The kernel's command line: no secret, the kernel prints it at boot."""
         parts = ["console=ttyS0,115200", f"lab.hostname={self.hostname}"]
-        if self._password is not None:
-            parts.append(f"lab.password={self._password}")
         if self._append:
             parts.append(self._append)
         return " ".join(parts)
@@ -344,20 +359,26 @@ class QemuMachine(MachineBase):
         qmp_path = _socket_path(self.run_dir)
         with contextlib.suppress(FileNotFoundError):
             qmp_path.unlink()
+        password_file = self._write_password_file()
         qmp = QMPClient(self.name)
-        await qmp.start_server(str(qmp_path))
+        try:
+            await qmp.start_server(str(qmp_path))
+        except BaseException:
+            self._remove_password_file()
+            raise
         self._set_state(PowerState.STARTING)
         self._expect_exit = False
         log_file = open(self.run_dir / "qemu.log", "wb")  # noqa: SIM115 - handed to the child
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                *self._argv(Path(kernel), Path(initrd), qmp_path),
+                *self._argv(Path(kernel), Path(initrd), qmp_path, password_file),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
                 preexec_fn=die_with_parent,
             )
         except OSError as err:
+            self._remove_password_file()
             await qmp.disconnect()
             self._set_state(PowerState.DEALLOCATED, "launch failed")
             raise MachineLaunchError(f"VM '{self.name}': cannot run {self._qemu}: {err}") from err
@@ -366,7 +387,10 @@ class QemuMachine(MachineBase):
         _live_processes[self._proc.pid] = self._proc
         self._qmp = qmp
         try:
-            await self._connect_monitor(qmp)
+            try:
+                await self._connect_monitor(qmp)
+            finally:
+                self._remove_password_file()  # QEMU read it before its monitor answered
             self._tasks = [
                 asyncio.create_task(self._watch_events(qmp), name=f"{self.name}-qmp-events"),
                 asyncio.create_task(self._watch_process(self._proc), name=f"{self.name}-proc"),
@@ -383,8 +407,38 @@ class QemuMachine(MachineBase):
             raise
         self._set_state(PowerState.RUNNING)
 
-    def _argv(self, kernel: Path, initrd: Path, qmp_path: Path) -> list[str]:
+    def _write_password_file(self) -> Path | None:
+        """The password in a fresh file of mode 0600 in the run folder (None without one).
+
+        Created with ``O_EXCL`` after removing any old one, so a file or link planted under
+        that name is never written through, and the mode holds whatever the umask."""
+        self._remove_password_file()
+        if self._password is None:
+            return None
+        path = self.run_dir / PASSWORD_FILE
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as file:
+                file.write(self._password.encode())
+        except OSError as err:
+            raise MachineLaunchError(
+                f"VM '{self.name}': cannot write the guest password for QEMU in {self.run_dir}: "
+                f"{err.strerror or err}; check that folder's space and permissions"
+            ) from err
+        return path
+
+    def _remove_password_file(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.run_dir / PASSWORD_FILE).unlink()
+
+    def _argv(
+        self, kernel: Path, initrd: Path, qmp_path: Path, password_file: Path | None = None
+    ) -> list[str]:
         cpu = ["-cpu", "host"] if self.accel == "kvm" else []
+        secret: list[str] = []
+        if password_file is not None:  # QEMU's option syntax: a comma in a value is doubled
+            path = str(password_file).replace(",", ",,")
+            secret = ["-fw_cfg", f"name={PASSWORD_FW_CFG},file={path}"]
         return [
             self._qemu,
             "-name", f"{self.name},debug-threads=off",
@@ -392,6 +446,7 @@ class QemuMachine(MachineBase):
             "-machine", "q35", "-accel", self.accel or "tcg", *cpu,
             "-m", str(self.memory_mb), "-smp", "1",
             "-kernel", str(kernel), "-initrd", str(initrd), "-append", self.kernel_cmdline,
+            *secret,
             "-chardev", f"pty,id={SERIAL_ID}", "-serial", f"chardev:{SERIAL_ID}",
             "-qmp", f"unix:{qmp_path}",
             "-device", "pvpanic-pci", "-action", "panic=pause",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +22,10 @@ from gateway.machines import (
     PowerState,
     RestartOutcome,
 )
+from gateway.machines.qemu import PASSWORD_FILE, QemuMachine
 from tests.conftest import scaled
-from tests.e2e.conftest import GUEST_PASSWORD, Guest
+from tests.e2e.conftest import GUEST_PASSWORD, Guest, require_qemu
+from tests.support.console import PortConsole
 
 pytestmark = pytest.mark.qemu
 
@@ -289,3 +292,60 @@ async def test_a_hung_qemu_fails_a_command_in_time(guest: Guest) -> None:
     guest.vm.command_timeout = scaled(10)
     await guest.vm.inject_nmi()  # answered again once QEMU runs
     await guest.console.expect(r"Uhhuh\. NMI received", 15)
+
+
+async def test_the_password_reaches_the_guest_but_not_argv_nor_the_boot_log(
+    tmp_path: Path,
+) -> None:
+    """A password of the VM's own (not the image's default) logs root in, after the first
+    boot, a hard reset, a graceful restart and a deallocate + start; it is never in QEMU's
+    argv (what any local user reads in /proc/<pid>/cmdline), on the kernel's command line,
+    in the boot log, nor left on disk in the run folder."""
+    require_qemu()
+    secret = "Fw-cfg-only 7x!"  # a space too: the kernel command line could not carry it
+    run_dir = tmp_path / "run"
+    vm = QemuMachine("guest-1", run_dir=run_dir, password=secret)
+    guest = Guest(vm)
+
+    async def attach(path: str) -> None:
+        guest.consoles.append(await PortConsole.open(path))
+
+    def argv() -> bytes:
+        assert vm.pid is not None
+        return Path(f"/proc/{vm.pid}/cmdline").read_bytes()
+
+    vm.add_port_hook(attach)
+    async with vm:
+        console = guest.console
+        await console.expect(r"Kernel command line: [^\r\n]*lab\.hostname=guest-1", BOOT)
+        assert b"-fw_cfg" in argv()
+        assert secret.encode() not in argv()
+        assert not (run_dir / PASSWORD_FILE).exists()
+        await console.expect(r"login: ", BOOT)
+        await console.login(secret)
+        assert secret not in await console.run("cat /proc/cmdline")
+        raw = "/sys/firmware/qemu_fw_cfg/by_name/opt/serial-console-lab/password/raw"
+        assert (await console.run(f"stat -c %a {raw}")).strip() == "400"
+
+        await vm.reset()
+        await console.expect(r"\[    0\.000000\] Linux version", BOOT)
+        await console.expect(r"login: ", BOOT)
+        await console.login(secret)
+
+        assert await vm.restart(timeout=scaled(30)) is RestartOutcome.GRACEFUL
+        await console.expect(r"reboot: Power down", 5)
+        await console.expect(r"login: ", BOOT)
+        await console.login(secret)
+
+        await vm.deallocate()
+        await vm.start()
+        assert len(guest.consoles) == 2
+        await guest.console.expect(r"login: ", BOOT)
+        await guest.console.login(secret)
+        assert secret.encode() not in argv()
+        assert not (run_dir / PASSWORD_FILE).exists()
+        for each in guest.consoles:
+            at = each.data.find(secret.encode())
+            assert at < 0, each.data[max(0, at - 400) : at + 100]  # the lines before it
+            each.close_port()
+    assert not (run_dir / PASSWORD_FILE).exists()
