@@ -5,6 +5,11 @@
 (RFC 6749 section 5.2: ``{"error": "invalid_grant", "error_description": ...}``), as Azure
 AD's token endpoint does. It is the only route that answers without a token.
 
+Both token endpoints (this one and Entra's v2.0 in ``identity``) sign in through
+``sign_in`` and ``issue_token``: a user locked for failing too often (smart lockout) is
+refused with Entra's ``AADSTS50053``; a token is issued and audited in one write of
+``lab.db``, so a full disk answers 507 and issues nothing.
+
 Every other route declares one dependency, ``require(action, scope_of)``: it authenticates
 the bearer token (401 in ARM's shape, with a hint how to get a token), computes the scope
 from the path (rejecting hostile names with 400 and unknown subscriptions with 404) and
@@ -14,6 +19,7 @@ refusal from then on is recorded with who, from where, on what and why.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
@@ -23,15 +29,18 @@ from fastapi.security import OAuth2PasswordBearer
 
 from gateway.access import audit, rbac
 from gateway.access.errors import (
+    AccountLocked,
     AuthenticationError,
     AuthorizationError,
     ExpiredToken,
     InvalidCredentials,
     MissingToken,
+    StoreError,
 )
+from gateway.access.tokens import IssuedToken
 from gateway.access.users import User
 from gateway.api.context import ApiContext, Caller, client_address, context_of
-from gateway.api.errors import TOKEN_HINT, ArmError
+from gateway.api.errors import TOKEN_HINT, ArmError, entra_error
 from gateway.api.resources import check_instance, check_name
 
 router = APIRouter(tags=["authentication"])
@@ -52,10 +61,7 @@ async def token(
     address = client_address(request)
     who = (username or "")[:64]
     if grant_type != "password":
-        ctx.audit.record(
-            "token", user=who, address=address, target=who, outcome=audit.DENIED,
-            detail=f"unsupported grant_type {grant_type!r}"[:200],
-        )  # fmt: skip
+        audit_refusal(ctx, "token", who, address, f"unsupported grant_type {grant_type!r}"[:200])
         return _oauth_error(
             "unsupported_grant_type",
             "Only grant_type=password is supported: send the form fields grant_type=password, "
@@ -66,15 +72,12 @@ async def token(
             "invalid_request", "The form fields username and password are both required."
         )
     try:
-        user = ctx.directory.authenticate(username, password)
+        user = sign_in(ctx, username, password, address)
+    except AccountLocked as err:
+        return locked_response(err)
     except InvalidCredentials as err:
-        ctx.audit.record(
-            "token", user=who, address=address, target=who, outcome=audit.DENIED, detail=str(err)
-        )
         return _oauth_error("invalid_grant", str(err))
-    issued = ctx.tokens.issue(user)
-    ctx.audit.record("token", user=user.name, address=address, target=user.name,
-                     outcome=audit.ALLOWED, detail=f"expires in {issued.expires_in} s")  # fmt: skip
+    issued = issue_token(ctx, user, address)
     return JSONResponse(
         {
             "access_token": issued.access_token,
@@ -87,6 +90,52 @@ async def token(
 
 def _oauth_error(code: str, description: str) -> JSONResponse:
     return JSONResponse({"error": code, "error_description": description}, status_code=400)
+
+
+def sign_in(ctx: ApiContext, name: str, password: str, address: str, grant: str = "") -> User:
+    """The lab user of ``name`` and ``password``. A refusal is audited (best effort: a
+    full disk does not turn a wrong password into a 507) and raised: AccountLocked while
+    the name is locked (even for the right password), InvalidCredentials otherwise."""
+    prefix = f"{grant}: " if grant else ""
+    try:
+        return ctx.directory.authenticate(name, password)
+    except AccountLocked as err:
+        audit_refusal(ctx, "token", name[:64], address,
+                      f"{prefix}locked for {err.retry_after:.0f} s more")  # fmt: skip
+        raise
+    except InvalidCredentials as err:
+        locked = ctx.directory.lockout.locked_for(name)
+        more = f"; locked for {locked:.0f} s after too many failures" if locked else ""
+        audit_refusal(ctx, "token", name[:64], address, f"{prefix}{err}{more}")
+        raise
+
+
+def issue_token(ctx: ApiContext, user: User, address: str, grant: str = "") -> IssuedToken:
+    """A new token for ``user``, stored and audited in one write: a full disk raises
+    StorageFull (answered 507) and no token exists."""
+    prefix = f"{grant}, " if grant else ""
+    with ctx.audit.db.transaction():
+        issued = ctx.tokens.issue(user)
+        ctx.audit.record("token", user=user.name, address=address, target=user.name,
+                         outcome=audit.ALLOWED,
+                         detail=f"{prefix}expires in {issued.expires_in} s")  # fmt: skip
+    return issued
+
+
+def locked_response(err: AccountLocked) -> JSONResponse:
+    """Entra's answer to a sign-in of a locked user (AADSTS50053, 400 invalid_grant), with
+    the seconds left in ``Retry-After``."""
+    wait = str(max(1, round(err.retry_after)))
+    return entra_error(400, "invalid_grant", 50053, str(err), headers={"Retry-After": wait})
+
+
+def audit_refusal(ctx: ApiContext, action: str, who: str, address: str, detail: str) -> None:
+    """Audit a refused request; a database that cannot take the row (a full disk, logged
+    by the store once a minute) does not change the refusal."""
+    with contextlib.suppress(StoreError):
+        ctx.audit.record(
+            action, user=who, address=address, target=who, outcome=audit.DENIED, detail=detail
+        )
 
 
 def authenticate(ctx: ApiContext, token: str | None) -> User:
@@ -138,8 +187,9 @@ def require(
                 raise ArmError(403, "AuthorizationFailed", denied_message or str(err)) from err
         except ArmError as err:
             if audit_as is not None:
-                record(ctx, caller, audit_as, audit.DENIED, f"{err.code}: {err.message}",
-                       target=caller.scope or request.url.path)  # fmt: skip
+                with contextlib.suppress(StoreError):  # the refusal stands on a full disk
+                    record(ctx, caller, audit_as, audit.DENIED, f"{err.code}: {err.message}",
+                           target=caller.scope or request.url.path)  # fmt: skip
             raise
         return caller
 

@@ -11,7 +11,9 @@ A lab user is both a user and an application: ``client_id``/``client_secret`` ar
 name and password, and ``grant_type=password`` (``username``, ``password``) works as well.
 The tenant in the path is the lab's (``[subscription] tenant_id``), or ``organizations`` /
 ``common``. Errors follow Entra's shape: ``{"error", "error_description", "error_codes"}``
-with its AADSTS texts, 400 (401 for a bad client secret). The lab's first endpoint,
+with its AADSTS texts, 400 (401 for a bad client secret). A user who failed to sign in
+too often (either grant, either endpoint) is locked for a while: ``AADSTS50053``, even for
+the right secret (smart lockout, ``gateway.access.lockout``). The lab's first endpoint,
 ``POST /oauth2/token`` (``auth``), stays.
 """
 
@@ -19,18 +21,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import time
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from gateway.access import audit
-from gateway.access.errors import InvalidCredentials
+from gateway.access.errors import AccountLocked, InvalidCredentials
+from gateway.api.auth import issue_token, locked_response, sign_in
 from gateway.api.context import ApiContext, client_address, context_of
+from gateway.api.errors import entra_error as _entra_error
 
 router = APIRouter(tags=["identity"])
 
@@ -132,17 +132,13 @@ async def token_v2(request: Request, tenant: str) -> JSONResponse:
             "or password (username and password).",
         )
     address = client_address(request)
-    who = name[:64]
     try:
-        user = ctx.directory.authenticate(name, secret)
-    except InvalidCredentials as err:
-        ctx.audit.record("token", user=who, address=address, target=who,
-                         outcome=audit.DENIED, detail=f"{grant}: {err}")  # fmt: skip
+        user = sign_in(ctx, name, secret, address, grant)
+    except AccountLocked as err:
+        return locked_response(err)
+    except InvalidCredentials:
         return _entra_error(*bad)
-    issued = ctx.tokens.issue(user)
-    detail = f"{grant}, expires in {issued.expires_in} s"
-    ctx.audit.record("token", user=user.name, address=address, target=user.name,
-                     outcome=audit.ALLOWED, detail=detail)  # fmt: skip
+    issued = issue_token(ctx, user, address, grant)
     body: dict[str, Any] = {
         "token_type": "Bearer",
         "expires_in": issued.expires_in,
@@ -165,21 +161,3 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
         return None
     name, sep, secret = decoded.partition(":")
     return (unquote(name), unquote(secret)) if sep else None
-
-
-def _entra_error(status: int, error: str, code: int, description: str) -> JSONResponse:
-    now = time.time()
-    trace = str(uuid.uuid4())
-    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    return JSONResponse(
-        {
-            "error": error,
-            "error_description": f"AADSTS{code}: {description} Trace ID: {trace} "
-            f"Correlation ID: {trace} Timestamp: {stamp}",
-            "error_codes": [code],
-            "timestamp": stamp,
-            "trace_id": trace,
-            "correlation_id": trace,
-        },
-        status_code=status,
-    )

@@ -60,6 +60,12 @@ def run_command(args: argparse.Namespace) -> int:
     except LabConfigError as err:
         print(f"serial-console: {err}", file=sys.stderr)
         return 2
+    refusal = config.exposure_refusal()
+    if refusal is not None:
+        # Before anything is started or written: an exposed lab with guessable passwords
+        # or plain HTTP never serves a single request.
+        print(f"serial-console: {refusal}", file=sys.stderr)
+        return 1
     if args.emulated:
         config = emulated_only(config)
     elif _needs_qemu(config) and shutil.which("qemu-system-x86_64") is None:

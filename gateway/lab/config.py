@@ -25,9 +25,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gateway.access import rbac
+from gateway.access import lockout, rbac
 from gateway.access.rbac import RoleAssignment
-from gateway.access.users import User
+from gateway.access.users import MIN_PASSWORD_LENGTH, User, password_weakness
 from gateway.lab.tls import CertificateError, check_certificate_pair
 
 NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?")
@@ -145,6 +145,14 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessSettings:
+    """``[access]``: sign-in protection (Entra ID's smart lockout, kept in memory)."""
+
+    lockout_threshold: int = lockout.DEFAULT_THRESHOLD  # failed sign-ins before a lockout
+    lockout_duration: float = lockout.DEFAULT_DURATION  # seconds; doubles on each repeat
+
+
+@dataclass(frozen=True, slots=True)
 class LabConfig:
     """A whole lab, as the lab file (and the command line) describe it."""
 
@@ -156,6 +164,7 @@ class LabConfig:
     users: tuple[User, ...]
     gateway: GatewaySettings
     state_dir: Path
+    access: AccessSettings = AccessSettings()
 
     def machine_specs(self) -> Iterator[MachineSpec]:
         """Every machine of the lab: the VMs, then each scale set's instances."""
@@ -190,17 +199,40 @@ class LabConfig:
         )
 
     def exposure_problems(self) -> list[str]:
-        """Why this lab must not listen beyond loopback; empty when it may (or it does not)."""
+        """Why this lab must not listen beyond loopback; empty when it may (or it does not).
+
+        One line per user whose password is guessable (``password_weakness``: its name,
+        never the password), then TLS if it is off."""
         if self.gateway.loopback:
             return []
-        problems = [
-            f"user '{user.name}' still has the default password (their own name)"
-            for user in self.users
-            if user.has_default_password
-        ]
+        problems = []
+        for user in self.users:
+            weakness = password_weakness(user)
+            if weakness is not None:
+                problems.append(f"user '{user.name}' {weakness}")
         if not self.gateway.tls:
             problems.append("TLS is off (run with --tls, or set tls = true in [gateway])")
         return problems
+
+    def exposure_refusal(self) -> str | None:
+        """The message that stops a lab exposed beyond loopback, or None when it may run."""
+        problems = self.exposure_problems()
+        if not problems:
+            return None
+        advice = []
+        if any(p.startswith("user ") for p in problems):
+            advice.append(
+                f"give those users strong passwords in the lab file (at least "
+                f"{MIN_PASSWORD_LENGTH} characters, not their name, not a common password)"
+            )
+        if not self.gateway.tls:
+            advice.append("turn TLS on")
+        todo = ", ".join(advice)
+        return (
+            f"refusing to listen on {self.gateway.host}, beyond this machine: "
+            + "; ".join(problems)
+            + f". {todo[:1].upper()}{todo[1:]}, or listen on 127.0.0.1."
+        )
 
 
 def load_default_lab() -> LabConfig:
@@ -342,6 +374,7 @@ class _Parser:
         guest_password = self.guest_password(guest_t, "password", DEFAULT_GUEST_PASSWORD)
         guest_t.done()
         settings = self.gateway(top.table("gateway"))
+        access = self.access(top.table("access"))
         state_dir = Path(top.str("state_dir", ".lab"))
 
         groups: list[ResourceGroup] = []
@@ -371,6 +404,7 @@ class _Parser:
             users=(),
             gateway=settings,
             state_dir=state_dir,
+            access=access,
         )
         users = tuple(self.user(t, lab) for t in top.tables("users"))
         self.unique(top, "users", [u.name for u in users], fold=False)
@@ -408,6 +442,16 @@ class _Parser:
             raise t.fail("tls_key", "tls_cert and tls_key given together (or neither)")
         if settings.tls_cert is not None and settings.tls_key is not None:
             self.certificate(t, settings.tls_cert, settings.tls_key)
+        t.done()
+        return settings
+
+    def access(self, t: _Table) -> AccessSettings:
+        settings = AccessSettings(
+            lockout_threshold=t.int("lockout_threshold", lockout.DEFAULT_THRESHOLD, 0, 1000),
+            lockout_duration=t.number(
+                "lockout_duration", lockout.DEFAULT_DURATION, 0.1, lockout.CEILING
+            ),
+        )
         t.done()
         return settings
 

@@ -49,6 +49,7 @@ from gateway.access import rbac
 from gateway.access.audit import AuditLog
 from gateway.access.connect_sessions import ConnectSessions
 from gateway.access.errors import StoreError
+from gateway.access.lockout import SignInLockout
 from gateway.access.store import LabDatabase
 from gateway.access.tokens import TokenService
 from gateway.access.users import Directory
@@ -247,7 +248,12 @@ class LabRuntime:
         inventory = self._build(db)
         self.context = ApiContext(
             inventory=inventory,
-            directory=Directory(self.config.users),
+            directory=Directory(
+                self.config.users,
+                SignInLockout(
+                    self.config.access.lockout_threshold, self.config.access.lockout_duration
+                ),
+            ),
             tokens=TokenService(db, Directory(self.config.users), settings.token_lifetime),
             audit=AuditLog(db),
             sessions=ConnectSessions(),
