@@ -4,9 +4,11 @@ Routes: ``auth`` (``/oauth2/token``), ``identity`` (Entra's v2.0 discovery and t
 endpoints), ``arm`` (Microsoft.SerialConsole, subscriptions, tenants, audit), ``compute``
 (Microsoft.Compute, long-running power actions), ``bootdiag`` (signed serial-log blobs).
 ``armpath`` applies ARM's routing rules (case-insensitive words, ``api-version``) before
-any route. Every error is ARM-shaped (``errors``). OpenAPI at ``/openapi.json``. Further
-routers (the websocket console, admin commands) are added with ``app.include_router`` by
-whoever owns them; they reach the lab through ``context_of(request)``.
+any route; ``limits`` then checks the token of a request with a body before reading it,
+and bounds the body per route family (413). Every error is ARM-shaped (``errors``). OpenAPI
+at ``/openapi.json``. Further routers (the websocket console, admin commands) are added
+with ``app.include_router`` by whoever owns them; they reach the lab through
+``context_of(request)``.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from gateway.api.armpath import API_VERSIONS, ArmRouting, canonical_path, is_arm
 from gateway.api.context import ApiContext
 from gateway.api.errors import install_handlers
 from gateway.api.hosts import HostCheck
+from gateway.api.limits import RequestLimits
 
 API_VERSION = "2024-07-01"
 
 
-def create_app(context: ApiContext) -> FastAPI:
-    """A new app serving ``context``'s lab. The context is at ``app.state.context``."""
+def create_app(context: ApiContext, *, body_timeout: float | None = None) -> FastAPI:
+    """A new app serving ``context``'s lab. The context is at ``app.state.context``.
+    ``body_timeout``: seconds a request body may take to arrive (None: ``limits``')."""
     app = FastAPI(
         title="Serial Console Lab",
         version=API_VERSION,
@@ -50,6 +54,7 @@ def create_app(context: ApiContext) -> FastAPI:
     app.include_router(bootdiag.router)
     app.include_router(console_ws.router)
     app.include_router(admin.router)
+    app.add_middleware(RequestLimits, context=context, body_timeout=body_timeout)
     app.add_middleware(ArmRouting)
     app.add_middleware(HostCheck, allowed=context.allowed_hosts)  # outermost: runs first
     _declare_path_parameters(app)

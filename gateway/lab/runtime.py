@@ -59,6 +59,7 @@ from gateway.api.context import ApiContext
 from gateway.api.resources import ConsoleState, Inventory, ScaleSetResource, VmResource
 from gateway.console.bootlog import BootLog, BootLogError
 from gateway.console.hub import ConsoleHub
+from gateway.lab import connections
 from gateway.lab.config import LabConfig, MachineSpec
 from gateway.lab.tls import TlsError, TlsFiles, ensure_lab_certificate, server_hosts
 from gateway.machines.base import Machine, MachineError, PowerState
@@ -374,11 +375,17 @@ class LabRuntime:
         settings = self.config.gateway
         tls = self.tls
         assert self.context is not None
+        # The server's bounds (connections, header and keep-alive timeouts, head sizes):
+        # uvicorn's httptools and websockets-sansio protocols with the lab's limits.
+        limits = connections.SERVER
+        http_protocol, ws_protocol = connections.protocols(limits)
         config = uvicorn.Config(
-            create_app(self.context),
-            ws="websockets-sansio",  # the websockets library's sans-I/O core
+            create_app(self.context, body_timeout=limits.body_timeout),
+            http=http_protocol,
+            ws=ws_protocol,  # the websockets library's sans-I/O core
             ws_ping_interval=20.0,  # keep-alive pings; a silent client is dropped
             ws_ping_timeout=20.0,
+            timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]
             log_config=None,
             access_log=False,
             lifespan="off",
