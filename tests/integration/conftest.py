@@ -21,7 +21,7 @@ import pytest
 from gateway.lab.config import LabConfig, MachineSpec, parse_lab
 from gateway.lab.runtime import LabRuntime, MachineFactory
 from gateway.machines.base import MachineBase, PowerState, RestartOutcome
-from tests.conftest import scaled
+from tests.support.lab import serve_lab
 
 
 class FakeMachine(MachineBase):
@@ -180,6 +180,9 @@ def lab_config(text: str, state_dir: Path) -> LabConfig:
 
 @dataclass
 class RunningLab:
+    """A lab served by ``tests.support.lab.serve_lab`` with this folder's password rule
+    (``{user}-pw``)."""
+
     runtime: LabRuntime
     client: httpx.AsyncClient
 
@@ -201,14 +204,8 @@ async def running_lab(
     text: str, tmp_path: Path, factory: MachineFactory = fake_factory
 ) -> AsyncIterator[RunningLab]:
     """A started lab (machines from ``factory``) and an HTTP client for it."""
-    config = lab_config(text, tmp_path)
-    async with asyncio.timeout(scaled(30)):
-        runtime = await LabRuntime(config, machine_factory=factory).__aenter__()
-    try:
-        async with httpx.AsyncClient(base_url=runtime.url, timeout=scaled(10)) as client:
-            yield RunningLab(runtime, client)
-    finally:
-        await runtime.__aexit__(None, None, None)
+    async with serve_lab(lab_config(text, tmp_path), factory) as handle:
+        yield RunningLab(handle.runtime, handle.http)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ verifies against it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator
@@ -21,9 +22,10 @@ from typing import Any
 
 import httpx
 
-from gateway.lab.config import parse_lab
-from gateway.lab.runtime import LabRuntime
+from gateway.lab.config import LabConfig, parse_lab
+from gateway.lab.runtime import LabRuntime, MachineFactory, default_machine_factory
 from gateway.lab.tls import ensure_lab_certificate
+from tests.conftest import scaled
 
 SUBSCRIPTION = "5e71a1c0-0000-4000-8000-0000000000aa"
 EMULATED_VMS = """
@@ -137,19 +139,37 @@ def trusting(ca_path: Path | None) -> ssl.SSLContext:
 
 
 @contextlib.asynccontextmanager
+async def serve_lab(
+    config: LabConfig, factory: MachineFactory = default_machine_factory
+) -> AsyncIterator[LabHandle]:
+    """The one way a test runs a lab: ``config`` served by a ``LabRuntime`` (machines from
+    ``factory``), started within a bound, with an HTTP client pointed at it (trusting the
+    lab's CA when it serves TLS); stopped, machines and all, on the way out."""
+    runtime = LabRuntime(config, machine_factory=factory)
+    async with asyncio.timeout(scaled(60)):
+        await runtime.__aenter__()
+    try:
+        verify = trusting(runtime.ca_path) if runtime.url.startswith("https:") else True
+        async with httpx.AsyncClient(
+            base_url=runtime.url, timeout=scaled(30), verify=verify
+        ) as http:
+            yield LabHandle(runtime, http)
+    finally:
+        await runtime.__aexit__(None, None, None)
+
+
+@contextlib.asynccontextmanager
 async def running_lab(
     tmp_path: Path, *, tls: bool = False, **parts: Any
 ) -> AsyncIterator[LabHandle]:
-    """The lab of ``lab_toml(**parts)``, running, with an HTTP client pointed at it; with
+    """The lab of ``lab_toml(**parts)`` with emulated guests, running (``serve_lab``); with
     ``tls``, served by the lab's own CA (see the module docstring)."""
     text = lab_toml(tmp_path / "state", **parts)
     config = parse_lab(text, source=str(tmp_path / "lab.toml"), base=tmp_path)
     if tls:
         config = config.with_overrides(tls=True)
-    async with LabRuntime(config) as runtime:
-        verify = trusting(runtime.ca_path) if runtime.url.startswith("https:") else True
-        async with httpx.AsyncClient(base_url=runtime.url, timeout=30, verify=verify) as http:
-            yield LabHandle(runtime, http)
+    async with serve_lab(config) as handle:
+        yield handle
 
 
 def user_certificate(
