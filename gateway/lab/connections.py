@@ -23,7 +23,8 @@ httptools and websockets-sansio ones:
   (one), ``max_headers`` (count) or ``max_head`` (all) are 431
   ``RequestHeaderFieldsTooLarge``, both at once, websocket upgrades included;
 - a websocket handshake not answered within ``ws_handshake_timeout`` after the upgrade
-  is 503; one the websockets library cannot parse is 400, never left hanging.
+  is 503; one the websockets library refuses gets the library's answer (414, 431) or 400,
+  never silence.
 
 ``SERVER`` holds the lab's limits; tests replace it (before the lab starts) to scale the
 timeouts down.
@@ -322,13 +323,23 @@ class LimitedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if not self.handshake_initiated and self.conn.handshake_exc is not None:
-            # The websockets library refused the request without a word: answer for it.
+        if self.handshake_initiated or self.conn.handshake_exc is None or self.close_sent:
+            return
+        # The websockets library refused the request and uvicorn never sends what it
+        # queued (its answer, or nothing at all): send it, or an answer of our own.
+        self._cancel_handshake_timer()
+        reply = b"".join(self.conn.data_to_send())
+        if not reply:
             self._answer(
                 400,
                 "InvalidRequest",
                 f"The websocket upgrade request cannot be read: {self.conn.handshake_exc}.",
             )
+            return
+        self.handshake_complete = True
+        self.close_sent = True
+        self.transport.write(reply)
+        self.transport.close()
 
     def _cancel_handshake_timer(self) -> None:
         if self._handshake_timer is not None:

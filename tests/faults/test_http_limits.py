@@ -8,14 +8,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import uvicorn
+from starlette.types import Receive, Scope, Send
 
 from gateway.lab import connections
+from gateway.lab.runtime import ReadyServer
 from tests.conftest import scaled
 from tests.support.lab import LabHandle, running_lab
 
@@ -380,3 +384,51 @@ async def test_idle_connections_past_the_cap_are_refused_and_all_are_closed(
         b"Connection: close\r\n\r\n",
     )
     assert served.status == 401  # the route's own answer: the lab serves again
+
+
+# -- websocket handshakes -------------------------------------------------------------------
+
+
+async def test_an_upgrade_the_websocket_library_refuses_is_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even with the lab's own URL bound lifted, a request line longer than the websockets
+    library reads gets its 414 at once: uvicorn alone would leave it unanswered."""
+    monkeypatch.setattr(connections, "SERVER", connections.ServerLimits(max_url=16000))
+    async with running_lab(tmp_path) as lab:
+        url = "/n/connector/c/sessions/s/client?" + "a" * 9000
+        answer = await exchange(lab.runtime.port, f"GET {url} HTTP/1.1\r\n{UPGRADE}\r\n".encode())
+    assert answer.status == 414
+    assert b"no more than 8192 bytes" in answer.body
+    assert answer.elapsed < scaled(1)
+
+
+async def _never_accepts(scope: Scope, receive: Receive, send: Send) -> None:
+    """A websocket app that takes the connection and never answers the handshake."""
+    assert scope["type"] == "websocket"
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def test_a_handshake_left_unanswered_is_503_after_the_bound() -> None:
+    """The lab's websocket protocol answers 503 when the app has not accepted the
+    handshake in time (the lab's own door accepts at once: this app never does)."""
+    limits = connections.ServerLimits(ws_handshake_timeout=scaled(1))
+    http, ws = connections.protocols(limits)
+    config = uvicorn.Config(_never_accepts, http=http, ws=ws, log_config=None, lifespan="off")
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = ReadyServer(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(scaled(10)):
+            await server.ready.wait()
+        answer = await exchange(
+            sock.getsockname()[1], f"GET /console HTTP/1.1\r\n{UPGRADE}\r\n".encode()
+        )
+    finally:
+        server.should_exit = True
+        await asyncio.wait({serving}, timeout=scaled(10))
+        sock.close()
+    assert answer.status == 503
+    assert answer.error()["code"] == "ServerBusy"
+    assert limits.ws_handshake_timeout - 0.1 < answer.elapsed < limits.ws_handshake_timeout + 1
