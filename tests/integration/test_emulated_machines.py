@@ -257,7 +257,10 @@ async def test_guest_waits_while_nobody_reads(linux: Lab) -> None:
     assert held < len("\r\n".join(str(n) for n in range(1, 200001)))
     await console.send("x")  # typed meanwhile: taken, like a tty's input while output waits
     await linux.vm.wait_input_taken(scaled(2))
-    assert uart.bytes_out == held
+    # Still waiting on the full PTY: at most the kernel's buffer slack (its flip buffer is
+    # pushed asynchronously and may free a little room) went out meanwhile.
+    assert uart._waiting_writable
+    assert uart.bytes_out - held < 64 * 1024
     assert not uart.idle
     resume()
     await console.expect(r"\r\n199999\r\n200000\r\nroot@vm-linux:~# x$", 10)
