@@ -83,7 +83,15 @@ for applet in $("$busybox" --list-full); do
 done
 ln -sf /bin/busybox "$root/init"
 moddir="$build/unpacked/lib/modules/$kernel_version/kernel"
-for module in drivers/firmware/qemu_fw_cfg.ko drivers/acpi/button.ko drivers/input/evdev.ko \
+# qemu_fw_cfg brings the VM's password (rcS); a kernel with it built in needs no module.
+fw_cfg=drivers/firmware/qemu_fw_cfg.ko
+if grep -qx 'CONFIG_FW_CFG_SYSFS=y' "$build/unpacked/boot/config-$kernel_version"; then
+    fw_cfg=
+elif [ ! -f "$moddir/$fw_cfg" ]; then
+    echo "$kernel_pkg has no qemu_fw_cfg driver (CONFIG_FW_CFG_SYSFS): the guest could not read its password" >&2
+    exit 1
+fi
+for module in $fw_cfg drivers/acpi/button.ko drivers/input/evdev.ko \
     drivers/misc/pvpanic/pvpanic.ko drivers/misc/pvpanic/pvpanic-pci.ko; do
     cp "$moddir/$module" "$root/lib/modules/"
 done
