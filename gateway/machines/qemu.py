@@ -421,6 +421,7 @@ class QemuMachine(MachineBase):
             with os.fdopen(fd, "wb") as file:
                 file.write(self._password.encode())
         except OSError as err:
+            self._remove_password_file()  # a full disk may leave it half written
             raise MachineLaunchError(
                 f"VM '{self.name}': cannot write the guest password for QEMU in {self.run_dir}: "
                 f"{err.strerror or err}; check that folder's space and permissions"
@@ -428,8 +429,13 @@ class QemuMachine(MachineBase):
         return path
 
     def _remove_password_file(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.run_dir / PASSWORD_FILE).unlink()
+        path = self.run_dir / PASSWORD_FILE
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            self.log.warning("cannot remove the guest password file %s: %s", path, err)
 
     def _argv(
         self, kernel: Path, initrd: Path, qmp_path: Path, password_file: Path | None = None

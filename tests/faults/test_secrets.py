@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from gateway.machines import MachineLaunchError
 from gateway.machines.qemu import PASSWORD_FILE, PASSWORD_FW_CFG, QemuMachine
 from tests.e2e.conftest import require_qemu
 from tests.support.lab import running_lab
@@ -209,6 +210,10 @@ def test_the_password_file_for_qemu_is_private_and_never_written_through_a_link(
     vm._remove_password_file()
     assert not path.exists()
     assert QemuMachine("vm-2", run_dir=run_dir)._write_password_file() is None
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    with pytest.raises(MachineLaunchError, match="cannot write the guest password for QEMU"):
+        QemuMachine("vm-3", run_dir=not_a_folder, password=GUEST_PASSWORD)._write_password_file()
 
 
 @pytest.mark.qemu
