@@ -432,3 +432,20 @@ async def test_a_handshake_left_unanswered_is_503_after_the_bound() -> None:
     assert answer.status == 503
     assert answer.error()["code"] == "ServerBusy"
     assert limits.ws_handshake_timeout - 0.1 < answer.elapsed < limits.ws_handshake_timeout + 1
+
+
+def test_the_cap_is_logged_once_per_episode(caplog: pytest.LogCaptureFixture) -> None:
+    """However many connections the cap refuses, the log gets one line when it is reached
+    and one when the lab is well below it again, with the count."""
+    caplog.set_level(logging.INFO, logger="serial_console_lab.http")
+    gate = connections.ConnectionGate(10)
+    assert gate.admit(10)
+    assert not any(gate.admit(11) for _ in range(500))
+    gate.released(9)  # just below: still an episode
+    gate.released(8)
+    assert not gate.admit(11)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("connection cap reached: 10 connections")
+    assert lines[1] == "below the connection cap again (8 open): 500 connections were refused"
+    assert lines[2].startswith("connection cap reached")
