@@ -46,9 +46,11 @@ from gateway.console.connection import (
     SendText,
     TypeInput,
 )
-from gateway.console.frames import SUBPROTOCOL, CloseCode, encode_event
+from gateway.console.frames import SUBPROTOCOL, CloseCode
 from gateway.console.hub import ConsoleError, ConsoleHub
+from gateway.console.idle import watch_idle
 from gateway.console.policy import Actor, CommandPolicy, Target
+from gateway.console.service import ConsoleService
 from gateway.console.sessions import Closing, ConsoleSession, Role
 
 log = logging.getLogger("serial_console_lab.api.console")
@@ -70,8 +72,6 @@ class _ClientNoise(logging.Filter):
 
 
 logging.getLogger("uvicorn.error").addFilter(_ClientNoise())
-IDLE_WARNING = 60.0
-MAX_CONSOLES_PER_USER = 64  # open at once, writers and watchers, across every VM
 CLOSE_BOUND = 5.0  # seconds to deliver the last frames and the close frame to a slow client
 
 
@@ -90,6 +90,7 @@ class _Door:
             host=headers.get("host", ""),
             allowed_origins=ctx.allowed_origins,
         )
+        self.service = service_of(ctx)
         self.user: User | None = None
         self.vm: VmResource | None = None
         self.hub: ConsoleHub | None = None
@@ -163,43 +164,22 @@ class _Door:
         vm = self.ctx.inventory.by_id(grant.vm_id)
         if vm.hub is None:
             raise Refused(CloseCode.PORT_LOST, f"VM '{vm.name}' has no console in this lab")
-        open_now = sum(
-            1
-            for other in self.ctx.inventory.all_machines()
-            if other.hub is not None
-            for session in other.hub.sessions
-            if session.user == grant.user
-        )
-        if open_now >= MAX_CONSOLES_PER_USER:
-            raise Refused(
-                CloseCode.TOO_MANY,
-                f"{grant.user} already has {open_now} consoles open, the most one user may: "
-                "close one, then connect again",
-                "too many consoles open for this user",
-            )
         self.vm, self.hub = vm, vm.hub
-        role = self.core.options.role
-        limit = self.ctx.session_buffer
-        session = ConsoleSession(grant.session_id, grant.user, vm.name, role, limit)
-        try:
-            backlog, displaced = vm.hub.attach(session, self.core.options.resume)
-        except ConsoleError as err:
-            raise Refused(CloseCode.GOING_AWAY, str(err)) from None
-        self.session = session
-        self.audit("console.connect", audit.ALLOWED, f"{role} session {grant.session_id[:8]}...")
-        if displaced is not None:
-            self.audit(
-                "console.takeover", audit.SUCCEEDED, f"took the console over from {displaced.user}"
-            )
+        attached = self.service.attach(
+            self.target(), self.actor(), grant.session_id, self.core.options.resume
+        )
+        self.session = attached.session
+        backlog = attached.backlog
         return self.core.attached(
-            vm=vm.name, user=session.user, os=vm.os_type,
+            vm=vm.name, user=grant.user, os=vm.os_type,
             power_state=vm.machine.power_state.value, start=backlog.start, offset=backlog.next,
             rotated=backlog.rotated,
         )  # fmt: skip
 
     def actor(self) -> Actor:
-        assert self.user is not None and self.session is not None
-        return Actor(self.user.name, self.user.roles, self.address, "websocket", self.session.role)
+        assert self.user is not None
+        role = self.session.role if self.session is not None else self.core.options.role
+        return Actor(self.user.name, self.user.roles, self.address, "websocket", role)
 
     def target(self) -> Target:
         assert self.vm is not None and self.hub is not None
@@ -212,6 +192,16 @@ def policy_of(ctx: ApiContext) -> CommandPolicy:
         ctx.audit,
         console_disabled=lambda: ctx.console.disabled,
         port_enabled=lambda vm_id: ctx.console.port_enabled(ctx.inventory.by_id(vm_id)),
+    )
+
+
+def service_of(ctx: ApiContext) -> ConsoleService:
+    """The lab's console service, for any door served by this app."""
+    return ConsoleService(
+        ctx.audit,
+        policy_of(ctx),
+        lambda: (vm.hub for vm in ctx.inventory.all_machines() if vm.hub is not None),
+        session_buffer=ctx.session_buffer,
     )
 
 
@@ -232,13 +222,9 @@ async def console(websocket: WebSocket, container: str, session_id: str) -> None
     try:
         await _serve(door, greeting)
     finally:
-        assert door.hub is not None and door.session is not None
-        door.hub.detach(door.session)
+        assert door.session is not None
+        door.service.detach(door.target(), door.actor(), door.session)
         ctx.sessions.release(session_id)
-        closing = door.session.closing
-        door.audit(
-            "console.disconnect", audit.SUCCEEDED, closing.reason if closing else "client left"
-        )
 
 
 async def _open(door: _Door, container: str, session_id: str) -> list[Frame]:
@@ -268,7 +254,9 @@ async def _serve(door: _Door, greeting: list[Frame]) -> None:
     writer = asyncio.create_task(_write_loop(door, greeting))
     helpers = [asyncio.create_task(_read_loop(door))]
     if door.ctx.idle_timeout:
-        helpers.append(asyncio.create_task(_idle_watch(door)))
+        helpers.append(asyncio.create_task(watch_idle(
+            lambda: door.session, lambda: door.last_input, door.activity, door.ctx.idle_timeout
+        )))  # fmt: skip
     try:
         await writer  # it ends after the close frame, or when the client is gone
     finally:
@@ -314,7 +302,7 @@ async def _write_all(door: _Door, greeting: list[Frame]) -> None:
 
 async def _read_loop(door: _Door) -> None:
     """Client frames -> actions. A bad frame, or the client leaving, closes the session."""
-    policy = policy_of(door.ctx)
+    policy = door.service.policy
     commands = door.commands
     while True:
         try:
@@ -379,54 +367,16 @@ async def _command(door: _Door, policy: CommandPolicy, action: RunCommand) -> No
 
 
 def _resume(door: _Door, action: Resume) -> None:
-    """Start over from ``offset``: a fresh session, so the bytes stay in order. Refused when
-    this session is already closing (taken over, idle, deallocated): it cannot come back."""
-    hub, old = door.hub, door.session
-    assert hub is not None and old is not None
-    if not old.is_open:
+    """Start over from ``action.offset`` (the service makes a fresh session, so the bytes
+    stay in order); refused once this session is closing."""
+    assert door.session is not None
+    fresh = door.service.resume(door.target(), door.session, action.offset)
+    if fresh is None:
         result = door.core.result(action.id, "resume", False, "this session is closed: reconnect")
         if result is not None:
-            old.push_item(result)
+            door.session.push_item(result)
         return
-    hub.detach(old)
-    fresh = ConsoleSession(old.id, old.user, old.vm, old.role, old.limit)
-    backlog, _ = hub.attach(fresh, action.offset)  # nobody to displace: this was the writer
-    fresh.prepend_event(
-        encode_event(
-            "resumed", requested=action.offset, start=backlog.start, rotated=backlog.rotated
-        )
-    )
     door.session = fresh
-    old.close(Closing(CloseCode.NORMAL, "resumed"), drain=False)
-
-
-async def _idle_watch(door: _Door) -> None:
-    """Warn a minute before the idle timeout, then close the session. Any input resets it."""
-    timeout = door.ctx.idle_timeout
-    warned = False
-    while True:
-        session = door.session
-        assert session is not None
-        left = door.last_input + timeout - time.monotonic()
-        if left <= 0:
-            minutes = timeout / 60
-            session.close(Closing(CloseCode.IDLE, f"idle for {minutes:g} minutes",
-                                  f"Closed after {minutes:g} minutes without input. "
-                                  "Reconnect to go on."), drain=True)  # fmt: skip
-            return
-        if not warned and left <= IDLE_WARNING:
-            warned = True
-            if door.core.framed:
-                session.push_event(encode_event("idle_warning", seconds=round(left)))
-            else:
-                warning = f"This console closes in {left:.0f} seconds without input."
-                session.push_notice("idle", f"[{warning} Type to stay.]")
-        wait = left - IDLE_WARNING if left > IDLE_WARNING else left
-        door.activity.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait):
-                await door.activity.wait()
-                warned = False
 
 
 __all__ = ["CONSOLE_PATH", "Role", "policy_of", "router"]

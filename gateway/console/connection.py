@@ -36,7 +36,16 @@ from urllib.parse import urlsplit
 
 from gateway.console import texts
 from gateway.console.frames import CloseCode, Command, FrameError, encode_event, parse_command
-from gateway.console.sessions import Closing, Event, Gap, Item, Notice, Output, Role
+from gateway.console.sessions import (
+    Closing,
+    Event,
+    Gap,
+    IdleWarning,
+    Item,
+    Notice,
+    Output,
+    Role,
+)
 from gateway.console.utf8 import TextSplitter
 
 MAX_REASON = 123  # a close frame's reason, in bytes
@@ -277,6 +286,14 @@ class ConsoleConnection:
             elif isinstance(item, Event):
                 if self.framed:
                     frames.append(SendText(item.text))
+            elif isinstance(item, IdleWarning):
+                if self.framed:
+                    frames.append(SendText(encode_event("idle_warning", seconds=item.seconds)))
+                else:
+                    frames += self._message(
+                        f"[This console closes in {item.seconds} seconds without input. "
+                        "Type to stay.]"
+                    )
             elif isinstance(item, Gap):
                 text = f"[bytes {item.start} to {item.end} are gone from the boot log]"
                 if self.framed:

@@ -12,8 +12,11 @@ In order, as Azure checks them:
    power state allows it (its own state error says what to do).
 
 Every outcome is audited: refusals as ``denied``, failures as ``failed``, the rest as
-``succeeded``. Refusals are ``CommandRefused`` with a ``Refusal`` each door maps to its own
-spelling (a close code, an HTTP status, a line of text); failures are ``CommandFailed``.
+``succeeded``; and an allowed command is recorded (``allowed``) BEFORE it acts, so a lab
+that cannot record (its state folder's disk is full) refuses the command and does
+nothing, never a reset without its audit row. Refusals are ``CommandRefused`` with a
+``Refusal`` each door maps to its own spelling (a close code, an HTTP status, a line of
+text); failures are ``CommandFailed``.
 
 Exceptions::
 
@@ -29,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.access import audit, rbac
-from gateway.access.errors import AccessError, AuthorizationError
+from gateway.access.errors import AccessError, AuthorizationError, StorageFull
 from gateway.console import texts
 from gateway.console.hub import COMMANDS, ConsoleError, ConsoleHub, SysRqNotSupported
 from gateway.console.sessions import Role
@@ -46,6 +49,8 @@ class Refusal(enum.Enum):
     NOT_SUPPORTED = ("SysRqNotSupported", 400)
     UNKNOWN = ("InvalidCommand", 400)
     WRONG_STATE = ("OperationNotAllowed", 409)
+    STORAGE_FULL = ("InsufficientStorage", 507)
+    STORAGE_FAILED = ("ServiceUnavailable", 503)
 
     @property
     def code(self) -> str:
@@ -143,6 +148,16 @@ class CommandPolicy:
         """
         keys = list(keys)
         self.check(actor, target, command)
+        try:  # recorded before it acts: a command the lab cannot record is not done
+            self._record(actor, target, command, audit.ALLOWED, "".join(keys))
+        except StorageFull as err:
+            raise CommandRefused(Refusal.STORAGE_FULL, str(err)) from None
+        except AccessError as err:
+            raise CommandRefused(
+                Refusal.STORAGE_FAILED,
+                f"The lab cannot record this command, so it did nothing: {err}. Check the "
+                "state folder (its disk, its permissions), then try again.",
+            ) from None
         try:
             message = await target.hub.command(command, keys)
         except SysRqNotSupported as err:
@@ -160,13 +175,18 @@ class CommandPolicy:
     def record(self, actor: Actor, target: Target, command: str, outcome: str, detail: str) -> None:
         """One audit row for ``command``; a failing audit log never breaks the console."""
         try:
-            self.audit_log.record(
-                f"console.{command}",
-                user=actor.user,
-                address=actor.address,
-                target=target.id,
-                outcome=outcome,
-                detail=f"{actor.door}: {detail}" if detail else actor.door,
-            )
+            self._record(actor, target, command, outcome, detail)
         except AccessError:
             target.hub.log.error("audit record lost (console.%s %s)", command, outcome)
+
+    def _record(
+        self, actor: Actor, target: Target, command: str, outcome: str, detail: str
+    ) -> None:
+        self.audit_log.record(
+            f"console.{command}",
+            user=actor.user,
+            address=actor.address,
+            target=target.id,
+            outcome=outcome,
+            detail=f"{actor.door}: {detail}" if detail else actor.door,
+        )

@@ -93,7 +93,14 @@ class Gap:
     end: int
 
 
-Item = Output | Event | Notice | Gap
+@dataclass(frozen=True, slots=True)
+class IdleWarning:
+    """The idle timeout closes this console in ``seconds`` unless the client types."""
+
+    seconds: int
+
+
+Item = Output | Event | Notice | Gap | IdleWarning
 ReadLog = Callable[[int, int], "LogRead"]
 
 
@@ -170,11 +177,14 @@ class ConsoleSession:
         """A message for this session's user about ``command`` (``input``: typed bytes)."""
         self._push_other(Notice(command, text, ok))
 
+    def push_idle_warning(self, seconds: int) -> None:
+        self._push_other(IdleWarning(seconds))
+
     def push_item(self, item: Event | Notice) -> None:
         """Queue an event or a notice made elsewhere (a command's result)."""
         self._push_other(item)
 
-    def _push_other(self, item: Event | Notice) -> None:
+    def _push_other(self, item: Event | Notice | IdleWarning) -> None:
         if not self.is_open:
             return
         if self._queued_events >= MAX_EVENTS:

@@ -176,11 +176,11 @@ def _say(**fields: object) -> None:
 
 async def serve_lab(state: Path) -> None:
     """The gateway with one bench VM, as ``serial-console lab run`` serves it."""
-    from gateway.api import console_ws
+    from gateway.console import service
     from gateway.lab.runtime import LabRuntime
     from tests.support.lab import lab_toml
 
-    console_ws.MAX_CONSOLES_PER_USER = 1000  # the load benchmark opens 199 watchers as one user
+    service.MAX_CONSOLES_PER_USER = 1000  # the load benchmark opens 199 watchers as one user
 
     vms = "".join(
         f'[[vms]]\nname = "{name}"\nresource_group = "lab-rg"\nos = "linux"\nbackend = "emulated"\n'

@@ -17,7 +17,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from gateway.api import console_ws
+from gateway.console import service
 from gateway.console.frames import SUBPROTOCOL, CloseCode
 from tests.conftest import scaled
 from tests.e2e.lab_process import LabProcess
@@ -97,7 +97,7 @@ async def test_one_user_cannot_hold_every_console(
 ) -> None:
     """Past the open consoles one user may hold, the next is refused with 4010 and what to
     do; another user still connects."""
-    monkeypatch.setattr(console_ws, "MAX_CONSOLES_PER_USER", 3)
+    monkeypatch.setattr(service, "MAX_CONSOLES_PER_USER", 3)
     held = []
     for _ in range(3):
         url, token = await lab.session_url("carol")
@@ -125,7 +125,7 @@ async def test_200_clients_get_every_byte_in_order(
     """A writer and 199 watchers while the guest prints flat out: each client's bytes are
     exactly the boot log's at the same offsets; a watcher that falls behind is told where
     to resume, resumes, and misses nothing."""
-    monkeypatch.setattr(console_ws, "MAX_CONSOLES_PER_USER", 1000)  # one user, 199 watchers
+    monkeypatch.setattr(service, "MAX_CONSOLES_PER_USER", 1000)  # one user, 199 watchers
     writer = await Framed.open(lab, "alice")
     await writer.send("\r")
     await writer.read_until(re.compile(rb"login: $"))

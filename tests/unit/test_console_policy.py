@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from gateway.access.audit import AuditLog
+from gateway.access.errors import StorageFull
 from gateway.access.rbac import RoleAssignment
 from gateway.access.store import LabDatabase
 from gateway.console import texts
@@ -85,11 +86,12 @@ async def test_an_allowed_command_is_done_and_audited(audit: AuditLog) -> None:
     message = await _policy(audit, Switches()).run(ALICE, _target(hub), "sysrq", ["h"])
     assert message == "Successfully sent SysRq command"
     assert hub.done == [("sysrq", ["h"])]
-    (row,) = audit.query()
-    assert (row.action, row.user, row.target, row.outcome) == (
+    allowed, done = audit.query()
+    assert (done.action, done.user, done.target, done.outcome) == (
         "console.sysrq", "alice", VM, "succeeded"
     )  # fmt: skip
-    assert row.detail == "websocket: h"
+    assert done.detail == "websocket: h"
+    assert allowed.outcome == "allowed"  # recorded before it acted
 
 
 @pytest.mark.parametrize(
@@ -143,7 +145,23 @@ async def test_a_wrong_power_state_is_a_refusal_and_a_monitor_failure_a_failure(
     hub.fail = MachineCommandError("the monitor did not answer in 5 s")
     with pytest.raises(CommandFailed, match="did not answer"):
         await _policy(audit, Switches()).run(ALICE, _target(hub), "nmi")
-    assert [r.outcome for r in audit.query()] == ["denied", "failed"]
+    assert [r.outcome for r in audit.query()] == ["allowed", "denied", "allowed", "failed"]
+
+
+async def test_a_command_the_lab_cannot_record_is_not_done(audit: AuditLog) -> None:
+    """The state folder's disk is full: the command is refused (507) and never reaches the
+    guest, so no reset happens without its audit row."""
+    hub = FakeHub()
+
+    def full(*_args: object, **_kw: object) -> int:
+        raise StorageFull("database or disk is full", folder="/lab")
+
+    audit.record = full  # type: ignore[method-assign]
+    with pytest.raises(CommandRefused) as refused:
+        await _policy(audit, Switches()).run(ALICE, _target(hub), "reset")
+    assert refused.value.refusal is Refusal.STORAGE_FULL
+    assert refused.value.refusal.status == 507
+    assert hub.done == []
 
 
 async def test_an_unknown_command_is_refused(audit: AuditLog) -> None:
