@@ -288,6 +288,12 @@ class BootLog:
             self._hole = meta["hole"]
             if not meta["clean"]:
                 self._recover(old_capacity)
+        elif (reserved := self._load_reserve()) is not None:
+            # The sidecar is gone or damaged, the reservation is not: offsets go on past it
+            # (what the ring holds cannot be placed, so nothing before is kept).
+            self._first = self._end = reserved
+            log.warning("boot log %s: no readable %s; new output starts at offset %d",
+                        self.directory, META_NAME, reserved)  # fmt: skip
         self._fd = os.open(self._ring_path, os.O_RDWR | os.O_CREAT, 0o640)
         if old_capacity != self.capacity and self._hole is not None:
             self._first, self._hole = max(self._first, self._hole[1]), None
@@ -323,14 +329,16 @@ class BootLog:
             margin = self.flush_bytes + (1 << 16)
             self._first = min(self._end, max(self._first, self._end - capacity + margin))
             return
+        if reserved == self._end:
+            return  # nothing was handed out past what the sidecar recorded: nothing is lost
         lost_from, self._end = self._end, reserved
         self._first = max(self._first, reserved - capacity)
-        if self._first < lost_from < reserved:
+        if self._hole is not None:  # one hole at a time: an older one goes, with what precedes
+            self._first, self._hole = max(self._first, self._hole[1]), None
+        if self._first < lost_from:
             self._hole = (lost_from, reserved)
         else:
-            self._first = max(self._first, min(lost_from, reserved))
-            if self._first >= lost_from:
-                self._first = reserved
+            self._first = reserved
         log.warning(
             "boot log %s was not closed cleanly: new output starts at offset %d "
             "(offsets %d to %d are lost)", self.directory, reserved, lost_from, reserved,
@@ -338,17 +346,21 @@ class BootLog:
 
     def _load_reserve(self) -> int | None:
         try:
-            text = self._reserve_path.read_text(encoding="ascii").strip()
-        except (OSError, UnicodeDecodeError):
+            text = self._reserve_path.read_bytes().strip()
+        except OSError:
             return None
         return int(text) if text.isdigit() else None
 
     def _reserve(self, offset: int) -> None:
-        """Record that offsets up to ``offset`` may be handed out (no fsync: this must
-        outlive the process, not the machine, whose crash loses the unflushed ring too)."""
-        tmp = self._reserve_path.with_suffix(".tmp")
-        tmp.write_text(str(offset), encoding="ascii")
-        os.replace(tmp, self._reserve_path)
+        """Record that offsets up to ``offset`` may be handed out: written in place, at a
+        fixed width, so it needs no new disk space (it must work on a full disk) and never
+        shares a temporary file with the sidecar; no fsync: it must outlive the process,
+        not the machine, whose crash loses the unflushed ring too."""
+        fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT, 0o640)
+        try:
+            os.pwrite(fd, b"%020d\n" % offset, 0)
+        finally:
+            os.close(fd)
         self._reserved = offset
 
     def _load_meta(self) -> dict[str, Any] | None:
@@ -397,7 +409,7 @@ class BootLog:
             "clean": clean,
             "hole": list(self._hole) if self._hole else None,
         }
-        tmp = self._meta_path.with_suffix(".tmp")
+        tmp = self._meta_path.with_name(META_NAME + ".tmp")
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(body, handle)
             handle.flush()

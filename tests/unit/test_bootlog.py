@@ -147,10 +147,90 @@ def test_closed_log_refuses_use(tmp_path: Path) -> None:
 
 
 def test_corrupt_sidecar_starts_empty(tmp_path: Path) -> None:
-    """A damaged sidecar is reported and the log starts again instead of failing the VM."""
+    """A damaged sidecar of a new log is reported and the log starts again instead of
+    failing the VM."""
     (tmp_path / META_NAME).write_text("{not json")
     log = BootLog(tmp_path, capacity=8)
     assert (log.first, log.end) == (0, 0)
+
+
+def test_a_damaged_sidecar_never_restarts_offsets_below_the_reservation(tmp_path: Path) -> None:
+    """Offsets a client may have seen are never given again, even when the sidecar is lost:
+    the reservation carries them on."""
+    log = BootLog(tmp_path, capacity=1 << 20, flush_bytes=1 << 30, flush_interval=1e9)
+    log.append(b"a" * 5000)
+    seen = log.end
+    del log
+    (tmp_path / META_NAME).write_text("{not json")
+    again = BootLog(tmp_path, capacity=1 << 20)
+    assert again.end >= seen
+    assert again.read(0).rotated
+
+
+def test_a_clean_reservation_loses_nothing(tmp_path: Path) -> None:
+    """A crash right after a flush that reached the reservation keeps every byte."""
+    log = BootLog(tmp_path, capacity=1 << 20, flush_bytes=1 << 30, flush_interval=1e9)
+    log.append(b"k" * log.reserve_step)  # exactly up to the reservation made at open
+    log.flush()
+    kept = log.end
+    del log
+    again = BootLog(tmp_path, capacity=1 << 20)
+    assert again.read(0).contents == b"k" * kept
+
+
+def test_a_crash_after_a_disk_hole_never_serves_the_hole(tmp_path: Path) -> None:
+    """A hole from a failing disk, then a crash: the old hole's offsets are never served
+    as bytes (they are reported lost), whatever the recovery does."""
+    log = FullDisk(tmp_path, capacity=1 << 20, flush_bytes=1 << 30, flush_interval=1e9)
+    log.append(b"a" * 100)
+    log.full = True
+    with pytest.raises(BootLogError):
+        log.append(b"b" * 100)
+    log.full = False
+    log.append(b"c" * 100)
+    log.flush()
+    log.append(b"d" * 300_000)  # past the reservation, never flushed
+    del log
+    again = BootLog(tmp_path, capacity=1 << 20)
+    page = again.read(100)
+    assert page.rotated
+    assert b"\0" not in page.contents
+    assert page.start >= 200
+
+
+def test_the_reservation_and_the_sidecar_never_share_a_file(tmp_path: Path) -> None:
+    """Appends (which move the reservation) while a worker thread flushes (which writes the
+    sidecar): neither write fails nor leaves the other's content in its file."""
+    import threading
+
+    log = BootLog(tmp_path, capacity=1 << 16, flush_bytes=1 << 30, flush_interval=1e9)
+    stop = threading.Event()
+
+    def flusher() -> None:
+        while not stop.is_set():
+            log.flush_to(log.flush_mark())
+
+    worker = threading.Thread(target=flusher)
+    worker.start()
+    try:
+        for _ in range(3000):
+            log.append(b"z" * 100)
+    finally:
+        stop.set()
+        worker.join()
+    assert (tmp_path / "serial.reserve").read_bytes().strip().isdigit()
+    assert json.loads((tmp_path / META_NAME).read_text())["version"] == 1
+    log.close()
+
+
+def test_the_reservation_is_written_in_place_on_a_full_disk(tmp_path: Path) -> None:
+    """Moving the reservation needs no new space (a full disk must not stop it)."""
+    log = BootLog(tmp_path, capacity=1 << 20)
+    inode = (tmp_path / "serial.reserve").stat().st_ino
+    log.append(b"q" * (log.reserve_step + 1))
+    assert (tmp_path / "serial.reserve").stat().st_ino == inode
+    assert int((tmp_path / "serial.reserve").read_bytes()) >= log.end
+    log.close()
 
 
 class FullDisk(BootLog):
