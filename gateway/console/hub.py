@@ -13,12 +13,15 @@ offset), atomically with respect to new output, so a client sees every byte once
 The hub also carries what every door sends beside reading: typed input and the commands
 (SysRq, break, NMI, hard reset, graceful restart). Input and the commands that act on the
 guest's view of the line (SysRq, break, NMI) go through one queue per VM, in the order they
-were submitted: a command waits until the guest has taken every byte typed before it
-(``Machine.wait_input_taken``), so a BREAK never overtakes typed bytes and the SysRq key is
-the key asked for. Reset and restart do not queue: a guest that stopped reading its port
-must never hold up the reset that unsticks it. Typed bytes wait in the queue (at most
-``INPUT_LIMIT``), never in a door. Machine events reach framed clients as ``power``
-events; a deallocate closes the sessions with its reason.
+were submitted. A BREAK (SysRq, break) also waits until the guest has taken every byte typed
+before it (``Machine.wait_input_taken``), so it never overtakes typed bytes and the SysRq
+key is the key asked for; an NMI follows the bytes onto the port but does not wait for a
+guest that may be hung to read them (an NMI is how one debugs a hung guest). A command
+taken up by the queue finishes, even if its caller stopped waiting. A writer that is taken
+over loses the typing that had not reached the guest yet. Reset and restart do not queue:
+a guest that stopped reading its port must never hold up the reset that unsticks it.
+Typed bytes wait in the queue (at most ``INPUT_LIMIT``), never in a door. Machine events
+reach framed clients as ``power`` events; a deallocate closes the sessions with its reason.
 
 The boot log is appended in the loop (a write into the page cache) and flushed to disk
 (fsync) in a worker thread, one flush at a time, never in the loop that serves every
@@ -57,7 +60,8 @@ INPUT_TAKEN_TIMEOUT = 5.0  # typed bytes a guest does not take before a SysRq: s
 QUEUE_TIMEOUT = 10.0  # a command behind input a guest does not read: give up, say why
 LOG_TROUBLE_EVERY = 60.0  # seconds between two log lines about a failing boot log
 INPUT_LIMIT = 1 << 20  # typed bytes waiting for a guest that does not read its port
-ORDERED = frozenset({"sysrq", "break", "nmi"})  # wait for the typed bytes before them
+ORDERED = frozenset({"sysrq", "break", "nmi"})  # in the queue, after the bytes typed before
+IN_BAND = frozenset({"sysrq", "break"})  # a BREAK: the guest must have read those bytes too
 
 
 class ConsoleError(Exception):
@@ -81,6 +85,7 @@ class _Typed:
 class _Ordered:
     name: str
     keys: list[str]
+    started: bool = False  # the pump has begun it: it finishes, whoever still waits
     done: asyncio.Future[str] = field(default_factory=lambda: _loop().create_future())
 
 
@@ -241,6 +246,7 @@ class ConsoleHub:
                     drain=True,
                 )
                 self._forget(displaced)
+                self._drop_input(displaced)
             self._writer = session
         self._sessions.add(session)
         self.log.info(
@@ -347,6 +353,17 @@ class ConsoleHub:
         self._queued_input += len(data)
         self._enqueue(_Typed(session, data))
 
+    def _drop_input(self, session: ConsoleSession) -> None:
+        """Forget what ``session`` typed that has not reached the guest yet: a writer taken
+        over must not type into the new writer's shell."""
+        kept: deque[_Typed | _Ordered] = deque()
+        for item in self._queue:
+            if isinstance(item, _Typed) and item.session is session:
+                self._queued_input -= len(item.data)
+            else:
+                kept.append(item)
+        self._queue = kept
+
     def _enqueue(self, item: _Typed | _Ordered) -> None:
         if self._closed:
             raise ConsoleError(f"the console of VM '{self.machine.name}' is shut down")
@@ -385,6 +402,7 @@ class ConsoleHub:
                 self._pumping = False
 
     async def _run_ordered(self, item: _Ordered) -> None:
+        item.started = True
         try:
             message = await self._do(item.name, item.keys)
         except Exception as err:  # the command's caller reports it; the pump goes on
@@ -433,17 +451,17 @@ class ConsoleHub:
             async with asyncio.timeout(QUEUE_TIMEOUT):
                 return await asyncio.shield(item.done)
         except TimeoutError:
-            if item.done.done():
-                return item.done.result()
-            item.done.cancel()  # the pump skips it if it has not begun
+            if item.started:  # under way: its own steps are bounded; never "not sent", then sent
+                return await asyncio.shield(item.done)
+            item.done.cancel()  # the pump skips it
             raise ConsoleError(
-                f"the {name} was not sent: {self._queued_input} typed bytes are still waiting "
-                f"for VM '{self.machine.name}' to read its serial port (it is "
+                f"the {name} was not sent: VM '{self.machine.name}' has not read the "
+                f"{self._queued_input} bytes typed before it for {QUEUE_TIMEOUT:g} s (it is "
                 f"{self.machine.power_state}). Reset or restart the VM if it hangs."
             ) from None
 
     async def _do(self, name: str, keys: list[str]) -> str:
-        if name in ORDERED:
+        if name in IN_BAND:
             await self._input_taken()
         if name == "sysrq":
             if not keys:

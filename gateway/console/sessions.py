@@ -252,11 +252,14 @@ class ConsoleSession:
         want = min(PRELOAD_CHUNK, self._replay_end - self._replay_next)
         page = self._read_log(self._replay_next, want)
         items: list[Item] = []
-        if page.start > self._replay_next:  # rotated out while replayed, or lost in a crash
-            items.append(Gap(self._replay_next, page.start))
         if not page.contents or page.start >= self._replay_end:
+            # The rest is gone (rotated out, lost in a crash, or unreadable): say so, and
+            # never label live bytes with offsets the replay was meant to cover.
+            items.append(Gap(self._replay_next, self._replay_end))
             self._read_log = None
             return items
+        if page.start > self._replay_next:  # rotated out while replayed, or lost in a crash
+            items.append(Gap(self._replay_next, page.start))
         data = page.contents[: self._replay_end - page.start]
         items.append(Output(page.start, data))
         self._replay_next = page.start + len(data)

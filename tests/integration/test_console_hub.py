@@ -11,7 +11,7 @@ import pytest
 
 from emulator.machine import EmulatedMachine
 from gateway.console.bootlog import BootLog, FlushMark
-from gateway.console.hub import ConsoleHub
+from gateway.console.hub import ConsoleHub, _Typed
 from gateway.console.sessions import ConsoleSession, Output, Role
 from tests.conftest import scaled
 
@@ -92,3 +92,29 @@ async def test_a_failing_boot_log_is_told_once_and_the_console_goes_on(
     told = [r for r in caplog.records if "boot log" in r.getMessage()]
     assert len(told) == 1, [r.getMessage() for r in told]
     assert "No space left" in told[0].getMessage()
+
+
+async def test_a_writer_taken_over_types_nothing_more(tmp_path: Path) -> None:
+    """What a displaced writer typed that the guest had not read yet never reaches the new
+    writer's shell."""
+    log = BootLog(tmp_path)
+    machine = EmulatedMachine("linux-1", "linux")
+    hub = ConsoleHub(machine, log)
+    hub.install()
+    alice = ConsoleSession("a" * 16, "alice", "linux-1", Role.WRITER)
+    bob = ConsoleSession("b" * 16, "bob", "linux-1", Role.WRITER)
+    try:
+        async with machine:
+            hub.attach(alice)
+            await machine.start()
+            await _read_until(alice, b"login: ")
+            hub._queue.append(_Typed(alice, b"typed-by-alice\r"))  # still waiting in the queue
+            hub._queued_input += 15
+            hub.attach(bob)
+            assert hub.queued_input == 0
+            hub.submit(bob, b"bob\r")
+            seen = await _read_until(bob, b"Password: ")
+            assert b"typed-by-alice" not in seen
+    finally:
+        hub.close()
+        log.close()

@@ -123,3 +123,16 @@ async def test_a_replay_overtaken_by_the_ring_says_which_bytes_are_gone(tmp_path
     assert [(i.offset, len(i.data)) for i in second if isinstance(i, Output)] == [
         (81920, 100 * 1024 - 81920)
     ]
+
+
+async def test_a_replay_the_log_cannot_give_is_one_gap_and_live_output_goes_on() -> None:
+    """An unreadable boot log, or a ring smaller than the replay, never ends a session nor
+    labels live bytes with the replay's offsets: the missing range is one Gap."""
+    session = _session(limit=1 << 20)
+    session.replay(lambda start, size: LogRead(b"", start, start, False), 1000, 5000)
+    session.push_output(5000, b"live")
+    assert await session.take() == [Gap(1000, 5000)]
+    assert await session.take() == [Output(5000, b"live")]
+    ring = _session(limit=1 << 20)
+    ring.replay(lambda start, size: LogRead(b"late", 9000, 9004, True), 1000, 5000)
+    assert await ring.take() == [Gap(1000, 5000)]
