@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 
 from fastapi import APIRouter, WebSocket
@@ -59,19 +60,31 @@ router = APIRouter()
 CONSOLE_PATH = "/n/connector/{container}/sessions/{session_id}/client"
 
 
-class _ClientNoise(logging.Filter):
-    """uvicorn logs a traceback at ERROR for every text frame that is not UTF-8 (then closes
-    with 1007, as it should): a client's mistake, not the gateway's, and 500 clients doing it
-    would write hundreds of KB of tracebacks. Keep one line at DEBUG instead."""
+class _ServerLines(logging.Filter):
+    """What uvicorn (and the websockets library under it) logs as ``uvicorn.error`` about a
+    console connection, made safe to keep:
+
+    - the request line and the handshake trace carry the console URL, whose query holds the
+      bearer token (``?authorization=``) and whose path holds the one-time session id: both
+      are replaced by ``<redacted>`` (a log must never hold a credential);
+    - a text frame that is not UTF-8 is logged with a traceback at ERROR (then closed with
+      1007, as it should be): a client's mistake, and 500 clients doing it would write
+      hundreds of KB of tracebacks; one line at DEBUG instead.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage().startswith("Invalid UTF-8 sequence received from client"):
+        message = record.getMessage()
+        if message.startswith("Invalid UTF-8 sequence received from client"):
             log.debug("a client sent a text frame that is not UTF-8: closed with 1007")
             return False
+        safe = _SECRET_IN_URL.sub(r"\1<redacted>", message)
+        if safe != message:
+            record.msg, record.args = safe, None
         return True
 
 
-logging.getLogger("uvicorn.error").addFilter(_ClientNoise())
+_SECRET_IN_URL = re.compile(r"((?:[?&]authorization=|/sessions/))[^&\s\"/]+", re.IGNORECASE)
+logging.getLogger("uvicorn.error").addFilter(_ServerLines())
 CLOSE_BOUND = 5.0  # seconds to deliver the last frames and the close frame to a slow client
 
 

@@ -149,17 +149,6 @@ async def test_no_password_nor_token_in_logs_audit_state_or_boot_log(
             assert leaked == [], f"{path.relative_to(tmp_path)}: {leaked}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "uvicorn logs a websocket request with its query as uvicorn.error: at INFO "
-        "'127.0.0.1:PORT - \"WebSocket /n/connector/.../sessions/<id>/client"
-        "?authorization=<bearer token>\" [accepted]', and at DEBUG the websockets "
-        "handshake trace '< GET ...?authorization=<bearer token>'; no filter on "
-        "uvicorn.error redacts them yet (gateway/api/console_ws.py already filters it)"
-    ),
-)
 async def test_uvicorn_websocket_lines_carry_no_token(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -258,16 +258,27 @@ def test_a_resource_group_named_in_other_letters_is_the_same_group() -> None:
 @pytest.mark.parametrize(
     ("line", "key"),
     [
-        ('password = "two words"', "vms[0].password"),
+        ('password = "tab\\tinside"', "vms[0].password"),
         ('password = ""', "vms[0].password"),
         ('hostname = "bad host"', "vms[0].hostname"),
         ('hostname = "x console=tty0"', "vms[0].hostname"),
     ],
 )
 def test_what_goes_on_the_kernel_command_line_is_one_safe_word(line: str, key: str) -> None:
-    """A guest password or host name that would split the kernel command line is refused."""
-    with pytest.raises(LabConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+    """A host name that would split the kernel command line is refused, and so is a guest
+    password a console cannot type; the refusal never repeats the password."""
+    with pytest.raises(LabConfigError, match=key.replace("[", r"\[").replace("]", r"\]")) as err:
         parse(MINIMAL + line + "\n")
+    assert "inside" not in str(err.value)
+
+
+def test_a_guest_password_may_hold_spaces_and_never_shows_in_a_repr() -> None:
+    """The password reaches the guest through fw_cfg, not a command line: spaces are fine;
+    a printed spec hides it."""
+    lab = parse(MINIMAL + 'password = "two words here"\n')
+    spec = lab.vms[0].machine  # type: ignore[attr-defined]
+    assert spec.password == "two words here"
+    assert "two words" not in repr(spec)
 
 
 def test_a_vm_name_that_is_no_host_name_gives_a_usable_one() -> None:
