@@ -22,6 +22,7 @@ from gateway.api.context import client_address, context_of
 from gateway.api.errors import ArmError
 from gateway.console.hub import ConsoleError
 from gateway.console.policy import Actor, CommandRefused, Target
+from gateway.console.sessions import Role
 from gateway.console.sysrq import SysRqError, parse_sysrq
 
 router = APIRouter(tags=["Console admin commands"])
@@ -64,7 +65,12 @@ async def admin_command(
             raise ArmError(400, "InvalidSysRqCommand", str(err)) from None
     if vm.hub is None:
         raise ArmError(409, "ConsoleUnavailable", f"VM '{vm.name}' has no console in this lab")
-    actor = Actor(user.name, user.roles, client_address(request), "adminCommand")
+    # The URL's console, when open, speaks for it: a watcher's URL is read-only, and a
+    # session taken over cannot act.
+    opened = next((s for s in vm.hub.sessions if s.id == grant.session_id), None)
+    role = opened.role if opened is not None else Role.WRITER
+    active = opened is None or opened.is_open
+    actor = Actor(user.name, user.roles, client_address(request), "adminCommand", role, active)
     try:
         message = await policy_of(ctx).run(actor, Target(vm.id, vm.name, vm.hub), command, keys)
     except CommandRefused as err:

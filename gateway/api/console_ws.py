@@ -191,8 +191,10 @@ class _Door:
 
     def actor(self) -> Actor:
         assert self.user is not None
-        role = self.session.role if self.session is not None else self.core.options.role
-        return Actor(self.user.name, self.user.roles, self.address, "websocket", role)
+        session = self.session
+        role = session.role if session is not None else self.core.options.role
+        active = session is None or session.is_open
+        return Actor(self.user.name, self.user.roles, self.address, "websocket", role, active)
 
     def target(self) -> Target:
         assert self.vm is not None and self.hub is not None
@@ -227,6 +229,8 @@ async def console(websocket: WebSocket, container: str, session_id: str) -> None
     try:
         greeting = await _open(door, container, session_id)
     except Refused as refused:
+        if door.grant is not None:  # claimed, then refused: its admin URL ends here too
+            ctx.sessions.release(session_id)
         door.audit("console.connect", audit.DENIED, refused.message)
         await door.finish(door.core.refuse(refused))
         return

@@ -171,8 +171,13 @@ class ConsoleConnection:
         )
 
     def _parse_options(self) -> Options:
-        watch = self._query.get("watch", "").lower() in ("1", "true", "yes")
-        role = Role.WATCHER if watch else Role.WRITER
+        watch = self._query.get("watch", "").strip().lower()
+        if watch not in _YES + _NO:
+            raise Refused(
+                CloseCode.MALFORMED,
+                f"?watch= must be 1 (read only) or 0 (writer), not {watch[:20]!r}",
+            )
+        role = Role.WATCHER if watch in _YES else Role.WRITER
         offset = self._query.get("offset")
         if offset is None:
             return Options(role, None)
@@ -337,6 +342,10 @@ class ConsoleConnection:
     def refuse(self, refused: Refused) -> list[Frame]:
         """The frames that end a connection refused before or while serving."""
         return self.closing(Closing(refused.code, refused.reason, refused.message))
+
+
+_YES = ("1", "true", "yes", "on")  # "on": what an HTML checkbox sends
+_NO = ("", "0", "false", "no", "off")
 
 
 def _bare(token: str) -> str:

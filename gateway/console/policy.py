@@ -7,7 +7,8 @@ In order, as Azure checks them:
 1. the subscription's console is enabled (``CONSOLE_DISABLED``);
 2. the VM's serial port is enabled (``PORT_DISABLED``);
 3. the caller holds ``serialPorts/connect/action`` on the VM (``NO_PERMISSION``);
-4. the caller's session is the writer, not a watcher (``READ_ONLY``);
+4. the caller's session is the writer, not a watcher (``READ_ONLY``), and still open: a
+   writer taken over cannot act while its last frames drain (``SESSION_CLOSED``);
 5. the command fits the VM: SysRq is Linux only (``SYSRQ_LINUX_ONLY``), and the machine's
    power state allows it (its own state error says what to do).
 
@@ -46,6 +47,7 @@ class Refusal(enum.Enum):
     PORT_DISABLED = ("SerialPortDisabled", 409)
     FORBIDDEN = ("AuthorizationFailed", 403)
     READ_ONLY = ("ReadOnlySession", 403)
+    SESSION_CLOSED = ("ConsoleSessionClosed", 409)
     NOT_SUPPORTED = ("SysRqNotSupported", 400)
     UNKNOWN = ("InvalidCommand", 400)
     WRONG_STATE = ("OperationNotAllowed", 409)
@@ -82,6 +84,7 @@ class Actor:
     address: str
     door: str
     role: Role = Role.WRITER
+    active: bool = True  # False once the caller's session is closing (taken over, idle...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,8 @@ class CommandPolicy:
             return Refusal.FORBIDDEN, texts.NO_PERMISSION
         if actor.role is not Role.WRITER:
             return Refusal.READ_ONLY, texts.READ_ONLY
+        if not actor.active:
+            return Refusal.SESSION_CLOSED, texts.SESSION_CLOSED
         if command == "sysrq" and target.hub.machine.os_type != "linux":
             return Refusal.NOT_SUPPORTED, texts.SYSRQ_LINUX_ONLY
         return None

@@ -37,6 +37,10 @@ NO_PERMISSION = (
     "Ensure you have at least Virtual Machine Contributor role permissions."
 )
 READ_ONLY = "this console is read-only (watch): connect as a writer to type or send commands"
+SESSION_CLOSED = (
+    "this console session is closed (another user took it over, it was idle, or the VM was "
+    "deallocated): connect again to send commands"
+)
 SYSRQ_LINUX_ONLY = "You can only send a SysRq to a Linux VM."
 
 # az's success texts, per command

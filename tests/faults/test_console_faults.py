@@ -240,3 +240,20 @@ async def test_kill_9_during_output_never_gives_an_offset_twice(tmp_path: Path) 
             await ws.close()
     finally:
         again.stop()
+
+
+async def test_a_url_refused_after_its_claim_is_done_for_admin_commands(
+    lab: LabHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A console refused once its URL was used (here: too many consoles) leaves no admin URL
+    behind that works forever."""
+    monkeypatch.setattr(service, "MAX_CONSOLES_PER_USER", 0)
+    url, token = await lab.session_url("alice")
+    refused = await open_console(url, token, framed=True)
+    code, _ = await refused.closed()
+    assert code == CloseCode.TOO_MANY
+    admin = url.replace("ws://", "http://").removesuffix("/client") + "/adminCommand/nmi"
+    reply = await lab.http.post(
+        admin, json={"command": "nmi"}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert reply.status_code == 404, reply.text

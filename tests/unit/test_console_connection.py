@@ -105,6 +105,22 @@ def test_a_bad_offset_is_malformed(offset: str) -> None:
     assert refused.value.code is CloseCode.MALFORMED
 
 
+@pytest.mark.parametrize("value", ["maybe", "2", "writer"])
+def test_a_watch_value_that_is_neither_yes_nor_no_is_refused(value: str) -> None:
+    """An unknown ``watch`` never silently means writer (which would take the console over)."""
+    with pytest.raises(Refused) as refused:
+        _raw(watch=value, authorization=TOKEN).open()
+    assert refused.value.code is CloseCode.MALFORMED
+
+
+@pytest.mark.parametrize(("value", "role"), [("on", Role.WATCHER), ("True ", Role.WATCHER),
+                                             ("0", Role.WRITER), ("off", Role.WRITER)])  # fmt: skip
+def test_watch_takes_the_usual_spellings(value: str, role: Role) -> None:
+    conn = _raw(watch=value, authorization=TOKEN)
+    conn.open()
+    assert conn.options.role is role
+
+
 def test_watch_and_offset_are_read_from_the_query() -> None:
     conn = _raw(watch="1", offset="42", authorization=TOKEN)
     conn.open()

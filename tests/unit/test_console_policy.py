@@ -168,3 +168,12 @@ async def test_an_unknown_command_is_refused(audit: AuditLog) -> None:
     with pytest.raises(CommandRefused) as refused:
         await _policy(audit, Switches()).run(ALICE, _target(FakeHub()), "format-disk")
     assert refused.value.refusal is Refusal.UNKNOWN
+
+
+async def test_a_session_taken_over_cannot_act_while_it_drains(audit: AuditLog) -> None:
+    hub = FakeHub()
+    gone = Actor("alice", CONTRIBUTOR, "", "websocket", Role.WRITER, active=False)
+    with pytest.raises(CommandRefused) as refused:
+        await _policy(audit, Switches()).run(gone, _target(hub), "reset")
+    assert refused.value.refusal is Refusal.SESSION_CLOSED
+    assert hub.done == []
