@@ -24,6 +24,7 @@ import time
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
+from uvicorn.protocols.utils import ClientDisconnected
 
 from gateway.access import audit
 from gateway.access.connect_sessions import ConnectGrant
@@ -85,6 +86,8 @@ class _ServerLines(logging.Filter):
 
 _SECRET_IN_URL = re.compile(r"((?:[?&]authorization=|/sessions/))[^&\s\"/]+", re.IGNORECASE)
 logging.getLogger("uvicorn.error").addFilter(_ServerLines())
+# What sending to or reading from a client that went away raises, depending on the moment.
+_CLIENT_GONE = (WebSocketDisconnect, ClientDisconnected, ConnectionError, RuntimeError)
 CLOSE_BOUND = 5.0  # seconds to deliver the last frames and the close frame to a slow client
 
 
@@ -279,7 +282,10 @@ async def _serve(door: _Door, greeting: list[Frame]) -> None:
     finally:
         for task in helpers:
             task.cancel()
-        await asyncio.gather(writer, *helpers, return_exceptions=True)
+        for outcome in await asyncio.gather(writer, *helpers, return_exceptions=True):
+            if isinstance(outcome, Exception) and not isinstance(outcome, _CLIENT_GONE):
+                log.error("console of %s: %r", door.vm.name if door.vm else "?", outcome,
+                          exc_info=outcome)  # fmt: skip
         if door.commands:  # commands under way finish (a reset half done helps nobody)
             await asyncio.wait(door.commands, timeout=CLOSE_BOUND)
             for task in door.commands:
