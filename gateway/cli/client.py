@@ -78,7 +78,9 @@ def api_version(path: str) -> str | None:
 def _other_scheme(url: str, err: httpx.HTTPError) -> str:
     """``https`` when plain HTTP was cut off by a server that (likely) speaks TLS, ``http``
     when a TLS handshake met a plain-HTTP server; "" for any other failure."""
-    if url.startswith("http://") and isinstance(err, httpx.RemoteProtocolError):
+    # A TLS server closes on a plain request: a clean close (no response), or a reset when
+    # the request was still unread, depending on timing.
+    if url.startswith("http://") and isinstance(err, httpx.RemoteProtocolError | httpx.ReadError):
         return "https"
     text = str(err)
     if (

@@ -18,7 +18,15 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.lab.config import LabConfig, LabConfigError, MachineSpec, load_default_lab, load_lab
+from gateway.access.users import User, password_weakness
+from gateway.lab.config import (
+    DEFAULT_GUEST_PASSWORD,
+    LabConfig,
+    LabConfigError,
+    MachineSpec,
+    load_default_lab,
+    load_lab,
+)
 from gateway.machines import accel
 
 
@@ -197,21 +205,22 @@ def banner(lab: Any) -> str:
             + (f" ({failure})" if failure else "")
         )
     names = max([len("user"), *(len(u.name) for u in config.users)])
-    secrets = max([len("password"), *(len(u.password or "(SSH key only)") for u in config.users)])
+    shown = {u.name: _shown_password(u) for u in config.users}
+    secrets = max([len("password"), *(len(p) for p in shown.values())])
     lines += ["", f"  {'user':<{names}}  {'password':<{secrets}}  role"]
     for user in config.users:
         roles = ", ".join(f"{a.role} on {_short_scope(a.scope)}" for a in user.roles) or "no role"
-        password = user.password or "(SSH key only)"
-        lines.append(f"  {user.name:<{names}}  {password:<{secrets}}  {roles}")
-    linux = sorted({spec.password for _, _, spec in _machines(config) if spec.os == "linux"})
-    windows = sorted({spec.password for _, _, spec in _machines(config) if spec.os == "windows"})
+        lines.append(f"  {user.name:<{names}}  {shown[user.name]:<{secrets}}  {roles}")
+    guests = [(spec.os, spec.password) for _, _, spec in _machines(config)]
+    linux = sorted({_shown_guest(p) for os_type, p in guests if os_type == "linux"})
+    windows = sorted({_shown_guest(p) for os_type, p in guests if os_type == "windows"})
     if linux:
         lines.append(f"  Linux guests: root / {', '.join(linux)}")
     if windows:
         lines.append(f"  Windows SAC (ch -si 1): Administrator / {', '.join(windows)}")
     if _needs_qemu(config) and accel.last_choice is not None:
         lines.append(f"  QEMU accelerator: {accel.last_choice[0]} ({accel.last_choice[1]})")
-    user = next((u for u in config.users if u.password), None)
+    user = next((u for u in config.users if u.password and password_weakness(u)), None)
     target = _first_linux_vm(config)
     if user is not None and target is not None:
         group, vm = target
@@ -244,6 +253,18 @@ def _first_linux_vm(config: LabConfig) -> tuple[str, str] | None:
     usable = [vm for vm in config.vms if vm.machine.os == "linux" and vm.boot_diagnostics]
     usable.sort(key=lambda vm: vm.machine.backend != "qemu")
     return (usable[0].resource_group, usable[0].name) if usable else None
+
+
+def _shown_password(user: User) -> str:
+    """A demo password (guessable by design, as the default lab's) is printed to help; a
+    real one never is: the banner often ends up in a terminal log or a journal."""
+    if user.password is None:
+        return "(SSH key only)"
+    return user.password if password_weakness(user) else "(in the lab file)"
+
+
+def _shown_guest(password: str) -> str:
+    return password if password == DEFAULT_GUEST_PASSWORD else "(in the lab file)"
 
 
 def _short_scope(scope: str) -> str:
