@@ -44,7 +44,10 @@ from gateway.console.sessions import (
     Item,
     Notice,
     Output,
+    Power,
+    Resumed,
     Role,
+    TakenOver,
 )
 from gateway.console.utf8 import TextSplitter
 
@@ -291,6 +294,20 @@ class ConsoleConnection:
             elif isinstance(item, Event):
                 if self.framed:
                     frames.append(SendText(item.text))
+            elif isinstance(item, Power):
+                if self.framed:
+                    frames.append(SendText(encode_event(
+                        "power", state=item.state, event=item.event, detail=item.detail
+                    )))  # fmt: skip
+            elif isinstance(item, TakenOver):
+                if self.framed:
+                    frames.append(SendText(encode_event("taken_over", by=item.by)))
+            elif isinstance(item, Resumed):
+                if self.framed:
+                    frames.append(SendText(encode_event(
+                        "resumed", requested=item.requested, start=item.start,
+                        rotated=item.rotated,
+                    )))  # fmt: skip
             elif isinstance(item, IdleWarning):
                 if self.framed:
                     frames.append(SendText(encode_event("idle_warning", seconds=item.seconds)))

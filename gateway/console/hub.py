@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 
 from gateway.console import texts
 from gateway.console.bootlog import BootLog, BootLogError, LogRead
-from gateway.console.frames import CloseCode, encode_event
+from gateway.console.frames import CloseCode
 from gateway.console.port import SerialPort, SerialPortError
-from gateway.console.sessions import Closing, ConsoleSession, Role
+from gateway.console.sessions import Closing, ConsoleSession, Power, Role, TakenOver
 from gateway.machines.base import (
     EventKind,
     Machine,
@@ -236,7 +236,7 @@ class ConsoleHub:
         if session.role is Role.WRITER:
             displaced = self._writer
             if displaced is not None and displaced.is_open:
-                displaced.push_event(encode_event("taken_over", by=session.user))
+                displaced.push_item(TakenOver(session.user))
                 displaced.close(
                     Closing(
                         CloseCode.TAKEN_OVER,
@@ -265,9 +265,9 @@ class ConsoleHub:
         if self._writer is session:
             self._writer = None
 
-    def _broadcast(self, text: str) -> None:
+    def _broadcast(self, item: Power) -> None:
         for session in list(self._sessions):
-            session.push_event(text)
+            session.push_item(item)
 
     def _close_all(self, closing: Closing) -> None:
         for session in list(self._sessions):
@@ -285,7 +285,7 @@ class ConsoleHub:
         if event.kind not in (EventKind.STATE, EventKind.RESET, EventKind.PANICKED):
             return
         state, kind = event.state.value, event.kind.value
-        self._broadcast(encode_event("power", state=state, event=kind, detail=event.detail))
+        self._broadcast(Power(state, kind, event.detail))
         if event.kind is EventKind.STATE and event.state is PowerState.DEALLOCATED:
             if self._exited:
                 closing = Closing(

@@ -24,10 +24,10 @@ from gateway.access import audit
 from gateway.access.errors import AccessError
 from gateway.console.bootlog import LogRead
 from gateway.console.connection import Refused
-from gateway.console.frames import CloseCode, encode_event
+from gateway.console.frames import CloseCode
 from gateway.console.hub import ConsoleError, ConsoleHub
 from gateway.console.policy import Actor, CommandPolicy, Target
-from gateway.console.sessions import DEFAULT_LIMIT, Closing, ConsoleSession
+from gateway.console.sessions import DEFAULT_LIMIT, Closing, ConsoleSession, Resumed
 
 log = logging.getLogger("serial_console_lab.console.service")
 
@@ -107,9 +107,7 @@ class ConsoleService:
         hub.detach(session)
         fresh = ConsoleSession(session.id, session.user, session.vm, session.role, session.limit)
         backlog, _ = hub.attach(fresh, offset)  # nobody to displace: this was the writer
-        fresh.prepend_event(
-            encode_event("resumed", requested=offset, start=backlog.start, rotated=backlog.rotated)
-        )
+        fresh.prepend(Resumed(offset, backlog.start, backlog.rotated))
         session.close(Closing(CloseCode.NORMAL, "resumed"), drain=False)
         return fresh
 

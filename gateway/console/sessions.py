@@ -94,13 +94,40 @@ class Gap:
 
 
 @dataclass(frozen=True, slots=True)
+class Power:
+    """The VM's power state changed (``event`` ``state``), it was reset, or it panicked."""
+
+    state: str
+    event: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class TakenOver:
+    """Another user (``by``) took this console over; the close follows."""
+
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """A resume from ``requested``: the bytes from ``start`` follow (``rotated``: some
+    before it were gone)."""
+
+    requested: int
+    start: int
+    rotated: bool
+
+
+@dataclass(frozen=True, slots=True)
 class IdleWarning:
     """The idle timeout closes this console in ``seconds`` unless the client types."""
 
     seconds: int
 
 
-Item = Output | Event | Notice | Gap | IdleWarning
+Happening = Event | Notice | IdleWarning | Power | TakenOver | Resumed  # not serial bytes
+Item = Output | Gap | Happening
 ReadLog = Callable[[int, int], "LogRead"]
 
 
@@ -180,11 +207,12 @@ class ConsoleSession:
     def push_idle_warning(self, seconds: int) -> None:
         self._push_other(IdleWarning(seconds))
 
-    def push_item(self, item: Event | Notice) -> None:
-        """Queue an event or a notice made elsewhere (a command's result)."""
+    def push_item(self, item: Happening) -> None:
+        """Queue what happened beside the bytes (a power change, a command's result...);
+        each door shows it its own way."""
         self._push_other(item)
 
-    def _push_other(self, item: Event | Notice | IdleWarning) -> None:
+    def _push_other(self, item: Happening) -> None:
         if not self.is_open:
             return
         if self._queued_events >= MAX_EVENTS:
@@ -267,7 +295,7 @@ class ConsoleSession:
             self._read_log = None
         return items
 
-    def prepend_event(self, text: str) -> None:
-        """Queue an event ahead of everything queued (it introduces a replay)."""
-        self._head.append(Event(text))
+    def prepend(self, item: Happening) -> None:
+        """Queue ``item`` ahead of everything queued (it introduces a replay)."""
+        self._head.append(item)
         self._wake.set()

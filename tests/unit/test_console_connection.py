@@ -19,7 +19,17 @@ from gateway.console.connection import (
     TypeInput,
 )
 from gateway.console.frames import CloseCode
-from gateway.console.sessions import Closing, Event, Gap, Notice, Output, Role
+from gateway.console.sessions import (
+    Closing,
+    Event,
+    Gap,
+    Notice,
+    Output,
+    Power,
+    Resumed,
+    Role,
+    TakenOver,
+)
 
 TOKEN = "t0k3n-" + "x" * 40
 
@@ -190,6 +200,16 @@ def test_a_gap_in_the_replay_is_an_event_or_a_line() -> None:
     assert raw.render([Gap(100, 250)]) == [
         SendText("\r\n[bytes 100 to 250 are gone from the boot log]\r\n")
     ]
+
+
+def test_what_happens_beside_the_bytes_is_events_for_framed_and_quiet_for_raw() -> None:
+    """Power changes, a takeover and a resume are structured items every door shows its
+    own way: JSON events here for framed clients; raw clients (az) see only the bytes."""
+    items = [Power("stopped", "state", ""), TakenOver("carol"), Resumed(10, 12, True)]
+    framed = _serving(_framed(authorization=TOKEN))
+    kinds = [json.loads(f.text)["type"] for f in framed.render(items)]  # type: ignore[union-attr]
+    assert kinds == ["power", "taken_over", "resumed"]
+    assert _serving(_raw(authorization=TOKEN)).render(items) == []
 
 
 def test_closing_says_why_then_closes_with_a_reason_that_fits() -> None:
