@@ -127,6 +127,7 @@ class GatewaySettings:
     bootlog_bytes: int = 1 << 20
     token_lifetime: float = 3600.0
     allowed_origins: tuple[str, ...] = ()  # browser pages besides the gateway's own
+    ssh_port: int = 0  # the SSH door's port, on ``host``; 0: off
 
     @property
     def tls(self) -> bool:
@@ -181,10 +182,11 @@ class LabConfig:
         port: int | None = None,
         state_dir: Path | None = None,
         tls: bool = False,
+        ssh_port: int | None = None,
     ) -> LabConfig:
-        """This lab with the command line's ``--host``, ``--port``, ``--state-dir`` and
-        ``--tls`` applied (``--tls`` turns the lab CA on; a certificate of the lab file's
-        still wins)."""
+        """This lab with the command line's ``--host``, ``--port``, ``--state-dir``,
+        ``--tls`` and ``--ssh-port`` applied (``--tls`` turns the lab CA on; a certificate
+        of the lab file's still wins)."""
         settings = self.gateway
         if tls:
             settings = dataclasses.replace(settings, lab_ca=True)
@@ -194,6 +196,10 @@ class LabConfig:
             if not 0 <= port <= 65535:
                 raise LabConfigError(f"--port: expected 0..65535, got {port}")
             settings = dataclasses.replace(settings, port=port)
+        if ssh_port is not None:
+            if not 0 <= ssh_port <= 65535:
+                raise LabConfigError(f"--ssh-port: expected 0..65535 (0: off), got {ssh_port}")
+            settings = dataclasses.replace(settings, ssh_port=ssh_port)
         return dataclasses.replace(
             self, gateway=settings, state_dir=state_dir if state_dir is not None else self.state_dir
         )
@@ -437,6 +443,7 @@ class _Parser:
             bootlog_bytes=t.int("bootlog_bytes", 1 << 20, 4096, 1 << 30),
             token_lifetime=t.number("token_lifetime", 3600.0, 1.0, 30 * 86400.0),
             allowed_origins=self.origins(t),
+            ssh_port=t.int("ssh_port", 0, 0, 65535),
         )
         if (settings.tls_cert is None) != (settings.tls_key is None):
             raise t.fail("tls_key", "tls_cert and tls_key given together (or neither)")

@@ -63,6 +63,8 @@ from gateway.lab import connections
 from gateway.lab.config import LabConfig, MachineSpec
 from gateway.lab.tls import TlsError, TlsFiles, ensure_lab_certificate, server_hosts
 from gateway.machines.base import Machine, MachineError, PowerState
+from gateway.rfc2217.door import Rfc2217Doors, Rfc2217Error
+from gateway.ssh.server import SshDoor, SshDoorError, load_host_key
 
 log = logging.getLogger("serial_console_lab.lab")
 
@@ -156,6 +158,8 @@ class LabRuntime:
         self._server_task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._forced = asyncio.Event()
+        self.rfc2217: Rfc2217Doors | None = None  # the lab file's RFC 2217 doors, once open
+        self.ssh: SshDoor | None = None  # the SSH door, when the lab file's ssh_port is set
 
     # -- public --------------------------------------------------------------------------
 
@@ -266,11 +270,25 @@ class LabRuntime:
             allowed_hosts=_allowed_hosts(settings.host) if settings.loopback else None,
         )
         server = self._prepare_server()
+        self._stack.push_async_callback(self._stop_ssh)  # after the consoles heard why
         group = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._stack.push_async_callback(self._stop_tasks)
         await self._serve(group, server, sock)
+        await self._open_rfc2217()
+        if settings.ssh_port:
+            await self._start_ssh(settings.host, settings.ssh_port)
         self._flusher = group.create_task(self._flush_loop(), name="bootlog-flush")
         await self._start_all()
+
+    async def _open_rfc2217(self) -> None:
+        """The RFC 2217 doors the lab file opens (loopback only), before the guests start;
+        closed before the HTTP server stops, each client told why."""
+        assert self.context is not None
+        try:
+            self.rfc2217 = await Rfc2217Doors.open(self.config, self.context)
+        except Rfc2217Error as err:
+            raise LabRuntimeError(str(err)) from err
+        self._stack.push_async_callback(self.rfc2217.close)
 
     def _build(self, db: LabDatabase) -> Inventory:
         """Machines, boot logs, hubs (installed), and the inventory the API serves."""
@@ -451,6 +469,20 @@ class LabRuntime:
         async with asyncio.TaskGroup() as starting:
             for name, machine in self.machines.items():
                 starting.create_task(start(name, machine), name=f"start-{name}")
+
+    async def _start_ssh(self, host: str, port: int) -> None:
+        """The SSH door on ``host:port``, with its host key from the state folder."""
+        assert self.context is not None
+        try:
+            door = SshDoor(self.context, load_host_key(self.state_dir))
+            await door.start(host, port)
+        except SshDoorError as err:
+            raise LabRuntimeError(str(err)) from err
+        self.ssh = door
+
+    async def _stop_ssh(self) -> None:
+        if self.ssh is not None:
+            await self.ssh.close()
 
     async def _flush_loop(self) -> None:
         """Each boot log reaches the disk at least once a second; each hub flushes in a

@@ -1,0 +1,1 @@
+"""The SSH door onto the lab's consoles (``ssh -p PORT alice+lab-rg+linux-1@host``)."""

@@ -1,0 +1,438 @@
+"""The SSH door: ``ssh -p PORT alice+lab-rg+linux-1@127.0.0.1`` opens that VM's console.
+
+The user name says who signs in and which console (``gateway.ssh.address``); the password
+is checked by the same sign-in as ``POST /oauth2/token`` (its lockout and audit rows).
+Then the session is a console, as ``az serial-console connect`` gives one:
+
+- refusals first, in Azure's order and words (console disabled, no connect permission,
+  unknown VM, not provisioned, not running, boot diagnostics off, port disabled): the
+  text on stderr and exit status 1;
+- Azure's banner, the replay, then live bytes; typed bytes go to the guest;
+- an SSH break request (OpenSSH's ``~B``) is a serial BREAK, so ``~B`` then a key is a
+  SysRq; Ctrl+] opens az's menu (``gateway.cli.escape``: NMI, SysRq, reset, quit, Ctrl+]
+  twice types 0x1d); every command goes through the lab's ``CommandPolicy``, and its
+  outcome is shown on a line of its own;
+- the command ``watch`` (``ssh ... watch``) is a read-only session; a writer takes the
+  console over from the previous writer, whichever door either came through;
+- the PTY's size is accepted, and a ``stty rows R cols C`` hint is shown once.
+
+The exit status is 0 when the user leaves, 1 when the lab refused or closed the console.
+The host key is made on first use in ``<state>/ssh_host_key`` (0600) and reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+
+import asyncssh
+
+from gateway.access import audit, rbac
+from gateway.access.errors import AccountLocked, AuthorizationError, InvalidCredentials
+from gateway.access.users import User
+from gateway.api.arm import _check_prerequisites
+from gateway.api.auth import sign_in
+from gateway.api.console_ws import service_of
+from gateway.api.context import ApiContext
+from gateway.api.errors import ArmError
+from gateway.api.resources import VmResource, check_instance, check_name
+from gateway.cli.escape import (
+    EscapeMenu,
+    Forward,
+    Quit,
+    SendNmi,
+    SendReset,
+    SendSysRq,
+    Show,
+)
+from gateway.console import texts
+from gateway.console.connection import Refused
+from gateway.console.frames import CloseCode
+from gateway.console.hub import ConsoleError
+from gateway.console.idle import watch_idle
+from gateway.console.policy import Actor, Target
+from gateway.console.sessions import (
+    Closing,
+    ConsoleSession,
+    Gap,
+    IdleWarning,
+    Item,
+    Notice,
+    Output,
+    Power,
+    Resumed,
+    Role,
+)
+from gateway.ssh.address import AddressError, ConsoleAddress, parse, user_of
+
+log = logging.getLogger("serial_console_lab.ssh")
+
+HOST_KEY_FILE = "ssh_host_key"
+WATCH = "watch"
+EXIT_LEFT = 0  # the user left (Ctrl+] q, ~., end of input)
+EXIT_REFUSED = 1  # refused, or closed by the lab (taken over, idle, VM deallocated...)
+READ_SIZE = 4096
+
+
+class SshDoorError(Exception):
+    """The SSH door cannot start (its port, its host key); the message says what to do."""
+
+
+def load_host_key(state_dir: Path) -> asyncssh.SSHKey:
+    """The door's host key, ``<state_dir>/ssh_host_key``: made (ed25519, 0600) on first
+    use, then the same one every run, so clients' known_hosts stay right."""
+    path = state_dir / HOST_KEY_FILE
+    try:
+        if path.exists():
+            return asyncssh.read_private_key(path)
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(key.export_private_key())
+        return key
+    except (OSError, asyncssh.KeyImportError) as err:
+        raise SshDoorError(
+            f"cannot use the SSH host key {path}: {err}. Remove the file to make a new one "
+            "(clients will then warn that the host key changed)."
+        ) from err
+
+
+def fingerprint(key: asyncssh.SSHKey) -> str:
+    """``SHA256:...``, as ``ssh`` shows it when it first meets the host."""
+    return str(key.get_fingerprint("sha256"))
+
+
+class SshDoor:
+    """The lab's SSH server: ``start(host, port)``, ``port``, ``fingerprint``, ``close()``."""
+
+    def __init__(self, ctx: ApiContext, host_key: asyncssh.SSHKey) -> None:
+        self.ctx = ctx
+        self.host_key = host_key
+        self.service = service_of(ctx)
+        self.port = 0
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.host_key)
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on ``host:port`` (0: any free port); SshDoorError when it cannot."""
+        try:
+            self._acceptor = await asyncssh.create_server(
+                lambda: _Server(self.ctx),
+                host,
+                port,
+                server_host_keys=[self.host_key],
+                process_factory=self._serve,
+                encoding=None,
+                line_editor=False,
+                allow_scp=False,
+                agent_forwarding=False,
+                x11_forwarding=False,
+                keepalive_interval=30,
+            )
+        except OSError as err:
+            raise SshDoorError(
+                f"cannot listen for SSH on {host}:{port}: {err.strerror or err} (another lab "
+                "may be running; pick another --ssh-port, or 0 to turn SSH off)"
+            ) from err
+        self.port = self._acceptor.get_port()
+
+    async def close(self) -> None:
+        """Stop listening and drop the connections left (consoles were closed before)."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self._acceptor.wait_closed()
+            self._acceptor = None
+
+    async def _serve(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        console = _Console(self, process)
+        try:
+            status = await console.run()
+        except Exception:  # a bug must not leave the client hanging without a word
+            log.exception("SSH console of %s failed", console.user_name)
+            _write(process, "\r\nThe gateway failed: see the lab's log.\r\n")
+            status = EXIT_REFUSED
+        with contextlib.suppress(Exception):
+            process.exit(status)
+
+
+class _Server(asyncssh.SSHServer):
+    """Password sign-in against the lab's users (``sign_in``: lockout and audit)."""
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.address = ""
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername") or ("", 0)
+        self.address = f"{peer[0]}:{peer[1]}"
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    def validate_password(self, username: str, password: str) -> bool:
+        assert self.conn is not None
+        try:
+            user = sign_in(self.ctx, user_of(username), password, self.address, grant="ssh")
+        except AccountLocked as err:
+            with contextlib.suppress(Exception):
+                self.conn.send_auth_banner(f"{err}\r\n")
+            return False
+        except InvalidCredentials:
+            return False
+        self.conn.set_extra_info(lab_user=user, lab_address=self.address)
+        return True
+
+
+def _write(process: asyncssh.SSHServerProcess[bytes], text: str, *, err: bool = False) -> None:
+    stream = process.stderr if err else process.stdout
+    with contextlib.suppress(Exception):
+        stream.write(text.encode())
+
+
+class _Console:
+    """One SSH session on one console (see the module docstring)."""
+
+    def __init__(self, door: SshDoor, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        self.door = door
+        self.ctx = door.ctx
+        self.process = process
+        self.user: User = process.get_extra_info("lab_user")
+        self.user_name = self.user.name
+        self.address: str = process.get_extra_info("lab_address") or ""
+        command = (process.command or "").strip()
+        self.role = Role.WATCHER if command == WATCH else Role.WRITER
+        self.command = command
+        self.vm: VmResource | None = None
+        self.session: ConsoleSession | None = None
+        self.menu: EscapeMenu | None = None
+        self.last_input = time.monotonic()
+        self.activity = asyncio.Event()
+        self.left = False
+
+    # -- opening -----------------------------------------------------------------------
+
+    async def run(self) -> int:
+        try:
+            if self.command not in ("", WATCH):
+                raise Refused(
+                    CloseCode.SESSION_REFUSED,
+                    f"unknown command '{self.command[:64]}': run no command for the console, "
+                    f"or '{WATCH}' to watch it read-only",
+                )
+            address = self._address()
+            self.vm = self._resolve(address)
+            target = self.target()
+            attached = self.door.service.attach(target, self.actor(), secrets.token_hex(16))
+        except Refused as refused:
+            _write(self.process, refused.message + "\r\n", err=True)
+            return EXIT_REFUSED
+        self.session = attached.session
+        self.menu = EscapeMenu(windows=self.vm.os_type != "linux", read_only=not self.writer)
+        self.menu.connection_opened()
+        try:
+            return await self._serve()
+        finally:
+            self.door.service.detach(target, self.actor(), self.session)
+
+    def _address(self) -> ConsoleAddress:
+        name = self.process.get_extra_info("username") or ""
+        try:
+            return parse(name)
+        except AddressError as err:
+            raise Refused(CloseCode.SESSION_REFUSED, str(err)) from None
+
+    def _resolve(self, address: ConsoleAddress) -> VmResource:
+        """The VM of ``address``, after Azure's checks, in the connect route's order."""
+        ctx = self.ctx
+        inventory = ctx.inventory
+        try:
+            if ctx.console.disabled:
+                raise Refused(CloseCode.SESSION_REFUSED, texts.CONSOLE_DISABLED)
+            group = check_name("resource group", address.group)
+            if address.instance is None:
+                name = check_name("virtual machine", address.vm)
+                scope = rbac.vm_scope(inventory.subscription_id, group, name)
+            else:
+                name = check_name("virtual machine scale set", address.vm)
+                instance = check_instance(address.instance)
+                scope = rbac.instance_scope(inventory.subscription_id, group, name, instance)
+            try:
+                rbac.check(self.user.name, self.user.roles, rbac.CONNECT, scope)
+            except AuthorizationError:
+                self.door.service.record(self.actor(), scope, "connect", audit.DENIED,
+                                         f"ssh: {texts.NO_PERMISSION}")  # fmt: skip
+                raise Refused(CloseCode.SESSION_REFUSED, texts.NO_PERMISSION) from None
+            if address.instance is None:
+                vm = inventory.vm(group, name)
+            else:
+                vm = inventory.instance(group, name, instance)
+            _check_prerequisites(ctx, vm)
+        except ArmError as err:
+            raise Refused(CloseCode.SESSION_REFUSED, err.message) from None
+        if vm.hub is None:
+            raise Refused(CloseCode.PORT_LOST, f"VM '{vm.name}' has no console in this lab")
+        return vm
+
+    @property
+    def writer(self) -> bool:
+        return self.role is Role.WRITER
+
+    def actor(self) -> Actor:
+        session = self.session
+        active = session is None or session.is_open
+        return Actor(self.user.name, self.user.roles, self.address, "ssh", self.role, active)
+
+    def target(self) -> Target:
+        assert self.vm is not None and self.vm.hub is not None
+        return Target(self.vm.id, self.vm.name, self.vm.hub)
+
+    # -- serving -----------------------------------------------------------------------
+
+    async def _serve(self) -> int:
+        self._show(texts.BANNER + "\r\n")
+        size = self.process.get_terminal_size()
+        if self.process.get_terminal_type() and size[0] and size[1]:
+            self._show(
+                f"[Your terminal is {size[1]} rows by {size[0]} columns; the guest does not "
+                f"know it: run 'stty rows {size[1]} cols {size[0]}' in the guest so "
+                "full-screen programs fit.]\r\n"
+            )
+        if not self.writer:
+            self._show("[Watching read-only: CTRL + ] then q quits.]\r\n")
+        writer = asyncio.create_task(self._write_loop())
+        helpers = [asyncio.create_task(self._read_loop())]
+        if self.ctx.idle_timeout:
+            helpers.append(asyncio.create_task(watch_idle(
+                lambda: self.session, lambda: self.last_input, self.activity,
+                self.ctx.idle_timeout,
+            )))  # fmt: skip
+        try:
+            await writer
+        finally:
+            for task in helpers:
+                task.cancel()
+            for outcome in await asyncio.gather(writer, *helpers, return_exceptions=True):
+                if isinstance(outcome, Exception) and not isinstance(
+                    outcome, asyncssh.Error | ConnectionError | BrokenPipeError
+                ):
+                    log.error("SSH console of %s: %r", self.user_name, outcome,
+                              exc_info=outcome)  # fmt: skip
+        return EXIT_LEFT if self.left else EXIT_REFUSED
+
+    def _show(self, text: str) -> None:
+        _write(self.process, text)
+
+    async def _write_loop(self) -> None:
+        """Session items -> the client's terminal, at its pace; then why it closed."""
+        assert self.session is not None and self.menu is not None
+        session = self.session
+        while items := await session.take():
+            for item in items:
+                self._render(item)
+            await self.process.stdout.drain()
+        closing = session.closing
+        if closing is not None and closing.message and not self.left:
+            self._show(f"\r\n{closing.message}\r\n")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.process.stdout.drain(), 5)
+
+    def _render(self, item: Item) -> None:
+        assert self.menu is not None
+        if isinstance(item, Output):
+            data = self.menu.output(item.data)
+            if data:
+                self.process.stdout.write(data)
+        elif isinstance(item, Notice):
+            self._line(item.text)
+        elif isinstance(item, IdleWarning):
+            self._line(f"[This console closes in {item.seconds} seconds without input. "
+                       "Type to stay.]")  # fmt: skip
+        elif isinstance(item, Gap):
+            self._line(f"[bytes {item.start} to {item.end} are gone from the boot log]")
+        elif isinstance(item, Power):
+            self._line(f"[VM {item.event}: {item.detail}]" if item.detail else
+                       f"[VM {item.event}: {item.state}]")  # fmt: skip
+        elif isinstance(item, Resumed) and item.rotated:
+            self._line(f"[bytes before {item.start} are gone from the boot log]")
+        # Event (framed clients' JSON) and TakenOver (its close text follows) show nothing.
+
+    def _line(self, text: str) -> None:
+        self._show(f"\r\n{text}\r\n")
+
+    async def _read_loop(self) -> None:
+        """Keys, breaks and window sizes from the client, in order. A command runs before
+        the next key is read, so ``~B`` then ``h`` reaches the guest as BREAK, then h."""
+        assert self.session is not None and self.menu is not None
+        stdin = self.process.stdin
+        while True:
+            try:
+                data = await stdin.read(READ_SIZE)
+            except asyncssh.BreakReceived:
+                self._touch()
+                await self._command("break")
+                continue
+            except asyncssh.TerminalSizeChanged:
+                continue  # accepted; the guest's tty is the user's to size (see the hint)
+            except asyncssh.SignalReceived:
+                continue
+            if not data:  # end of input (~. or the client went away)
+                self._leave()
+                return
+            self._touch()
+            for action in self.menu.receive_input(data):
+                if isinstance(action, Forward):
+                    self._type(action.data)
+                elif isinstance(action, Show):
+                    self._show(action.text)
+                elif isinstance(action, SendNmi):
+                    await self._command("nmi")
+                elif isinstance(action, SendReset):
+                    await self._command("reset")
+                elif isinstance(action, SendSysRq):
+                    await self._command("sysrq", [action.key])
+                elif isinstance(action, Quit):
+                    self._leave()
+                    return
+
+    def _touch(self) -> None:
+        self.last_input = time.monotonic()
+        self.activity.set()
+
+    def _leave(self) -> None:
+        assert self.session is not None
+        self.left = True
+        self.session.close(Closing(CloseCode.NORMAL, "client left"), drain=False)
+
+    def _type(self, data: bytes) -> None:
+        assert self.session is not None and self.vm is not None and self.vm.hub is not None
+        try:
+            self.vm.hub.submit(self.session, data)
+        except ConsoleError as err:
+            self._line(str(err))
+
+    async def _command(self, command: str, keys: list[str] | None = None) -> None:
+        """``command`` through the lab's policy; its outcome on a line of its own."""
+        try:
+            message = await self.door.service.policy.run(
+                self.actor(), self.target(), command, keys or []
+            )
+        except ConsoleError as err:
+            message = str(err)
+        if command == "break" and message == texts.SUCCESS["break"]:
+            return  # silent, as on a serial line: the next key (a SysRq) answers for it
+        self._line(f"[{message}]")

@@ -1,0 +1,248 @@
+"""The SSH door over a real asyncssh server on loopback, driven by OpenSSH's ``ssh``.
+
+One lab per test (emulated Linux and Windows guests and a one-instance scale set); the
+door listens on 127.0.0.1 port 0 with the lab's own services, and the real ``ssh`` client
+runs under pexpect on a pseudo-terminal, so ``~B``, ``~.``, Ctrl+] and the password prompt
+are the real thing.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from gateway.console import texts
+from gateway.console.frames import CloseCode
+from gateway.ssh.server import HOST_KEY_FILE, SshDoor, load_host_key
+from tests.conftest import scaled
+from tests.support.cli import expect, finished
+from tests.support.lab import EMULATED_VMS, LabHandle, running_lab
+from tests.support.wsclient import open_console
+
+pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs OpenSSH's ssh")
+
+SCALE_SET = """
+[[scale_sets]]
+name = "web-vmss"
+resource_group = "lab-rg"
+os = "linux"
+backend = "emulated"
+capacity = 1
+"""
+MENU_LINUX = re.escape(
+    "| Press n for NMI | s for SysRq | r to Reset VM |\r\n"
+    "| q to quit Console | CTRL + ] to forward input |"
+)
+
+
+@dataclass
+class SshLab:
+    lab: LabHandle
+    door: SshDoor
+
+    def ssh(self, login: str, *command: str) -> pexpect.spawn:
+        """OpenSSH's client to ``login`` (``user+group+vm``), with a PTY, asking for the
+        password (answer it with ``sign_in``)."""
+        args = [
+            "-F", "/dev/null", "-tt", "-p", str(self.door.port),
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no",
+            "-o", "NumberOfPasswordPrompts=1", "-o", "LogLevel=ERROR",
+            f"{login}@127.0.0.1", *command,
+        ]  # fmt: skip
+        child = pexpect.spawn("ssh", args, timeout=scaled(15))
+        child.setwinsize(40, 200)
+        return child
+
+
+@pytest.fixture
+async def ssh_lab(tmp_path: Path) -> AsyncIterator[SshLab]:
+    async with running_lab(tmp_path, vms=EMULATED_VMS + SCALE_SET) as lab:
+        assert lab.runtime.context is not None
+        door = SshDoor(lab.runtime.context, load_host_key(lab.runtime.state_dir))
+        await door.start("127.0.0.1", 0)
+        try:
+            yield SshLab(lab, door)
+        finally:
+            await door.close()
+
+
+async def sign_in(child: pexpect.spawn, password: str) -> None:
+    await expect(child, r"password: ")
+    child.sendline(password)
+
+
+async def guest_login(child: pexpect.spawn) -> None:
+    child.send("\r")
+    await expect(child, r"login: ")
+    child.send("root\r")
+    await expect(child, r"Password: ")
+    child.send("serial-lab\r")
+    await expect(child, r"# ")
+
+
+async def test_a_user_signs_in_and_runs_a_command_then_leaves_with_tilde_dot(
+    ssh_lab: SshLab,
+) -> None:
+    """Azure's banner, the size hint, the guest's login and a command; ``~.`` leaves."""
+    child = ssh_lab.ssh("alice+lab-rg+linux-1")
+    await sign_in(child, "alice")
+    await expect(child, re.escape(texts.BANNER))
+    await expect(child, r"run 'stty rows 40 cols 200' in the guest")
+    await guest_login(child)
+    child.send("hostname\r")
+    await expect(child, r"\r\nlinux-1\r\n")
+    child.send("\r~.")
+    await finished(child)
+    rows = ssh_lab.lab.runtime.context.audit.query(action="console.connect")  # type: ignore[union-attr]
+    assert [(r.user, r.outcome) for r in rows] == [("alice", "allowed")]
+
+
+async def test_a_scale_set_instance_is_user_group_set_instance(ssh_lab: SshLab) -> None:
+    child = ssh_lab.ssh("alice+lab-rg+web-vmss+0")
+    await sign_in(child, "alice")
+    await expect(child, re.escape(texts.BANNER))
+    hub = ssh_lab.lab.runtime.hubs["web-vmss_0"]
+    await guest_login(child)
+    assert hub.writer is not None
+    assert hub.writer.user == "alice"
+    child.send("\r~.")
+    await finished(child)
+
+
+async def test_a_wrong_password_is_refused(ssh_lab: SshLab) -> None:
+    child = ssh_lab.ssh("alice+lab-rg+linux-1")
+    await sign_in(child, "not-alice")
+    await expect(child, r"Permission denied")
+    assert await finished(child) != 0
+    rows = ssh_lab.lab.runtime.context.audit.query(action="token")  # type: ignore[union-attr]
+    assert [(r.user, r.outcome) for r in rows] == [("alice", "denied")]
+
+
+async def test_tilde_b_is_a_serial_break_so_the_next_key_is_sysrq(ssh_lab: SshLab) -> None:
+    child = ssh_lab.ssh("alice+lab-rg+linux-1")
+    await sign_in(child, "alice")
+    await expect(child, re.escape(texts.BANNER))
+    child.send("\r~B")
+    child.send("h")
+    await expect(child, r"sysrq: HELP : loglevel\(0-9\)")
+    rows = ssh_lab.lab.runtime.context.audit.query(action="console.break")  # type: ignore[union-attr]
+    assert ("alice", "succeeded", "ssh") in [(r.user, r.outcome, r.detail) for r in rows]
+    child.send("\r~.")
+    await finished(child)
+
+
+async def test_the_ctrl_bracket_menu_sends_sysrq_and_quits(ssh_lab: SshLab) -> None:
+    """az's menu: s then a key is SysRq (az's success text, the guest's answer); q quits
+    with status 0."""
+    child = ssh_lab.ssh("alice+lab-rg+linux-1")
+    await sign_in(child, "alice")
+    await expect(child, re.escape(texts.BANNER))
+    child.send("\x1d")
+    await expect(child, MENU_LINUX)
+    child.send("s")
+    await expect(child, r"Which SysRq command would you like to send\? Press h for help: ")
+    child.send("h")
+    # the guest's answer and az's success text, in whichever order they come
+    answers = [r"sysrq: HELP : loglevel\(0-9\)", re.escape(texts.SUCCESS["sysrq"])]
+    assert {await expect(child, answers), await expect(child, answers)} == {0, 1}
+    child.send("\x1d")
+    await expect(child, MENU_LINUX)
+    child.send("q")
+    assert await finished(child) == 0
+
+
+async def test_a_reader_is_refused_with_azures_text(ssh_lab: SshLab) -> None:
+    child = ssh_lab.ssh("bob+lab-rg+linux-1")
+    await sign_in(child, "bob")
+    await expect(child, re.escape(texts.NO_PERMISSION))
+    assert await finished(child) == 1
+    assert ssh_lab.lab.runtime.hubs["linux-1"].session_count == 0
+
+
+async def test_an_unknown_vm_is_refused_with_its_name(ssh_lab: SshLab) -> None:
+    child = ssh_lab.ssh("alice+lab-rg+nope-1")
+    await sign_in(child, "alice")
+    await expect(child, r"nope-1")
+    assert await finished(child) == 1
+
+
+async def test_a_watchers_typing_never_reaches_the_guest(ssh_lab: SshLab) -> None:
+    writer = ssh_lab.ssh("alice+lab-rg+linux-1")
+    await sign_in(writer, "alice")
+    await guest_login(writer)
+    watcher = ssh_lab.ssh("carol+lab-rg+linux-1", "watch")
+    await sign_in(watcher, "carol")
+    await expect(watcher, r"Watching read-only")
+    watcher.send("reboot\r")
+    await expect(watcher, r"typing goes nowhere")
+    writer.send("echo from-the-writer\r")
+    await expect(writer, r"\r\nfrom-the-writer")
+    await expect(watcher, r"\r\nfrom-the-writer")
+    hub = ssh_lab.lab.runtime.hubs["linux-1"]
+    assert b"reboot" not in hub.bootlog.read(0).contents
+    assert hub.writer is not None
+    assert hub.writer.user == "alice"
+    for child in (writer, watcher):
+        child.send("\r~.")
+        await finished(child)
+
+
+async def test_a_websocket_writer_takes_over_from_ssh(ssh_lab: SshLab) -> None:
+    child = ssh_lab.ssh("alice+lab-rg+linux-1")
+    await sign_in(child, "alice")
+    await expect(child, re.escape(texts.BANNER))
+    url, token = await ssh_lab.lab.session_url("carol")
+    client = await open_console(url, token)
+    await client.expect(r"Connected to the serial port")
+    await expect(child, re.escape(texts.TAKEOVER))
+    assert await finished(child) == 1
+    await client.ws.close()
+
+
+async def test_an_ssh_writer_takes_over_from_the_websocket(ssh_lab: SshLab) -> None:
+    url, token = await ssh_lab.lab.session_url("carol")
+    client = await open_console(url, token)
+    await client.expect(r"Connected to the serial port")
+    child = ssh_lab.ssh("alice+lab-rg+linux-1")
+    await sign_in(child, "alice")
+    code, reason = await client.closed()
+    assert code == CloseCode.TAKEN_OVER
+    assert "alice" in reason
+    await expect(child, re.escape(texts.BANNER))
+    child.send("\r~.")
+    await finished(child)
+
+
+def test_the_host_key_is_made_once_owner_only_and_reused(tmp_path: Path) -> None:
+    first = load_host_key(tmp_path)
+    path = tmp_path / HOST_KEY_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = load_host_key(tmp_path)
+    assert again.get_fingerprint() == first.get_fingerprint()
+
+
+async def test_the_lab_file_ssh_port_serves_the_door(tmp_path: Path) -> None:
+    """``ssh_port`` in [gateway] starts the door beside the HTTP server, with the host
+    key kept in the state folder."""
+    with socket.socket() as probe:  # a free port for the lab file (the door binds it next)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with running_lab(tmp_path, gateway=f"ssh_port = {port}") as lab:
+        door = lab.runtime.ssh
+        assert door is not None
+        assert door.port == port
+        assert (lab.runtime.state_dir / HOST_KEY_FILE).exists()
+        child = SshLab(lab, door).ssh("alice+lab-rg+linux-1")
+        await sign_in(child, "alice")
+        await expect(child, re.escape(texts.BANNER))
+        child.send("\r~.")
+        await finished(child)
