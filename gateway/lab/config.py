@@ -82,6 +82,15 @@ class MachineSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Rfc2217Door:
+    """An RFC 2217 (telnet COM port) door onto one machine's console, on 127.0.0.1:``port``;
+    its clients are console sessions in ``role`` (``writer`` or ``watcher``)."""
+
+    port: int
+    role: str = "writer"
+
+
+@dataclass(frozen=True, slots=True)
 class VmConfig:
     """One virtual machine and the prerequisite flags Azure checks before a connect."""
 
@@ -91,6 +100,7 @@ class VmConfig:
     boot_diagnostics: bool = True
     provisioning_state: str = "Succeeded"
     serial_port_enabled: bool = True
+    rfc2217: Rfc2217Door | None = None  # off unless the lab file opens it
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +110,7 @@ class InstanceConfig:
     instance_id: str
     latest_model: bool
     machine: MachineSpec
+    rfc2217: Rfc2217Door | None = None  # the scale set's rfc2217_port + the instance number
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,6 +411,9 @@ class _Parser:
             i.machine.name for s in sets for i in s.instances
         ]
         self.unique(top, "vms", machines, what="machine name (VM names and '{set}_{n}')")
+        doors = [vm.rfc2217 for vm in vms] + [i.rfc2217 for s in sets for i in s.instances]
+        ports = [str(door.port) for door in doors if door is not None]
+        self.unique(top, "vms", ports, what="rfc2217_port (one per VM and instance)")
 
         lab = LabConfig(
             source=self.source,
@@ -548,8 +562,20 @@ class _Parser:
         group = self.group_of(t, groups)
         hostname = self.hostname(t, name)
         spec, flags = self.machine(t, name, hostname, guest_password)
+        door = self.rfc2217(t, 1)
         t.done()
-        return VmConfig(name=name, resource_group=group, machine=spec, **flags)
+        return VmConfig(name=name, resource_group=group, machine=spec, rfc2217=door, **flags)
+
+    def rfc2217(self, t: _Table, count: int) -> Rfc2217Door | None:
+        """``rfc2217_port`` (off when absent; ``count`` ports from it, one per instance)
+        and ``rfc2217_role``."""
+        port = t.int("rfc2217_port", None, 1, 65536 - max(count, 1))
+        role = t.str("rfc2217_role", None, choices=("writer", "watcher"))
+        if port is None:
+            if role is not None:
+                raise t.fail("rfc2217_role", "rfc2217_port beside it (the door is off without)")
+            return None
+        return Rfc2217Door(port, role or "writer")
 
     def scale_set(self, t: _Table, groups: dict[str, str], guest_password: str) -> ScaleSetConfig:
         name = t.name("name")
@@ -563,11 +589,13 @@ class _Parser:
                 raise t.fail("latest_model", f"instance numbers in 0..{capacity - 1}", n)
         instances = []
         spec, flags = self.machine(t, name, name, guest_password)
+        door = self.rfc2217(t, capacity)
         for n in range(capacity):
             machine = dataclasses.replace(
                 spec, name=f"{name}_{n}", hostname=f"{name}{_base36(n):0>6}"
             )
-            instances.append(InstanceConfig(str(n), n in latest, machine))
+            own = dataclasses.replace(door, port=door.port + n) if door else None
+            instances.append(InstanceConfig(str(n), n in latest, machine, own))
         t.done()
         return ScaleSetConfig(
             name=name,

@@ -1,0 +1,200 @@
+"""The RFC 2217 door over a real lab on loopback, with emulated guests, driven by pyserial's
+own RFC 2217 client (``rfc2217://``), as labgrid and other serial tools use it.
+
+What its user sees: the console's bytes, a login and a command, line settings accepted, a
+BREAK that is the guest's SysRq, a watcher that cannot type, every connection in the audit
+log; and a lab file that asks for a wrong door is told what to write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import serial
+
+from gateway.console import texts
+from gateway.lab.config import LabConfigError, parse_lab
+from tests.conftest import scaled
+from tests.support.lab import LabHandle, lab_toml, running_lab
+from tests.support.wsclient import login, open_console
+
+# pyserial's client thread calls setDaemon()/setName(): its own business, not this lab's.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:serial.rfc2217")
+
+READ_POLL = 0.1  # pyserial's read timeout: how often a waiting read looks at its deadline
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class SerialClient:
+    """pyserial's blocking RFC 2217 client, driven from the event loop through threads; every
+    call is bounded."""
+
+    def __init__(self, port: serial.SerialBase) -> None:
+        self.port = port
+        self.data = bytearray()
+        self.cursor = 0
+
+    @classmethod
+    async def open(cls, port: int) -> SerialClient:
+        url = f"rfc2217://127.0.0.1:{port}"
+        return cls(await asyncio.to_thread(serial.serial_for_url, url, timeout=READ_POLL))
+
+    def _expect(self, regex: re.Pattern[bytes], timeout: float) -> re.Match[bytes]:
+        deadline = time.monotonic() + timeout
+        while not (match := regex.search(self.data, self.cursor)):
+            if time.monotonic() > deadline:
+                tail = bytes(self.data[self.cursor :])[-400:]
+                raise AssertionError(f"no {regex.pattern!r} within {timeout} s; got {tail!r}")
+            self.data += self.port.read(max(1, self.port.in_waiting))
+        self.cursor = match.end()
+        return match
+
+    async def expect(self, pattern: str, timeout: float = 10) -> re.Match[bytes]:
+        return await asyncio.to_thread(self._expect, re.compile(pattern.encode()), scaled(timeout))
+
+    async def type(self, text: str) -> None:
+        await asyncio.to_thread(self.port.write, text.encode())
+
+    async def send_break(self) -> None:
+        await asyncio.to_thread(self.port.send_break, 0.05)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.port.close)
+
+
+@pytest.fixture
+async def lab(tmp_path: Path) -> AsyncIterator[tuple[LabHandle, int, int]]:
+    writer_port, watcher_port = free_port(), free_port()
+    vms = f"""
+[[vms]]
+name = "linux-1"
+resource_group = "lab-rg"
+os = "linux"
+backend = "emulated"
+rfc2217_port = {writer_port}
+
+[[vms]]
+name = "linux-2"
+resource_group = "lab-rg"
+os = "linux"
+backend = "emulated"
+rfc2217_port = {watcher_port}
+rfc2217_role = "watcher"
+"""
+    async with running_lab(tmp_path, vms=vms) as handle:
+        yield handle, writer_port, watcher_port
+
+
+async def test_a_writer_logs_in_sets_the_line_sends_a_break_and_is_audited(
+    lab: tuple[LabHandle, int, int],
+) -> None:
+    handle, port, _ = lab
+    client = await SerialClient.open(port)
+    try:
+        await client.type("\r")
+        await client.expect(r"login: ")
+        await client.type("root\r")
+        await client.expect(r"Password: ")
+        await client.type("serial-lab\r")
+        await client.expect(r"# ")
+        await client.type("echo from-rfc2217\r")
+        await client.expect(r"\r\nfrom-rfc2217\r\n")
+
+        await asyncio.to_thread(setattr, client.port, "baudrate", 9600)  # the server acks it
+        assert client.port.baudrate == 9600
+        doors = handle.runtime.rfc2217
+        assert doors is not None
+        assert [c.line.baudrate for c in doors.clients] == [9600]  # recorded, not applied
+
+        await client.send_break()
+        await client.type("h")
+        await client.expect(r"sysrq: HELP : loglevel\(0-9\)")
+    finally:
+        await client.close()
+    async with asyncio.timeout(scaled(10)):
+        await doors.wait_idle()
+    assert handle.runtime.context is not None
+    rows = handle.runtime.context.audit.query(user="rfc2217")
+    vm_id = handle.runtime.context.inventory.by_machine_name("linux-1").id  # type: ignore[union-attr]
+    seen = [(r.action, r.outcome) for r in rows]
+    assert seen[0] == ("console.connect", "allowed")
+    assert ("console.break", "succeeded") in seen
+    assert seen[-1] == ("console.disconnect", "succeeded")
+    assert {r.target for r in rows} == {vm_id}
+    assert {r.address for r in rows} == {"127.0.0.1"}
+
+
+async def test_a_watcher_sees_the_console_and_cannot_type_or_break(
+    lab: tuple[LabHandle, int, int],
+) -> None:
+    handle, _, port = lab
+    client = await SerialClient.open(port)
+    url, token = await handle.session_url("alice", "linux-2")
+    writer = await open_console(url, token)  # a writer by the websocket door
+    try:
+        await login(writer)  # pyserial empties its input at open: this is what it sees first
+        await client.expect(r"login: ")
+        await client.type("reboot\r")
+        await client.expect(re.escape(texts.READ_ONLY))
+        await client.send_break()
+        await client.expect(re.escape(texts.READ_ONLY))
+        await writer.type("echo from-the-writer\r")
+        await client.expect(r"\r\nfrom-the-writer\r\n")
+    finally:
+        await client.close()
+        await writer.ws.close()
+    hub = handle.runtime.hubs["linux-2"]
+    assert b"reboot" not in hub.bootlog.read(0).contents
+    assert handle.runtime.context is not None
+    denied = handle.runtime.context.audit.query(user="rfc2217", action="console.break")
+    assert [r.outcome for r in denied] == ["denied"]
+
+
+@pytest.mark.parametrize(
+    ("keys", "words"),
+    [
+        ('rfc2217_role = "watcher"', "rfc2217_role: expected rfc2217_port beside it"),
+        ('rfc2217_port = 4000\nrfc2217_role = "reader"', "expected one of writer, watcher"),
+        ("rfc2217_port = 70000", "rfc2217_port: expected an integer in 1..65535"),
+    ],
+)
+def test_a_wrong_door_in_the_lab_file_says_what_to_write(
+    tmp_path: Path, keys: str, words: str
+) -> None:
+    vms = f'[[vms]]\nname = "linux-1"\nresource_group = "lab-rg"\n{keys}\n'
+    with pytest.raises(LabConfigError, match=re.escape(words)):
+        parse_lab(lab_toml(tmp_path, vms=vms), source="lab.toml", base=tmp_path)
+
+
+def test_scale_set_instances_get_one_port_each_and_no_port_twice(tmp_path: Path) -> None:
+    vms = """
+[[vms]]
+name = "linux-1"
+resource_group = "lab-rg"
+rfc2217_port = 4002
+
+[[scale_sets]]
+name = "web"
+resource_group = "lab-rg"
+capacity = 3
+rfc2217_port = 4000
+"""
+    with pytest.raises(LabConfigError, match=r"rfc2217_port .* '4002' is used twice"):
+        parse_lab(lab_toml(tmp_path, vms=vms), source="lab.toml", base=tmp_path)
+    config = parse_lab(
+        lab_toml(tmp_path, vms=vms.replace("4002", "4003")), source="lab.toml", base=tmp_path
+    )
+    doors = [i.rfc2217 for i in config.scale_sets[0].instances]
+    assert [(d.port, d.role) for d in doors if d] == [(4000, "writer"), (4001, "writer"),
+                                                      (4002, "writer")]  # fmt: skip
