@@ -45,6 +45,12 @@ def register(subparsers: Any) -> None:
     run.add_argument("--port", type=int, help="port to listen on; 0 picks a free one")
     run.add_argument("--state-dir", type=Path, help="state folder (default .lab/)")
     run.add_argument(
+        "--ssh-port",
+        type=int,
+        help="port of the SSH door (ssh -p PORT USER+GROUP+VM@host); 0 turns it off "
+        "(default from the lab file)",
+    )
+    run.add_argument(
         "--tls",
         action="store_true",
         help="serve https and wss with a certificate from the lab's own CA, made on first use "
@@ -63,7 +69,11 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         config = load_lab(args.lab) if args.lab else load_default_lab()
         config = config.with_overrides(
-            host=args.host, port=args.port, state_dir=args.state_dir, tls=args.tls
+            host=args.host,
+            port=args.port,
+            state_dir=args.state_dir,
+            tls=args.tls,
+            ssh_port=args.ssh_port,
         )
     except LabConfigError as err:
         print(f"serial-console: {err}", file=sys.stderr)
@@ -194,6 +204,11 @@ def banner(lab: Any) -> str:
     if ca is not None:
         lines.append(f"  TLS by the lab's CA {ca}; to trust it in other programs:")
         lines.append(f"    export REQUESTS_CA_BUNDLE={ca} SSL_CERT_FILE={ca}")
+    ssh = getattr(lab, "ssh", None)
+    host = url.split("://", 1)[-1].rsplit(":", 1)[0]
+    if ssh is not None:
+        lines.append(f"  SSH consoles on port {ssh.port}: ssh -p {ssh.port} USER+GROUP+VM@{host}")
+        lines.append(f"    host key fingerprint {ssh.fingerprint} (ED25519)")
     lines.append(f"  subscription  {config.subscription.id} ({config.subscription.name})")
     lines.append("")
     lines.append(f"  {'VM':<16} {'group':<10} {'os':<8} {'backend':<9} state")
@@ -233,6 +248,11 @@ def banner(lab: Any) -> str:
             f"  serial-console connect -g {group} -n {vm}      # Ctrl+] for NMI, SysRq, reset",
             f"  serial-console send sysrq -g {group} -n {vm} --input h",
         ]
+        if ssh is not None:
+            lines.append(
+                f"  ssh -p {ssh.port} {user.name}+{group}+{vm}@{host}"
+                "      # ~B then a key: SysRq; Ctrl+] for the menu"
+            )
     lines += ["", f"API: {url}/docs (OpenAPI: {url}/openapi.json)", "Press Ctrl+C to stop."]
     return "\n".join(lines)
 

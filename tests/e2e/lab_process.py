@@ -35,6 +35,7 @@ def lab_file(state_dir: Path, port: int = 0, replay_bytes: int | None = None) ->
     text = resources.files("gateway.lab").joinpath("default.toml").read_text(encoding="utf-8")
     text, dirs = re.subn(r'(?m)^state_dir = ".*"$', f'state_dir = "{state_dir}"', text)
     text, ports = re.subn(r"(?m)^port = \d+", f"port = {port}", text)
+    text = re.sub(r"(?m)^ssh_port = \d+", "ssh_port = 0", text)  # no fixed port: runs overlap
     replays = 1
     if replay_bytes is not None:
         text, replays = re.subn(r"(?m)^replay_bytes = \d+", f"replay_bytes = {replay_bytes}", text)

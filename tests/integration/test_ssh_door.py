@@ -19,12 +19,14 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from gateway.cli.lab import banner
 from gateway.console import texts
 from gateway.console.frames import CloseCode
+from gateway.lab.config import LabConfigError, load_default_lab, parse_lab
 from gateway.ssh.server import HOST_KEY_FILE, SshDoor, load_host_key
 from tests.conftest import scaled
 from tests.support.cli import expect, finished
-from tests.support.lab import EMULATED_VMS, LabHandle, running_lab
+from tests.support.lab import EMULATED_VMS, LabHandle, lab_toml, running_lab
 from tests.support.wsclient import open_console
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs OpenSSH's ssh")
@@ -241,8 +243,23 @@ async def test_the_lab_file_ssh_port_serves_the_door(tmp_path: Path) -> None:
         assert door is not None
         assert door.port == port
         assert (lab.runtime.state_dir / HOST_KEY_FILE).exists()
+        shown = banner(lab.runtime)
+        assert f"SSH consoles on port {port}: ssh -p {port} USER+GROUP+VM@127.0.0.1" in shown
+        assert f"host key fingerprint {door.fingerprint} (ED25519)" in shown
+        assert f"ssh -p {port} alice+lab-rg+linux-1@127.0.0.1" in shown
         child = SshLab(lab, door).ssh("alice+lab-rg+linux-1")
         await sign_in(child, "alice")
         await expect(child, re.escape(texts.BANNER))
         child.send("\r~.")
         await finished(child)
+
+
+def test_ssh_port_is_off_unless_the_lab_file_or_the_command_line_sets_it(tmp_path: Path) -> None:
+    assert parse_lab(lab_toml(tmp_path), source="lab.toml", base=tmp_path).gateway.ssh_port == 0
+    shipped = load_default_lab()
+    assert shipped.gateway.ssh_port == 2222
+    assert shipped.with_overrides(ssh_port=0).gateway.ssh_port == 0
+    with pytest.raises(LabConfigError, match=r"--ssh-port: expected 0\.\.65535 \(0: off\)"):
+        shipped.with_overrides(ssh_port=70000)
+    with pytest.raises(LabConfigError, match="ssh_port"):
+        parse_lab(lab_toml(tmp_path, gateway="ssh_port = -1"), source="lab.toml", base=tmp_path)
