@@ -376,7 +376,16 @@ class _Console:
 
     async def _read_loop(self) -> None:
         """Keys, breaks and window sizes from the client, in order. A command runs before
-        the next key is read, so ``~B`` then ``h`` reaches the guest as BREAK, then h."""
+        the next key is read, so ``~B`` then ``h`` reaches the guest as BREAK, then h.
+        However it ends (the user left, the connection dropped), the session closes, so
+        the writer stops and the console is freed."""
+        assert self.session is not None
+        try:
+            await self._read_keys()
+        finally:
+            self.session.close(Closing(CloseCode.NORMAL, "client left"), drain=False)
+
+    async def _read_keys(self) -> None:
         assert self.session is not None and self.menu is not None
         stdin = self.process.stdin
         while True:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import socket
 import stat
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from gateway.console.frames import CloseCode
 from gateway.lab.config import LabConfigError, load_default_lab, parse_lab
 from gateway.ssh.server import HOST_KEY_FILE, SshDoor, load_host_key
 from tests.conftest import scaled
+from tests.integration.conftest import eventually
 from tests.support.cli import expect, finished
 from tests.support.lab import EMULATED_VMS, LabHandle, lab_toml, running_lab
 from tests.support.wsclient import open_console
@@ -177,6 +179,61 @@ async def test_an_unknown_vm_is_refused_with_its_name(ssh_lab: SshLab) -> None:
     assert await finished(child) == 1
 
 
+async def test_prerequisites_are_refused_in_azures_words(ssh_lab: SshLab) -> None:
+    """A stopped VM, a disabled port, a disabled console: Azure's text and status 1."""
+    runtime = ssh_lab.lab.runtime
+    assert runtime.context is not None
+    await runtime.machines["win-1"].deallocate()
+    cases = [("alice+lab-rg+win-1", texts.NOT_RUNNING)]
+    runtime.context.console.set_port_enabled(
+        runtime.context.inventory.vm("lab-rg", "linux-1"), False
+    )
+    cases.append(("alice+lab-rg+linux-1", texts.PORT_DISABLED))
+    for login, text in cases:
+        child = ssh_lab.ssh(login)
+        await sign_in(child, "alice")
+        await expect(child, re.escape(text))
+        assert await finished(child) == 1
+    runtime.context.console.set_disabled(True)
+    child = ssh_lab.ssh("alice+lab-rg+linux-1")
+    await sign_in(child, "alice")
+    await expect(child, re.escape(texts.CONSOLE_DISABLED))
+    assert await finished(child) == 1
+
+
+async def test_the_menu_asks_a_capital_y_before_an_nmi(ssh_lab: SshLab) -> None:
+    child = ssh_lab.ssh("alice+lab-rg+linux-1")
+    await sign_in(child, "alice")
+    await expect(child, re.escape(texts.BANNER))
+    child.send("\x1d")
+    await expect(child, MENU_LINUX)
+    child.send("n")
+    await expect(child, re.escape("Are you sure you want to send an NMI? (Y/n): "))
+    child.send("y")  # not a capital Y: nothing is sent
+    child.send("\x1d")
+    await expect(child, MENU_LINUX)
+    child.send("n")
+    await expect(child, re.escape("Are you sure you want to send an NMI? (Y/n): "))
+    child.send("Y")
+    answers = [r"Uhhuh\. NMI received", re.escape(texts.SUCCESS["nmi"])]
+    assert {await expect(child, answers), await expect(child, answers)} == {0, 1}
+    rows = ssh_lab.lab.runtime.context.audit.query(action="console.nmi")  # type: ignore[union-attr]
+    assert [r.outcome for r in rows] == ["allowed", "succeeded"]
+    child.send("\r~.")
+    await finished(child)
+
+
+async def test_a_client_that_vanishes_frees_the_console(ssh_lab: SshLab) -> None:
+    child = ssh_lab.ssh("alice+lab-rg+linux-1")
+    await sign_in(child, "alice")
+    await expect(child, re.escape(texts.BANNER))
+    hub = ssh_lab.lab.runtime.hubs["linux-1"]
+    assert hub.session_count == 1
+    child.kill(signal.SIGKILL)
+    await finished(child)
+    await eventually(lambda: hub.session_count == 0, scaled(10), "the console to be freed")
+
+
 async def test_a_watchers_typing_never_reaches_the_guest(ssh_lab: SshLab) -> None:
     writer = ssh_lab.ssh("alice+lab-rg+linux-1")
     await sign_in(writer, "alice")
@@ -186,6 +243,12 @@ async def test_a_watchers_typing_never_reaches_the_guest(ssh_lab: SshLab) -> Non
     await expect(watcher, r"Watching read-only")
     watcher.send("reboot\r")
     await expect(watcher, r"typing goes nowhere")
+    watcher.send("\x1d")
+    await expect(watcher, MENU_LINUX)
+    watcher.send("r")
+    await expect(watcher, re.escape("Are you sure you want to Hard Reset the VM? (Y/n): "))
+    watcher.send("Y")
+    await expect(watcher, re.escape(texts.READ_ONLY))
     writer.send("echo from-the-writer\r")
     await expect(writer, r"\r\nfrom-the-writer")
     await expect(watcher, r"\r\nfrom-the-writer")
