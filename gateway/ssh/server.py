@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import time
@@ -190,7 +191,8 @@ class _Server(asyncssh.SSHServer):
             user = sign_in(self.ctx, user_of(username), password, self.address, grant="ssh")
         except AccountLocked as err:
             with contextlib.suppress(Exception):
-                self.conn.send_auth_banner(f"{err}\r\n")
+                wait = max(1, math.ceil(err.retry_after))
+                self.conn.send_auth_banner(f"{err} Try again in {wait} s.\r\n")
             return False
         except InvalidCredentials:
             return False

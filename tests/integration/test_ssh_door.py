@@ -52,14 +52,17 @@ class SshLab:
     lab: LabHandle
     door: SshDoor
 
-    def ssh(self, login: str, *command: str) -> pexpect.spawn:
+    def ssh(self, login: str, *command: str, plain: bool = False) -> pexpect.spawn:
         """OpenSSH's client to ``login`` (``user+group+vm``), with a PTY, asking for the
-        password (answer it with ``sign_in``)."""
+        password (answer it with ``sign_in``); ``plain``: its own choice of methods and
+        its usual messages (the server's banner among them)."""
+        chosen = [] if plain else [
+            "-o", "PreferredAuthentications=password", "-o", "LogLevel=ERROR",
+        ]  # fmt: skip
         args = [
             "-F", "/dev/null", "-tt", "-p", str(self.door.port),
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no",
-            "-o", "NumberOfPasswordPrompts=1", "-o", "LogLevel=ERROR",
+            "-o", "PubkeyAuthentication=no", "-o", "NumberOfPasswordPrompts=1", *chosen,
             f"{login}@127.0.0.1", *command,
         ]  # fmt: skip
         child = pexpect.spawn("ssh", args, timeout=scaled(15))
@@ -80,7 +83,7 @@ async def ssh_lab(tmp_path: Path) -> AsyncIterator[SshLab]:
 
 
 async def sign_in(child: pexpect.spawn, password: str) -> None:
-    await expect(child, r"password: ")
+    await expect(child, r"(?i)password: ?")
     child.sendline(password)
 
 
@@ -129,6 +132,30 @@ async def test_a_wrong_password_is_refused(ssh_lab: SshLab) -> None:
     assert await finished(child) != 0
     rows = ssh_lab.lab.runtime.context.audit.query(action="token")  # type: ignore[union-attr]
     assert [(r.user, r.outcome) for r in rows] == [("alice", "denied")]
+
+
+async def test_a_locked_user_is_told_so_even_with_the_right_password(tmp_path: Path) -> None:
+    """The token endpoint's lockout: after a failure past the threshold, the right password
+    is refused too, and the sign-in banner says why."""
+    access = "[access]\nlockout_threshold = 1\nlockout_duration = 600\n"
+    async with running_lab(tmp_path, extra=access) as lab:
+        assert lab.runtime.context is not None
+        door = SshDoor(lab.runtime.context, load_host_key(lab.runtime.state_dir))
+        await door.start("127.0.0.1", 0)
+        try:
+            child = SshLab(lab, door).ssh("alice+lab-rg+linux-1")
+            await sign_in(child, "wrong")
+            assert await finished(child) != 0
+            child = SshLab(lab, door).ssh("alice+lab-rg+linux-1", plain=True)
+            await sign_in(child, "alice")
+            await expect(child, r"Your account is locked .* Try again in \d+ s\.")
+            child.close(force=True)  # it would offer another method; the answer is the same
+            reply = await lab.http.post("/oauth2/token", data={
+                "grant_type": "password", "username": "alice", "password": "alice",
+            })  # fmt: skip
+            assert "AADSTS50053" in reply.text
+        finally:
+            await door.close()
 
 
 async def test_tilde_b_is_a_serial_break_so_the_next_key_is_sysrq(ssh_lab: SshLab) -> None:
