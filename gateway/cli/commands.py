@@ -232,11 +232,9 @@ def _runner(handler: Handler) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def resolve_url(args: argparse.Namespace, store: CredentialStore, *, login: bool = False) -> str:
+def resolve_url(args: argparse.Namespace, store: CredentialStore) -> str:
     """The lab's URL: ``--url``, ``$SERIAL_CONSOLE_URL``, the last login's, the default."""
-    url = getattr(args, "url", None) or os.environ.get(URL_ENV)
-    if not url and not login:
-        url = store.default_url()
+    url = getattr(args, "url", None) or os.environ.get(URL_ENV) or store.default_url()
     return normalize_url(url or DEFAULT_URL)
 
 
@@ -292,7 +290,7 @@ def _print_json(body: Any) -> None:
 async def cmd_login(args: argparse.Namespace) -> int:
     """Get a token, find the subscription, keep both (0600)."""
     store = CredentialStore()
-    url = resolve_url(args, store, login=True)
+    url = resolve_url(args, store)
     password = args.password
     if password is None:
         password = await asyncio.to_thread(getpass.getpass, f"Password for {args.username}: ")

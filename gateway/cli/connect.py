@@ -201,6 +201,7 @@ class ConsoleRun:
         self.stdin_fd = stdin_fd
         self.screen = screen
         self._request_id = 0
+        self._power_shown = ""  # the power state last shown: each change once
 
     async def run(self) -> int:
         """Until the user quits (0). Raises nothing the user should not read."""
@@ -333,7 +334,10 @@ class ConsoleRun:
             ok = bool(event.get("ok"))
             self.screen.note(message if ok else f"Failed: {message}", YELLOW if ok else RED)
         elif kind == "power":
-            self.screen.note(f"[VM power state: {event.get('state')}]", CYAN)
+            state = str(event.get("state"))
+            if state != self._power_shown or event.get("event") != "state":
+                self.screen.note(f"[VM power state: {state}]", CYAN)  # once per change
+            self._power_shown = state
         elif kind == "idle_warning":
             seconds = event.get("seconds")
             self.screen.note(

@@ -145,7 +145,10 @@ class EscapeMenu:
     # -- the connection ---------------------------------------------------------------
 
     def connection_opened(self) -> None:
-        """The websocket is up. Allowed while connecting (or its quit menu)."""
+        """The websocket is up. Allowed while connecting (or its quit menu); ignored once
+        the user quit (input ended, say, before the connection came up)."""
+        if self.mode == Mode.QUIT:
+            return
         if self.mode == Mode.QUIT_MENU and self._back == Mode.CONNECTING:
             self._back = Mode.CONNECTED
             return

@@ -118,7 +118,7 @@ def test_url_comes_from_flag_env_last_login_default(
     assert resolve_url(parse("enable"), store) == DEFAULT_URL
     store.save(Credentials("http://lab:1/", "a", "t", 1e12, "s"))
     assert resolve_url(parse("enable"), store) == "http://lab:1"
-    assert resolve_url(parse("login", "-u", "a"), store, login=True) == DEFAULT_URL
+    assert resolve_url(parse("login", "-u", "a"), store) == "http://lab:1"  # the last lab
     monkeypatch.setenv("SERIAL_CONSOLE_URL", "http://env:2")
     assert resolve_url(parse("enable"), store) == "http://env:2"
     assert resolve_url(parse("enable", "--url", "http://flag:3/"), store) == "http://flag:3"

@@ -200,3 +200,11 @@ def test_end_of_input_quits_from_any_mode() -> None:
     menu.receive_input(b"\x1d")
     assert menu.end_of_input() == [Quit()]
     assert menu.end_of_input() == []
+
+
+def test_a_connection_that_opens_after_the_user_quit_is_ignored() -> None:
+    """Input ended (stdin at end of file) before the websocket came up: no crash."""
+    menu = EscapeMenu()
+    menu.end_of_input()
+    menu.connection_opened()
+    assert menu.mode == Mode.QUIT
