@@ -16,7 +16,9 @@ Then the session is a console, as ``az serial-console connect`` gives one:
   console over from the previous writer, whichever door either came through;
 - the PTY's size is accepted, and a ``stty rows R cols C`` hint is shown once.
 
-The exit status is 0 when the user leaves, 1 when the lab refused or closed the console.
+After the lab closed the console (taken over, idle, VM deallocated), Enter reconnects (as
+Azure's text says; a writer then takes it back) and q leaves. The exit status is 0 when
+the user leaves a live console, 1 when the lab refused or closed it.
 The host key is made on first use in ``<state>/ssh_host_key`` (0600) and reused.
 """
 
@@ -46,6 +48,7 @@ from gateway.cli.escape import (
     EscapeMenu,
     Forward,
     Quit,
+    Reconnect,
     SendNmi,
     SendReset,
     SendSysRq,
@@ -225,6 +228,8 @@ class _Console:
         self.last_input = time.monotonic()
         self.activity = asyncio.Event()
         self.left = False
+        self.closed_by_lab = False  # the last session was closed by the lab, not the user
+        self.reconnect = asyncio.Event()  # Enter pressed on a closed console
 
     # -- opening -----------------------------------------------------------------------
 
@@ -236,20 +241,48 @@ class _Console:
                     f"unknown command '{self.command[:64]}': run no command for the console, "
                     f"or '{WATCH}' to watch it read-only",
                 )
-            address = self._address()
-            self.vm = self._resolve(address)
-            target = self.target()
-            attached = self.door.service.attach(target, self.actor(), secrets.token_hex(16))
+            self._attach()
         except Refused as refused:
             _write(self.process, refused.message + "\r\n", err=True)
             return EXIT_REFUSED
-        self.session = attached.session
+        assert self.vm is not None
         self.menu = EscapeMenu(windows=self.vm.os_type != "linux", read_only=not self.writer)
-        self.menu.connection_opened()
+        self._greet()
+        reader = asyncio.create_task(self._read_loop())
         try:
-            return await self._serve()
+            while True:
+                self.menu.connection_opened()
+                await self._serve(reader)
+                if reader.done():
+                    break
+                self.closed_by_lab = True  # Azure's text said: press Enter to reconnect
+                for action in self.menu.connection_closed():
+                    if isinstance(action, Show):
+                        self._show(action.text)
+                self.reconnect.clear()
+                waiting = asyncio.ensure_future(self.reconnect.wait())
+                await asyncio.wait({waiting, reader}, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+                if reader.done():
+                    break
+                self.menu.reconnecting()
+                try:
+                    self._attach()
+                except Refused as refused:
+                    self._line(refused.message)
+                    break
+                self.closed_by_lab = False
+                self._show(texts.BANNER + "\r\n")
         finally:
-            self.door.service.detach(target, self.actor(), self.session)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        return EXIT_REFUSED if self.closed_by_lab else EXIT_LEFT
+
+    def _attach(self) -> None:
+        """Azure's checks, then a new session on the console (a writer takes over)."""
+        self.vm = self._resolve(self._address())
+        attached = self.door.service.attach(self.target(), self.actor(), secrets.token_hex(16))
+        self.session = attached.session
 
     def _address(self) -> ConsoleAddress:
         name = self.process.get_extra_info("username") or ""
@@ -305,7 +338,7 @@ class _Console:
 
     # -- serving -----------------------------------------------------------------------
 
-    async def _serve(self) -> int:
+    def _greet(self) -> None:
         self._show(texts.BANNER + "\r\n")
         size = self.process.get_terminal_size()
         if self.process.get_terminal_type() and size[0] and size[1]:
@@ -316,12 +349,18 @@ class _Console:
             )
         if not self.writer:
             self._show("[Watching read-only: CTRL + ] then q quits.]\r\n")
+
+    async def _serve(self, reader: asyncio.Task[None]) -> None:
+        """One session, until it closes (the user left, or the lab closed it); then it is
+        detached and audited."""
+        assert self.session is not None
+        session, target = self.session, self.target()
         writer = asyncio.create_task(self._write_loop())
-        helpers = [asyncio.create_task(self._read_loop())]
+        helpers = []
         if self.ctx.idle_timeout:
             helpers.append(asyncio.create_task(watch_idle(
-                lambda: self.session, lambda: self.last_input, self.activity,
-                self.ctx.idle_timeout,
+                lambda: session if session.is_open else None, lambda: self.last_input,
+                self.activity, self.ctx.idle_timeout,
             )))  # fmt: skip
         try:
             await writer
@@ -334,7 +373,10 @@ class _Console:
                 ):
                     log.error("SSH console of %s: %r", self.user_name, outcome,
                               exc_info=outcome)  # fmt: skip
-        return EXIT_LEFT if self.left else EXIT_REFUSED
+            if not writer.done() or writer.exception() is not None:
+                reader.cancel()  # the client is gone: nothing more to read for
+            session.close(Closing(CloseCode.NORMAL, "client left"), drain=False)
+            self.door.service.detach(target, self.actor(), session)
 
     def _show(self, text: str) -> None:
         _write(self.process, text)
@@ -381,11 +423,11 @@ class _Console:
         the next key is read, so ``~B`` then ``h`` reaches the guest as BREAK, then h.
         However it ends (the user left, the connection dropped), the session closes, so
         the writer stops and the console is freed."""
-        assert self.session is not None
         try:
             await self._read_keys()
         finally:
-            self.session.close(Closing(CloseCode.NORMAL, "client left"), drain=False)
+            if self.session is not None:
+                self.session.close(Closing(CloseCode.NORMAL, "client left"), drain=False)
 
     async def _read_keys(self) -> None:
         assert self.session is not None and self.menu is not None
@@ -416,6 +458,8 @@ class _Console:
                     await self._command("reset")
                 elif isinstance(action, SendSysRq):
                     await self._command("sysrq", [action.key])
+                elif isinstance(action, Reconnect):
+                    self.reconnect.set()
                 elif isinstance(action, Quit):
                     self._leave()
                     return

@@ -296,8 +296,17 @@ async def test_a_websocket_writer_takes_over_from_ssh(ssh_lab: SshLab) -> None:
     client = await open_console(url, token)
     await client.expect(r"Connected to the serial port")
     await expect(child, re.escape(texts.TAKEOVER))
+    child.send("\r")  # as the text says: Enter reconnects, and takes the console back
+    await expect(child, re.escape(texts.BANNER))
+    code, _ = await client.closed()
+    assert code == CloseCode.TAKEN_OVER
+    url, token = await ssh_lab.lab.session_url("carol")
+    again = await open_console(url, token)
+    await again.expect(r"Connected to the serial port")
+    await expect(child, re.escape(texts.TAKEOVER))
+    child.send("q")  # leaves a console the lab closed: status 1
     assert await finished(child) == 1
-    await client.ws.close()
+    await again.ws.close()
 
 
 async def test_an_ssh_writer_takes_over_from_the_websocket(ssh_lab: SshLab) -> None:
