@@ -120,6 +120,7 @@ class SshDoor:
         self.service = service_of(ctx)
         self.port = 0
         self._acceptor: asyncssh.SSHAcceptor | None = None
+        self.connections: set[asyncssh.SSHServerConnection] = set()
 
     @property
     def fingerprint(self) -> str:
@@ -129,7 +130,7 @@ class SshDoor:
         """Listen on ``host:port`` (0: any free port); SshDoorError when it cannot."""
         try:
             self._acceptor = await asyncssh.create_server(
-                lambda: _Server(self.ctx),
+                lambda: _Server(self),
                 host,
                 port,
                 server_host_keys=[self.host_key],
@@ -149,13 +150,21 @@ class SshDoor:
         self.port = self._acceptor.get_port()
 
     async def close(self) -> None:
-        """Stop listening and drop the connections left (consoles were closed before)."""
+        """Stop listening and end the connections left (their consoles were closed
+        before, each with its reason), within a bound."""
         if self._acceptor is not None:
             self._acceptor.close()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
+        connections = list(self.connections)
+        for conn in connections:
+            conn.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                if self._acceptor is not None:
                     await self._acceptor.wait_closed()
-            self._acceptor = None
+                await asyncio.gather(
+                    *(conn.wait_closed() for conn in connections), return_exceptions=True
+                )
+        self._acceptor = None
 
     async def _serve(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         console = _Console(self, process)
@@ -172,15 +181,21 @@ class SshDoor:
 class _Server(asyncssh.SSHServer):
     """Password sign-in against the lab's users (``sign_in``: lockout and audit)."""
 
-    def __init__(self, ctx: ApiContext) -> None:
-        self.ctx = ctx
+    def __init__(self, door: SshDoor) -> None:
+        self.door = door
+        self.ctx = door.ctx
         self.conn: asyncssh.SSHServerConnection | None = None
         self.address = ""
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        self.door.connections.add(conn)
         peer = conn.get_extra_info("peername") or ("", 0)
         self.address = f"{peer[0]}:{peer[1]}"
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.door.connections.discard(self.conn)
 
     def begin_auth(self, username: str) -> bool:
         return True

@@ -349,8 +349,10 @@ async def test_the_lab_file_ssh_port_serves_the_door(tmp_path: Path) -> None:
         child = SshLab(lab, door).ssh("alice+lab-rg+linux-1")
         await sign_in(child, "alice")
         await expect(child, re.escape(texts.BANNER))
-        child.send("\r~.")
-        await finished(child)
+    # the lab stopped: the console said why, and the connection ended
+    await expect(child, r"The gateway is shutting down\.")
+    await expect(child, pexpect.EOF)
+    child.close()
 
 
 def test_ssh_port_is_off_unless_the_lab_file_or_the_command_line_sets_it(tmp_path: Path) -> None:
