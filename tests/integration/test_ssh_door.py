@@ -261,6 +261,13 @@ async def test_a_client_that_vanishes_frees_the_console(ssh_lab: SshLab) -> None
     await eventually(lambda: hub.session_count == 0, scaled(10), "the console to be freed")
 
 
+async def test_a_user_name_without_a_console_says_how_to_name_one(ssh_lab: SshLab) -> None:
+    child = ssh_lab.ssh("alice")
+    await sign_in(child, "alice")
+    await expect(child, re.escape("Sign in as USER+RESOURCE_GROUP+VM (a VM)"))
+    assert await finished(child) == 1
+
+
 async def test_a_watchers_typing_never_reaches_the_guest(ssh_lab: SshLab) -> None:
     writer = ssh_lab.ssh("alice+lab-rg+linux-1")
     await sign_in(writer, "alice")
