@@ -219,6 +219,7 @@ def banner(lab: Any) -> str:
             f"  {name:<16} {group:<10} {spec.os:<8} {spec.backend:<9} {state}"
             + (f" ({failure})" if failure else "")
         )
+    lines += _rfc2217_lines(lab)
     names = max([len("user"), *(len(u.name) for u in config.users)])
     shown = {u.name: _shown_password(u) for u in config.users}
     secrets = max([len("password"), *(len(p) for p in shown.values())])
@@ -255,6 +256,23 @@ def banner(lab: Any) -> str:
             )
     lines += ["", f"API: {url}/docs (OpenAPI: {url}/openapi.json)", "Press Ctrl+C to stop."]
     return "\n".join(lines)
+
+
+def _rfc2217_lines(lab: Any) -> list[str]:
+    """The RFC 2217 doors open (gateway.rfc2217), a few at most: no authentication, say so."""
+    doors = getattr(lab, "rfc2217", None)
+    listening = doors.listening if doors is not None else []
+    if not listening:
+        return []
+    lines = ["", "  RFC 2217 serial ports (no authentication; this machine only):"]
+    for spec in listening[:RFC2217_SHOWN]:
+        lines.append(f"    rfc2217://127.0.0.1:{spec.port:<6} {spec.vm.name} ({spec.role})")
+    if len(listening) > RFC2217_SHOWN:
+        lines.append(f"    ... and {len(listening) - RFC2217_SHOWN} more (see the lab file)")
+    return lines
+
+
+RFC2217_SHOWN = 8
 
 
 def _machines(config: LabConfig) -> list[tuple[str, str, MachineSpec]]:

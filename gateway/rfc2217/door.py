@@ -66,6 +66,7 @@ USER = "rfc2217"  # who every RFC 2217 client is, in sessions and the audit log
 DOOR = "rfc2217"
 CLOSE_BOUND = 5.0  # seconds to deliver the last words to a client, then it is cut
 READ_SIZE = 4096
+LINGER = 3.0  # seconds a client has to read the last words before the door hangs up
 # What a client's malformed negotiation makes pyserial's PortManager raise.
 _BAD_NEGOTIATION = (struct.error, KeyError, IndexError, TypeError, ValueError)
 
@@ -100,13 +101,15 @@ def doors_of(config: LabConfig, ctx: ApiContext) -> list[DoorSpec]:
 
 class Rfc2217Doors:
     """Every RFC 2217 server of a lab. ``await Rfc2217Doors.open(config, ctx)`` listens;
-    ``await close()`` stops listening and ends every connection (each client hears why)."""
+    ``await close()`` stops listening and ends every connection (each client hears why).
+    ``listening`` names the doors open; ``clients`` the connections, each with its ``line``
+    (the settings its client set)."""
 
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
         self.service = service_of(ctx)
         self.servers: dict[str, asyncio.Server] = {}  # machine name -> its server
-        self.ports: dict[str, int] = {}  # machine name -> the port it listens on
+        self.listening: list[DoorSpec] = []  # the doors open, in the lab file's order
         self.clients: set[_Client] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()  # set while no client is connected
@@ -138,7 +141,7 @@ class Rfc2217Doors:
                 "lab file (a scale set uses one port per instance from it)."
             ) from err
         self.servers[spec.vm.name] = server
-        self.ports[spec.vm.name] = server.sockets[0].getsockname()[1]
+        self.listening.append(spec)
         log.info("RFC 2217 door of %s on %s:%d (%s)", spec.vm.name, HOST, spec.port, spec.role)
 
     async def _serve(
@@ -156,8 +159,8 @@ class Rfc2217Doors:
             log.error("RFC 2217 client of %s failed: %r", spec.vm.name, err, exc_info=err)
         finally:
             self.clients.discard(client)
+            await _hang_up(reader, writer)
             self._tasks.discard(task)
-            writer.close()
             if not self._tasks:
                 self._idle.set()
 
@@ -299,10 +302,12 @@ class _Client:
     async def _last_words(self, text: str) -> None:
         """``text`` on a line of its own, delivered within ``CLOSE_BOUND`` if the client
         still reads."""
-        with contextlib.suppress(Exception):
+        try:
             async with asyncio.timeout(CLOSE_BOUND):
                 self.writer.write(_line(text))
                 await self.writer.drain()
+        except (TimeoutError, ConnectionError, OSError) as err:
+            self.log.debug("RFC 2217 client %s did not take the last words: %r", self.address, err)
 
     async def _send(self, session: ConsoleSession) -> None:
         """The session's queue -> the client, serial bytes escaped for telnet; then why it
@@ -407,6 +412,19 @@ class _Client:
             await self.service.policy.run(self.actor(), self.target(), "break")
         except ConsoleError as err:
             session.push_notice("break", str(err))
+
+
+async def _hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Close the connection once the client could read what was sent last: wait (at most
+    ``LINGER``) for the client to hang up, reading what it still sends, then close. A
+    client that is closed on at once may lose the last words (pyserial's stops reading
+    what it received once the connection ended), and closing with unread bytes from the
+    client would reset the connection."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(LINGER):
+            while await reader.read(READ_SIZE):
+                pass
+    writer.close()
 
 
 def _line(text: str) -> bytes:

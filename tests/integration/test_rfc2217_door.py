@@ -18,7 +18,10 @@ from pathlib import Path
 import pytest
 import serial
 
+from gateway.cli.lab import banner
 from gateway.console import texts
+from gateway.console.frames import CloseCode
+from gateway.console.sessions import TAKEOVER_TEXT
 from gateway.lab.config import LabConfigError, parse_lab
 from tests.conftest import scaled
 from tests.support.lab import LabHandle, lab_toml, running_lab
@@ -198,3 +201,74 @@ rfc2217_port = 4000
     doors = [i.rfc2217 for i in config.scale_sets[0].instances]
     assert [(d.port, d.role) for d in doors if d] == [(4000, "writer"), (4001, "writer"),
                                                       (4002, "writer")]  # fmt: skip
+
+
+async def test_a_writer_takes_over_across_doors_and_each_side_is_told(
+    lab: tuple[LabHandle, int, int],
+) -> None:
+    """Azure's one-writer rule holds between the websocket and RFC 2217 doors."""
+    handle, port, _ = lab
+    url, token = await handle.session_url("alice", "linux-1")
+    websocket = await open_console(url, token)
+    await login(websocket)
+    client = await SerialClient.open(port)  # takes over from alice
+    try:
+        code, _ = await websocket.closed()
+        assert code == CloseCode.TAKEN_OVER
+        assert TAKEOVER_TEXT.encode() in websocket.data
+        url, token = await handle.session_url("alice", "linux-1")
+        again = await open_console(url, token)  # and alice takes it back
+        try:
+            await client.expect(re.escape(TAKEOVER_TEXT))
+            writer = handle.runtime.hubs["linux-1"].writer
+            assert writer is not None
+            assert writer.user == "alice"
+        finally:
+            await again.ws.close()
+    finally:
+        await client.close()
+
+
+async def test_a_console_the_lab_turned_off_is_refused_in_azures_words(
+    lab: tuple[LabHandle, int, int],
+) -> None:
+    handle, port, _ = lab
+    assert handle.runtime.context is not None
+    handle.runtime.context.console.set_disabled(True)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        async with asyncio.timeout(scaled(10)):
+            said = await reader.readuntil(texts.CONSOLE_DISABLED.encode() + b"\r\n")
+            writer.close()  # the door waits for the client to hang up, then closes too
+            assert await reader.read() == b""
+    finally:
+        writer.close()
+    assert said.endswith(texts.CONSOLE_DISABLED.encode() + b"\r\n")
+    rows = handle.runtime.context.audit.query(user="rfc2217", action="console.connect")
+    assert [(r.outcome, r.address) for r in rows] == [("denied", "127.0.0.1")]
+
+
+async def test_telnets_own_break_is_the_guests_sysrq(lab: tuple[LabHandle, int, int]) -> None:
+    """A plain telnet client (no RFC 2217): ``IAC BRK`` then ``h`` is SysRq help."""
+    _, port, _ = lab
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"\xff\xf3h")  # IAC BRK, then the SysRq key
+        seen = bytearray()
+        async with asyncio.timeout(scaled(10)):
+            while b"sysrq: HELP" not in seen:
+                chunk = await reader.read(4096)
+                assert chunk, f"closed before the SysRq help; got {bytes(seen)[-300:]!r}"
+                seen += chunk
+    finally:
+        writer.close()
+
+
+async def test_the_banner_lists_the_doors_and_says_they_have_no_authentication(
+    lab: tuple[LabHandle, int, int],
+) -> None:
+    handle, writer_port, watcher_port = lab
+    shown = banner(handle.runtime)
+    assert "RFC 2217 serial ports (no authentication; this machine only):" in shown
+    assert f"rfc2217://127.0.0.1:{writer_port:<6} linux-1 (writer)" in shown
+    assert f"rfc2217://127.0.0.1:{watcher_port:<6} linux-2 (watcher)" in shown
