@@ -8,6 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # command:debian-package pairs, checked by tools/sysdeps.sh
 QEMU_DEPS  := qemu-system-x86_64:qemu-system-x86
+TEST_DEPS  := ssh:openssh-client
 IMAGE_DEPS := dpkg-deb:dpkg apt-get:apt lz4:lz4
 BENCH_DEPS := ser2net:ser2net
 PYTEST_ARGS ?=
@@ -46,7 +47,7 @@ run-lab-emulated: $(STAMP)
 	@$(BIN)/serial-console lab run --emulated $(LAB_ARGS)
 
 test: $(STAMP) images
-	@sh tools/sysdeps.sh $(QEMU_DEPS)
+	@sh tools/sysdeps.sh $(QEMU_DEPS) $(TEST_DEPS)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) images

@@ -357,7 +357,7 @@ def _port_routes(prefix: str, scope_of: Any, tag: str) -> None:
         ctx = context_of(request)
         try:
             vm = _port_of(ctx, dict(request.path_params), port)
-            _check_prerequisites(ctx, vm)
+            check_prerequisites(ctx, vm)
         except ArmError as err:
             with contextlib.suppress(StoreError):  # the refusal stands on a full disk
                 record(ctx, caller, "connect", audit.DENIED, f"{err.code}: {err.message}")
@@ -380,7 +380,7 @@ def _console_enabled(ctx: ApiContext, caller: Caller) -> None:
         raise ArmError(409, "SerialConsoleDisabled", CONSOLE_DISABLED)
 
 
-def _check_prerequisites(ctx: ApiContext, vm: VmResource) -> None:
+def check_prerequisites(ctx: ApiContext, vm: VmResource) -> None:
     """Azure's checks after the role, in Azure's order; ArmError 409 with Azure's text."""
     if vm.provisioning_state != "Succeeded":
         raise ArmError(409, "ProvisioningNotSucceeded", NOT_PROVISIONED)

@@ -38,7 +38,7 @@ import asyncssh
 from gateway.access import audit, rbac
 from gateway.access.errors import AccountLocked, AuthorizationError, InvalidCredentials
 from gateway.access.users import User
-from gateway.api.arm import _check_prerequisites
+from gateway.api.arm import check_prerequisites
 from gateway.api.auth import sign_in
 from gateway.api.console_ws import service_of
 from gateway.api.context import ApiContext
@@ -331,7 +331,7 @@ class _Console:
                 vm = inventory.vm(group, name)
             else:
                 vm = inventory.instance(group, name, instance)
-            _check_prerequisites(ctx, vm)
+            check_prerequisites(ctx, vm)
         except ArmError as err:
             raise Refused(CloseCode.SESSION_REFUSED, err.message) from None
         if vm.hub is None:
