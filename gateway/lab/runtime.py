@@ -270,11 +270,11 @@ class LabRuntime:
             allowed_hosts=_allowed_hosts(settings.host) if settings.loopback else None,
         )
         server = self._prepare_server()
+        await self._open_rfc2217()  # outside the TaskGroup: a port in use is a plain error
         self._stack.push_async_callback(self._stop_ssh)  # after the consoles heard why
         group = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._stack.push_async_callback(self._stop_tasks)
         await self._serve(group, server, sock)
-        await self._open_rfc2217()
         if settings.ssh_port:
             await self._start_ssh(settings.host, settings.ssh_port)
         self._flusher = group.create_task(self._flush_loop(), name="bootlog-flush")
@@ -282,7 +282,7 @@ class LabRuntime:
 
     async def _open_rfc2217(self) -> None:
         """The RFC 2217 doors the lab file opens (loopback only), before the guests start;
-        closed before the HTTP server stops, each client told why."""
+        closed after the HTTP server, their clients told why with every console's."""
         assert self.context is not None
         try:
             self.rfc2217 = await Rfc2217Doors.open(self.config, self.context)

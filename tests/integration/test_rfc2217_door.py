@@ -9,6 +9,7 @@ log; and a lab file that asks for a wrong door is told what to write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import time
@@ -23,6 +24,7 @@ from gateway.console import texts
 from gateway.console.frames import CloseCode
 from gateway.console.sessions import TAKEOVER_TEXT
 from gateway.lab.config import LabConfigError, parse_lab
+from gateway.lab.runtime import LabRuntimeError
 from tests.conftest import scaled
 from tests.support.lab import LabHandle, lab_toml, running_lab
 from tests.support.wsclient import login, open_console
@@ -272,3 +274,71 @@ async def test_the_banner_lists_the_doors_and_says_they_have_no_authentication(
     assert "RFC 2217 serial ports (no authentication; this machine only):" in shown
     assert f"rfc2217://127.0.0.1:{writer_port:<6} linux-1 (writer)" in shown
     assert f"rfc2217://127.0.0.1:{watcher_port:<6} linux-2 (watcher)" in shown
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free ports on 127.0.0.1."""
+    for _ in range(50):
+        first = free_port()
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return first
+    raise AssertionError(f"no {count} consecutive free ports on 127.0.0.1")
+
+
+async def test_a_scale_set_instance_has_its_own_port_and_hears_the_lab_stop(
+    tmp_path: Path,
+) -> None:
+    port = free_ports(2)
+    vms = f"""
+[[scale_sets]]
+name = "web"
+resource_group = "lab-rg"
+capacity = 2
+rfc2217_port = {port}
+"""
+    async with running_lab(tmp_path, vms=vms) as handle:
+        client = await SerialClient.open(port + 1)  # instance 1
+        try:
+            await client.send_break()
+            await client.type("h")
+            await client.expect(r"sysrq: HELP")
+            assert b"sysrq: HELP" in handle.runtime.hubs["web_1"].bootlog.read(0).contents
+            assert b"sysrq: HELP" not in handle.runtime.hubs["web_0"].bootlog.read(0).contents
+            doors = handle.runtime.rfc2217
+            assert doors is not None
+            closing = asyncio.create_task(doors.close())  # what the lab does when it stops
+            await client.expect(r"The gateway is shutting down\.")
+        finally:
+            await client.close()
+        async with asyncio.timeout(scaled(10)):
+            await closing
+        assert handle.runtime.context is not None
+        rows = handle.runtime.context.audit.query(user="rfc2217", action="console.break")
+        assert [(r.outcome, r.target.rsplit("/", 2)[-2:]) for r in rows][-1] == (
+            "succeeded",
+            ["virtualMachines", "1"],
+        )
+
+
+async def test_a_door_on_a_port_in_use_stops_the_lab_saying_which(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        vms = f"""
+[[vms]]
+name = "linux-1"
+resource_group = "lab-rg"
+rfc2217_port = {port}
+"""
+        with pytest.raises(
+            LabRuntimeError, match=re.escape(f"127.0.0.1:{port} for the RFC 2217 door of 'linux-1'")
+        ):
+            async with running_lab(tmp_path, vms=vms):
+                pass
