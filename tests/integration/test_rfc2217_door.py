@@ -342,3 +342,26 @@ rfc2217_port = {port}
         ):
             async with running_lab(tmp_path, vms=vms):
                 pass
+
+
+@pytest.mark.parametrize(
+    "negotiation",
+    [
+        b"\xff\xfa\x2c\x03\x63\xff\xf0",  # SET_PARITY 99: no such parity
+        b"\xff\xfa\x2c\x01\xff\xf0",  # SET_BAUDRATE with no rate
+    ],
+)
+async def test_a_malformed_negotiation_closes_with_a_line_saying_what_to_use(
+    lab: tuple[LabHandle, int, int], negotiation: bytes
+) -> None:
+    handle, port, _ = lab
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(negotiation)
+        async with asyncio.timeout(scaled(10)):
+            said = await reader.readuntil(b"Use an RFC 2217 client")
+    finally:
+        writer.close()
+    assert b"could not read this client's telnet/RFC 2217 negotiation" in said
+    writer_session = handle.runtime.hubs["linux-1"].writer
+    assert writer_session is None or not writer_session.is_open
