@@ -66,6 +66,7 @@ USER = "rfc2217"  # who every RFC 2217 client is, in sessions and the audit log
 DOOR = "rfc2217"
 CLOSE_BOUND = 5.0  # seconds to deliver the last words to a client, then it is cut
 READ_SIZE = 4096
+STALL_BOUND = 60.0  # seconds a client may leave sent bytes unread before it is let go
 LINGER = 3.0  # seconds a client has to read the last words before the door hangs up
 # What a client's malformed negotiation makes pyserial's PortManager raise.
 _BAD_NEGOTIATION = (struct.error, KeyError, IndexError, TypeError, ValueError)
@@ -330,7 +331,12 @@ class _Client:
                         self.log.debug("not shown to an RFC 2217 client: %r", item)
                 if out:
                     self.writer.write(bytes(out))
-                    await self.writer.drain()
+                    async with asyncio.timeout(STALL_BOUND):
+                        await self.writer.drain()
+        except TimeoutError:
+            self.log.info("RFC 2217 client %s stopped reading: closed", self.address)
+            session.close(Closing(CloseCode.FELL_BEHIND, "client stopped reading"), drain=False)
+            return
         except (ConnectionError, OSError) as err:
             self.log.debug("RFC 2217 client %s gone while sending: %r", self.address, err)
             session.close(Closing(CloseCode.NORMAL, "client left"), drain=False)
@@ -420,11 +426,13 @@ async def _hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
     client that is closed on at once may lose the last words (pyserial's stops reading
     what it received once the connection ended), and closing with unread bytes from the
     client would reset the connection."""
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(LINGER):
-            while await reader.read(READ_SIZE):
-                pass
-    writer.close()
+    try:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(LINGER):
+                while await reader.read(READ_SIZE):
+                    pass
+    finally:  # cancelled while lingering (the lab stopping): closed all the same
+        writer.close()
 
 
 def _line(text: str) -> bytes:
