@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import struct
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ from gateway.console import texts
 from gateway.console.connection import Refused
 from gateway.console.frames import CloseCode
 from gateway.console.hub import ConsoleError, ConsoleHub
+from gateway.console.idle import watch_idle
 from gateway.console.policy import Actor, Target
 from gateway.console.service import ConsoleService
 from gateway.console.sessions import (
@@ -241,6 +243,8 @@ class _Client:
         self.line = RecordedLine(self._on_break)
         self._breaks = 0  # BREAKs seen by the filter and not yet put in order
         self._told_input = False  # the user heard why typing failed; reset by a success
+        self.last_input = time.monotonic()  # for the lab's idle timeout
+        self.activity = asyncio.Event()
         self.log = log.getChild(spec.vm.name)
 
     # -- who and what -----------------------------------------------------------------------
@@ -289,13 +293,17 @@ class _Client:
         self.session = session = attached.session
         manager = _Manager(self.line, _Sink(self.writer), self.log)
         sender = asyncio.create_task(self._send(session))
-        receiver = asyncio.create_task(self._receive(manager, session))
+        helpers = [asyncio.create_task(self._receive(manager, session))]
+        if idle := self.doors.ctx.idle_timeout:
+            helpers.append(asyncio.create_task(
+                watch_idle(lambda: self.session, lambda: self.last_input, self.activity, idle)
+            ))  # fmt: skip
         try:
             await sender  # it ends with the session
         finally:
-            receiver.cancel()
-            sender.cancel()
-            await asyncio.gather(sender, receiver, return_exceptions=True)
+            for task in (sender, *helpers):
+                task.cancel()
+            await asyncio.gather(sender, *helpers, return_exceptions=True)
             self.service.detach(self.target(), self.actor(), session)
             self.log.debug("RFC 2217 client %s left the line at %s (recorded, not applied)",
                            self.address, self.line.describe())  # fmt: skip
@@ -355,6 +363,8 @@ class _Client:
             if not data:
                 session.close(Closing(CloseCode.NORMAL, "client left"), drain=False)
                 return
+            self.last_input = time.monotonic()
+            self.activity.set()
             try:
                 pieces = self._pieces(manager, data)
             except _BAD_NEGOTIATION as err:

@@ -365,3 +365,25 @@ async def test_a_malformed_negotiation_closes_with_a_line_saying_what_to_use(
     assert b"could not read this client's telnet/RFC 2217 negotiation" in said
     writer_session = handle.runtime.hubs["linux-1"].writer
     assert writer_session is None or not writer_session.is_open
+
+
+async def test_the_labs_idle_timeout_warns_then_closes_a_silent_client(
+    lab: tuple[LabHandle, int, int],
+) -> None:
+    handle, port, _ = lab
+    assert handle.runtime.context is not None
+    handle.runtime.context.idle_timeout = 2.0
+    client = await SerialClient.open(port)
+    try:
+        await client.expect(
+            r"\[This console closes in [12] seconds without input\. Type to stay\.\]"
+        )
+        await client.expect(r"Closed after [0-9.]+ minutes without input\. Reconnect to go on\.")
+    finally:
+        await client.close()
+    doors = handle.runtime.rfc2217
+    assert doors is not None
+    async with asyncio.timeout(scaled(10)):
+        await doors.wait_idle()
+    rows = handle.runtime.context.audit.query(user="rfc2217", action="console.disconnect")
+    assert [r.detail for r in rows] == ["idle for 0.0333333 minutes"]
