@@ -270,13 +270,14 @@ class LabRuntime:
             allowed_hosts=_allowed_hosts(settings.host) if settings.loopback else None,
         )
         server = self._prepare_server()
-        await self._open_rfc2217()  # outside the TaskGroup: a port in use is a plain error
+        # The doors' ports are opened outside the TaskGroup: a port in use is a plain error.
+        await self._open_rfc2217()
         self._stack.push_async_callback(self._stop_ssh)  # after the consoles heard why
+        if settings.ssh_port:
+            await self._start_ssh(settings.host, settings.ssh_port)
         group = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._stack.push_async_callback(self._stop_tasks)
         await self._serve(group, server, sock)
-        if settings.ssh_port:
-            await self._start_ssh(settings.host, settings.ssh_port)
         self._flusher = group.create_task(self._flush_loop(), name="bootlog-flush")
         await self._start_all()
 
