@@ -17,8 +17,7 @@ from pydantic import BaseModel, Field
 
 from gateway.access.errors import ConnectSessionError
 from gateway.api.auth import authenticate, bearer
-from gateway.api.console_ws import policy_of
-from gateway.api.context import client_address, context_of
+from gateway.api.context import client_address, context_of, policy_of
 from gateway.api.errors import ArmError
 from gateway.console.hub import ConsoleError
 from gateway.console.policy import Actor, CommandRefused, Target

@@ -35,7 +35,7 @@ from gateway.access.errors import (
     SessionWrongUser,
 )
 from gateway.access.users import User
-from gateway.api.context import ApiContext, client_address, context_of
+from gateway.api.context import ApiContext, client_address, context_of, service_of
 from gateway.api.resources import VmResource
 from gateway.console.connection import (
     TOKEN_WAIT,
@@ -52,8 +52,7 @@ from gateway.console.frames import SUBPROTOCOL, CloseCode
 from gateway.console.hub import ConsoleError, ConsoleHub
 from gateway.console.idle import watch_idle
 from gateway.console.policy import Actor, CommandPolicy, Target
-from gateway.console.service import ConsoleService
-from gateway.console.sessions import Closing, ConsoleSession, Role
+from gateway.console.sessions import Closing, ConsoleSession
 
 log = logging.getLogger("serial_console_lab.api.console")
 router = APIRouter()
@@ -202,25 +201,6 @@ class _Door:
     def target(self) -> Target:
         assert self.vm is not None and self.hub is not None
         return Target(self.vm.id, self.vm.name, self.hub)
-
-
-def policy_of(ctx: ApiContext) -> CommandPolicy:
-    """The lab's command policy, with its switches read at each command."""
-    return CommandPolicy(
-        ctx.audit,
-        console_disabled=lambda: ctx.console.disabled,
-        port_enabled=lambda vm_id: ctx.console.port_enabled(ctx.inventory.by_id(vm_id)),
-    )
-
-
-def service_of(ctx: ApiContext) -> ConsoleService:
-    """The lab's console service, for any door served by this app."""
-    return ConsoleService(
-        ctx.audit,
-        policy_of(ctx),
-        lambda: (vm.hub for vm in ctx.inventory.all_machines() if vm.hub is not None),
-        session_buffer=ctx.session_buffer,
-    )
 
 
 @router.websocket(CONSOLE_PATH)
@@ -402,4 +382,4 @@ def _resume(door: _Door, action: Resume) -> None:
     door.session = fresh
 
 
-__all__ = ["CONSOLE_PATH", "Role", "policy_of", "router"]
+__all__ = ["CONSOLE_PATH", "router"]

@@ -2,7 +2,8 @@
 
 ``ApiContext`` bundles the lab's inventory and the access services; the lab runtime builds
 it and hands it to ``create_app``. ``context_of(request)`` gets it back in a route or a
-websocket handler.
+websocket handler; ``service_of(ctx)`` and ``policy_of(ctx)`` give every door (websocket,
+adminCommand, SSH, RFC 2217) the same console service and command policy.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from gateway.access.users import Directory, User
 from gateway.api.bootdiag import BlobVersions, UrlSigner
 from gateway.api.operations import Operations
 from gateway.api.resources import ConsoleState, Inventory
+from gateway.console.policy import CommandPolicy
+from gateway.console.service import ConsoleService
 
 
 @dataclass(eq=False)
@@ -47,6 +50,25 @@ class Caller:
     user: User
     address: str
     scope: str
+
+
+def policy_of(ctx: ApiContext) -> CommandPolicy:
+    """The lab's command policy, with its switches read at each command."""
+    return CommandPolicy(
+        ctx.audit,
+        console_disabled=lambda: ctx.console.disabled,
+        port_enabled=lambda vm_id: ctx.console.port_enabled(ctx.inventory.by_id(vm_id)),
+    )
+
+
+def service_of(ctx: ApiContext) -> ConsoleService:
+    """The lab's console service, for any door served by this app."""
+    return ConsoleService(
+        ctx.audit,
+        policy_of(ctx),
+        lambda: (vm.hub for vm in ctx.inventory.all_machines() if vm.hub is not None),
+        session_buffer=ctx.session_buffer,
+    )
 
 
 def context_of(connection: HTTPConnection) -> ApiContext:

@@ -39,8 +39,7 @@ from serial.rfc2217 import BRK, PortManager
 
 from gateway.access import audit
 from gateway.access.rbac import RoleAssignment
-from gateway.api.console_ws import service_of
-from gateway.api.context import ApiContext
+from gateway.api.context import ApiContext, service_of
 from gateway.api.resources import VmResource
 from gateway.console import texts
 from gateway.console.connection import Refused

@@ -40,8 +40,7 @@ from gateway.access.errors import AccountLocked, AuthorizationError, InvalidCred
 from gateway.access.users import User
 from gateway.api.arm import check_prerequisites
 from gateway.api.auth import sign_in
-from gateway.api.console_ws import service_of
-from gateway.api.context import ApiContext
+from gateway.api.context import ApiContext, service_of
 from gateway.api.errors import ArmError
 from gateway.api.resources import VmResource, check_instance, check_name
 from gateway.cli.escape import (
