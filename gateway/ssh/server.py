@@ -1,7 +1,10 @@
 """The SSH door: ``ssh -p PORT alice+lab-rg+linux-1@127.0.0.1`` opens that VM's console.
 
 The user name says who signs in and which console (``gateway.ssh.address``); the password
-is checked by the same sign-in as ``POST /oauth2/token`` (its lockout and audit rows).
+is checked by the same sign-in as ``POST /oauth2/token`` (its lockout and audit rows), and
+a public key against the user's ``ssh_keys`` in the lab file (a user with keys and no
+password signs in by key only). A refused key is audited as a refused password is (action
+``token``, outcome ``denied``, detail ``ssh: ...``); a locked user is refused by key too.
 Then the session is a console, as ``az serial-console connect`` gives one:
 
 - refusals first, in Azure's order and words (console disabled, no connect permission,
@@ -39,7 +42,7 @@ from gateway.access import audit, rbac
 from gateway.access.errors import AccountLocked, AuthorizationError, InvalidCredentials
 from gateway.access.users import User
 from gateway.api.arm import check_prerequisites
-from gateway.api.auth import sign_in
+from gateway.api.auth import audit_refusal, sign_in
 from gateway.api.context import ApiContext, service_of
 from gateway.api.errors import ArmError
 from gateway.api.resources import VmResource, check_instance, check_name
@@ -177,8 +180,23 @@ class SshDoor:
             process.exit(status)
 
 
+def matches(key: asyncssh.SSHKey, user: User) -> bool:
+    """True when ``key`` is one of ``user``'s ``ssh_keys``; a key line that does not parse
+    is logged and never matches."""
+    for line in user.ssh_keys:
+        try:
+            known = asyncssh.import_public_key(line)
+        except (asyncssh.KeyImportError, ValueError) as err:
+            log.warning("user %s: an ssh_keys entry is not a public key (%s)", user.name, err)
+            continue
+        if known.public_data == key.public_data:
+            return True
+    return False
+
+
 class _Server(asyncssh.SSHServer):
-    """Password sign-in against the lab's users (``sign_in``: lockout and audit)."""
+    """Password sign-in against the lab's users (``sign_in``: lockout and audit), and
+    public keys against their ``ssh_keys`` (refusals audited the same way)."""
 
     def __init__(self, door: SshDoor) -> None:
         self.door = door
@@ -212,6 +230,33 @@ class _Server(asyncssh.SSHServer):
                 self.conn.send_auth_banner(f"{err} Try again in {wait} s.\r\n")
             return False
         except InvalidCredentials:
+            return False
+        self.conn.set_extra_info(lab_user=user, lab_address=self.address)
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """Asked once when the client offers ``key`` and once more with its signature:
+        True for a key of the user (not locked); a refusal is audited, and does not count
+        towards the lockout (clients offer each key they hold in turn)."""
+        assert self.conn is not None
+        name = user_of(username)
+        try:
+            self.ctx.directory.lockout.check(name)
+        except AccountLocked as err:
+            audit_refusal(self.ctx, "token", name[:64], self.address,
+                          f"ssh: locked for {err.retry_after:.0f} s more")  # fmt: skip
+            with contextlib.suppress(Exception):
+                wait = max(1, math.ceil(err.retry_after))
+                self.conn.send_auth_banner(f"{err} Try again in {wait} s.\r\n")
+            return False
+        user = self.ctx.directory.get(name)
+        if user is None or not matches(key, user):
+            audit_refusal(self.ctx, "token", name[:64], self.address,
+                          f"ssh: public key {fingerprint(key)} is not one of the user's "
+                          "ssh_keys")  # fmt: skip
             return False
         self.conn.set_extra_info(lab_user=user, lab_address=self.address)
         return True

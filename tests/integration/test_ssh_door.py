@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -371,3 +372,99 @@ def test_ssh_port_is_off_unless_the_lab_file_or_the_command_line_sets_it(tmp_pat
         shipped.with_overrides(ssh_port=70000)
     with pytest.raises(LabConfigError, match="ssh_port"):
         parse_lab(lab_toml(tmp_path, gateway="ssh_port = -1"), source="lab.toml", base=tmp_path)
+
+
+def make_key(directory: Path, name: str) -> tuple[Path, str]:
+    """A fresh ed25519 key pair made by OpenSSH's ``ssh-keygen``: the private key's path
+    and the public key's line."""
+    path = directory / name
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+    return path, path.with_suffix(".pub").read_text().strip()
+
+
+def by_key(door: SshDoor, key: Path, login: str) -> pexpect.spawn:
+    """OpenSSH's client to ``login`` offering only ``key``, with passwords turned off."""
+    args = [
+        "-F", "/dev/null", "-tt", "-p", str(door.port), "-i", str(key),
+        "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+        "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "LogLevel=ERROR", f"{login}@127.0.0.1",
+    ]  # fmt: skip
+    child = pexpect.spawn("ssh", args, timeout=scaled(15))
+    child.setwinsize(40, 200)
+    return child
+
+
+@pytest.fixture
+async def key_lab(tmp_path: Path) -> AsyncIterator[tuple[SshLab, Path, Path]]:
+    """A lab whose user ``dave`` has a public key and no password; yields the lab, dave's
+    private key and another key that is nobody's."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    mine, public = make_key(keys, "dave")
+    other, _ = make_key(keys, "stranger")
+    dave = f"""
+[[users]]
+name = "dave"
+ssh_keys = ["{public}"]
+roles = [{{ role = "Virtual Machine Contributor", scope = "resourceGroups/lab-rg" }}]
+"""
+    async with running_lab(tmp_path / "lab", extra=dave) as lab:
+        assert lab.runtime.context is not None
+        door = SshDoor(lab.runtime.context, load_host_key(lab.runtime.state_dir))
+        await door.start("127.0.0.1", 0)
+        try:
+            yield SshLab(lab, door), mine, other
+        finally:
+            await door.close()
+
+
+async def test_a_user_with_a_key_and_no_password_signs_in_by_key(
+    key_lab: tuple[SshLab, Path, Path],
+) -> None:
+    """The lab file's ``ssh_keys``: no password prompt, Azure's banner, the guest, and the
+    console audited as dave's."""
+    ssh_lab, mine, _ = key_lab
+    child = by_key(ssh_lab.door, mine, "dave+lab-rg+linux-1")
+    await expect(child, re.escape(texts.BANNER))
+    await guest_login(child)
+    child.send("hostname\r")
+    await expect(child, r"\r\nlinux-1\r\n")
+    child.send("\r~.")
+    await finished(child)
+    context = ssh_lab.lab.runtime.context
+    assert context is not None
+    rows = context.audit.query(action="console.connect")
+    assert [(r.user, r.outcome) for r in rows] == [("dave", "allowed")]
+    assert context.audit.query(action="token") == []
+
+
+async def test_a_key_that_is_not_the_users_is_refused_and_audited(
+    key_lab: tuple[SshLab, Path, Path],
+) -> None:
+    ssh_lab, _, other = key_lab
+    child = by_key(ssh_lab.door, other, "dave+lab-rg+linux-1")
+    await expect(child, r"Permission denied \(publickey")
+    assert await finished(child) != 0
+    context = ssh_lab.lab.runtime.context
+    assert context is not None
+    rows = context.audit.query(action="token")
+    assert [(r.user, r.outcome) for r in rows] == [("dave", "denied")]
+    assert "ssh: public key SHA256:" in rows[0].detail
+    assert context.audit.query(action="console.connect") == []
+
+
+async def test_a_password_cannot_sign_in_a_user_who_has_keys_only(
+    key_lab: tuple[SshLab, Path, Path],
+) -> None:
+    """dave has no password: whatever is typed, the answer is the wrong password's."""
+    ssh_lab, _, _ = key_lab
+    child = ssh_lab.ssh("dave+lab-rg+linux-1")
+    await sign_in(child, "dave")
+    await expect(child, r"Permission denied")
+    assert await finished(child) != 0
