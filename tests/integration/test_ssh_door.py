@@ -15,6 +15,7 @@ import socket
 import stat
 import subprocess
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -386,22 +387,25 @@ def make_key(directory: Path, name: str) -> tuple[Path, str]:
     return path, path.with_suffix(".pub").read_text().strip()
 
 
-def by_key(door: SshDoor, key: Path, login: str) -> pexpect.spawn:
-    """OpenSSH's client to ``login`` offering only ``key``, with passwords turned off."""
+def by_key(door: SshDoor, key: Path, login: str, *, banner: bool = False) -> pexpect.spawn:
+    """OpenSSH's client to ``login`` offering only ``key``, with passwords turned off;
+    ``banner``: its usual messages (the server's sign-in banner among them)."""
     args = [
         "-F", "/dev/null", "-tt", "-p", str(door.port), "-i", str(key),
         "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
         "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-        "-o", "LogLevel=ERROR", f"{login}@127.0.0.1",
+        "-o", f"LogLevel={'INFO' if banner else 'ERROR'}", f"{login}@127.0.0.1",
     ]  # fmt: skip
     child = pexpect.spawn("ssh", args, timeout=scaled(15))
     child.setwinsize(40, 200)
     return child
 
 
-@pytest.fixture
-async def key_lab(tmp_path: Path) -> AsyncIterator[tuple[SshLab, Path, Path]]:
+@asynccontextmanager
+async def lab_with_keys(
+    tmp_path: Path, extra: str = ""
+) -> AsyncIterator[tuple[SshLab, Path, Path]]:
     """A lab whose user ``dave`` has a public key and no password; yields the lab, dave's
     private key and another key that is nobody's."""
     keys = tmp_path / "keys"
@@ -414,7 +418,7 @@ name = "dave"
 ssh_keys = ["{public}"]
 roles = [{{ role = "Virtual Machine Contributor", scope = "resourceGroups/lab-rg" }}]
 """
-    async with running_lab(tmp_path / "lab", extra=dave) as lab:
+    async with running_lab(tmp_path / "lab", extra=extra + dave) as lab:
         assert lab.runtime.context is not None
         door = SshDoor(lab.runtime.context, load_host_key(lab.runtime.state_dir))
         await door.start("127.0.0.1", 0)
@@ -422,6 +426,12 @@ roles = [{{ role = "Virtual Machine Contributor", scope = "resourceGroups/lab-rg
             yield SshLab(lab, door), mine, other
         finally:
             await door.close()
+
+
+@pytest.fixture
+async def key_lab(tmp_path: Path) -> AsyncIterator[tuple[SshLab, Path, Path]]:
+    async with lab_with_keys(tmp_path) as handle:
+        yield handle
 
 
 async def test_a_user_with_a_key_and_no_password_signs_in_by_key(
@@ -468,3 +478,22 @@ async def test_a_password_cannot_sign_in_a_user_who_has_keys_only(
     await sign_in(child, "dave")
     await expect(child, r"Permission denied")
     assert await finished(child) != 0
+
+
+async def test_a_locked_user_is_refused_by_key_too(tmp_path: Path) -> None:
+    """After a failed password past the lockout threshold, dave's own key is refused as
+    well, and the sign-in banner says why."""
+    access = "[access]\nlockout_threshold = 1\nlockout_duration = 600\n"
+    async with lab_with_keys(tmp_path, extra=access) as (ssh_lab, mine, _):
+        child = ssh_lab.ssh("dave+lab-rg+linux-1")
+        await sign_in(child, "guess")
+        assert await finished(child) != 0
+        child = by_key(ssh_lab.door, mine, "dave+lab-rg+linux-1", banner=True)
+        await expect(child, r"Your account is locked .* Try again in \d+ s\.")
+        await expect(child, r"Permission denied \(publickey")
+        assert await finished(child) != 0
+        context = ssh_lab.lab.runtime.context
+        assert context is not None
+        details = [r.detail for r in context.audit.query(action="token")]
+        assert any(d.startswith("ssh: locked for") for d in details), details
+        assert context.audit.query(action="console.connect") == []
