@@ -24,6 +24,14 @@ echo (no line editor, no shell) that can also blast numbered lines. Paths:
   floor the design measures.
 - ``ser2net default`` / ``ser2net tuned``: ser2net 4 bridging a guest PTY to raw TCP
   (no telnet), with its defaults and with ``chardelay: false``, 64 KiB buffers, nodelay.
+- ``SSH``: the lab's SSH door (``ssh -p PORT alice+lab-rg+bench-1@127.0.0.1``) from
+  asyncssh's client in this process: a session channel with no PTY request (the door
+  needs none), bytes in and out as they are; the fan-out's other clients run ``watch``.
+  Its figures include this process's share of the cipher and asyncssh's Python framing.
+- ``RFC 2217``: the lab's RFC 2217 door, from a raw TCP client that drops the telnet
+  negotiation (``TelnetProbe``) and answers none of it. A door has one role and a writer
+  coming in takes the console over, so the fan-out's clients are on ``bench-2``'s
+  watchers' door, the blast typed there by a websocket writer.
 - ``az client: ...``: the client az serial-console uses (websocket-client, synchronous,
   one text frame per keystroke, in a thread of this process), typing into the websockets
   library's bare echo (``websockets echo``: the floor an az-like client can reach), into
@@ -55,6 +63,7 @@ from pathlib import Path
 from typing import cast
 from urllib.parse import urlsplit
 
+import asyncssh
 import httpx
 import websocket
 from websockets.utils import accept_key, apply_mask
@@ -64,6 +73,7 @@ from gateway.console.port import SerialPort
 from tests.bench.console_peers import (
     SHELL_VM,
     VM,
+    WATCHED_VM,
     bench_machine,
     blast_command,
     end_marker,
@@ -280,6 +290,103 @@ class Probe(Sink, asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+class TelnetProbe(Probe):
+    """A raw TCP client of a telnet stream (the RFC 2217 door): it drops the server's
+    option negotiation (``IAC`` commands and subnegotiations), answers none of it, and
+    undoubles ``IAC IAC`` into the byte 0xFF. Typed bytes go as they are (none is 0xFF)."""
+
+    def __init__(self) -> None:
+        super().__init__(False)
+        self._pending = b""  # a command cut at the end of a read
+
+    def data_received(self, data: bytes) -> None:
+        if not self._pending and 0xFF not in data:
+            self.feed(data)
+            return
+        buf, self._pending = self._pending + data, b""
+        out = bytearray()
+        pos = 0
+        while (at := buf.find(0xFF, pos)) >= 0:
+            out += buf[pos:at]
+            if at + 1 >= len(buf):
+                self._pending = buf[at:]
+                pos = len(buf)
+                break
+            command = buf[at + 1]
+            if command == 0xFF:  # an escaped data byte
+                out.append(0xFF)
+                pos = at + 2
+            elif command in (0xFB, 0xFC, 0xFD, 0xFE):  # WILL, WONT, DO, DONT + option
+                if at + 2 >= len(buf):
+                    self._pending = buf[at:]
+                    pos = len(buf)
+                    break
+                pos = at + 3
+            elif command == 0xFA:  # SB ... IAC SE
+                end = buf.find(b"\xff\xf0", at + 2)
+                if end < 0:
+                    self._pending = buf[at:]
+                    pos = len(buf)
+                    break
+                pos = end + 2
+            else:
+                pos = at + 2
+        out += buf[pos:]
+        if out:
+            self.feed(bytes(out))
+
+
+class SshSink(Sink, asyncssh.SSHClientSession[bytes]):
+    """One console over the lab's SSH door: asyncssh's client, a session channel with no
+    PTY; ``watch`` as the command for a read-only one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if datatype is None:
+            self.feed(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(1006)
+
+    async def send(self, data: bytes) -> None:
+        assert self.chan is not None
+        self.chan.write(data)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+async def open_ssh(port: int, user: str, vm: str, watch: bool = False) -> SshSink:
+    async with asyncio.timeout(STEP_TIMEOUT * 3):  # key exchange in Python, on a busy host
+        conn = await asyncssh.connect(
+            "127.0.0.1", port, username=f"{user}+lab-rg+{vm}", password=user,
+            known_hosts=None, client_keys=None, agent_path=None,
+            compression_algs=None,  # as OpenSSH's client (Compression no)
+        )  # fmt: skip
+        try:
+            chan, sink = await conn.create_session(
+                SshSink, "watch" if watch else None, encoding=None
+            )
+        except BaseException:
+            conn.close()
+            raise
+    sink.conn, sink.chan = conn, chan
+    return sink
+
+
+async def open_telnet(port: int) -> TelnetProbe:
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(STEP_TIMEOUT):
+        _, probe = await loop.create_connection(TelnetProbe, "127.0.0.1", port)
+    return probe
 
 
 class PortSink(Sink):
@@ -671,6 +778,8 @@ async def gateway_rows(work: Path, keys: int, fanout: int) -> list[Row]:
                 if cut:
                     row.notes.append(f"{len(cut)} clients closed (codes {sorted(set(cut))})")
             rows.append(row)
+        rows.append(await ssh_row(ready, keys, fanout))
+        rows.append(await rfc2217_row(http, ready, keys, fanout))
         for framed in (False, True):
             mode = "framed" if framed else "raw"
             for vm, guest in ((VM, "echo guest"), (SHELL_VM, "shell")):
@@ -680,6 +789,44 @@ async def gateway_rows(work: Path, keys: int, fanout: int) -> list[Row]:
                     shell=vm == SHELL_VM,
                 ))  # fmt: skip
     return rows
+
+
+async def ssh_row(ready: dict[str, str], keys: int, fanout: int) -> Row:
+    row = Row("SSH")
+    port = int(ready["ssh"])
+
+    async def opener(n: int) -> Sink:
+        return await open_ssh(port, "alice" if n == 0 else "carol", VM, watch=n > 0)
+
+    async with fan_out(opener, 1) as (writer,):
+        await measure_rtt(writer, keys, row)
+        await blast_rows(writer, [writer], BLAST_ONE, row, fan=False)
+    async with fan_out(opener, fanout) as sinks:
+        await blast_rows(sinks[0], sinks, BLAST_FAN, row, fan=True)
+    row.notes.append("asyncssh client, no PTY; fan-out: 1 writer and the rest run 'watch'")
+    return row
+
+
+async def rfc2217_row(
+    http: httpx.AsyncClient, ready: dict[str, str], keys: int, fanout: int
+) -> Row:
+    row = Row("RFC 2217")
+    async with fan_out(lambda n: open_telnet(int(ready["rfc2217"])), 1) as (writer,):
+        await measure_rtt(writer, keys, row)
+        await blast_rows(writer, [writer], BLAST_ONE, row, fan=False)
+    url = await gateway_session(http, "alice", WATCHED_VM)
+    typist = await open_ws(url)
+    try:
+        port = int(ready["rfc2217_watch"])
+        async with fan_out(lambda n: open_telnet(port), fanout) as sinks:
+            await blast_rows(typist, sinks, BLAST_FAN, row, fan=True)
+    finally:
+        typist.close()
+    row.notes.append(
+        f"raw TCP, telnet negotiation dropped; fan-out: {fanout} on {WATCHED_VM}'s "
+        "watchers' door, the blast typed by a websocket writer (who also reads it)"
+    )
+    return row
 
 
 async def bare_echo_row(work: Path, keys: int) -> Row:

@@ -16,7 +16,11 @@ clients' work never shares an event loop with what it measures::
     python -m tests.bench.console_peers wsbare           # the websockets library's echo alone
 
 The lab's ``shell-1`` is an ordinary emulated Linux guest (its login and shell), for typing
-as a person types.
+as a person types. The lab also opens its other doors onto the bench guests: SSH (its
+ready line's ``ssh`` port) and RFC 2217, a writer's door on ``bench-1`` (``rfc2217``) and a
+watchers' door on a second bench guest, ``bench-2`` (``rfc2217_watch``): one door has one
+role, and a writer coming in takes the console over from the writer before it, so
+clients watching together need the watchers' door.
 
 Each prints one JSON line (``{"url": ...}``, ``{"pty": ...}``) once it is ready and runs
 until its standard input closes.
@@ -43,8 +47,10 @@ from gateway.lab.runtime import ReadyServer
 from gateway.machines.base import Machine
 
 VM = "bench-1"
+WATCHED_VM = "bench-2"  # a second bench guest, whose RFC 2217 door is for watchers
 SHELL_VM = "shell-1"  # an emulated Linux guest with its shell
 BLAST = 0x02  # STX: a blast command follows, up to CR
+# Printable ASCII only: no 0xFF, which telnet (the RFC 2217 door) would send doubled.
 BLOCK = b"".join(b"%08d 0123456789abcdefghijklmnopqrstuvwxyz\r\n" % n for n in range(93))[:4096]
 END = b"\r\n[end %s]\r\n"
 READY = b"bench guest ready\r\n"
@@ -182,15 +188,34 @@ async def serve_lab(state: Path) -> None:
 
     service.MAX_CONSOLES_PER_USER = 1000  # the load benchmark opens 199 watchers as one user
 
+    ssh, rfc2217, watch = _free_ports(3)
+    doors = {
+        VM: f"rfc2217_port = {rfc2217}\n",
+        WATCHED_VM: f'rfc2217_port = {watch}\nrfc2217_role = "watcher"\n',
+        SHELL_VM: "",
+    }
     vms = "".join(
         f'[[vms]]\nname = "{name}"\nresource_group = "lab-rg"\nos = "linux"\nbackend = "emulated"\n'
-        for name in (VM, SHELL_VM)
+        f"{door}"
+        for name, door in doors.items()
     )
-    text = lab_toml(state / "state", vms=vms)
+    text = lab_toml(state / "state", vms=vms, gateway=f"ssh_port = {ssh}")
     config = parse_lab(text, source=str(state / "lab.toml"), base=state)
     async with LabRuntime(config, machine_factory=_bench_factory) as runtime:
-        _say(url=runtime.url, pid=os.getpid())
+        _say(url=runtime.url, pid=os.getpid(), ssh=ssh, rfc2217=rfc2217, rfc2217_watch=watch)
         await _until_stdin_closes()
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 just now (the lab listens on them)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 async def serve_guest() -> None:
