@@ -263,7 +263,9 @@ async def test_a_wait_for_power_off_fails_at_once_when_qemu_dies(guest: Guest) -
         await events.wait_for(lambda e: e.kind is EventKind.POWERDOWN, scaled(10))
         assert guest.vm.pid is not None
         os.kill(guest.vm.pid, signal.SIGKILL)
-        with pytest.raises(MachineError, match="its QEMU process exited"):
+        # Killed while the stop waits for the power-off, or (when the kill wins the race)
+        # while its monitor command is still answering: either way the stop fails at once.
+        with pytest.raises(MachineError, match=r"its QEMU process (exited|may have ended)"):
             async with asyncio.timeout(scaled(10)):
                 await stop
         await events.wait_for(lambda e: e.state is PowerState.DEALLOCATED, scaled(10))
