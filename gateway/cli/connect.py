@@ -339,10 +339,7 @@ class ConsoleRun:
                 self.screen.note(f"[VM power state: {state}]", CYAN)  # once per change
             self._power_shown = state
         elif kind == "idle_warning":
-            seconds = event.get("seconds")
-            self.screen.note(
-                f"[This console closes in {seconds} seconds without input. Type to stay.]"
-            )
+            self.screen.note(texts.idle_warning(int(event.get("seconds") or 0)))
         elif kind == "message":
             self.screen.note(str(event.get("text", "")))
         elif kind == "taken_over":

@@ -312,12 +312,9 @@ class ConsoleConnection:
                 if self.framed:
                     frames.append(SendText(encode_event("idle_warning", seconds=item.seconds)))
                 else:
-                    frames += self._message(
-                        f"[This console closes in {item.seconds} seconds without input. "
-                        "Type to stay.]"
-                    )
+                    frames += self._message(texts.idle_warning(item.seconds))
             elif isinstance(item, Gap):
-                text = f"[bytes {item.start} to {item.end} are gone from the boot log]"
+                text = texts.gone(item.start, item.end)
                 if self.framed:
                     frames.append(SendText(encode_event(
                         "lost", start=item.start, end=item.end, message=text

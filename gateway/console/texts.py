@@ -52,3 +52,13 @@ SUCCESS = {
     "break": "Break sent",
 }
 RESTART_FORCED = "Successfully restarted VM (the guest did not shut down: it was hard-reset)"
+
+
+def idle_warning(seconds: int) -> str:
+    """What a terminal shows before the idle timeout closes its console."""
+    return f"[This console closes in {seconds} seconds without input. Type to stay.]"
+
+
+def gone(start: int, end: int) -> str:
+    """What a terminal shows for offsets the boot log no longer has (rotated, or lost)."""
+    return f"[bytes {start} to {end} are gone from the boot log]"

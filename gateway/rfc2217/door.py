@@ -329,11 +329,9 @@ class _Client:
                     elif isinstance(item, Notice):
                         out += _line(item.text)
                     elif isinstance(item, Gap):
-                        out += _line(f"[bytes {item.start} to {item.end} are gone from the "
-                                     "boot log]")  # fmt: skip
+                        out += _line(texts.gone(item.start, item.end))
                     elif isinstance(item, IdleWarning):
-                        out += _line(f"[This console closes in {item.seconds} seconds without "
-                                     "input. Type to stay.]")  # fmt: skip
+                        out += _line(texts.idle_warning(item.seconds))
                     else:  # power changes, takeovers, resumes: the closing text says enough
                         self.log.debug("not shown to an RFC 2217 client: %r", item)
                 if out:

@@ -463,10 +463,9 @@ class _Console:
         elif isinstance(item, Notice):
             self._line(item.text)
         elif isinstance(item, IdleWarning):
-            self._line(f"[This console closes in {item.seconds} seconds without input. "
-                       "Type to stay.]")  # fmt: skip
+            self._line(texts.idle_warning(item.seconds))
         elif isinstance(item, Gap):
-            self._line(f"[bytes {item.start} to {item.end} are gone from the boot log]")
+            self._line(texts.gone(item.start, item.end))
         elif isinstance(item, Power):
             self._line(f"[VM {item.event}: {item.detail}]" if item.detail else
                        f"[VM {item.event}: {item.state}]")  # fmt: skip
