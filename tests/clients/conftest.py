@@ -20,22 +20,12 @@ import pytest
 
 from gateway.lab.runtime import LabRuntime
 from tests.conftest import scaled
-from tests.support.lab import SUBSCRIPTION, running_lab
+from tests.support.lab import EMULATED_VMS, SUBSCRIPTION, running_lab
 
-# Emulated guests: a Linux VM, a Windows VM, a scale set of two.
-CLIENT_LAB_VMS = """
-[[vms]]
-name = "linux-1"
-resource_group = "lab-rg"
-os = "linux"
-backend = "emulated"
-
-[[vms]]
-name = "win-1"
-resource_group = "lab-rg"
-os = "windows"
-backend = "emulated"
-
+# Emulated guests: the test lab's Linux and Windows VMs, and a scale set of two.
+CLIENT_LAB_VMS = (
+    EMULATED_VMS
+    + """
 [[scale_sets]]
 name = "web-vmss"
 resource_group = "lab-rg"
@@ -43,6 +33,7 @@ os = "linux"
 backend = "emulated"
 capacity = 2
 """
+)
 
 
 @dataclass
