@@ -17,7 +17,9 @@ Then the session is a console, as ``az serial-console connect`` gives one:
   outcome is shown on a line of its own;
 - the command ``watch`` (``ssh ... watch``) is a read-only session; a writer takes the
   console over from the previous writer, whichever door either came through;
-- the PTY's size is accepted, and a ``stty rows R cols C`` hint is shown once.
+- the PTY's size is accepted; a writer on a Linux guest is shown the ``stty rows R cols
+  C`` line that tells the guest that size, and again when the terminal is resized (a
+  window-change request), at most once a second (``gateway.ssh.size``).
 
 After the lab closed the console (taken over, idle, VM deallocated), Enter reconnects (as
 Azure's text says; a writer then takes it back) and q leaves. The exit status is 0 when
@@ -75,6 +77,7 @@ from gateway.console.sessions import (
     Role,
 )
 from gateway.ssh.address import AddressError, ConsoleAddress, parse, user_of
+from gateway.ssh.size import SizeHints
 
 log = logging.getLogger("serial_console_lab.ssh")
 
@@ -289,6 +292,8 @@ class _Console:
         self.left = False
         self.closed_by_lab = False  # the last session was closed by the lab, not the user
         self.reconnect = asyncio.Event()  # Enter pressed on a closed console
+        self.sizes = SizeHints()
+        self.size_timer: asyncio.TimerHandle | None = None
 
     # -- opening -----------------------------------------------------------------------
 
@@ -333,6 +338,8 @@ class _Console:
                 self.closed_by_lab = False
                 self._show(texts.BANNER + "\r\n")
         finally:
+            if self.size_timer is not None:
+                self.size_timer.cancel()
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
         return EXIT_REFUSED if self.closed_by_lab else EXIT_LEFT
@@ -399,15 +406,40 @@ class _Console:
 
     def _greet(self) -> None:
         self._show(texts.BANNER + "\r\n")
-        size = self.process.get_terminal_size()
-        if self.process.get_terminal_type() and size[0] and size[1]:
-            self._show(
-                f"[Your terminal is {size[1]} rows by {size[0]} columns; the guest does not "
-                f"know it: run 'stty rows {size[1]} cols {size[0]}' in the guest so "
-                "full-screen programs fit.]\r\n"
-            )
+        cols, rows = self.process.get_terminal_size()[:2]
+        if self.offers_size and self.process.get_terminal_type():
+            shown = self.sizes.opened(cols, rows, asyncio.get_running_loop().time())
+            if shown is not None:
+                self._show(shown + "\r\n")
         if not self.writer:
             self._show("[Watching read-only: CTRL + ] then q quits.]\r\n")
+
+    @property
+    def offers_size(self) -> bool:
+        """Whether the ``stty`` hint helps: only a writer can type it, and only a Linux
+        guest has ``stty`` (SAC has no terminal size to set)."""
+        return self.writer and self.vm is not None and self.vm.os_type == "linux"
+
+    def _size_changed(self, cols: int, rows: int) -> None:
+        """A window-change request: the hint now, or once the last one is a second old."""
+        if not self.offers_size:
+            return
+        loop = asyncio.get_running_loop()
+        shown = self.sizes.changed(cols, rows, loop.time())
+        if shown is not None:
+            self._hint(shown)
+        elif (due := self.sizes.due) is not None and self.size_timer is None:
+            self.size_timer = loop.call_at(due, self._flush_size)
+
+    def _flush_size(self) -> None:
+        self.size_timer = None
+        shown = self.sizes.flush(asyncio.get_running_loop().time())
+        if shown is not None:
+            self._hint(shown)
+
+    def _hint(self, text: str) -> None:
+        if self.session is not None and self.session.is_open:  # not on a closed console
+            self._line(text)
 
     async def _serve(self, reader: asyncio.Task[None]) -> None:
         """One session, until it closes (the user left, or the lab closed it); then it is
@@ -497,8 +529,9 @@ class _Console:
                 self._touch()
                 await self._command("break")
                 continue
-            except asyncssh.TerminalSizeChanged:
-                continue  # accepted; the guest's tty is the user's to size (see the hint)
+            except asyncssh.TerminalSizeChanged as change:
+                self._size_changed(change.width, change.height)  # the guest's tty: see the hint
+                continue
             except asyncssh.SignalReceived:
                 continue
             if not data:  # end of input (~. or the client went away)

@@ -8,6 +8,7 @@ are the real thing.
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import signal
@@ -113,6 +114,46 @@ async def test_a_user_signs_in_and_runs_a_command_then_leaves_with_tilde_dot(
     await finished(child)
     rows = ssh_lab.lab.runtime.context.audit.query(action="console.connect")  # type: ignore[union-attr]
     assert [(r.user, r.outcome) for r in rows] == [("alice", "allowed")]
+
+
+async def test_a_resized_terminal_is_offered_its_stty_line_again(ssh_lab: SshLab) -> None:
+    """Resizing the terminal (``ssh`` sends a window-change request) shows the new size's
+    ``stty`` line, as the PTY request's size was shown at connect."""
+    child = ssh_lab.ssh("alice+lab-rg+linux-1")
+    await sign_in(child, "alice")
+    await expect(child, r"run 'stty rows 40 cols 200' in the guest")
+    await guest_login(child)
+    child.setwinsize(30, 120)  # SIGWINCH: ssh sends a window-change request
+    await expect(child, r"Your terminal is now 30 rows by 120 columns; the guest does not "
+                        r"know it: run 'stty rows 30 cols 120' in the guest")  # fmt: skip
+    child.setwinsize(50, 160)  # shown at once, or when the last hint is a second old
+    await expect(child, r"run 'stty rows 50 cols 160' in the guest")
+    child.send("\r~.")
+    await finished(child)
+
+
+async def test_no_stty_line_where_it_cannot_help(ssh_lab: SshLab) -> None:
+    """SAC has no ``stty``, and a watcher cannot type: neither is offered the line, at
+    connect or on a resize."""
+    seen = io.BytesIO()
+    writer = ssh_lab.ssh("alice+lab-rg+win-1")
+    writer.logfile_read = seen
+    await sign_in(writer, "alice")
+    await expect(writer, re.escape(texts.BANNER))
+    writer.setwinsize(30, 120)
+    writer.send("resize-mark\r")  # after the window-change, on the same channel
+    await expect(writer, r"resize-mark\r?\n.*Unrecognized command")
+    watcher = ssh_lab.ssh("carol+lab-rg+linux-1", "watch")
+    watcher.logfile_read = seen
+    await sign_in(watcher, "carol")
+    await expect(watcher, r"Watching read-only")
+    watcher.setwinsize(30, 120)
+    watcher.send("x")
+    await expect(watcher, r"typing goes nowhere")
+    for child in (writer, watcher):
+        child.send("\r~.")
+        await finished(child)
+    assert b"stty" not in seen.getvalue()
 
 
 async def test_a_scale_set_instance_is_user_group_set_instance(ssh_lab: SshLab) -> None:
