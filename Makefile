@@ -6,21 +6,26 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# the portal: web/ built into gateway/portal/dist by esbuild, from the pinned npm packages
+PORTAL := gateway/portal/dist/index.html
+NODE_MODULES := web/node_modules/.package-lock.json
 # command:debian-package pairs, checked by tools/sysdeps.sh
 QEMU_DEPS  := qemu-system-x86_64:qemu-system-x86
-TEST_DEPS  := ssh:openssh-client
+TEST_DEPS  := ssh:openssh-client chromium:chromium
+NODE_DEPS  := npm:npm
 IMAGE_DEPS := dpkg-deb:dpkg apt-get:apt lz4:lz4
 BENCH_DEPS := ser2net:ser2net
 PYTEST_ARGS ?=
 LAB_ARGS ?=
 
-.PHONY: help run-lab run-lab-emulated test images bench lint clean
+.PHONY: help run-lab run-lab-emulated test images portal bench lint clean
 
 help:
 	@echo "make run-lab           start the default lab and print how to reach it"
 	@echo "make run-lab-emulated  the same lab with emulated guests only (no QEMU needed)"
 	@echo "make test              the whole suite: unit, emulated guests, QEMU guests, end to end"
 	@echo "make images            build the Linux guest image into images/build/linux/"
+	@echo "make portal            build the browser portal (web/) into gateway/portal/dist/"
 	@echo "make bench             run the benchmarks and print their tables"
 	@echo "make lint              ruff"
 
@@ -32,21 +37,33 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $@
 
+$(NODE_MODULES): web/package.json web/package-lock.json
+	@sh tools/sysdeps.sh $(NODE_DEPS)
+	@echo "==> npm packages of web/package-lock.json"
+	@cd web && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(PORTAL): $(NODE_MODULES) web/build.mjs $(wildcard web/src/*)
+	@echo "==> portal: web/ -> gateway/portal/dist/"
+	@cd web && npm run --silent build >/dev/null
+
+portal: $(PORTAL)
+
 images:
 	@sh tools/sysdeps.sh $(IMAGE_DEPS)
 	@sh images/build.sh
 
-run-lab: $(STAMP)
+run-lab: $(STAMP) $(PORTAL)
 	@if sh tools/sysdeps.sh $(QEMU_DEPS); then \
 		$(MAKE) --no-print-directory images && $(BIN)/serial-console lab run $(LAB_ARGS); \
 	else \
 		echo "Or run the same lab with emulated guests only:  make run-lab-emulated" >&2; exit 1; \
 	fi
 
-run-lab-emulated: $(STAMP)
+run-lab-emulated: $(STAMP) $(PORTAL)
 	@$(BIN)/serial-console lab run --emulated $(LAB_ARGS)
 
-test: $(STAMP) images
+test: $(STAMP) $(PORTAL) images
 	@sh tools/sysdeps.sh $(QEMU_DEPS) $(TEST_DEPS)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -59,4 +76,4 @@ lint: $(STAMP)
 	@$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) images/build .pytest_cache .ruff_cache
+	rm -rf $(VENV) images/build .pytest_cache .ruff_cache web/node_modules gateway/portal/dist

@@ -2,7 +2,8 @@
 
 Routes: ``auth`` (``/oauth2/token``), ``identity`` (Entra's v2.0 discovery and token
 endpoints), ``arm`` (Microsoft.SerialConsole, subscriptions, tenants, audit), ``compute``
-(Microsoft.Compute, long-running power actions), ``bootdiag`` (signed serial-log blobs).
+(Microsoft.Compute, long-running power actions), ``bootdiag`` (signed serial-log blobs),
+``authorization`` (the caller's permissions), ``portal`` (the browser page at ``/``).
 ``armpath`` applies ARM's routing rules (case-insensitive words, ``api-version``) before
 any route; ``limits`` then checks the token of a request with a body before reading it,
 and bounds the body per route family (413). Every error is ARM-shaped (``errors``). OpenAPI
@@ -18,7 +19,17 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from gateway.api import admin, arm, auth, bootdiag, compute, console_ws, identity
+from gateway.api import (
+    admin,
+    arm,
+    auth,
+    authorization,
+    bootdiag,
+    compute,
+    console_ws,
+    identity,
+    portal,
+)
 from gateway.api.armpath import API_VERSIONS, ArmRouting, canonical_path, is_arm_path
 from gateway.api.context import ApiContext
 from gateway.api.errors import install_handlers
@@ -54,6 +65,8 @@ def create_app(context: ApiContext, *, body_timeout: float | None = None) -> Fas
     app.include_router(bootdiag.router)
     app.include_router(console_ws.router)
     app.include_router(admin.router)
+    app.include_router(authorization.router)
+    portal.install(app)
     app.add_middleware(RequestLimits, context=context, body_timeout=body_timeout)
     app.add_middleware(ArmRouting)
     app.add_middleware(HostCheck, allowed=context.allowed_hosts)  # outermost: runs first

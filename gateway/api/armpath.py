@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 SERIAL_CONSOLE = "Microsoft.SerialConsole"
 COMPUTE = "Microsoft.Compute"
 RESOURCES = "Microsoft.Resources"
+AUTHORIZATION = "Microsoft.Authorization"
 
 # Newest first, as ARM lists them in its error message.
 API_VERSIONS: dict[str, tuple[str, ...]] = {
@@ -91,6 +92,8 @@ API_VERSIONS: dict[str, tuple[str, ...]] = {
         "2016-03-30",
         "2015-06-15",
     ),
+    # Permissions (what the portal asks to grey out what a role does not allow).
+    AUTHORIZATION: ("2022-04-01", "2018-07-01", "2018-01-01-preview", "2015-07-01"),
     # Subscriptions and tenants (2016-06-01 to 2022-12-01) and resource groups (to 2025-04-01).
     RESOURCES: (
         "2025-04-01",
@@ -152,6 +155,7 @@ _WORDS = {
         "retrieveBootDiagnosticsData",
         "enableConsole",
         "disableConsole",
+        "permissions",
     )
 }
 _ARM_ROOTS = frozenset({"subscriptions", "providers", "tenants"})
@@ -160,6 +164,7 @@ _ARM_ROOTS = frozenset({"subscriptions", "providers", "tenants"})
 RESOURCE_TYPES: dict[str, frozenset[str]] = {
     SERIAL_CONSOLE: frozenset({"serialPorts", "consoleServices", "operations", "auditLogs"}),
     COMPUTE: frozenset({"virtualMachines", "virtualMachineScaleSets", "locations"}),
+    AUTHORIZATION: frozenset({"permissions"}),
 }
 
 MISSING = "The api-version query parameter (?api-version=) is required for all requests."

@@ -88,6 +88,26 @@ async def token(
     )
 
 
+@router.post("/oauth2/revoke", summary="Revoke a token (RFC 7009): signing out of the portal")
+async def revoke(
+    request: Request, token: Annotated[str | None, Form(max_length=4096)] = None
+) -> JSONResponse:
+    """Make ``token`` unusable at once. As RFC 7009 says, the answer is 200 whether or not
+    the token was valid, so a caller learns nothing about other people's tokens."""
+    if not token:
+        return _oauth_error("invalid_request", "The form field token is required.")
+    ctx = context_of(request)
+    try:
+        user = ctx.tokens.authenticate(token)
+    except AuthenticationError:
+        return JSONResponse({}, headers={"Cache-Control": "no-store"})
+    ctx.tokens.revoke(token)
+    with contextlib.suppress(StoreError):
+        ctx.audit.record("token", user=user.name, address=client_address(request),
+                         target=user.name, outcome=audit.ALLOWED, detail="revoked")  # fmt: skip
+    return JSONResponse({}, headers={"Cache-Control": "no-store"})
+
+
 def _oauth_error(code: str, description: str) -> JSONResponse:
     return JSONResponse({"error": code, "error_description": description}, status_code=400)
 

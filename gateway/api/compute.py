@@ -149,6 +149,22 @@ async def list_vms_in_subscription(
     return {"value": [vm_body(vm, expand) for vm in visible]}
 
 
+@router.get(SUB + "/providers/Microsoft.Compute/virtualMachineScaleSets", tags=["scale sets"])
+async def list_scale_sets_in_subscription(
+    request: Request, token: Annotated[str | None, Depends(bearer)]
+) -> dict[str, Any]:
+    """Every scale set of the subscription that the caller may read (ARM's ListAll)."""
+    ctx = context_of(request)
+    user = authenticate(ctx, token)
+    sub_scope(ctx, request.path_params)
+    visible = [
+        s
+        for s in ctx.inventory.scale_sets.values()
+        if rbac.is_allowed(user.roles, rbac.VMSS_READ, s.id)
+    ]
+    return {"value": [scale_set_body(s) for s in visible]}
+
+
 @router.get(GROUP, tags=["resource groups"])
 async def get_group(
     request: Request, caller: Annotated[Caller, require(rbac.RESOURCE_GROUP_READ, group_scope)]

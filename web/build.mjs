@@ -1,0 +1,30 @@
+// Builds the portal into gateway/portal/dist: one script and one stylesheet bundled by
+// esbuild from src/ and the pinned npm packages (xterm.js and its addons), and the page.
+// Nothing is fetched at run time. Prints what the page loads.
+import { build } from "esbuild";
+import { copyFile, mkdir, readdir, rm, stat } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+
+const out = fileURLToPath(new URL("../gateway/portal/dist/", import.meta.url));
+await rm(out, { recursive: true, force: true });
+await mkdir(out, { recursive: true });
+
+const common = { bundle: true, minify: true, legalComments: "linked", logLevel: "warning" };
+await build({
+  ...common,
+  entryPoints: ["src/main.js"],
+  outfile: out + "app.js",
+  format: "esm",
+  target: "es2022",
+  sourcemap: "linked",
+});
+await build({ ...common, entryPoints: ["src/style.css"], outfile: out + "app.css" });
+await copyFile("src/index.html", out + "index.html");
+
+let total = 0;
+for (const name of (await readdir(out)).sort()) {
+  const { size } = await stat(out + name);
+  if (!name.endsWith(".map") && !name.endsWith(".txt")) total += size;
+  console.log(`${name.padEnd(24)} ${(size / 1024).toFixed(1).padStart(8)} KiB`);
+}
+console.log(`${"page loads".padEnd(24)} ${(total / 1024).toFixed(1).padStart(8)} KiB`);

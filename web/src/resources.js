@@ -1,0 +1,117 @@
+// The resource list: the subscription's VMs and scale-set instances, with what the
+// portal's "Virtual machines" blade shows (group, OS, status, boot diagnostics) and the
+// power actions the caller's roles allow. Each row opens its serial console.
+import { arm, permissions, waitForOperation } from "./api.js";
+import { h, statusLine } from "./dom.js";
+
+const ACTIONS = [
+  { verb: "start", label: "Start", when: ["stopped", "deallocated", "panicked"] },
+  { verb: "restart", label: "Restart", when: ["running", "panicked"] },
+  { verb: "powerOff", label: "Stop", when: ["running", "starting", "panicked"] },
+  { verb: "deallocate", label: "Deallocate", when: ["running", "stopped", "panicked", "starting"] },
+];
+
+function powerState(vm) {
+  const status = vm.properties.instanceView?.statuses?.find((s) => s.code.startsWith("PowerState/"));
+  return status ? { code: status.code.split("/")[1], text: status.displayStatus } : { code: "unknown", text: "Unknown" };
+}
+
+function action(vm) {
+  const type = vm.instanceId === undefined ? "virtualMachines" : "virtualMachineScaleSets/virtualMachines";
+  return (verb) => `Microsoft.Compute/${type}/${verb}/action`;
+}
+
+async function listAll(subscription) {
+  const base = `/subscriptions/${subscription}/providers/Microsoft.Compute`;
+  const [{ body: vms }, { body: sets }] = await Promise.all([
+    arm("GET", `${base}/virtualMachines`, undefined, { $expand: "instanceView" }),
+    arm("GET", `${base}/virtualMachineScaleSets`),
+  ]);
+  const instances = await Promise.all(
+    sets.value.map((set) =>
+      arm("GET", `${set.id}/virtualMachines`, undefined, { $expand: "instanceView" })
+        .then(({ body }) => body.value.map((vm) => ({ ...vm, scaleSet: set.name })))
+        .catch(() => []),
+    ),
+  );
+  return [...vms.value, ...instances.flat()];
+}
+
+export function renderResources(main, subscription) {
+  const status = statusLine("resources-status");
+  const table = h("table", { class: "resources", "aria-label": "Virtual machines" });
+  const refresh = h("button", { type: "button", onclick: () => load() }, "Refresh");
+  main.append(h("section", { class: "page" }, h("h1", {}, "Virtual machines"), h("div", { class: "bar" }, refresh), status, table));
+  const controller = new AbortController();
+
+  async function load() {
+    status.say("Loading…");
+    let vms;
+    try {
+      vms = await listAll(subscription);
+    } catch (err) {
+      status.say(err.message, "error");
+      return;
+    }
+    const rows = await Promise.all(vms.map((vm) => row(vm)));
+    table.replaceChildren(
+      h(
+        "thead",
+        {},
+        h("tr", {}, ["Name", "Resource group", "Type", "Operating system", "Status", "Boot diagnostics", "Serial console", "Power"].map((t) => h("th", { scope: "col" }, t))),
+      ),
+      h("tbody", {}, rows),
+    );
+    status.say(`${vms.length} virtual machines`);
+  }
+
+  async function row(vm) {
+    const parts = vm.id.split("/");
+    const group = parts[4];
+    const state = powerState(vm);
+    const may = await permissions(vm.id).catch(() => () => false);
+    const actionOf = action(vm);
+    const name = vm.scaleSet ? `${vm.scaleSet} / ${vm.instanceId}` : vm.name;
+    const diag = vm.properties.diagnosticsProfile?.bootDiagnostics?.enabled;
+    const buttons = ACTIONS.filter((a) => may(actionOf(a.verb))).map((a) =>
+      h(
+        "button",
+        {
+          type: "button",
+          disabled: !a.when.includes(state.code),
+          "aria-label": `${a.label} ${name}`,
+          onclick: (event) => power(vm, name, a, event.currentTarget),
+        },
+        a.label,
+      ),
+    );
+    return h(
+      "tr",
+      { dataset: { vm: name } },
+      h("th", { scope: "row" }, name),
+      h("td", {}, group),
+      h("td", {}, vm.scaleSet ? "Scale set instance" : "Virtual machine"),
+      h("td", {}, vm.properties.storageProfile.osDisk.osType),
+      h("td", { class: `state ${state.code}` }, state.text),
+      h("td", {}, diag ? "Enabled" : "Disabled"),
+      h("td", {}, h("a", { href: `#/resource${vm.id}/serialConsole`, "aria-label": `Serial console of ${name}` }, "Serial console")),
+      h("td", { class: "actions" }, buttons.length ? buttons : h("span", { class: "hint" }, "Your role allows no power actions")),
+    );
+  }
+
+  async function power(vm, name, a, button) {
+    button.disabled = true;
+    status.say(`${a.label}: ${name}…`);
+    try {
+      const { response } = await arm("POST", `${vm.id}/${a.verb}`);
+      await waitForOperation(response, { signal: controller.signal });
+      status.say(`${a.label}: ${name} done.`);
+    } catch (err) {
+      status.say(`${a.label} ${name} failed: ${err.message}`, "error");
+    }
+    if (!controller.signal.aborted) await load();
+  }
+
+  load();
+  return { dispose: () => controller.abort() };
+}
