@@ -76,4 +76,4 @@ lint: $(STAMP)
 	@$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) images/build .pytest_cache .ruff_cache web/node_modules gateway/portal/dist
+	rm -rf $(VENV) .venv-labgrid images/build .pytest_cache .ruff_cache web/node_modules gateway/portal/dist
