@@ -26,7 +26,8 @@ FAILED = "failed"
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
-    """One audit row. ``at`` is Unix time; ``target`` an ARM id (or the user, for tokens)."""
+    """One audit row. ``at`` is Unix time; ``target`` an ARM id (or the user, for tokens);
+    ``session`` the console session it is about (its recording's name), or empty."""
 
     id: int
     at: float
@@ -36,6 +37,7 @@ class AuditRecord:
     target: str
     outcome: str
     detail: str
+    session: str = ""
 
     def as_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -65,13 +67,15 @@ class AuditLog:
         target: str,
         outcome: str,
         detail: str = "",
+        session: str = "",
     ) -> int:
         """Append a row; its id. ``action`` names what was attempted (``connect``,
-        ``token``, ``Microsoft.Compute/virtualMachines/start/action``...)."""
+        ``token``, ``Microsoft.Compute/virtualMachines/start/action``...); ``session`` the
+        console session it is about, if any."""
         row = self.db.insert(
-            "INSERT INTO audit (at, user, address, action, target, outcome, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (self.clock(), user, address or "", action, target, outcome, detail[:2000]),
+            "INSERT INTO audit (at, user, address, action, target, outcome, detail, session) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.clock(), user, address or "", action, target, outcome, detail[:2000], session),
         )
         if row % PRUNE_EVERY == 0:
             # Bounded: anyone may cause rows (a refused token is audited), so the oldest go.
@@ -88,7 +92,8 @@ class AuditLog:
     ) -> list[AuditRecord]:
         """Rows with ``id > since_id``, oldest first, at most ``limit``, optionally filtered."""
         sql = (
-            "SELECT id, at, user, address, action, target, outcome, detail FROM audit WHERE id > ?"
+            "SELECT id, at, user, address, action, target, outcome, detail, session FROM audit "
+            "WHERE id > ?"
         )
         params: list[Any] = [since_id]
         if user is not None:

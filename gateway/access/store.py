@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS audit (
     action   TEXT NOT NULL,
     target   TEXT NOT NULL,
     outcome  TEXT NOT NULL,
-    detail   TEXT NOT NULL DEFAULT ''
+    detail   TEXT NOT NULL DEFAULT '',
+    session  TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS audit_user ON audit (user);
 CREATE TABLE IF NOT EXISTS settings (
@@ -103,6 +104,9 @@ class LabDatabase:
         if "credential" not in columns:
             # Tokens of before carry no credential mark: they stop working (log in again).
             self._conn.execute("ALTER TABLE tokens ADD COLUMN credential TEXT NOT NULL DEFAULT ''")
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(audit)")}
+        if "session" not in columns:  # rows of before name no console session
+            self._conn.execute("ALTER TABLE audit ADD COLUMN session TEXT NOT NULL DEFAULT ''")
 
     @property
     def full(self) -> bool:

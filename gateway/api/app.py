@@ -29,6 +29,7 @@ from gateway.api import (
     console_ws,
     identity,
     portal,
+    recordings,
 )
 from gateway.api.armpath import API_VERSIONS, ArmRouting, canonical_path, is_arm_path
 from gateway.api.context import ApiContext
@@ -65,6 +66,7 @@ def create_app(context: ApiContext, *, body_timeout: float | None = None) -> Fas
     app.include_router(bootdiag.router)
     app.include_router(console_ws.router)
     app.include_router(admin.router)
+    app.include_router(recordings.router)
     app.include_router(authorization.router)
     portal.install(app)
     app.add_middleware(RequestLimits, context=context, body_timeout=body_timeout)

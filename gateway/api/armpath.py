@@ -148,6 +148,8 @@ _WORDS = {
         "auditLogs",
         "instanceView",
         "connect",
+        "sessions",
+        "recording",
         "start",
         "powerOff",
         "restart",

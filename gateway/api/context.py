@@ -21,6 +21,7 @@ from gateway.api.operations import Operations
 from gateway.api.resources import ConsoleState, Inventory
 from gateway.console.policy import CommandPolicy
 from gateway.console.service import ConsoleService
+from gateway.recordings.recorder import Recorder
 
 
 @dataclass(eq=False)
@@ -41,6 +42,7 @@ class ApiContext:
     allowed_hosts: frozenset[str] | None = None  # Host header names answered (None: any)
     operations: Operations = field(default_factory=Operations)  # power actions (202 + polling)
     blob_versions: BlobVersions = field(default_factory=BlobVersions)  # serial log ETags
+    recorder: Recorder | None = None  # every console session's recording (None: not kept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,7 @@ def service_of(ctx: ApiContext) -> ConsoleService:
         policy_of(ctx),
         lambda: (vm.hub for vm in ctx.inventory.all_machines() if vm.hub is not None),
         session_buffer=ctx.session_buffer,
+        recorder=ctx.recorder,
     )
 
 

@@ -340,6 +340,9 @@ class ConsoleHub:
                 f"{self.machine.power_state}), so these {len(data)} were not sent. "
                 "Reset or restart the VM if it hangs."
             )
+        recording = session.recording
+        if recording is not None and recording.records_input:
+            recording.typed(data)
         if not self._queue and not self._pumping and (port := self.port) is not None:
             # The common case, a keystroke with nothing ahead of it: straight to the port,
             # one event-loop turn sooner than through the pump.

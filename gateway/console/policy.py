@@ -13,11 +13,16 @@ In order, as Azure checks them:
    power state allows it (its own state error says what to do).
 
 Every outcome is audited: refusals as ``denied``, failures as ``failed``, the rest as
-``succeeded``; and an allowed command is recorded (``allowed``) BEFORE it acts, so a lab
+``succeeded`` (each row names the caller's console session when it has one); and an
+allowed command is recorded (``allowed``) BEFORE it acts, so a lab
 that cannot record (its state folder's disk is full) refuses the command and does
 nothing, never a reset without its audit row. Refusals are ``CommandRefused`` with a
 ``Refusal`` each door maps to its own spelling (a close code, an HTTP status, a line of
 text); failures are ``CommandFailed``.
+
+Every recording of the VM's open sessions gets a marker when a command is allowed (who
+asked, through which door), and another if it then fails; a refusal is marked in the
+caller's own recording only (nobody else saw it).
 
 Exceptions::
 
@@ -85,6 +90,7 @@ class Actor:
     door: str
     role: Role = Role.WRITER
     active: bool = True  # False once the caller's session is closing (taken over, idle...)
+    session: str = ""  # the caller's console session, when the door knows it
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +158,12 @@ class CommandPolicy:
         monitor failed, or the power state does not allow it now).
         """
         keys = list(keys)
-        self.check(actor, target, command)
+        try:
+            self.check(actor, target, command)
+        except CommandRefused as err:
+            self._mark(actor, target, f"{_label(command, keys)} by {actor.user} refused: {err}",
+                       everyone=False)  # fmt: skip
+            raise
         try:  # recorded before it acts: a command the lab cannot record is not done
             self._record(actor, target, command, audit.ALLOWED, "".join(keys))
         except StorageFull as err:
@@ -163,16 +174,21 @@ class CommandPolicy:
                 f"The lab cannot record this command, so it did nothing: {err}. Check the "
                 "state folder (its disk, its permissions), then try again.",
             ) from None
+        label = _label(command, keys)
+        self._mark(actor, target, f"{label} by {actor.user} ({actor.door})")
         try:
             message = await target.hub.command(command, keys)
         except SysRqNotSupported as err:
             self.record(actor, target, command, audit.DENIED, str(err))
+            self._mark(actor, target, f"{label} by {actor.user} refused: {err}")
             raise CommandRefused(Refusal.NOT_SUPPORTED, str(err)) from None
         except MachineStateError as err:
             self.record(actor, target, command, audit.DENIED, str(err))
+            self._mark(actor, target, f"{label} by {actor.user} refused: {err}")
             raise CommandRefused(Refusal.WRONG_STATE, str(err)) from None
         except (ConsoleError, MachineError) as err:
             self.record(actor, target, command, audit.FAILED, str(err))
+            self._mark(actor, target, f"{label} by {actor.user} failed: {err}")
             raise CommandFailed(str(err)) from None
         self.record(actor, target, command, audit.SUCCEEDED, "".join(keys))
         return message
@@ -194,4 +210,32 @@ class CommandPolicy:
             target=target.id,
             outcome=outcome,
             detail=f"{actor.door}: {detail}" if detail else actor.door,
+            session=_session_of(actor, target.hub),
         )
+
+    def _mark(self, actor: Actor, target: Target, label: str, *, everyone: bool = True) -> None:
+        """A marker in the recordings of the VM's open sessions (``everyone``), or in the
+        caller's own session's only."""
+        own = _session_of(actor, target.hub)
+        for session in target.hub.sessions:
+            if session.recording is not None and (everyone or session.id == own):
+                session.recording.marker(label)
+
+
+def _label(command: str, keys: Sequence[str]) -> str:
+    names = {"sysrq": "SysRq", "nmi": "NMI", "reset": "hard reset", "restart": "restart"}
+    name = names.get(command, command)
+    return f"{name} {''.join(keys)}" if keys else name
+
+
+def _session_of(actor: Actor, hub: ConsoleHub) -> str:
+    """The id of the caller's console session on ``hub``: its writer's when that is the
+    caller, else one of the caller's open sessions there; empty when it has none (a REST
+    command with no console open)."""
+    if actor.session:
+        return actor.session
+    writer = hub.writer
+    if writer is not None and writer.user == actor.user:
+        return writer.id
+    own = [s for s in hub.sessions if s.user == actor.user]
+    return own[-1].id if own else ""

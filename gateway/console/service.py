@@ -10,6 +10,10 @@ its own way, then calls ``ConsoleService``:
 - ``detach(target, session)``: forget it, and audit the disconnect with its reason;
 - ``policy``: the one ``CommandPolicy`` for SysRq, NMI, reset, restart and break.
 
+With a ``recorder`` (``gateway.console.recording.Recorder``) every session is recorded
+from ``attach`` to ``detach``, whatever its door, and a resumed session goes on in the
+same recording. The audit rows of a session carry its id.
+
 It raises ``gateway.console.connection.Refused`` with the close code and the user's text,
 which each door spells its own way. It does no I/O of a door's own.
 """
@@ -22,12 +26,14 @@ from dataclasses import dataclass
 
 from gateway.access import audit
 from gateway.access.errors import AccessError
+from gateway.console import texts
 from gateway.console.bootlog import LogRead
 from gateway.console.connection import Refused
 from gateway.console.frames import CloseCode
 from gateway.console.hub import ConsoleError, ConsoleHub
 from gateway.console.policy import Actor, CommandPolicy, Target
-from gateway.console.sessions import DEFAULT_LIMIT, Closing, ConsoleSession, Resumed
+from gateway.console.recording import Recorder
+from gateway.console.sessions import DEFAULT_LIMIT, Closing, ConsoleSession, Notice, Resumed
 
 log = logging.getLogger("serial_console_lab.console.service")
 
@@ -48,7 +54,8 @@ class ConsoleService:
     """Attach, resume, detach and command consoles for every door (see the module docstring).
 
     ``hubs()`` lists every VM's hub (for the per-user bound); ``session_buffer`` is each
-    client's queue bound; ``max_per_user`` the consoles one user may hold open at once.
+    client's queue bound; ``max_per_user`` the consoles one user may hold open at once;
+    ``recorder`` records each session (None: none is).
     """
 
     def __init__(
@@ -59,12 +66,14 @@ class ConsoleService:
         *,
         session_buffer: int = DEFAULT_LIMIT,
         max_per_user: int | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.audit_log = audit_log
         self.policy = policy
         self._hubs = hubs
         self.session_buffer = session_buffer
         self.max_per_user = MAX_CONSOLES_PER_USER if max_per_user is None else max_per_user
+        self.recorder = recorder
 
     def open_sessions(self, user: str) -> int:
         """Consoles ``user`` holds open now, on every VM."""
@@ -90,12 +99,33 @@ class ConsoleService:
             backlog, displaced = target.hub.attach(session, resume)
         except ConsoleError as err:
             raise Refused(CloseCode.GOING_AWAY, str(err)) from None
+        self._start_recording(session, target, actor, displaced)
         self.record(actor, target.id, "console.connect", audit.ALLOWED,
-                    f"{actor.role} session {session_id[:8]}...")  # fmt: skip
+                    f"{actor.role} session {session_id[:8]}...", session=session_id)  # fmt: skip
         if displaced is not None:
             self.record(actor, target.id, "console.takeover", audit.SUCCEEDED,
-                        f"took the console over from {displaced.user}")  # fmt: skip
+                        f"took the console over from {displaced.user}",
+                        session=session_id)  # fmt: skip
         return Attached(session, backlog, displaced)
+
+    def _start_recording(
+        self,
+        session: ConsoleSession,
+        target: Target,
+        actor: Actor,
+        displaced: ConsoleSession | None,
+    ) -> None:
+        if self.recorder is None:
+            return
+        recording = self.recorder.start(session, vm_id=target.id, door=actor.door)
+        if recording is None:
+            return
+        session.recording = recording
+        recording.message(texts.BANNER)
+        if displaced is not None:
+            recording.marker(f"takeover: {actor.user} took the console over from {displaced.user}")
+        if recording.records_input:  # the user is told, ahead of the replay
+            session.prepend(Notice("recording", texts.INPUT_RECORDED, ok=True))
 
     def resume(self, target: Target, session: ConsoleSession, offset: int) -> ConsoleSession | None:
         """A fresh session in place of ``session``, replaying from ``offset`` (introduced by
@@ -108,6 +138,7 @@ class ConsoleService:
         fresh = ConsoleSession(session.id, session.user, session.vm, session.role, session.limit)
         backlog, _ = hub.attach(fresh, offset)  # nobody to displace: this was the writer
         fresh.prepend(Resumed(offset, backlog.start, backlog.rotated))
+        fresh.recording, session.recording = session.recording, None  # one recording
         session.close(Closing(CloseCode.NORMAL, "resumed"), drain=False)
         return fresh
 
@@ -115,13 +146,21 @@ class ConsoleService:
         """Forget ``session`` and audit why it ended."""
         target.hub.detach(session)
         closing = session.closing
-        self.record(actor, target.id, "console.disconnect", audit.SUCCEEDED,
-                    closing.reason if closing else "client left")  # fmt: skip
+        how = closing.reason if closing else "client left"
+        if session.recording is not None:
+            session.recording.ended(how, closing.message if closing else "")
+            session.recording = None
+        self.record(actor, target.id, "console.disconnect", audit.SUCCEEDED, how,
+                    session=session.id)  # fmt: skip
 
-    def record(self, actor: Actor, target: str, action: str, outcome: str, detail: str) -> None:
-        """One audit row; a failing audit log never breaks the console."""
+    def record(
+        self, actor: Actor, target: str, action: str, outcome: str, detail: str, session: str = ""
+    ) -> None:
+        """One audit row (``session``: the console session it is about); a failing audit
+        log never breaks the console."""
         try:
             self.audit_log.record(action, user=actor.user, address=actor.address,
-                                  target=target, outcome=outcome, detail=detail)  # fmt: skip
+                                  target=target, outcome=outcome, detail=detail,
+                                  session=session)  # fmt: skip
         except AccessError as err:
             log.error("audit record lost (%s %s): %s", action, outcome, err)

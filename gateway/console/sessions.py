@@ -26,6 +26,7 @@ from gateway.console.frames import CloseCode
 
 if TYPE_CHECKING:
     from gateway.console.bootlog import LogRead
+    from gateway.console.recording import Recording
 
 log = logging.getLogger("serial_console_lab.console.sessions")
 
@@ -163,6 +164,7 @@ class ConsoleSession:
         self._replay_next = 0
         self._replay_end = 0
         self._wake = asyncio.Event()
+        self.recording: Recording | None = None  # what the client is given is recorded here
 
     @property
     def queued_bytes(self) -> int:
@@ -258,7 +260,14 @@ class ConsoleSession:
     async def take(self) -> list[Item]:
         """What is queued, waiting while nothing is: first a resume's introduction, then
         the replay a page at a time, then live output and events. An empty list: the
-        session is over (``closing`` says why) and nothing is left to deliver."""
+        session is over (``closing`` says why) and nothing is left to deliver. What is
+        taken goes to the session's recording, if any, as the client is given it."""
+        items = await self._take()
+        if items and self.recording is not None:
+            self.recording.took(items)
+        return items
+
+    async def _take(self) -> list[Item]:
         while not (self._head or self.replay_pending or self._items):
             if self.closing is not None:
                 return []

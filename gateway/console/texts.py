@@ -51,6 +51,10 @@ SUCCESS = {
     "restart": "Successfully restarted VM",
     "break": "Break sent",
 }
+INPUT_RECORDED = (
+    "This console session is recorded, and so is what you type (passwords too): the lab "
+    "file turns input recording on. Its administrators can replay it."
+)
 RESTART_FORCED = "Successfully restarted VM (the guest did not shut down: it was hard-reset)"
 
 

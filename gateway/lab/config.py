@@ -29,6 +29,11 @@ from gateway.access import lockout, rbac
 from gateway.access.rbac import RoleAssignment
 from gateway.access.users import MIN_PASSWORD_LENGTH, User, password_weakness
 from gateway.lab.tls import CertificateError, check_certificate_pair
+from gateway.recordings.settings import (
+    DEFAULT_SESSION_BYTES,
+    DEFAULT_TOTAL_BYTES,
+    RecordingSettings,
+)
 
 NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?")
 OS_TYPES = ("linux", "windows")
@@ -177,6 +182,7 @@ class LabConfig:
     gateway: GatewaySettings
     state_dir: Path
     access: AccessSettings = AccessSettings()
+    recordings: RecordingSettings = field(default_factory=RecordingSettings)
 
     def machine_specs(self) -> Iterator[MachineSpec]:
         """Every machine of the lab: the VMs, then each scale set's instances."""
@@ -392,6 +398,7 @@ class _Parser:
         guest_t.done()
         settings = self.gateway(top.table("gateway"))
         access = self.access(top.table("access"))
+        recordings = self.recordings(top.table("recordings"))
         state_dir = Path(top.str("state_dir", ".lab"))
 
         groups: list[ResourceGroup] = []
@@ -425,6 +432,7 @@ class _Parser:
             gateway=settings,
             state_dir=state_dir,
             access=access,
+            recordings=recordings,
         )
         users = tuple(self.user(t, lab) for t in top.tables("users"))
         self.unique(top, "users", [u.name for u in users], fold=False)
@@ -472,6 +480,17 @@ class _Parser:
             lockout_duration=t.number(
                 "lockout_duration", lockout.DEFAULT_DURATION, 0.1, lockout.CEILING
             ),
+        )
+        t.done()
+        return settings
+
+    def recordings(self, t: _Table) -> RecordingSettings:
+        """``[recordings]``: on by default; typed bytes only with ``record_input = true``."""
+        settings = RecordingSettings(
+            enabled=t.bool("enabled", True),
+            record_input=t.bool("record_input", False),
+            session_bytes=t.int("session_bytes", DEFAULT_SESSION_BYTES, 4096, 1 << 40),
+            total_bytes=t.int("total_bytes", DEFAULT_TOTAL_BYTES, 4096, 1 << 50),
         )
         t.done()
         return settings

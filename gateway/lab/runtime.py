@@ -63,6 +63,7 @@ from gateway.lab import connections
 from gateway.lab.config import LabConfig, MachineSpec
 from gateway.lab.tls import TlsError, TlsFiles, ensure_lab_certificate, server_hosts
 from gateway.machines.base import Machine, MachineError, PowerState
+from gateway.recordings.recorder import Recorder
 from gateway.rfc2217.door import Rfc2217Doors, Rfc2217Error
 from gateway.ssh.server import SshDoor, SshDoorError, load_host_key
 
@@ -244,9 +245,11 @@ class LabRuntime:
             (self.state_dir / "bootdiag").mkdir(parents=True, exist_ok=True)
             (self.state_dir / "run").mkdir(parents=True, exist_ok=True)
             db = LabDatabase(self.state_dir / "lab.db")
+            self._stack.callback(db.close)
+            recorder = Recorder(self.state_dir / "recordings", db, self.config.recordings)
         except (OSError, StoreError) as err:
             raise LabRuntimeError(f"cannot use the state folder {self.state_dir}: {err}") from err
-        self._stack.callback(db.close)
+        self._stack.callback(recorder.close)  # after the consoles ended, before lab.db closes
         self.tls = self._tls_files()
         # Registered before anything is built: it deallocates, then closes hubs and logs.
         self._stack.push_async_callback(self._release_machines)
@@ -268,6 +271,7 @@ class LabRuntime:
             replay_bytes=settings.replay_bytes,
             allowed_origins=settings.allowed_origins,
             allowed_hosts=_allowed_hosts(settings.host) if settings.loopback else None,
+            recorder=recorder,
         )
         server = self._prepare_server()
         # The doors' ports are opened outside the TaskGroup: a port in use is a plain error.

@@ -41,6 +41,8 @@ class FakeHub:
     machine: FakeMachine = field(default_factory=FakeMachine)
     fail: Exception | None = None
     done: list[tuple[str, list[str]]] = field(default_factory=list)
+    writer: None = None  # no console open: the audit rows name no session
+    sessions: frozenset[object] = frozenset()
 
     @property
     def log(self) -> object:
