@@ -1,7 +1,8 @@
 """The SSH door on a real QEMU guest: OpenSSH's ``ssh`` as the terminal, one boot.
 
-The guest's login, a command, ``~B`` then ``h`` (the kernel's SysRq help) and the Ctrl+]
-menu's NMI, as a user sees them through ``ssh -p PORT alice+lab-rg+linux-1@127.0.0.1``.
+The guest's login, a command, the ``stty`` line offered on a resize (which the guest's
+tty takes), ``~B`` then ``h`` (the kernel's SysRq help) and the Ctrl+] menu's NMI, as a
+user sees them through ``ssh -p PORT alice+lab-rg+linux-1@127.0.0.1``.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ def ssh(port: int, login: str) -> pexpect.spawn:
 
 
 async def test_login_command_tilde_b_sysrq_and_menu_nmi_over_openssh(tmp_path: Path) -> None:
-    """The user logs in to the booted guest through ``ssh``, runs ``uname -n``; ``~B`` then
-    ``h`` makes the kernel print its SysRq help, and the menu's NMI (confirmed with a
-    capital Y) makes it report the NMI."""
+    """The user logs in to the booted guest through ``ssh``, runs ``uname -n`` and the
+    ``stty`` line offered on a resize; ``~B`` then ``h`` makes the kernel print its SysRq
+    help, and the menu's NMI (confirmed with a capital Y) makes it report the NMI."""
     require_qemu()
     if shutil.which("ssh") is None:
         pytest.fail("OpenSSH's ssh is missing: sudo apt-get install openssh-client")
@@ -70,6 +71,10 @@ async def test_login_command_tilde_b_sysrq_and_menu_nmi_over_openssh(tmp_path: P
             await expect(child, r"# ")
             child.send("uname -n\r")
             await expect(child, r"\r\nlinux-1\r\n")
+            child.setwinsize(30, 120)  # a resize: the door offers the new stty line
+            await expect(child, r"run '(stty rows 30 cols 120)' in the guest")
+            child.send(child.match.group(1).decode() + "; stty size\r")
+            await expect(child, r"\r\n30 120\r\n")
             child.send("\r~B")
             child.send("h")
             await expect(child, r"sysrq: HELP : loglevel\(0-9\) reboot\(b\)")
