@@ -13,11 +13,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.cli import commands, lab
+from gateway.cli import commands, lab, recording
 
 Register = Callable[[Any], None]
 
-COMMANDS: list[Register] = [lab.register, commands.register]
+COMMANDS: list[Register] = [lab.register, commands.register, recording.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import sys
+import termios
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,10 +22,12 @@ from typing import Any
 
 import pytest
 
+from gateway.cli.recording import TERMINAL_RESET
 from gateway.console import texts
 from gateway.console.frames import CloseCode
 from gateway.recordings import cast
 from tests.conftest import scaled
+from tests.support.cli import Cli, expect, finished
 from tests.support.lab import EMULATED_VMS, SUBSCRIPTION, LabHandle, running_lab
 from tests.support.wsclient import login, open_console
 
@@ -276,3 +280,92 @@ async def test_the_session_bound_stops_the_file_and_says_so(tmp_path: Path) -> N
     assert ended["properties"]["truncated"] is True
     assert len(body) <= 4096 + 512
     assert "reached the lab's limit of 4096 bytes" in cast.parse(body.decode()).output()
+
+
+# -- the CLI ----------------------------------------------------------------------------------
+
+
+async def test_cli_lists_downloads_and_plays_a_session(lab: LabHandle, tmp_path: Path) -> None:
+    url, token = await lab.session_url("alice")
+    alice = await open_console(url, token)
+    await login(alice)
+    await alice.type("hostname\r")
+    await alice.expect(r"\r\nlinux-1\r\n")
+    await alice.ws.close()
+    session_id = _session_id(url)
+    await _ended(lab, session_id)
+    cli = Cli.at(lab.url, tmp_path / "config")
+    cli.cwd = tmp_path
+    await cli.login("alice")
+    machine = ["-g", "lab-rg", "-n", "linux-1"]
+
+    table = await cli.run("recording", "list", *machine)
+    assert table.code == 0, table.err
+    head, _, *rows = table.text.splitlines()
+    assert head.split() == ["Session", "User", "Door", "Start", "End", "Bytes", "Ended"]
+    assert any(row.startswith(session_id) and " alice " in row for row in rows), table.text
+    listed = await cli.run("recording", "list", *machine, "-o", "json")
+    assert session_id in [s["name"] for s in json.loads(listed.text)]
+
+    saved = await cli.run("recording", "download", *machine, "--session", session_id)
+    assert saved.code == 0, saved.err
+    file = tmp_path / f"linux-1-{session_id}.cast"
+    assert file.read_bytes() == await _recording(lab, session_id)
+
+    played = await cli.run("recording", "play", *machine, "--session", session_id)
+    assert played.code == 0, played.err
+    assert cast.parse(file.read_text()).output() in played.text
+    assert "\r\nlinux-1\r\n" in played.text
+
+    reader = Cli.at(lab.url, tmp_path / "bob")
+    await reader.login("bob")
+    refused = await reader.run("recording", "list", *machine)
+    assert refused.code == 1
+    assert texts.NO_PERMISSION in refused.err
+    unknown = await cli.run("recording", "download", *machine, "--session", "nope")
+    assert unknown.code == 1
+    assert "serial-console recording list" in unknown.err
+
+
+def _slow_cast(path: Path, pause: float) -> None:
+    """A recording with ``pause`` seconds between its two lines."""
+    head = cast.header(started=0, title="t", lab={}, input_recorded=False)
+    path.write_text(
+        head + cast.event(0.1, "o", "first line\r\n") + cast.event(0.1 + pause, "o", "second\r\n")
+    )
+
+
+async def test_cli_play_keeps_time_speeds_up_and_cuts_long_pauses(tmp_path: Path) -> None:
+    cli = Cli.at("http://127.0.0.1:9", tmp_path / "config")  # no lab needed for a file
+    path = tmp_path / "slow.cast"
+    _slow_cast(path, 2.0)
+    began = time.monotonic()
+    result = await cli.run("recording", "play", "--file", str(path), "--speed", "4")
+    took = time.monotonic() - began
+    assert result.code == 0, result.err
+    assert result.text.index("first line") < result.text.index("second")
+    assert took >= 0.5  # 2 s at 4x
+    _slow_cast(path, 3600.0)
+    result = await cli.run("recording", "play", "--file", str(path), "--idle-limit", "0.2")
+    assert result.code == 0, result.err
+    assert "second" in result.text
+    bad = await cli.run("recording", "play", "--file", str(path), "--speed", "0")
+    assert bad.code == 2
+    assert "not a number above 0" in bad.err
+    path.write_text("not a recording\n")
+    bad = await cli.run("recording", "play", "--file", str(path))
+    assert bad.code == 1
+    assert "not a recording the lab made" in bad.err
+
+
+async def test_cli_play_stops_on_ctrl_c_and_gives_the_terminal_back(tmp_path: Path) -> None:
+    cli = Cli.at("http://127.0.0.1:9", tmp_path / "config")
+    path = tmp_path / "slow.cast"
+    _slow_cast(path, 3600.0)
+    child = cli.spawn("recording", "play", "--file", str(path))
+    await expect(child, "first line")
+    echo_during = termios.tcgetattr(child.child_fd)[3] & termios.ECHO
+    child.sendintr()
+    await expect(child, re.escape(TERMINAL_RESET))
+    assert await finished(child) == 130
+    assert echo_during == 0  # keys typed during the replay are not echoed into it
