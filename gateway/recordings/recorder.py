@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.access.store import LabDatabase
+from gateway.console.sessions import Output
 from gateway.recordings import RecordingNotFound
 from gateway.recordings.index import RecordingIndex, RecordingRow
 from gateway.recordings.settings import RecordingSettings
@@ -35,10 +36,10 @@ LAB_STOPPED = "the lab stopped before the session ended"
 class SessionRecording:
     """One session's recording, as the console core calls it (from the event loop)."""
 
-    __slots__ = ("_clock", "_ended", "_post", "id", "records_input")
+    __slots__ = ("_clock", "_ended", "_post", "full", "id", "records_input")
 
     def __init__(
-        self, session_id: str, post: Callable[[tuple], None], records_input: bool,
+        self, session_id: str, post: Callable[..., None], records_input: bool,
         clock: Callable[[], float],
     ) -> None:  # fmt: skip
         self.id = session_id
@@ -46,9 +47,16 @@ class SessionRecording:
         self._post = post
         self._clock = clock
         self._ended = False
+        self.full = False  # set by the writer when the file reached its bound
 
     def took(self, items: list[Item]) -> None:
-        self._post((self.id, self._clock(), ITEMS, items))
+        if self.full:
+            return
+        size = 0
+        for item in items:
+            if type(item) is Output:
+                size += len(item.data)
+        self._post((self.id, self._clock(), ITEMS, items), size)
 
     def typed(self, data: bytes) -> None:
         if self.records_input:
@@ -120,8 +128,9 @@ class Recorder:
         title = f"{session.vm}: {session.user} ({door}, {session.role.value})"
         lab = {"session": session.id, "vm": session.vm, "vm_id": vm_id, "user": session.user,
                "door": door, "role": session.role.value}  # fmt: skip
-        self.writer.post((session.id, self._clock(), START, (row, title, lab)))
-        return SessionRecording(session.id, self.writer.post, record_input, self._clock)
+        recording = SessionRecording(session.id, self.writer.post, record_input, self._clock)
+        self.writer.post((session.id, self._clock(), START, (row, title, lab, recording)))
+        return recording
 
     def find(self, vm_id: str, session_id: str) -> tuple[RecordingRow, Path]:
         """A session's row and its file. Raises RecordingNotFound (no such session on this

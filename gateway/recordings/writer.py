@@ -7,10 +7,12 @@ once a second fsyncs the files that grew and updates their size in the index. A 
 that dies loses at most the entries of the last ``interval`` (0.2 s); a machine that
 dies, at most the last second.
 
-Bounds: at most ``MAX_PENDING`` entries wait (past that they are dropped and counted: a
-disk that cannot keep up loses recording, never console time); one session's file stops
-at ``session_bytes`` with a line saying so; past ``total_bytes`` for all recordings, the
-oldest finished ones are removed first (a running session is never removed).
+Bounds: at most ``MAX_PENDING`` entries, ``MAX_PENDING_BYTES`` of output, wait (past that
+they are dropped and counted: a disk that cannot keep up loses recording, never console
+time or the lab's memory); one session's file stops at ``session_bytes`` with a line
+saying so, and its recording stops posting output from then on (``full``); past
+``total_bytes`` for all recordings, the oldest finished ones are removed first (a running
+session is never removed).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ log = logging.getLogger("serial_console_lab.recordings")
 INTERVAL = 0.2  # seconds between two takes of the posted entries
 SYNC_EVERY = 1.0  # seconds between two fsyncs of a growing file
 MAX_PENDING = 100_000  # entries waiting for the thread; past that, dropped and counted
+MAX_PENDING_BYTES = 64 << 20  # output bytes in those entries
 
 START, ITEMS, TYPED, MARK, MESSAGE, END = "start", "items", "typed", "mark", "message", "end"
 Entry = tuple[str, float, str, Any]  # session id, monotonic time, kind, payload
@@ -45,6 +48,7 @@ Entry = tuple[str, float, str, Any]  # session id, monotonic time, kind, payload
 class _Open:
     row: RecordingRow
     file: BinaryIO
+    owner: Any  # the SessionRecording: told when its file is full
     t0: float
     size: int
     renderer: cast.Renderer = field(default_factory=cast.Renderer)
@@ -78,6 +82,10 @@ class RecordingWriter:
         self.clock = clock
         self.wall = wall
         self.dropped = 0  # entries lost because the thread fell MAX_PENDING behind
+        # Output bytes posted (by the loop) and taken (by the thread): each counter has
+        # one writer, so their difference is what waits, without a lock.
+        self.posted_bytes = 0
+        self.taken_bytes = 0
         self._pending: deque[Entry] = deque()
         self._open: dict[str, _Open] = {}
         self._stop = threading.Event()
@@ -86,12 +94,17 @@ class RecordingWriter:
 
     # -- the loop's side --------------------------------------------------------------------
 
-    def post(self, entry: Entry) -> None:
-        """Queue ``entry`` for the thread; never blocks, never raises."""
-        if len(self._pending) >= MAX_PENDING:
+    def post(self, entry: Entry, size: int = 0) -> None:
+        """Queue ``entry`` (carrying ``size`` bytes of output) for the thread; never
+        blocks, never raises."""
+        if (
+            len(self._pending) >= MAX_PENDING
+            or self.posted_bytes - self.taken_bytes + size > MAX_PENDING_BYTES
+        ):
             self.dropped += 1
             return
-        self._pending.append(entry)
+        self.posted_bytes += size
+        self._pending.append((*entry, size))  # type: ignore[arg-type]
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="recordings", daemon=True)
@@ -108,7 +121,8 @@ class RecordingWriter:
         """Write what is pending now, in the caller's thread (tests, and ``close``)."""
         touched: set[_Open] = set()
         while self._pending:
-            sid, t, kind, payload = self._pending.popleft()
+            sid, t, kind, payload, size = self._pending.popleft()  # type: ignore[misc]
+            self.taken_bytes += size
             try:
                 opened = self._handle(sid, t, kind, payload)
             except Exception:  # one bad entry must not stop every recording
@@ -160,7 +174,7 @@ class RecordingWriter:
         return opened
 
     def _start(self, sid: str, t: float, payload: Any) -> _Open | None:
-        row, title, lab = payload
+        row, title, lab, owner = payload
         path = self.folder / row.path
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -172,7 +186,7 @@ class RecordingWriter:
         except OSError as err:
             log.error("recording of session %s not kept: %s", sid[:8], err)
             return None
-        opened = _Open(row, file, t, len(head), grown=True, unsynced=True)
+        opened = _Open(row, file, owner, t, len(head), grown=True, unsynced=True)
         self._open[sid] = opened
         try:
             self.index.add(row)
@@ -190,6 +204,7 @@ class RecordingWriter:
         size = sum(len(line) for line in lines)
         if opened.size + size > limit:
             opened.truncated = True
+            opened.owner.full = True  # its session stops posting output
             text = (f"[the recording stops here: it reached the lab's limit of {limit} bytes "
                     "for one session; the console goes on]")  # fmt: skip
             lines = [

@@ -13,8 +13,10 @@ import pytest
 from gateway.access.store import LabDatabase
 from gateway.console.sessions import ConsoleSession, Output, Role
 from gateway.recordings import RecordingNotFound, cast
+from gateway.recordings.index import RecordingIndex
 from gateway.recordings.recorder import LAB_STOPPED, Recorder
 from gateway.recordings.settings import RecordingSettings
+from gateway.recordings.writer import MAX_PENDING_BYTES, RecordingWriter
 from tests.conftest import scaled
 
 VM_ID = "/subscriptions/s/resourceGroups/lab-rg/providers/Microsoft.Compute/virtualMachines/linux-1"
@@ -105,6 +107,20 @@ def test_a_session_stops_growing_at_its_bound_and_says_so(tmp_path: Path, db: La
     assert len(text.encode()) <= 4096 + 300
     assert "reached the lab's limit of 4096 bytes" in cast.parse(text).output()
     assert "shutting down" not in text  # nothing after the bound
+    assert rec.full  # the session posts no more output: it would not be kept
+
+
+def test_a_disk_that_falls_behind_loses_recording_never_memory(
+    tmp_path: Path, db: LabDatabase
+) -> None:
+    writer = RecordingWriter(tmp_path, RecordingIndex(db), RecordingSettings())  # not started
+    chunk = [Output(0, b"z" * (1 << 20))]
+    for _ in range(MAX_PENDING_BYTES // (1 << 20) + 10):
+        writer.post(("s1", 0.0, "items", chunk), 1 << 20)
+    assert writer.dropped == 10
+    assert writer.posted_bytes - writer.taken_bytes <= MAX_PENDING_BYTES
+    writer.drain()  # an unknown session's entries are taken and forgotten
+    assert writer.posted_bytes == writer.taken_bytes
 
 
 def test_past_the_total_the_oldest_finished_recordings_go_first(
