@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pexpect
 
+from gateway.testing.lab import LabProcess
 from tests.conftest import scaled
 from tests.e2e.conftest import GUEST_PASSWORD, require_qemu
-from tests.e2e.lab_process import LabProcess
 from tests.support.cli import CLI, Cli
 
 ROOT = Path(__file__).resolve().parents[2]

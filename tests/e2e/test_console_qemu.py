@@ -1,81 +1,68 @@
-"""The websocket console on a real QEMU guest: what Azure's key paths look like for real."""
+"""The websocket console on a real QEMU guest, through the lab's own pytest plugin.
+
+The session's lab (the plugin's ``serial_lab``: the default lab, QEMU guests linux-1 and
+linux-2) serves every test here; ``console`` opens linux-1's console in framed mode as the
+project's clients do. The reset comes last, so no other test here sees linux-1 reboot.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.conftest import require_qemu
-from tests.support.lab import LabHandle, running_lab
-from tests.support.wsclient import login, open_console
+from gateway.testing import Console
 
-pytestmark = pytest.mark.qemu
+pytestmark = [pytest.mark.e2e, pytest.mark.qemu]
 
-QEMU_VM = """
-[[vms]]
-name = "linux-1"
-resource_group = "lab-rg"
-os = "linux"
-backend = "qemu"
-"""
-BOOT = 90
+ConsoleFactory = Callable[..., Console]
 
 
 @pytest.fixture
-async def lab(tmp_path: Path) -> AsyncIterator[LabHandle]:
-    require_qemu()
-    async with running_lab(tmp_path, vms=QEMU_VM) as handle:
-        yield handle
+def linux(console: ConsoleFactory) -> Console:
+    """linux-1's console, booted, root logged in."""
+    opened = console("linux-1")
+    opened.wait_for_boot()
+    opened.login()
+    return opened
 
 
-async def test_boot_from_the_first_byte_login_command_sysrq_and_nmi(lab: LabHandle) -> None:
-    """Resuming from offset 0 shows the kernel's first line; then the user logs in, runs a
-    command, and sees the kernel answer SysRq h and an NMI."""
-    url, token = await lab.session_url("alice")
-    client = await open_console(url, token, framed=True, query="offset=0")
-    connected = await client.event("connected")
-    assert connected["replay_from"] == 0
-    await client.expect(r"login: ", BOOT)
-    assert client.data.startswith(b"[    0.000000] Linux version ")
-    await login(client)
-    await client.type("uname -n\r")
-    await client.expect(r"\r\nlinux-1\r\n")
-    await client.ws.send(json.dumps({"type": "sysrq", "keys": "h"}))
-    await client.expect(r"sysrq: HELP : loglevel\(0-9\) reboot\(b\)")
-    await client.ws.send(json.dumps({"type": "nmi"}))
-    await client.expect(r"Uhhuh\. NMI received for unknown reason")
+def test_the_boot_log_holds_the_boot_from_its_first_byte(console: ConsoleFactory) -> None:
+    """The boot-diagnostics log starts with the kernel's very first line and holds the
+    guest's login prompt: the hub read the port before the CPU ran."""
+    log = console("linux-1").read_boot_log()
+    assert log.startswith("[    0.000000] Linux version "), log[:200]
+    assert "linux-1 login: " in log
 
 
-async def test_a_hard_reset_is_watched_live_on_the_same_connection(lab: LabHandle) -> None:
-    """Reset VM (Hard) through the raw protocol's admin command: the open console shows the
-    new boot from its first line, with no reconnect."""
-    url, token = await lab.session_url("alice")
-    client = await open_console(url, token)
-    await client.expect(r"login: ", BOOT)
-    admin = url.replace("ws://", "http://").removesuffix("/client") + "/adminCommand/reset"
-    reply = await lab.http.post(
-        admin, json={"command": "reset"}, headers={"Authorization": f"Bearer {token}"}
-    )
-    assert reply.json()["message"] == "Successfully Hard Reset VM"
-    await client.expect(r"\[    0\.000000\] Linux version", BOOT)
-    await client.expect(r"login: ", BOOT)
-    assert client.ws.close_code is None
+def test_login_command_sysrq_and_nmi(linux: Console) -> None:
+    """root logs in, runs a command, and sees the kernel answer SysRq h and an NMI."""
+    assert linux.run("uname -n") == ("linux-1\n", 0)
+    assert linux.sysrq("h") == "Successfully sent SysRq command"
+    linux.expect(r"sysrq: HELP : loglevel\(0-9\) reboot\(b\)")
+    assert linux.nmi() == "NMI sent successfully"
+    linux.expect(r"Uhhuh\. NMI received for unknown reason")
 
 
 @pytest.mark.parametrize("typed", [2_000, 20_000], ids=["2000-keys", "20000-byte-paste"])
-async def test_sysrq_after_typed_input_fires_the_key_asked_for(lab: LabHandle, typed: int) -> None:
+def test_sysrq_after_typed_input_fires_the_key_asked_for(linux: Console, typed: int) -> None:
     """A writer types a burst of 5s (or pastes 20,000 bytes) and then asks for SysRq h: the
     BREAK waits until the guest has taken every typed byte, so the kernel shows its help and
     no typed 5 becomes the key ("Loglevel set to 5")."""
-    url, token = await lab.session_url("alice")
-    client = await open_console(url, token, framed=True)
-    await client.expect(r"login: ", BOOT)
-    await client.ws.send(b"5" * typed)
-    await client.ws.send(json.dumps({"type": "sysrq", "keys": "h", "id": "h"}))
-    result = await client.event("result", 120)
-    assert result["ok"], result
-    await client.expect(r"sysrq: HELP : loglevel\(0-9\)", 60)
-    assert b"Loglevel set to" not in client.data
+    linux.send("5" * typed)
+    linux.sysrq("h", timeout=120)
+    linux.expect(r"sysrq: HELP : loglevel\(0-9\)", 60)
+    assert "Loglevel set to" not in linux.live_text
+    linux.sendcontrol("c")  # the shell drops the line of 5s
+    linux.expect(linux.prompt)
+
+
+def test_a_hard_reset_is_watched_live_on_the_same_connection(linux: Console) -> None:
+    """Reset VM (Hard): the open console shows the new boot from its first line, with no
+    reconnect, and its login prompt."""
+    assert linux.reset() == "Successfully Hard Reset VM"
+    linux.expect(r"\[    0\.000000\] Linux version", 90)
+    linux.wait_for_boot()
+    assert not linux.closed
+    linux.login()
+    assert linux.run("hostname") == ("linux-1\n", 0)

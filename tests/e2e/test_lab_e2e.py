@@ -21,8 +21,8 @@ from collections.abc import Iterator
 import pexpect
 import pytest
 
+from gateway.testing.lab import STOPPED, LabProcess
 from tests.e2e.conftest import GUEST_PASSWORD, require_qemu
-from tests.e2e.lab_process import STOPPED, LabProcess
 from tests.support.cli import Cli, expect, finished
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu]
@@ -55,7 +55,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabProcess]:
     """The default lab, running with --tls (so every console here goes over wss, verified
     against the lab's CA); on teardown it must stop cleanly with no QEMU left."""
     require_qemu()
-    running = LabProcess.start(tmp_path_factory.mktemp("lab"), tls=True)
+    running = LabProcess.start(tmp_path_factory.mktemp("lab"), tls=True, die_with_parent=True)
     assert running.url.startswith("https://127.0.0.1:"), running.output
     try:
         assert len(running.qemu_pids()) == 2, running.output
