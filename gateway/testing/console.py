@@ -411,7 +411,8 @@ class Console(SpawnBase):  # type: ignore[misc]  # pexpect has no type hints
     def _reset_reader(self, position: int) -> None:
         """Read from stream ``position`` on, with pexpect's buffer emptied."""
         self._cursor = position
-        self.buffer = self.string_type()
+        self._buffer = self.buffer_type()
+        self._before = self.buffer_type()  # pexpect searches this too on its next expect
         self._decoder.reset()
 
     def login(self, user: str = "root", password: str | None = None, timeout: float = BOOT) -> None:

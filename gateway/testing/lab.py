@@ -135,7 +135,12 @@ class LabProcess:
         # signals the banner; the wait for it is bounded.
         running._reader = threading.Thread(target=running._read, daemon=True, name="lab-output")
         running._reader.start()
-        if not running._up.wait(scaled(timeout)) or not running.url:
+        try:
+            up = running._up.wait(scaled(timeout)) and bool(running.url)
+        except BaseException:  # Ctrl+C while it starts: it stops (deallocating) too
+            running.stop()
+            raise
+        if not up:
             running.stop()
             raise LabStartError(f"the lab did not come up ({' '.join(command)}):\n{running.output}")
         return running

@@ -54,6 +54,7 @@ CONSOLES = pytest.StashKey[list[Console]]()
 KEPT = pytest.StashKey[list[str]]()
 CONNECTING_ROLES = ("Owner", "Contributor", "Virtual Machine Contributor")
 START_TIMEOUT = 180.0  # the whole lab, QEMU guests included, on a busy machine
+TRANSCRIPT_LIMIT = 100_000  # characters of a console's transcript in a report (the newest)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -102,6 +103,19 @@ def _setting(config: pytest.Config, name: str) -> Any:
     if value not in (None, False, ""):
         return value
     return config.getini(name)
+
+
+def _lab_file(config: pytest.Config) -> Path | None:
+    """--lab-file (relative to the working folder), else the ini's ``lab_file`` (relative
+    to the ini file's folder); None for the default lab."""
+    given = config.getoption("lab_file", None)
+    if given:
+        return Path(given).resolve()
+    written = config.getini("lab_file")
+    if not written:
+        return None
+    base = config.inipath.parent if config.inipath is not None else config.rootpath
+    return (base / str(written)).resolve()
 
 
 @dataclass
@@ -214,10 +228,10 @@ def _require_qemu(config: LabConfig) -> None:
 
 def _start(pytestconfig: pytest.Config, folder: Path) -> SerialLab:
     """Start the lab the options name; return it once it serves."""
-    path = _setting(pytestconfig, "lab_file")
+    path = _lab_file(pytestconfig)
     emulated = bool(_setting(pytestconfig, "lab_emulated"))
     try:
-        config = load_lab(Path(path)) if path else load_default_lab()
+        config = load_lab(path) if path else load_default_lab()
     except LabConfigError as err:
         raise pytest.UsageError(f"--lab-file: {err}") from None
     if not emulated:
@@ -232,7 +246,7 @@ def _start(pytestconfig: pytest.Config, folder: Path) -> SerialLab:
     keep = bool(_setting(pytestconfig, "lab_keep"))
     process = LabProcess.start(
         folder,
-        lab=Path(path).resolve() if path else None,
+        lab=path,
         emulated=emulated,
         timeout=START_TIMEOUT,
         die_with_parent=not keep and threading.current_thread() is threading.main_thread(),
@@ -336,9 +350,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed:
         for console in item.stash.get(CONSOLES, []):
             kind = "watch" if console.watching else "console"
-            report.sections.append(
-                (f"Serial {kind} {console.name} (ANSI stripped)", strip_ansi(console.live_text))
-            )
+            text = strip_ansi(console.live_text)
+            if len(text) > TRANSCRIPT_LIMIT:
+                left_out = len(text) - TRANSCRIPT_LIMIT
+                text = f"[... {left_out} characters before]\n" + text[-TRANSCRIPT_LIMIT:]
+            report.sections.append((f"Serial {kind} {console.name} (ANSI stripped)", text))
     return report  # type: ignore[return-value]
 
 
