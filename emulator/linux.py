@@ -37,6 +37,7 @@ class LinuxState(enum.StrEnum):
     SHELL = "shell"
     BUSY = "busy"  # a command runs (seq, sleep): typed bytes wait, Ctrl+C interrupts
     PANICKED = "panicked"
+    USERLAND = "userland"  # the image's own init runs (emulator.userland)
 
 
 class LinuxGuest:

@@ -25,6 +25,8 @@ from emulator.guest import GuestEvent, Personality
 from emulator.linux import LinuxGuest
 from emulator.pty import PtyPair, PtyUnavailable, Uart
 from emulator.sac import SacGuest
+from emulator.sandbox import UserlandImage
+from emulator.userland import UserlandLinuxGuest
 from gateway.machines.base import (
     EventKind,
     MachineBase,
@@ -45,7 +47,9 @@ class EmulatedMachine(MachineBase):
     ``hostname`` defaults to ``name``; ``password`` is the guest's root (or Windows) password;
     ``boot_delay`` is how long the boot takes to reach its login prompt; ``output_rate``
     paces output in bytes/s like a real line (None: as fast as the reader takes it);
-    ``nmi_crash_dump`` (Windows) makes an NMI bugcheck, as NMICrashDump does.
+    ``nmi_crash_dump`` (Windows) makes an NMI bugcheck, as NMICrashDump does;
+    ``userland`` (Linux): the unpacked guest image whose init, getty, login and busybox
+    run under the emulated kernel (``emulator.userland``) instead of the emulated shell.
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class EmulatedMachine(MachineBase):
         boot_delay: float = 0.0,
         output_rate: int | None = None,
         nmi_crash_dump: bool = True,
+        userland: UserlandImage | None = None,
     ) -> None:
         if personality not in PERSONALITIES:
             raise ValueError(f"personality must be one of {PERSONALITIES}, not {personality!r}")
@@ -68,7 +73,9 @@ class EmulatedMachine(MachineBase):
         super().__init__(name)
         host = hostname or name
         self.guest: Personality
-        if personality == "linux":
+        if personality == "linux" and userland is not None:
+            self.guest = UserlandLinuxGuest(host, password, userland, boot_delay=boot_delay)
+        elif personality == "linux":
             self.guest = LinuxGuest(host, password, boot_delay=boot_delay)
         else:
             self.guest = SacGuest(

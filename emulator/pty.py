@@ -114,6 +114,9 @@ class Uart:
         self._input_waiters: list[asyncio.Future[None]] = []
         self.bytes_in = 0
         self.bytes_out = 0
+        bind = getattr(guest, "bind_port", None)
+        if bind is not None:  # a guest that also prints on its own (a process's output)
+            bind(self._service)
 
     @property
     def closed(self) -> bool:

@@ -1,0 +1,572 @@
+"""The guest image's userland in Linux namespaces, on a PTY of its own.
+
+An emulated Linux guest can run the image's real busybox init, getty, login and sh (the
+initramfs ``make images`` builds) instead of the personality's small shell. Each guest is a
+process tree in its own user, mount, PID, UTS, IPC and network namespaces, made with
+util-linux (``unshare``, ``nsenter``, ``setpriv``, ``prlimit``, ``mount``, ``pivot_root``)
+and a few lines of ``sh`` between them; nothing else is installed or written on the host.
+
+Why util-linux and not bubblewrap: root inside must be an unprivileged id outside even when
+the lab runs as root, and busybox ``login`` calls ``setgroups``, which a user namespace
+allows only when its id maps are written by a privileged process. bubblewrap maps root to
+the caller's own id (root, here), and Debian 12's bubblewrap (0.8) has no overlay mounts.
+So the lab (as root) writes the maps itself and util-linux does the rest::
+
+    unshare --user                      holds a new user namespace; the lab writes its maps:
+                                        root inside = HOST_ID outside, setgroups allowed
+    prlimit ... unshare --mount sh      (host root, a private mount namespace) binds the
+                                        unpacked image and the lab's layer on a small tmpfs
+    nsenter --user -S 0 -G 0            joins the user namespace as its root (HOST_ID)
+    setpriv --pdeathsig KILL            the tree dies with the lab, whatever kills it
+    unshare --mount --pid --uts         the guest's own namespaces (loopback only), owned by
+            --ipc --net --fork            the user namespace; the child is PID 1
+    sh                                  tmpfs + overlay root (the image, read-only, under
+                                        the lab's layer, under a writable tmpfs), /proc,
+                                        /dev (null, zero, tty, random and the console),
+                                        host name, loopback up
+    setpriv --bounding-set ... sh       capabilities cut to what init needs, pivot_root
+                                        into the guest's root, the host's tree unmounted
+    /sbin/init                          the image's busybox init, PID 1 on the console
+
+The writable layer is a tmpfs: what the guest writes lives until it reboots or is reset, as
+on the QEMU guest whose root is its initramfs. Resource limits: processes, open files,
+address space per process, core dumps off, and the tmpfs's size.
+
+``userland_unavailable()`` says why this machine cannot run it (not root, a tool missing,
+the kernel refusing user namespaces or overlayfs in them, no image), or None.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import termios
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("serial_console_lab.emulator")
+
+IMAGE_DIR = Path(__file__).resolve().parent.parent / "images" / "build" / "linux"
+HOST_ID = 2_000_000_000  # root (and every id) inside a guest, seen from the host
+TOOLS = ("unshare", "nsenter", "setpriv", "prlimit", "mount", "sh")
+LIMITS = {
+    "nproc": 64,  # processes of the guest (counted per user namespace)
+    "nofile": 256,
+    "as": 256 << 20,  # address space of each process
+    "core": 0,
+}
+TMPFS_SIZE = "16m"  # the guest's writable layer
+# What init and its children keep (capabilities of the user namespace, not of the host):
+# mounts (rcS), reboot(2), login's setuid/setgid/chown, kill, chroot.
+KEEP_CAPS = (
+    "chown,dac_override,dac_read_search,fowner,fsetid,kill,setgid,setuid,setpcap,"
+    "net_bind_service,sys_chroot,sys_admin,sys_boot,audit_write"
+)
+READ_SIZE = 4096
+INPUT_LIMIT = 64 * 1024  # typed bytes the guest has not read yet, beyond which they are lost
+
+# What replaces the image's rcS: the same steps, with the kernel command line and QEMU's
+# fw_cfg (neither exists here) replaced by what the lab hands over: the host name is set
+# before init, the password is /etc/lab-password (the image's own fallback).
+RC_S = """#!/bin/sh
+# Serial Console Lab emulated guest: the kernel is the lab's emulation, this userland is the
+# image's. /proc and /dev are set up before init; the host name comes from the lab, the
+# root password from /etc/lab-password (written by the lab, read once, then removed).
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts /dev/pts
+ln -sf pts/ptmx /dev/ptmx
+host=$(hostname)
+echo "$host" > /etc/hostname
+hash=$(mkpasswd -m sha512 < /etc/lab-password)  # not in argv
+rm -f /etc/lab-password
+echo "root:$hash:0:0:root:/root:/bin/sh" > /etc/passwd
+echo "lab guest $host is up"
+"""
+RC_K = """#!/bin/sh
+echo "lab guest $(hostname) is shutting down"
+sync
+"""
+OS_RELEASE = """PRETTY_NAME="Serial Console Lab guest (BusyBox)"
+NAME="Serial Console Lab guest"
+ID=serial-console-lab
+ID_LIKE=busybox
+HOME_URL="https://busybox.net/"
+"""
+
+# Host root, in a private mount namespace: the image and the lab's layer, bound read-only
+# on a small tmpfs the guest's user can walk to (the state folder may not be).
+STAGE = """set -e
+exec 7<"$1" 8<"$2"
+shift 2
+mount -t tmpfs -o mode=0755,size=64k lab /tmp
+mkdir /tmp/lower /tmp/lab /tmp/guest
+mount --bind -o ro /proc/self/fd/7 /tmp/lower
+mount --bind -o ro /proc/self/fd/8 /tmp/lab
+exec 7<&- 8<&-
+exec "$@"
+"""
+# Root of the user namespace, PID 1 of the guest's PID namespace: its root and devices.
+GUEST = """set -e
+host=$1 password=$2 console=$3
+mount -t tmpfs -o mode=0755,size={size} guest /tmp/guest
+cd /tmp/guest
+mkdir upper work root upper/etc
+cat "/proc/self/fd/$password" > upper/etc/lab-password
+chmod 600 upper/etc/lab-password
+mount -t overlay -o lowerdir=/tmp/lab:/tmp/lower,upperdir=upper,workdir=work,userxattr guest root
+cd root
+for dev in null zero full random urandom tty; do
+    touch dev/$dev
+    mount --bind /dev/$dev dev/$dev
+done
+touch dev/console dev/ttyS0
+mount --bind "$console" dev/console
+mount --bind "$console" dev/ttyS0
+mount -t proc -o nosuid,nodev,noexec proc proc
+/tmp/lower/bin/busybox hostname "$host"
+/tmp/lower/bin/busybox ip link set lo up
+exec setpriv --bounding-set -all,+{caps} -- \\
+    /bin/sh -c 'pivot_root . . && umount -l . && cd / && exec /usr/bin/env -i /sbin/init'
+"""
+
+
+class SandboxError(Exception):
+    """The userland cannot be started; the message says why."""
+
+
+def userland_unavailable(image_dir: Path = IMAGE_DIR) -> str | None:
+    """Why emulated Linux guests cannot run the image's userland here, or None when they can.
+
+    Checked once per process (the answer is cached): root, util-linux's tools, the image,
+    then a real try (a user namespace with a mapped root, overlayfs in it).
+    """
+    key = str(image_dir)
+    if key not in _PROBED:
+        _PROBED[key] = _probe(image_dir)
+    return _PROBED[key]
+
+
+_PROBED: dict[str, str | None] = {}
+
+
+def _probe(image_dir: Path) -> str | None:
+    if os.geteuid() != 0:
+        return (
+            "the lab does not run as root: root inside a guest must map to an unprivileged "
+            "id with setgroups allowed (busybox login needs it), which only root can write"
+        )
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"util-linux's {', '.join(missing)} not found (apt-get install util-linux)"
+    if not (image_dir / "initramfs.cpio").is_file():
+        return f"no guest image in {image_dir} (run: make images)"
+    with tempfile.TemporaryDirectory(prefix="userland-probe-") as tmp:
+        try:
+            image = UserlandImage(image_dir / "initramfs.cpio", Path(tmp))
+            image.prepare()
+            userns = _user_namespace()
+        except (OSError, SandboxError, subprocess.SubprocessError) as err:
+            return f"cannot make a user namespace with a mapped root: {err}"
+        try:
+            argv = image.command(userns, "probe", 0, "/dev/null", init=("true",))
+            r, w = os.pipe()
+            os.close(w)
+            done = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                pass_fds=(userns, r),
+                timeout=30,
+                check=False,
+                text=True,
+            )
+            os.close(r)
+        except (OSError, subprocess.SubprocessError) as err:
+            return f"the namespaces cannot be made: {err}"
+        finally:
+            os.close(userns)
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        return f"the kernel refused the guest's namespaces or overlay: {why}"
+    return None
+
+
+def _user_namespace() -> int:
+    """A new user namespace whose root is HOST_ID outside (setgroups allowed); its fd."""
+    holder = subprocess.Popen(
+        ["unshare", "--user", "--", "sh", "-c", "echo; read x"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        if holder.stdout.readline() != b"\n":
+            raise SandboxError("unshare --user failed (user namespaces refused by the kernel?)")
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{holder.pid}/{name}", "w") as f:
+                f.write(f"0 {HOST_ID} 1\n")
+        return os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        with contextlib.suppress(OSError):
+            holder.stdin.close()  # type: ignore[union-attr]
+        holder.wait()
+        with contextlib.suppress(OSError):
+            holder.stdout.close()  # type: ignore[union-attr]
+
+
+class UserlandImage:
+    """The image's initramfs unpacked once in ``cache_dir``, plus the lab's layer.
+
+    ``prepare()`` unpacks it (again only when the initramfs changed), owned by HOST_ID so
+    that it is root's inside; ``command()`` builds the command line of one guest.
+    """
+
+    def __init__(self, initramfs: Path, cache_dir: Path) -> None:
+        self.initramfs = initramfs
+        self.cache_dir = cache_dir
+        self.lower = cache_dir / "image"
+        self.layer = cache_dir / "lab"
+
+    def prepare(self) -> None:
+        """Unpack the initramfs and write the lab's layer, unless already done for it."""
+        data = self.initramfs.read_bytes()
+        digest = hashlib.sha256(data + RC_S.encode() + RC_K.encode()).hexdigest()[:16]
+        stamp = self.cache_dir / "image.sha"
+        if stamp.is_file() and stamp.read_text() == digest:
+            return
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        for path in (self.lower, self.layer):
+            if path.exists():
+                shutil.rmtree(path)
+        _unpack_cpio(data, self.lower)
+        for rel, text, mode in (
+            ("etc/init.d/rcS", RC_S, 0o755),
+            ("etc/init.d/rcK", RC_K, 0o755),
+            ("etc/os-release", OS_RELEASE, 0o644),
+        ):
+            path = self.layer / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            path.chmod(mode)
+        for root in (self.lower, self.layer):
+            for dirpath, dirnames, filenames in os.walk(root):
+                os.lchown(dirpath, HOST_ID, HOST_ID)
+                for name in dirnames + filenames:
+                    os.lchown(os.path.join(dirpath, name), HOST_ID, HOST_ID)
+        stamp.write_text(digest)
+
+    def command(
+        self,
+        userns_fd: int,
+        hostname: str,
+        password_fd: int,
+        console: str,
+        *,
+        init: tuple[str, ...] | None = None,
+    ) -> list[str]:
+        """The command line of one guest (``init``: what runs instead of the guest, probes)."""
+        limits = [f"--{name}={value}" for name, value in LIMITS.items()]
+        guest = GUEST.format(size=TMPFS_SIZE, caps=KEEP_CAPS.replace(",", ",+"))
+        if init is not None:
+            guest = guest.rsplit("exec setpriv", 1)[0] + "exec " + " ".join(init) + "\n"
+        return [
+            "prlimit",
+            *limits,
+            "--",
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            STAGE,
+            "stage",
+            str(self.lower),
+            str(self.layer),
+            "nsenter",
+            f"--user=/proc/self/fd/{userns_fd}",
+            "--setuid",
+            "0",
+            "--setgid",
+            "0",
+            "--",
+            "setpriv",
+            "--pdeathsig",
+            "KILL",
+            "--",
+            "unshare",
+            "--mount",
+            "--pid",
+            "--uts",
+            "--ipc",
+            "--net",
+            "--fork",
+            "--kill-child",
+            "--",
+            "sh",
+            "-c",
+            guest,
+            "guest",
+            hostname,
+            str(password_fd),
+            console,
+        ]
+
+
+def _unpack_cpio(data: bytes, dest: Path) -> None:
+    """Unpack a newc cpio archive (directories, files, symlinks; device nodes skipped)."""
+    dest.mkdir(parents=True)
+    pos = 0
+    while pos + 110 <= len(data):
+        header = data[pos : pos + 110]
+        if header[:6] != b"070701":
+            raise SandboxError(f"{dest}: not a newc cpio archive at byte {pos}")
+        fields = [int(header[6 + 8 * i : 14 + 8 * i], 16) for i in range(13)]
+        mode, size, name_size = fields[1], fields[6], fields[11]
+        pos += 110
+        name = data[pos : pos + name_size - 1].decode()
+        pos = (pos + name_size + 3) & ~3
+        body = data[pos : pos + size]
+        pos = (pos + size + 3) & ~3
+        if name == "TRAILER!!!":
+            return
+        path = dest / name
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            raise SandboxError(f"{dest}: unsafe path {name!r} in the initramfs")
+        if stat.S_ISDIR(mode):
+            path.mkdir(parents=True, exist_ok=True)
+        elif stat.S_ISLNK(mode):
+            path.symlink_to(body.decode())
+        elif stat.S_ISREG(mode):
+            path.write_bytes(body)
+        else:
+            continue
+        if not stat.S_ISLNK(mode):
+            path.chmod(stat.S_IMODE(mode))
+
+
+class Sandbox:
+    """One run of a guest's userland: its process tree and the PTY it runs on.
+
+    ``on_output(bytes)`` gets what the userland writes on its console; ``on_exit(status)``
+    gets init's end: ``"reboot"`` (reboot(2) asked a restart), ``"poweroff"`` (power off or
+    halt), or ``"died"`` with the exit code (init died: the kernel panics). Input is
+    written with ``write``; ``pause_output``/``resume_output`` apply backpressure.
+    ``kill()`` ends the whole tree at once; after ``kill`` no callback is called.
+    """
+
+    def __init__(
+        self,
+        image: UserlandImage,
+        hostname: str,
+        password: str,
+        *,
+        on_output: Callable[[bytes], None],
+        on_exit: Callable[[str, int], None],
+    ) -> None:
+        self.image = image
+        self.hostname = hostname
+        self._password = password
+        self._on_output = on_output
+        self._on_exit = on_exit
+        self._loop = asyncio.get_running_loop()
+        self._master = -1
+        self._process: asyncio.subprocess.Process | None = None
+        self._waiter: asyncio.Task[None] | None = None
+        self._input = bytearray()
+        self._reading = False
+        self._writing = False
+        self._dead = False
+        self.started_at = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        """The host pid of the tree's root (util-linux's unshare, init's parent)."""
+        return self._process.pid if self._process is not None else None
+
+    def init_pid(self) -> int | None:
+        """The host pid of the guest's init (PID 1 inside), once it runs."""
+        if self._process is None:
+            return None
+        children = _children(self._process.pid)
+        return children[0] if children else None
+
+    async def start(self) -> None:
+        """Make the namespaces and start init. Raises SandboxError when it cannot."""
+        self.started_at = self._loop.time()
+        master, slave = os.openpty()
+        try:
+            attrs = termios.tcgetattr(slave)
+            attrs[0] |= termios.ICRNL  # a terminal's defaults; getty sets the rest
+            termios.tcsetattr(slave, termios.TCSANOW, attrs)
+            os.fchown(slave, HOST_ID, HOST_ID)
+            os.fchmod(slave, 0o600)
+            console = os.ttyname(slave)
+            os.set_blocking(master, False)
+            userns = await asyncio.to_thread(_user_namespace)
+            r, w = os.pipe()
+            os.write(w, self._password.encode() + b"\n")
+            os.close(w)
+            os.fchown(r, HOST_ID, HOST_ID)  # read by the guest's root, as /proc/self/fd/N
+            try:
+                argv = self.image.command(userns, self.hostname, r, console)
+                self._process = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=slave,
+                    stdout=slave,
+                    stderr=slave,
+                    pass_fds=(userns, r),
+                    start_new_session=True,
+                )
+            finally:
+                os.close(r)
+                os.close(userns)
+        except (OSError, subprocess.SubprocessError) as err:
+            os.close(master)
+            raise SandboxError(f"cannot start the guest's userland: {err}") from err
+        finally:
+            os.close(slave)
+        self._master = master
+        if self._dead:  # killed while it started
+            self._close()
+            return
+        self._waiter = asyncio.ensure_future(self._wait())
+        self.resume_output()
+
+    def write(self, data: bytes) -> None:
+        """Typed bytes for the guest's console (kept in order until its tty takes them)."""
+        if self._dead:
+            return
+        room = INPUT_LIMIT - len(self._input)
+        self._input += data[: max(room, 0)]
+        if self._master >= 0:
+            self._flush_input()
+
+    def pause_output(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self._master)
+            self._reading = False
+
+    def resume_output(self) -> None:
+        if not self._reading and not self._dead and self._master >= 0:
+            self._loop.add_reader(self._master, self._readable)
+            self._reading = True
+
+    def signal_init(self, sig: int) -> bool:
+        """Send ``sig`` to the guest's init; False when it is not running."""
+        pid = self.init_pid()
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        return True
+
+    def signal_tasks(self, sig: int) -> None:
+        """Send ``sig`` to every process of the guest but init (SysRq e, i)."""
+        pid = self.init_pid()
+        if pid is None:
+            return
+        todo = _children(pid)
+        while todo:
+            child = todo.pop()
+            todo.extend(_children(child))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, sig)
+
+    def kill(self) -> None:
+        """End the tree at once (its PID namespace dies with init); no callback follows."""
+        if self._dead:
+            return
+        self._dead = True
+        if self._process is not None and self._process.returncode is None:
+            pid = self.init_pid()
+            for target in (pid, self._process.pid):
+                if target is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(target, signal.SIGKILL)
+        self._close()
+
+    # -- inside ------------------------------------------------------------------------
+
+    def _close(self) -> None:
+        self.pause_output()
+        if self._writing:
+            self._loop.remove_writer(self._master)
+            self._writing = False
+        if self._master >= 0:
+            os.close(self._master)
+            self._master = -1
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._master, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # EIO: every holder of the console is gone
+            self.pause_output()
+            return
+        if data:
+            self._on_output(data)
+
+    def _flush_input(self) -> None:
+        while self._input and not self._dead:
+            try:
+                sent = os.write(self._master, self._input[:READ_SIZE])
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._input.clear()
+                return
+            if sent == 0:
+                if not self._writing:
+                    self._loop.add_writer(self._master, self._on_writable)
+                    self._writing = True
+                return
+            del self._input[:sent]
+
+    def _on_writable(self) -> None:
+        self._loop.remove_writer(self._master)
+        self._writing = False
+        self._flush_input()
+
+    async def _wait(self) -> None:
+        assert self._process is not None
+        code = await self._process.wait()
+        if self._dead:
+            return
+        # What init printed last reaches the console before the kernel's next line.
+        while self._reading:
+            try:
+                data = os.read(self._master, READ_SIZE)
+            except OSError:
+                break
+            if not data:
+                break
+            self._on_output(data)
+        self._dead = True
+        self._close()
+        # unshare re-raises the signal that ended init: reboot(2) in a PID namespace ends
+        # its init with SIGHUP (restart) or SIGINT (power off, halt).
+        if code == -signal.SIGHUP:
+            self._on_exit("reboot", code)
+        elif code == -signal.SIGINT:
+            self._on_exit("poweroff", code)
+        else:
+            self._on_exit("died", code)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]

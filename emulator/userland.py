@@ -1,0 +1,229 @@
+"""The Linux personality with a real userland: the emulated kernel, the image's init under it.
+
+``UserlandLinuxGuest`` is ``LinuxGuest`` (boot lines, SysRq, NMI, panic, power) whose shell
+is not imitated: once the kernel's boot lines are out, the guest image's busybox init runs
+in namespaces (``emulator.sandbox``) on a PTY of its own, and this personality bridges
+that PTY and the serial port. The emulated kernel keeps the port: what the userland writes
+and what the kernel prints go out in the order they happen, and every byte typed reaches
+the kernel first (a BREAK arms SysRq, the next byte is the key and never reaches the
+userland).
+
+What the kernel does to the userland::
+
+    boot / hard reset     the old tree is killed, the boot lines, then a new init
+    SysRq b               "sysrq: Resetting", the tree is killed, the guest boots again
+    SysRq c, NMI panic    the tree is killed, the panic text, the VM reports panicked
+    SysRq o               the tree is killed, "reboot: Power down", the VM is stopped
+    SysRq e / i           SIGTERM / SIGKILL to every task but init (init respawns getty)
+    ACPI power button     SIGUSR2 to init (busybox: power off), as the image's acpid does
+    init calls reboot(2)  "reboot: Restarting system" and a new boot; power off: stopped
+    init dies             "Kernel panic - not syncing: Attempted to kill init!"
+
+``userland_for_lab(state_dir)`` is what a lab calls once per machine: the unpacked image
+(shared by the lab's guests) or None when this machine cannot run it; the reason is logged
+once per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from emulator import linux_texts as texts
+from emulator.guest import OutputItem
+from emulator.linux import LinuxGuest, LinuxState
+from emulator.sandbox import (
+    IMAGE_DIR,
+    Sandbox,
+    SandboxError,
+    UserlandImage,
+    userland_unavailable,
+)
+
+log = logging.getLogger("serial_console_lab.emulator")
+
+HIGH_WATER = 32 * 1024  # queued output beyond which the userland's console is not read
+INIT_FAILED = "Requested init /init failed (error -2)."
+_images: dict[Path, UserlandImage] = {}
+_warned: set[str] = set()
+
+
+def userland_for_lab(state_dir: Path, image_dir: Path = IMAGE_DIR) -> UserlandImage | None:
+    """The image unpacked once in ``state_dir/userland`` for the lab's emulated Linux
+    guests, or None (logged once: why, and that those guests keep the emulated shell)."""
+    reason = userland_unavailable(image_dir)
+    if reason is None:
+        cache = (state_dir / "userland").resolve()
+        image = _images.get(cache)
+        if image is not None:
+            return image
+        image = UserlandImage(image_dir / "initramfs.cpio", cache)
+        try:
+            image.prepare()
+        except (OSError, SandboxError) as err:
+            reason = f"cannot unpack the guest image into {cache}: {err}"
+        else:
+            _images[cache] = image
+            return image
+    if reason not in _warned:
+        _warned.add(reason)
+        log.warning(
+            "emulated Linux guests keep the emulated shell, not the image's userland: %s",
+            reason,
+        )
+    return None
+
+
+class UserlandLinuxGuest(LinuxGuest):
+    """A Linux guest on ttyS0 whose userland is the image's own (see the module docstring).
+
+    ``image`` is the unpacked image (``userland_for_lab``); ``password`` is root's.
+    """
+
+    def __init__(
+        self, hostname: str, password: str, image: UserlandImage, *, boot_delay: float = 0.0
+    ) -> None:
+        super().__init__(hostname, password, boot_delay=boot_delay)
+        self.image = image
+        self.sandbox: Sandbox | None = None
+        self._wake: Callable[[], None] = lambda: None
+        self._paused = False
+        self._starting: asyncio.Task[None] | None = None
+
+    def bind_port(self, wake: Callable[[], None]) -> None:
+        """``wake()`` is called when the guest printed something outside a call to it."""
+        self._wake = wake
+
+    # -- the Personality contract, where the userland differs -------------------------------
+
+    def boot(self, now: float) -> None:
+        self._end_userland()
+        super().boot(now)
+
+    def halt(self) -> None:
+        self._end_userland()
+        super().halt()
+
+    def handle_timer(self, now: float) -> None:
+        if self.state is LinuxState.BOOTING and self._timer is not None and now >= self._timer:
+            self._timer = None
+            self._now = now
+            self._start_userland()
+            return
+        super().handle_timer(now)
+
+    def pop_output(self, limit: int) -> OutputItem | None:
+        item = super().pop_output(limit)
+        if self._paused and len(self._out) < HIGH_WATER // 2 and self.sandbox is not None:
+            self._paused = False
+            self.sandbox.resume_output()
+        return item
+
+    def power_button(self, now: float) -> None:
+        if self.state is not LinuxState.USERLAND:
+            super().power_button(now)
+            return
+        self._now = now
+        if self.sandbox is not None and self.sandbox.signal_init(signal.SIGUSR2):
+            self._kernel(texts.ACPI_POWER_BUTTON, self._uptime(now))
+        # Before init runs, the press is lost, as on real hardware.
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        if self.state is not LinuxState.USERLAND:
+            super().receive_data(data, now)
+            return
+        self._now = now
+        start = 0
+        for index, byte in enumerate(data):
+            if self._sysrq_until is None:
+                continue
+            armed = now < self._sysrq_until
+            self._sysrq_until = None
+            if armed and self.sysctl["kernel.sysrq"] != "0":
+                self._type(data[start:index])
+                start = index + 1
+                self._sysrq(chr(byte).lower(), now)
+                if self.state is not LinuxState.USERLAND:
+                    return  # reboot, crash, power off: the rest is not read
+        self._type(data[start:])
+
+    # -- the kernel acting on the tree --------------------------------------------------
+
+    def _sysrq(self, key: str, now: float) -> None:
+        super()._sysrq(key, now)
+        if self.state is LinuxState.USERLAND and self.sandbox is not None and key in "ei":
+            mask = int(self.sysctl["kernel.sysrq"])
+            if mask == 1 or mask & texts.SYSRQ_ENABLE_SIGNAL:
+                self.sandbox.signal_tasks(signal.SIGTERM if key == "e" else signal.SIGKILL)
+
+    def _panic(self, reason: str, comm: str, stack: tuple[str, ...], now: float) -> None:
+        self._end_userland()
+        super()._panic(reason, comm, stack, now)
+
+    def _power_off(self) -> None:
+        self._end_userland()
+        super()._power_off()
+
+    # -- the userland ------------------------------------------------------------------
+
+    def _type(self, data: bytes) -> None:
+        if data and self.sandbox is not None:
+            self.sandbox.write(data)
+
+    def _start_userland(self) -> None:
+        self.state = LinuxState.USERLAND
+        sandbox = Sandbox(
+            self.image,
+            self.hostname,
+            self.password,
+            on_output=self._userland_output,
+            on_exit=lambda how, code: self._userland_exit(sandbox, how, code),
+        )
+        self.sandbox = sandbox
+        self._paused = False
+        self._starting = asyncio.ensure_future(self._run(sandbox))
+
+    async def _run(self, sandbox: Sandbox) -> None:
+        try:
+            await sandbox.start()
+        except SandboxError as err:
+            log.warning("%s: %s", self.hostname, err)
+            if self.sandbox is sandbox:
+                self.sandbox = None
+                loop = asyncio.get_running_loop()
+                self._panic(INIT_FAILED, "swapper/0", (), loop.time())
+                self._wake()
+
+    def _end_userland(self) -> None:
+        sandbox, self.sandbox = self.sandbox, None
+        if sandbox is not None:
+            sandbox.kill()
+        self._paused = False
+
+    def _userland_output(self, data: bytes) -> None:
+        self._out.write(data)
+        if len(self._out) >= HIGH_WATER and self.sandbox is not None and not self._paused:
+            self._paused = True
+            self.sandbox.pause_output()
+        self._wake()
+
+    def _userland_exit(self, sandbox: Sandbox, how: str, code: int) -> None:
+        if self.sandbox is not sandbox:
+            return
+        self.sandbox = None
+        now = asyncio.get_running_loop().time()
+        self._now = now
+        if how == "reboot":
+            self._kernel(texts.REBOOT_KERNEL, self._uptime(now))
+            self._reboot(now)
+        elif how == "poweroff":
+            self._kernel(texts.POWEROFF_KERNEL, self._uptime(now))
+            self._power_off()
+        else:
+            status = (code & 0xFF) << 8 if code >= 0 else -code
+            reason = f"Attempted to kill init! exitcode=0x{status:08x}"
+            self._panic(reason, "init", (), now)
+        self._wake()
