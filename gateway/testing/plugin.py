@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -192,12 +192,18 @@ class SerialLab:
         return "\n".join(lines)
 
 
+def _refuse(message: str) -> NoReturn:
+    """Fail every test that needs the lab with ``message`` alone (no traceback: the
+    message says what to do)."""
+    pytest.fail(message, pytrace=False)
+
+
 def _connecting_user(config: LabConfig) -> tuple[str, str]:
     """The first user of ``config`` with a password and a role that may connect."""
     for user in config.users:
         if user.password and any(a.role in CONNECTING_ROLES for a in user.roles):
             return user.name, user.password
-    raise pytest.UsageError(
+    _refuse(
         f"{config.source}: no user with a password may use the consoles (roles "
         f"{', '.join(CONNECTING_ROLES)}): add one, or name one with --lab-user/--lab-password"
     )
@@ -218,12 +224,12 @@ def _require_qemu(config: LabConfig) -> None:
     if not specs:
         return
     if shutil.which("qemu-system-x86_64") is None:
-        raise pytest.UsageError(
+        _refuse(
             "the lab runs QEMU guests and qemu-system-x86_64 is missing: sudo apt-get install "
             "qemu-system-x86, or run every guest emulated with --lab-emulated"
         )
     if any(s.image.kernel is None for s in specs) and not (IMAGE_DIR / "vmlinux").is_file():
-        raise pytest.UsageError("the guest image is not built: run make images (or --lab-emulated)")
+        _refuse("the guest image is not built: run make images (or --lab-emulated)")
 
 
 def _start(pytestconfig: pytest.Config, folder: Path) -> SerialLab:
@@ -233,7 +239,11 @@ def _start(pytestconfig: pytest.Config, folder: Path) -> SerialLab:
     try:
         config = load_lab(path) if path else load_default_lab()
     except LabConfigError as err:
-        raise pytest.UsageError(f"--lab-file: {err}") from None
+        problem = f"--lab-file: {err}"  # said outside the except: no chained traceback
+    else:
+        problem = ""
+    if problem:
+        _refuse(problem)
     if not emulated:
         _require_qemu(config)
     else:
@@ -272,9 +282,7 @@ def _attach(pytestconfig: pytest.Config) -> SerialLab:
     user = _setting(pytestconfig, "lab_user")
     password = _setting(pytestconfig, "lab_password")
     if not user or not password:
-        raise pytest.UsageError(
-            "--lab-url needs --lab-user and --lab-password (a user who may use the consoles)"
-        )
+        _refuse("--lab-url needs --lab-user and --lab-password (a user who may use the consoles)")
     client = LabClient(url, str(user), str(password))
     guests: list[tuple[str, int | None]] = [(vm["name"], None) for vm in client.vms()]
     return SerialLab(url, client, password=str(password), guests=guests)

@@ -137,6 +137,23 @@ def test_fails_on_windows(console):
     assert "\x1b" not in out
 
 
+def test_a_broken_lab_file_fails_each_test_with_one_line(tmp_path: Path) -> None:
+    """A lab file with a mistake: each test that needs the lab fails with the file, the
+    key and what was expected, and no traceback; a test without the lab still passes."""
+    folder = suite(
+        tmp_path,
+        "def test_needs_it(console):\n    console('linux-1')\n\ndef test_plain():\n    pass\n",
+    )
+    (folder / "lab.toml").write_text('[[vms]]\nname = "vm-1"\nos = "bsd"\n')
+    result = run_suite(folder, "--lab-file", "lab.toml")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 failed, 1 passed" in result.stdout or "1 passed, 1 error" in result.stdout
+    assert re.search(r"--lab-file: \S*lab\.toml: \S+", result.stdout), result.stdout
+    assert "Traceback" not in result.stdout
+    assert "During handling" not in result.stdout
+    assert "gateway/testing/plugin.py" not in result.stdout
+
+
 def test_each_xdist_worker_has_a_lab_of_its_own(tmp_path: Path) -> None:
     """Under -n 2 each worker starts its own lab (its own port and state), and the
     consoles of both work at once."""
