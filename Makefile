@@ -15,6 +15,10 @@ TEST_DEPS  := ssh:openssh-client chromium:chromium
 NODE_DEPS  := npm:npm
 IMAGE_DEPS := dpkg-deb:dpkg apt-get:apt lz4:lz4
 BENCH_DEPS := ser2net:ser2net
+# the libvirt backend: the daemon, and what pip needs to build libvirt-python against it
+LIBVIRT_DEPS := libvirtd:libvirt-daemon-system virsh:libvirt-clients pkg-config:pkg-config \
+	cc:gcc /usr/include/libvirt/libvirt.h:libvirt-dev sshd:openssh-server
+LIBVIRT_STAMP := $(VENV)/.libvirt
 PYTEST_ARGS ?=
 LAB_ARGS ?=
 
@@ -49,6 +53,13 @@ $(PORTAL): $(NODE_MODULES) web/build.mjs $(wildcard web/src/*)
 
 portal: $(PORTAL)
 
+# libvirt-python comes from PyPI, built against the system's libvirt: the venv's Python is
+# not necessarily the system's, which Debian's python3-libvirt is built for.
+$(LIBVIRT_STAMP): $(STAMP)
+	@sh tools/sysdeps.sh $(LIBVIRT_DEPS)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,libvirt]'
+	@touch $@
+
 images:
 	@sh tools/sysdeps.sh $(IMAGE_DEPS)
 	@sh images/build.sh
@@ -63,11 +74,11 @@ run-lab: $(STAMP) $(PORTAL)
 run-lab-emulated: $(STAMP) $(PORTAL)
 	@$(BIN)/serial-console lab run --emulated $(LAB_ARGS)
 
-test: $(STAMP) $(PORTAL) images
+test: $(STAMP) $(PORTAL) $(LIBVIRT_STAMP) images
 	@sh tools/sysdeps.sh $(QEMU_DEPS) $(TEST_DEPS)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) images
+bench: $(STAMP) $(LIBVIRT_STAMP) images
 	@sh tools/sysdeps.sh $(QEMU_DEPS) $(BENCH_DEPS)
 	@$(BIN)/python -m tests.bench
 

@@ -1,5 +1,6 @@
 #!/bin/sh
 # Make sure the system commands the lab needs exist. Arguments: COMMAND:DEBIAN_PACKAGE ...
+# (a COMMAND that starts with / is a file that must exist: a package with no command)
 # As root, missing packages are installed with apt-get; otherwise the exact command is
 # printed and the script fails, so nothing half-works.
 set -eu
@@ -7,7 +8,10 @@ missing=""
 for pair in "$@"; do
     cmd=${pair%%:*}
     pkg=${pair#*:}
-    command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
+    case $cmd in
+    /*) [ -e "$cmd" ] || missing="$missing $pkg" ;;
+    *) command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg" ;;
+    esac
 done
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

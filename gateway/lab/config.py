@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.access import lockout, rbac
 from gateway.access.rbac import RoleAssignment
@@ -37,7 +38,7 @@ from gateway.recordings.settings import (
 
 NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?")
 OS_TYPES = ("linux", "windows")
-BACKENDS = ("qemu", "emulated")
+BACKENDS = ("qemu", "libvirt", "emulated")
 PROVISIONING_STATES = ("Succeeded", "Creating", "Updating", "Failed")
 DEFAULT_SUBSCRIPTION = "5e71a1c0-0000-4000-8000-000000000001"
 DEFAULT_TENANT = "5e71a1c0-0000-4000-8000-00000000ad00"
@@ -84,6 +85,7 @@ class MachineSpec:
     password: str = field(repr=False)
     boot_delay: float
     output_rate: int | None
+    uri: str | None = None  # libvirt's connection URI (backend "libvirt" only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,8 +550,11 @@ class _Parser:
             initrd=self.path(image_t, "initrd"),
             append=image_t.str("append", ""),
         )
+        backend = t.str("backend", "emulated", choices=BACKENDS)
+        uri = self.libvirt_uri(t, backend)
+        remote = uri is not None and bool(urlsplit(uri).netloc)  # paths on another host
         for key, path in (("kernel", image.kernel), ("initrd", image.initrd)):
-            if path is not None and not path.is_file():
+            if path is not None and not remote and not path.is_file():
                 raise image_t.fail(
                     key, "an existing file (paths are relative to the lab file)", str(path)
                 )
@@ -557,16 +562,19 @@ class _Parser:
         spec = MachineSpec(
             name=name,
             os=t.str("os", "linux", choices=OS_TYPES),
-            backend=t.str("backend", "emulated", choices=BACKENDS),
+            backend=backend,
             memory_mb=t.int("memory_mb", 128, 16, 65536),
             image=image,
             hostname=hostname,
             password=self.guest_password(t, "password", guest_password),
             boot_delay=t.number("boot_delay", 0.0, 0.0, 600.0),
             output_rate=t.int("output_rate", None, 1, 1 << 30),
+            uri=uri,
         )
-        if spec.backend == "qemu" and spec.os != "linux":
-            raise t.fail("backend", "emulated for a windows VM (QEMU guests are Linux)", "qemu")
+        if spec.backend in ("qemu", "libvirt") and spec.os != "linux":
+            raise t.fail(
+                "backend", "emulated for a windows VM (QEMU guests are Linux)", spec.backend
+            )
         flags = {
             "provisioning_state": t.str(
                 "provisioning_state", "Succeeded", choices=PROVISIONING_STATES
@@ -575,6 +583,27 @@ class _Parser:
             "boot_diagnostics": t.bool("boot_diagnostics", True),
         }
         return spec, flags
+
+    def libvirt_uri(self, t: _Table, backend: str) -> str | None:
+        """``uri`` (libvirt's connection URI; ``qemu:///system`` by default), only beside
+        ``backend = "libvirt"``. Image paths on a remote host are that host's: not checked."""
+        uri: str | None = t.str("uri", None)
+        if backend != "libvirt":
+            if uri is not None:
+                raise t.fail("uri", 'backend = "libvirt" beside it (only libvirt takes a URI)')
+            return None
+        uri = uri or "qemu:///system"
+        if not re.fullmatch(
+            r"qemu(\+(ssh|tls|tcp|unix|libssh|libssh2))?://[^\s]*/(system|session)"
+            r"(\?[^\s]*)?",
+            uri,
+        ):
+            raise t.fail(
+                "uri",
+                "a libvirt QEMU URI such as qemu:///system or qemu+ssh://user@host/system",
+                uri,
+            )
+        return uri
 
     def vm(self, t: _Table, groups: dict[str, str], guest_password: str) -> VmConfig:
         name = t.name("name")

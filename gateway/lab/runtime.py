@@ -82,7 +82,8 @@ class LabRuntimeError(Exception):
 
 
 def default_machine_factory(spec: MachineSpec, run_dir: Path) -> Machine:
-    """A QemuMachine or an EmulatedMachine for ``spec`` (imported only when needed)."""
+    """A QemuMachine, a LibvirtMachine or an EmulatedMachine for ``spec`` (imported only
+    when needed)."""
     if spec.backend == "qemu":
         from gateway.machines.qemu import QemuMachine
 
@@ -95,6 +96,21 @@ def default_machine_factory(spec: MachineSpec, run_dir: Path) -> Machine:
             hostname=spec.hostname,
             password=spec.password,
             append=spec.image.append,
+        )
+    if spec.backend == "libvirt":
+        from gateway.machines.libvirt import LibvirtMachine, domain_prefix
+
+        return LibvirtMachine(
+            spec.name,
+            run_dir=run_dir,
+            uri=spec.uri or "qemu:///system",
+            kernel=spec.image.kernel,
+            initrd=spec.image.initrd,
+            memory_mb=spec.memory_mb,
+            hostname=spec.hostname,
+            password=spec.password,
+            append=spec.image.append,
+            prefix=domain_prefix(run_dir.parent.parent),  # one prefix per state folder
         )
     from emulator.machine import EmulatedMachine
 

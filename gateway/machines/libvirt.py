@@ -1,0 +1,861 @@
+"""LibvirtMachine: a real Linux guest on a libvirt host (this one or another), behind the same
+``Machine`` interface as ``QemuMachine``.
+
+The guest is a transient domain (q35, the project's kernel and initramfs, ttyS0 on a ``pty``
+serial) started with ``createXML(PAUSED | AUTODESTROY)``: its CPU is held until the console
+is attached, and libvirtd destroys it if the lab's connection closes (the lab stopped or
+died, even by ``kill -9``), on whichever host it runs.
+
+The console goes through libvirt (``virDomainOpenConsole``), not through the host's PTY, so
+a guest on another host is served exactly like a local one: the machine makes a PTY pair of
+its own, and bridges the console stream to its master, event-driven both ways (the stream's
+readable/writable callbacks in libvirt's event thread, an asyncio reader on the master). Its
+slave is the machine's ``serial_port``, which the hub opens in the port hook before the
+domain's CPU runs (it starts paused; ``resume`` comes after the hooks): the boot log has the
+guest's first byte. Why a stream rather than the host PTY's path from the domain's XML: the
+path names a device on the libvirt host, which the gateway can open only when that host is
+this machine; the stream works on every host, and reads from before the first byte all the
+same, because the domain is paused until it is open. The bridge's PTY belongs to the
+machine, not to the domain, so it outlives a domain that powers off: a stop, a start and a
+restart keep the same port (and the sessions on it); ``deallocate`` closes it.
+
+Out-of-band actions:
+
+=================  ==========================================================================
+send_break         ``chardev-send-break`` on ``charserial0`` through libvirt's
+                   ``qemu-monitor-command`` (libvirt has no call for a serial BREAK). On a
+                   host whose driver is not QEMU there is no monitor: MachineCommandError
+                   saying that SysRq over the serial line is not available there
+inject_nmi         ``virDomainInjectNMI``
+reset (hard)       ``virDomainReset`` (+ ``resume`` after a panic): same domain, same port
+restart            ``shutdown`` (ACPI power button); the domain ends when the guest powers off
+                   (``on_poweroff=destroy``); then a new domain on the same port. A hard
+                   reset after the timeout, reported as ``RestartOutcome.FORCED``
+stop               ``shutdown``; ``destroy`` after the timeout. The port stays
+start              a new domain (from deallocated: a new port too)
+deallocate         ``destroy`` (the transient domain is gone, nothing stays defined); the
+                   port is closed
+=================  ==========================================================================
+
+Power state follows libvirt's lifecycle events: ``STOPPED`` (the guest powered off, or the
+domain went away without being asked), ``CRASHED``/``PANICKED`` (pvpanic: the domain is kept
+paused, ``on_crash=preserve``, as ``-action panic=pause`` does for the QEMU backend), and the
+reboot event is passed on as ``RESET``. libvirt 9.0 knows only the ISA pvpanic device, whose
+driver the guest image does not load, so on a QEMU host the PCI one is added on QEMU's
+command line through libvirt's ``qemu:commandline``; libvirt still sees the panic (QEMU's
+``GUEST_PANICKED``) and applies ``on_crash``.
+
+Domains the lab owns: named ``scl-<digest>-<vm>``, where the digest is of this gateway's host
+name and the lab's state folder, so two labs never share a name, even on one libvirt host;
+each carries the same owner in its ``<metadata>``. A domain of that name left by an earlier
+run of this lab (whose connection did not close cleanly) is destroyed before a new one
+starts; one of that name that this lab did not make is never touched: the start fails with
+what to do.
+
+The guest's root password goes through fw_cfg as with the QEMU backend. On this machine's
+libvirt it is a file of mode 0600 in a private folder (made for the start, removed as soon
+as the domain runs), which libvirt hands to QEMU's user; it is in no command line. On another
+host the file would have to be on that host, so the password is given in the domain's
+definition instead (``<entry>`` text): readable there by whoever may read the domain's XML or
+QEMU's command line on that host.
+
+Typed input and BREAK order (``wait_input_taken``): typed bytes wait in the bridge's PTY,
+then in the stream, then (on the libvirt host) in the host PTY that QEMU reads, then in the
+16550's FIFO. The first two are the machine's own and exact; the host PTY is counted as the
+QEMU backend counts it (QEMU's master, copied with ``pidfd_getfd``) when the host is this
+machine; then ``FIFO_DRAIN``. On another host the host PTY cannot be seen from here: the wait
+covers the bridge and the stream, then ``REMOTE_DRAIN``, and says so in the log once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import select
+import shutil
+import socket
+import struct
+import tempfile
+import termios
+import tty
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape, quoteattr
+
+from gateway.machines.accel import select_accel
+from gateway.machines.base import (
+    EventKind,
+    MachineBase,
+    MachineCommandError,
+    MachineError,
+    MachineLaunchError,
+    MachineStateError,
+    PowerState,
+    RestartOutcome,
+)
+from gateway.machines.libvirt_host import (
+    LIFECYCLE,
+    HostError,
+    LibvirtHost,
+    call,
+    is_local,
+    require_libvirt,
+)
+from gateway.machines.qemu import (
+    _POLL_FIRST,
+    _POLL_MAX,
+    FIFO_DRAIN,
+    PASSWORD_FW_CFG,
+    _grab_input_probe,
+    _InputProbe,
+    default_image,
+)
+
+DEFAULT_URI = "qemu:///system"
+COMMAND_TIMEOUT = 10.0  # a libvirt call the host does not answer in this time fails
+LAUNCH_TIMEOUT = 60.0  # createXML: QEMU starts on the host
+REMOTE_DRAIN = 0.25  # another host's PTY cannot be seen: time for it to pass the bytes on
+OWNER_NS = "urn:serial-console-lab:owner:1"
+SERIAL_CHARDEV = "charserial0"  # libvirt's id for the first <serial>'s chardev
+PVPANIC_ADDR = "0x10"  # a free slot on q35's root bus
+# libvirt's event numbers (virDomainEventType and its details)
+_STARTED, _SUSPENDED, _RESUMED, _STOPPED, _SHUTDOWN, _CRASHED = 2, 3, 4, 5, 6, 8
+_STOPPED_SHUTDOWN = 0
+_VIR_ERR_NO_DOMAIN = 42
+_READABLE, _WRITABLE, _ERROR, _HANGUP = 1, 2, 4, 8
+ACPI_POWER_BUTTON = 1  # VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
+
+
+def domain_prefix(state_dir: Path) -> str:
+    """``scl-<digest>``: this gateway host and the lab's state folder, in 8 hex digits."""
+    key = f"{socket.gethostname()}:{Path(state_dir).resolve()}"
+    return "scl-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+class LibvirtMachine(MachineBase):
+    """A Linux guest on a libvirt host whose ttyS0 the gateway reads as a local PTY.
+
+    See the module docstring. Use as ``async with LibvirtMachine(...) as vm:`` or call
+    ``start`` and ``deallocate`` yourself. ``uri`` is libvirt's (``qemu:///system``,
+    ``qemu+ssh://user@host/system``); kernel and initrd are paths on that host.
+    """
+
+    os_type = "linux"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        run_dir: Path,
+        uri: str = DEFAULT_URI,
+        kernel: Path | None = None,
+        initrd: Path | None = None,
+        memory_mb: int = 128,
+        hostname: str | None = None,
+        password: str | None = None,
+        append: str = "",
+        accel: str | None = None,
+        prefix: str | None = None,
+        command_timeout: float = COMMAND_TIMEOUT,
+    ) -> None:
+        super().__init__(name)
+        self.run_dir = Path(run_dir)
+        self.uri = uri
+        self._kernel = kernel
+        self._initrd = initrd
+        self.memory_mb = memory_mb
+        self.hostname = hostname or name
+        self._password = password
+        self._append = append
+        self._accel = accel
+        self.accel: str | None = None
+        self.command_timeout = command_timeout
+        self.domain_name = f"{prefix or domain_prefix(self.run_dir)}-{name}"
+        self._owner = {
+            "gateway": socket.gethostname(),
+            "state": str(self.run_dir.resolve()),
+            "vm": name,
+        }
+        self._host: LibvirtHost | None = None
+        self._dom: Any = None
+        self._bridge: _ConsoleBridge | None = None
+        self._probe: _InputProbe | None = None
+        self._expect_gone = False  # the domain ends because the machine ended it
+        self._remote_told = False
+
+    # -- properties ------------------------------------------------------------------------
+
+    @property
+    def serial_port(self) -> str | None:
+        return self._bridge.path if self._bridge is not None else None
+
+    @property
+    def kernel_cmdline(self) -> str:
+        parts = ["console=ttyS0,115200", f"lab.hostname={self.hostname}"]
+        if self._append:
+            parts.append(self._append)
+        return " ".join(parts)
+
+    @property
+    def pid(self) -> int | None:
+        """The QEMU process of the domain when the host is this machine, else None."""
+        if self._dom is None or not is_local(self.uri):
+            return None
+        try:
+            return int(Path(f"/run/libvirt/qemu/{self.domain_name}.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    async def __aenter__(self) -> LibvirtMachine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.shield(self.deallocate())
+
+    # -- power -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if await self._join_start():
+            return
+        async with self._power_operation(
+            "start", "starting", PowerState.DEALLOCATED, PowerState.STOPPED
+        ):
+            if self._state is PowerState.STOPPED:
+                with self._rollback():
+                    self._set_state(PowerState.STARTING)
+                    await self._create()
+                self._set_state(PowerState.RUNNING)
+                return
+            await self._allocate()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        if self._state is PowerState.STOPPED:
+            return
+        async with self._power_operation(
+            "stop", "stopping", PowerState.RUNNING, PowerState.PANICKED
+        ):
+            if self._state is PowerState.PANICKED:  # a crashed kernel answers no power button
+                await self._destroy()
+                self._set_state(PowerState.STOPPED, "panicked: halted")
+                return
+            with self._rollback():
+                if not await self._power_down(timeout):
+                    await self._destroy()
+                    self._set_state(PowerState.STOPPED, "forced: the guest did not power off")
+
+    async def restart(self, timeout: float = 30.0) -> RestartOutcome:
+        async with self._power_operation("restart", "restarting", PowerState.RUNNING):
+            with self._rollback():
+                if await self._power_down(timeout):
+                    self._set_state(PowerState.STARTING, RestartOutcome.GRACEFUL.value)
+                    await self._create()
+                    outcome = RestartOutcome.GRACEFUL
+                else:
+                    self.log.warning("the guest did not power off in %.0f s: hard reset", timeout)
+                    self._set_state(PowerState.STARTING, RestartOutcome.FORCED.value)
+                    await self._domain_call("reset", lambda dom: dom.reset(0))
+                    outcome = RestartOutcome.FORCED
+            self._set_state(PowerState.RUNNING)
+            return outcome
+
+    async def reset(self) -> None:
+        async with self._power_operation(
+            "reset", "resetting", PowerState.RUNNING, PowerState.PANICKED
+        ):
+            await self._domain_call("reset", lambda dom: dom.reset(0))
+            if self._state is PowerState.PANICKED:
+                await self._domain_call("resume", lambda dom: dom.resume())
+                self._set_state(PowerState.RUNNING, "reset after a panic")
+
+    async def deallocate(self, timeout: float = 10.0) -> None:
+        async with self._taking_over(f"VM '{self.name}' was deallocated", "start it again"):
+            if self._host is None:
+                return
+            with contextlib.suppress(MachineError):
+                await self._destroy(timeout)
+            self._release()
+
+    async def send_break(self) -> None:
+        self._require_guest_running("send a break to")
+        host = self._host
+        assert host is not None
+        if host.driver != "QEMU":
+            raise MachineCommandError(
+                f"VM '{self.name}' runs on a {host.driver} libvirt host, which offers no serial "
+                "BREAK (libvirt has no call for one; on QEMU hosts it goes through QEMU's "
+                "monitor): SysRq over the serial console is not available there; use NMI, or "
+                "place the VM on a QEMU host"
+            )
+        libvirt_qemu = _libvirt_qemu()
+        command = f'{{"execute":"chardev-send-break","arguments":{{"id":"{SERIAL_CHARDEV}"}}}}'
+        await self._domain_call(
+            "chardev-send-break", lambda dom: libvirt_qemu.qemuMonitorCommand(dom, command, 0)
+        )
+
+    async def inject_nmi(self) -> None:
+        self._require_guest_running("send an NMI to")
+        await self._domain_call("inject-nmi", lambda dom: dom.injectNMI(0))
+
+    async def wait_input_taken(self, timeout: float) -> None:
+        """Return once the guest has read every byte written to the serial port so far (see
+        the module docstring for what can be seen on another host).
+
+        MachineStateError unless the guest's CPU runs; MachineError after ``timeout`` s, or
+        at once when the machine ends meanwhile."""
+        self._require_guest_running("wait for typed input on")
+        bridge = self._bridge
+        assert bridge is not None
+        try:
+            await self._wait(self._input_drained(bridge), timeout)
+        except TimeoutError:
+            left = bridge.unread() + (self._probe.unread() if self._probe else 0)
+            raise MachineError(
+                f"VM '{self.name}' has not read {left} typed byte(s) on its serial port in "
+                f"{timeout:.1f} s (it is {self._state}): the guest is not reading its console; "
+                "wait for it, or reset or restart the VM"
+            ) from None
+
+    async def _input_drained(self, bridge: _ConsoleBridge) -> None:
+        while True:
+            pause = _POLL_FIRST
+            while bridge.unread() or (self._probe is not None and self._probe.unread()):
+                await asyncio.sleep(pause)  # nothing signals a read by QEMU: poll, backing off
+                pause = min(pause * 2, _POLL_MAX)
+            if self._probe is None and not self._remote_told:
+                self._remote_told = True
+                self.log.info(
+                    "typed input on %s: the host's PTY cannot be seen from here; waiting "
+                    "%.2f s for it after the stream is empty",
+                    self.uri,
+                    REMOTE_DRAIN,
+                )
+            await asyncio.sleep(FIFO_DRAIN if self._probe is not None else REMOTE_DRAIN)
+            if bridge.closed:
+                raise MachineStateError(f"VM '{self.name}' lost its serial port: start it again")
+            # libvirtd may have held bytes that it passed on meanwhile: still empty?
+            if not bridge.unread() and not (self._probe is not None and self._probe.unread()):
+                return
+
+    # -- internals -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _rollback(self) -> Iterator[None]:
+        before = self._state
+        try:
+            yield
+        except MachineError:
+            if self._host is not None:
+                self._set_state(before, "a libvirt call failed")
+            raise
+
+    def _require_guest_running(self, action: str) -> None:
+        self._require(PowerState.RUNNING, PowerState.STARTING, PowerState.STOPPING, action=action)
+
+    async def _power_down(self, timeout: float) -> bool:
+        """ACPI power button; True once the guest powered itself off within ``timeout``."""
+        with self.events() as events:
+            self._set_state(PowerState.STOPPING)
+            await self._domain_call(
+                "shutdown",
+                lambda dom: dom.shutdownFlags(ACPI_POWER_BUTTON),
+            )
+            self._publish(EventKind.POWERDOWN)
+            try:
+                await self._wait(
+                    events.wait_for(lambda e: e.kind is EventKind.SHUTDOWN, timeout), timeout
+                )
+            except TimeoutError:
+                return False
+        return True
+
+    async def _allocate(self) -> None:
+        """From deallocated: the host's connection, a new port, the hooks, a running domain."""
+        host = await LibvirtHost.acquire(self.uri, self.command_timeout)
+        self._host = host
+        loop = asyncio.get_running_loop()
+        host.watch(
+            self.domain_name,
+            lambda *event: loop.call_soon_threadsafe(self._on_domain_event, *event),
+            lambda why: loop.call_soon_threadsafe(self._on_lost, why),
+        )
+        self._set_state(PowerState.STARTING)
+        try:
+            try:
+                self._bridge = _ConsoleBridge(self.name, loop)
+            except OSError as err:
+                raise MachineLaunchError(
+                    f"VM '{self.name}': cannot make its serial port (a PTY): {err}"
+                ) from err
+            await self._create(hooks=True)
+        except BaseException:
+            with contextlib.suppress(MachineError):
+                await self._destroy(5.0)
+            self._release()
+            raise
+        self._set_state(PowerState.RUNNING)
+
+    async def _create(self, hooks: bool = False) -> None:
+        """A new paused domain, its console on the bridge, the port hooks, then ``resume``."""
+        libvirt = require_libvirt()
+        host, bridge = self._host, self._bridge
+        assert host is not None and bridge is not None
+        await self._clear_leftover(host)
+        kernel, initrd = self._kernel, self._initrd
+        if kernel is None or initrd is None:
+            kernel, initrd = default_image()
+        if is_local(self.uri):
+            for path in (kernel, initrd):
+                if not Path(path).is_file():
+                    raise MachineLaunchError(f"VM '{self.name}': {path} does not exist")
+        if self.accel is None:
+            self.accel = await self._select_accel(host, Path(kernel))
+        secret_dir = self._password_folder() if is_local(self.uri) else None
+        try:
+            xml = self._domain_xml(host, Path(kernel), Path(initrd), secret_dir)
+            flags = libvirt.VIR_DOMAIN_START_PAUSED | libvirt.VIR_DOMAIN_START_AUTODESTROY
+            self._expect_gone = False
+            try:
+                self._dom = await call(
+                    host.conn.createXML, xml, flags, timeout=LAUNCH_TIMEOUT, what="createXML"
+                )
+            except TimeoutError:
+                raise MachineLaunchError(
+                    f"VM '{self.name}' did not start: libvirt at {self.uri} did not answer "
+                    f"within {LAUNCH_TIMEOUT:.0f} s; see libvirtd's log on that host"
+                ) from None
+            except libvirt.libvirtError as err:
+                raise MachineLaunchError(
+                    f"VM '{self.name}' did not start on {self.uri}: {err.get_error_message()}"
+                ) from err
+        finally:
+            if secret_dir is not None:
+                shutil.rmtree(secret_dir, ignore_errors=True)  # QEMU read it before it ran
+        self.log.info("domain %s created on %s (paused)", self.domain_name, self.uri)
+
+        def open_console(dom: Any) -> Any:
+            stream = host.conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+            dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+            return stream
+
+        stream = await self._domain_call("openConsole", open_console)
+        bridge.attach(stream)
+        self._probe = await self._host_probe()
+        if hooks:
+            await self._run_port_hooks(bridge.path)
+        await self._domain_call("resume", lambda dom: dom.resume())
+
+    async def _select_accel(self, host: LibvirtHost, kernel: Path) -> str:
+        if self._accel:
+            return self._accel
+        if is_local(self.uri):
+            return await select_accel(kernel)  # the same check as the QEMU backend's
+        if os.environ.get("LAB_ACCEL") in ("kvm", "tcg"):
+            return os.environ["LAB_ACCEL"]
+        try:
+            caps = await call(
+                host.conn.getDomainCapabilities, None, "x86_64", "q35", "kvm", 0,
+                timeout=self.command_timeout, what="getDomainCapabilities",
+            )  # fmt: skip
+        except (TimeoutError, Exception):  # no KVM there (libvirtError) or no answer
+            return "tcg"
+        return "kvm" if "<domain>kvm</domain>" in caps else "tcg"
+
+    def _password_folder(self) -> Path | None:
+        """A private folder with the password file for QEMU, or None without a password.
+
+        Mode 0711: QEMU's user (libvirt hands it the file) may pass through, nobody may list
+        it; the file is 0600, written with O_EXCL."""
+        if self._password is None:
+            return None
+        folder = Path(tempfile.mkdtemp(prefix="serial-console-lab-"))
+        try:
+            folder.chmod(0o711)
+            path = folder / "guest-password"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as file:
+                file.write(self._password.encode())
+        except OSError as err:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise MachineLaunchError(
+                f"VM '{self.name}': cannot write the guest password for libvirt in {folder}: "
+                f"{err.strerror or err}; check the temporary folder's space and permissions"
+            ) from err
+        return folder
+
+    def _domain_xml(
+        self, host: LibvirtHost, kernel: Path, initrd: Path, secret_dir: Path | None
+    ) -> str:
+        qemu = host.driver == "QEMU"
+        kind = "kvm" if self.accel == "kvm" else "qemu"
+        owner = " ".join(f"{key}={quoteattr(value)}" for key, value in self._owner.items())
+        secret = ""
+        if secret_dir is not None:
+            path = secret_dir / "guest-password"
+            secret = f"<entry name='{PASSWORD_FW_CFG}' file={quoteattr(str(path))}/>"
+        elif self._password is not None:
+            secret = f"<entry name='{PASSWORD_FW_CFG}'>{escape(self._password)}</entry>"
+        sysinfo = f"<sysinfo type='fwcfg'>{secret}</sysinfo>" if secret else ""
+        cpu = "<cpu mode='host-passthrough'/>" if kind == "kvm" else ""
+        # libvirt 9.0's ISA pvpanic needs a driver the image does not load: the PCI one,
+        # on QEMU's command line, where the host is QEMU.
+        commandline = (
+            "<qemu:commandline><qemu:arg value='-device'/>"
+            f"<qemu:arg value='pvpanic-pci,bus=pcie.0,addr={PVPANIC_ADDR}'/></qemu:commandline>"
+            if qemu
+            else ""
+        )
+        panic = "" if qemu else "<panic model='isa'/>"
+        return f"""<domain type='{kind}' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>{escape(self.domain_name)}</name>
+  <metadata><lab:owner xmlns:lab='{OWNER_NS}' {owner}/></metadata>
+  <memory unit='MiB'>{self.memory_mb}</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>{escape(str(kernel))}</kernel>
+    <initrd>{escape(str(initrd))}</initrd>
+    <cmdline>{escape(self.kernel_cmdline)}</cmdline>
+  </os>
+  {sysinfo}
+  {cpu}
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>preserve</on_crash>
+  <devices>
+    <serial type='pty'><target port='0'/></serial>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+    {panic}
+  </devices>
+  {commandline}
+</domain>"""
+
+    async def _clear_leftover(self, host: LibvirtHost) -> None:
+        """Destroy a domain of this machine's name left by an earlier run of this lab; refuse
+        (MachineLaunchError) when one of that name was not made by this lab."""
+        libvirt = require_libvirt()
+
+        def look() -> tuple[Any, str]:
+            try:
+                dom = host.conn.lookupByName(self.domain_name)
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == _VIR_ERR_NO_DOMAIN:
+                    return None, ""
+                raise
+            return dom, dom.XMLDesc(0)
+
+        try:
+            dom, xml = await call(look, timeout=self.command_timeout, what="lookupByName")
+        except (TimeoutError, libvirt.libvirtError) as err:
+            raise MachineLaunchError(
+                f"VM '{self.name}': cannot ask libvirt at {self.uri} about domain "
+                f"{self.domain_name}: {err}"
+            ) from err
+        if dom is None:
+            return
+        if _owner_of(xml) != self._owner:
+            raise MachineLaunchError(
+                f"VM '{self.name}': libvirt at {self.uri} already has a domain named "
+                f"{self.domain_name} that this lab did not make; the lab leaves it alone: "
+                "remove it yourself (virsh destroy / undefine) or rename the VM"
+            )
+        self.log.warning("destroying domain %s left by an earlier run", self.domain_name)
+        with contextlib.suppress(libvirt.libvirtError):
+            await call(dom.destroy, timeout=self.command_timeout, what="destroy")
+        with contextlib.suppress(libvirt.libvirtError):
+            await call(dom.undefine, timeout=self.command_timeout, what="undefine")
+
+    async def _host_probe(self) -> _InputProbe | None:
+        """QEMU's master of the host PTY, when the host is this machine (else None)."""
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+        pid = self.pid
+        if pid is None or self._dom is None:
+            return None
+        try:
+            xml = await self._domain_call("XMLDesc", lambda dom: dom.XMLDesc(0))
+            source = ElementTree.fromstring(xml).find("./devices/serial/source")
+        except (MachineError, ElementTree.ParseError):
+            return None
+        if source is None or not source.get("path"):
+            return None
+        probe, why = _grab_input_probe(pid, str(source.get("path")))
+        if probe is None:
+            self.log.warning("typed input on the host's PTY cannot be tracked: %s", why)
+        return probe
+
+    async def _domain_call(self, what: str, fn: Any) -> Any:
+        """``fn(domain)`` in a worker thread; MachineCommandError when libvirt fails it or
+        does not answer within ``command_timeout``; MachineStateError without a domain."""
+        libvirt = require_libvirt()
+        dom = self._dom
+        if dom is None:
+            raise MachineStateError(f"VM '{self.name}' has no running domain: start it first")
+        try:
+            return await call(fn, dom, timeout=self.command_timeout, what=what)
+        except TimeoutError:
+            raise MachineCommandError(
+                f"libvirt at {self.uri} did not answer {what} for VM '{self.name}' within "
+                f"{self.command_timeout:.0f} s: the host or its QEMU is hung; deallocate and "
+                "start it again"
+            ) from None
+        except libvirt.libvirtError as err:
+            raise MachineCommandError(
+                f"libvirt refused {what} for VM '{self.name}': {err.get_error_message()}"
+            ) from err
+
+    async def _destroy(self, timeout: float | None = None) -> None:
+        """End the domain (transient: nothing stays defined); the bridge's port stays."""
+        libvirt = require_libvirt()
+        dom, self._dom = self._dom, None
+        self._expect_gone = True
+        if self._bridge is not None:
+            self._bridge.detach()
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+        if dom is None:
+            return
+        try:
+            await call(dom.destroy, timeout=timeout or self.command_timeout, what="destroy")
+        except TimeoutError:
+            raise MachineCommandError(
+                f"libvirt at {self.uri} did not destroy domain {self.domain_name} in time"
+            ) from None
+        except libvirt.libvirtError as err:
+            if err.get_error_code() != _VIR_ERR_NO_DOMAIN and "not running" not in str(err):
+                raise MachineCommandError(
+                    f"libvirt refused to destroy {self.domain_name}: {err.get_error_message()}"
+                ) from err
+
+    def _release(self) -> None:
+        """Forget the domain, close the port, let the connection go: deallocated."""
+        self._dom = None
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+        if self._bridge is not None:
+            self._bridge.close()
+            self._bridge = None
+        if self._host is not None:
+            self._host.unwatch(self.domain_name)
+            self._host.release()
+            self._host = None
+        self.accel = None
+        self._set_state(PowerState.DEALLOCATED)
+
+    def _on_domain_event(self, kind: int, event: Any, detail: Any) -> None:
+        """A lifecycle or reboot event of this machine's domain, in the machine's loop."""
+        self.log.debug("libvirt event %s %s %s", kind, event, detail)
+        if kind != LIFECYCLE:
+            self._publish(EventKind.RESET, "reboot")
+            return
+        if event == _CRASHED:
+            self._set_state(PowerState.PANICKED, "pvpanic")
+            self._publish(EventKind.PANICKED, "guest panicked")
+        elif event == _STOPPED:
+            if self._expect_gone or self._dom is None:
+                return
+            self._dom = None
+            if self._bridge is not None:
+                self._bridge.detach()
+            if self._probe is not None:
+                self._probe.close()
+                self._probe = None
+            if detail == _STOPPED_SHUTDOWN:  # the guest powered itself off
+                self._set_state(PowerState.STOPPED, "the guest powered off")
+                self._publish(EventKind.SHUTDOWN, "guest-shutdown")
+                return
+            why = f"VM '{self.name}' went away: its domain on {self.uri} ended (libvirt: {detail})"
+            self._gone(why)
+
+    def _on_lost(self, why: str) -> None:
+        if self._host is not None and self._host.closed_reason:
+            self._dom = None
+            self._gone(f"VM '{self.name}' went away: {why}")
+
+    def _gone(self, why: str) -> None:
+        self.log.error("%s", why)
+        self._publish(EventKind.EXITED, why)
+
+        async def take_over() -> None:
+            async with self._taking_over(why, "start it again", MachineError):
+                if self._host is not None:
+                    self._release()
+
+        asyncio.get_running_loop().create_task(take_over(), name=f"{self.name}-gone")
+
+
+def _owner_of(xml: str) -> dict[str, str] | None:
+    try:
+        owner = ElementTree.fromstring(xml).find(f"./metadata/{{{OWNER_NS}}}owner")
+    except ElementTree.ParseError:
+        return None
+    return dict(owner.attrib) if owner is not None else None
+
+
+def _libvirt_qemu() -> Any:
+    try:
+        import libvirt_qemu
+    except ImportError as err:  # pragma: no cover - shipped with libvirt-python
+        raise HostError("libvirt-python's libvirt_qemu module is missing") from err
+    return libvirt_qemu
+
+
+class _ConsoleBridge:
+    """A PTY pair of the machine's, whose master is bridged to a libvirt console stream.
+
+    Guest output: the stream's readable callback (libvirt's thread) reads what is there and
+    hands it to the loop, which writes it to the master (waiting for room with a writer
+    callback). Typed input: an asyncio reader on the master sends to the stream; when the
+    stream is full, the reader pauses until the stream's writable callback. Without a stream
+    (the domain is off), typed bytes wait in the PTY, as they would for a powered-off guest.
+    """
+
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.name = name
+        self._loop = loop
+        self.master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # until the hub opens it: no echo, no line editing
+        os.set_blocking(self.master, False)
+        self.path = os.ttyname(self._slave)
+        self.closed = False
+        self._stream: Any = None
+        self._pending = b""  # read from the master, not yet taken by the stream
+        self._out = bytearray()  # guest output the master had no room for yet
+        self._reading = False
+        self._writing = False
+        self._poll = select.poll()
+        self._poll.register(self.master, select.POLLIN)
+
+    def attach(self, stream: Any) -> None:
+        self.detach()
+        self._stream = stream
+        stream.eventAddCallback(_READABLE | _ERROR | _HANGUP, self._on_stream, None)
+        self._resume_reading()
+
+    def detach(self) -> None:
+        """Let go of the stream (the domain ended or is ending); the PTY stays."""
+        stream, self._stream = self._stream, None
+        self._pending = b""
+        self._pause_reading()
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.eventRemoveCallback()
+            with contextlib.suppress(Exception):
+                stream.abort()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.detach()
+        self.closed = True
+        if self._writing:
+            self._loop.remove_writer(self.master)
+        os.close(self.master)
+        os.close(self._slave)
+
+    def unread(self) -> int:
+        """Typed bytes not yet taken by the stream (in the PTY, or read but not sent)."""
+        if self.closed:
+            return 0
+        self._poll.poll(0)  # makes the kernel push its flip buffer, which FIONREAD misses
+        raw = fcntl.ioctl(self.master, termios.FIONREAD, b"\0\0\0\0")
+        return int(struct.unpack("i", raw)[0]) + len(self._pending)
+
+    # -- guest output (libvirt's thread, then the loop) -----------------------------------
+
+    def _on_stream(self, stream: Any, events: int, opaque: Any) -> None:
+        if events & _WRITABLE:
+            self._loop.call_soon_threadsafe(self._send_pending, stream)
+        if events & _READABLE:
+            chunks = []
+            while True:
+                try:
+                    data = stream.recv(65536)
+                except Exception:  # the stream broke: the domain is going
+                    break
+                if data == -2 or not data:
+                    break
+                chunks.append(data)
+            if chunks:
+                self._loop.call_soon_threadsafe(self._deliver, stream, b"".join(chunks))
+        if events & (_ERROR | _HANGUP):
+            with contextlib.suppress(Exception):
+                stream.eventRemoveCallback()
+
+    def _deliver(self, stream: Any, data: bytes) -> None:
+        if self.closed:
+            return
+        self._out += data
+        self._flush_out()
+
+    def _flush_out(self) -> None:
+        while self._out:
+            try:
+                sent = os.write(self.master, self._out)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._out.clear()
+                break
+            del self._out[:sent]
+        if self._out and not self._writing:
+            self._writing = True
+            self._loop.add_writer(self.master, self._writable)
+        elif not self._out and self._writing:
+            self._writing = False
+            self._loop.remove_writer(self.master)
+
+    def _writable(self) -> None:
+        self._flush_out()
+
+    # -- typed input (the loop) ------------------------------------------------------------
+
+    def _resume_reading(self) -> None:
+        if not self._reading and not self.closed and self._stream is not None:
+            self._reading = True
+            self._loop.add_reader(self.master, self._readable)
+
+    def _pause_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self.master)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.master, 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # EIO: nobody has the slave open; our own copy keeps it open
+            return
+        if data:
+            self._pending += data
+            self._send_pending(self._stream)
+
+    def _send_pending(self, stream: Any) -> None:
+        if stream is None or stream is not self._stream:
+            return
+        while self._pending:
+            try:
+                sent = stream.send(self._pending)
+            except Exception:  # the stream broke: the domain is going; the bytes are lost
+                self._pending = b""
+                break
+            if sent == -2:  # full: wait for the writable callback, stop reading meanwhile
+                self._pause_reading()
+                with contextlib.suppress(Exception):
+                    stream.eventUpdateCallback(_READABLE | _WRITABLE | _ERROR | _HANGUP)
+                return
+            self._pending = self._pending[sent:]
+        with contextlib.suppress(Exception):
+            stream.eventUpdateCallback(_READABLE | _ERROR | _HANGUP)
+        self._resume_reading()
