@@ -37,6 +37,7 @@ from gateway.console.sessions import (
 )
 from gateway.recordings import RecordingError
 
+_string = json.encoder.encode_basestring  # a JSON string, in C: one call per event
 CONTENT_TYPE = "application/x-asciicast"
 WIDTH, HEIGHT = 80, 24  # a serial line has no size; getty's 80x24 is what guests assume
 MARK_ON, MARK_OFF = "\x1b[7m", "\x1b[27m"
@@ -59,8 +60,8 @@ def header(*, started: float, title: str, lab: dict[str, Any], input_recorded: b
 
 
 def event(seconds: float, code: str, data: str) -> str:
-    """One event line."""
-    return json.dumps([round(seconds, 6), code, data], ensure_ascii=False) + "\n"
+    """One event line: ``[seconds, code, data]`` as JSON (UTF-8 kept as is)."""
+    return f"[{seconds:.6f}, {_string(code)}, {_string(data)}]\n"
 
 
 def gateway_text(text: str) -> str:
