@@ -119,10 +119,12 @@ def _needs_qemu(config: LabConfig) -> bool:
 
 
 def emulated_only(config: LabConfig) -> LabConfig:
-    """``config`` with every QEMU machine replaced by an emulated guest of the same OS."""
+    """``config`` with every QEMU (or libvirt) machine replaced by an emulated guest of the
+    same OS."""
 
     def swap(spec: MachineSpec) -> MachineSpec:
-        return dataclasses.replace(spec, backend="emulated") if spec.backend == "qemu" else spec
+        real = spec.backend in ("qemu", "libvirt")
+        return dataclasses.replace(spec, backend="emulated", uri=None) if real else spec
 
     vms = tuple(dataclasses.replace(vm, machine=swap(vm.machine)) for vm in config.vms)
     sets = tuple(

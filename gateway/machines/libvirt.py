@@ -279,7 +279,7 @@ class LibvirtMachine(MachineBase):
                 return
             with contextlib.suppress(MachineError):
                 await self._destroy(timeout)
-            self._release()
+            await self._release()
 
     async def send_break(self) -> None:
         self._require_guest_running("send a break to")
@@ -396,7 +396,7 @@ class LibvirtMachine(MachineBase):
         except BaseException:
             with contextlib.suppress(MachineError):
                 await self._destroy(5.0)
-            self._release()
+            await self._release()
             raise
         self._set_state(PowerState.RUNNING)
 
@@ -636,7 +636,7 @@ class LibvirtMachine(MachineBase):
                     f"libvirt refused to destroy {self.domain_name}: {err.get_error_message()}"
                 ) from err
 
-    def _release(self) -> None:
+    async def _release(self) -> None:
         """Forget the domain, close the port, let the connection go: deallocated."""
         self._dom = None
         if self._probe is not None:
@@ -645,12 +645,12 @@ class LibvirtMachine(MachineBase):
         if self._bridge is not None:
             self._bridge.close()
             self._bridge = None
-        if self._host is not None:
-            self._host.unwatch(self.domain_name)
-            self._host.release()
-            self._host = None
+        host, self._host = self._host, None
         self.accel = None
         self._set_state(PowerState.DEALLOCATED)
+        if host is not None:
+            host.unwatch(self.domain_name)
+            await host.release()
 
     def _on_domain_event(self, kind: int, event: Any, detail: Any) -> None:
         """A lifecycle or reboot event of this machine's domain, in the machine's loop."""
@@ -689,7 +689,7 @@ class LibvirtMachine(MachineBase):
         async def take_over() -> None:
             async with self._taking_over(why, "start it again", MachineError):
                 if self._host is not None:
-                    self._release()
+                    await self._release()
 
         asyncio.get_running_loop().create_task(take_over(), name=f"{self.name}-gone")
 

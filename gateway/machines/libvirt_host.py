@@ -80,6 +80,9 @@ def _ensure_event_thread() -> None:
         if _event_thread is not None:
             return
         require_libvirt().virEventRegisterDefaultImpl()
+        # libvirt prints every error to stderr unless told otherwise; here each one is
+        # raised (libvirtError) and said by the machine in its own words.
+        libvirt.registerErrorHandler(lambda _ctx, _error: None, None)
 
         def run() -> None:
             while True:
@@ -167,15 +170,16 @@ class LibvirtHost:
             opened.users = 1
             return opened
 
-    def release(self) -> None:
-        """One user fewer; the last one closes the connection (in a worker thread)."""
+    async def release(self) -> None:
+        """One user fewer; the last one closes the connection (in a worker thread), which
+        makes libvirtd destroy whatever domain of this connection is left."""
         with _hosts_lock:
             self.users -= 1
             if self.users > 0:
                 return
             if _hosts.get(self.uri) is self:
                 del _hosts[self.uri]
-        _executor.submit(self._close)
+        await asyncio.get_running_loop().run_in_executor(_executor, self._close)
 
     def watch(self, domain: str, on_event: DomainCallback, on_lost: Callable[[str], None]) -> None:
         """Call ``on_event(event id, event, detail)`` for domain ``domain``'s lifecycle and

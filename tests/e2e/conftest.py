@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from gateway.machines.qemu import IMAGE_DIR, QemuMachine
+from tests.conftest import scaled
 from tests.support.console import PortConsole
+from tests.support.libvirtd import Libvirtd, LibvirtdUnavailable
 
 GUEST_PASSWORD = "serial-lab"
 
@@ -50,3 +52,20 @@ async def guest(tmp_path: Path) -> AsyncIterator[Guest]:
         yield guest
         for console in guest.consoles:
             console.close_port()
+
+
+@pytest.fixture(scope="session")
+def libvirtd() -> Iterator[Libvirtd]:
+    """libvirtd on qemu:///system: the running one, or virtlogd + libvirtd started for the
+    session and stopped after it (by PID; see ``tests.support.libvirtd``)."""
+    require_qemu()
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        pytest.fail("libvirt-python is missing: pip install -e '.[libvirt]' (make test does)")
+    try:
+        daemons = Libvirtd.ensure(scaled(60))
+    except LibvirtdUnavailable as err:
+        pytest.fail(str(err))
+    yield daemons
+    daemons.stop()

@@ -15,7 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from gateway.machines import EventKind, MachineError, MachineLaunchError, PowerS
 from gateway.machines.libvirt import LibvirtMachine, domain_prefix
 from gateway.machines.process import wait_pid_exit
 from tests.conftest import scaled
-from tests.e2e.conftest import GUEST_PASSWORD, Guest, require_qemu
+from tests.e2e.conftest import GUEST_PASSWORD, Guest
 from tests.e2e.test_qemu_machine import (  # noqa: F401 - collected here, on libvirt
     test_a_reset_during_a_restart_is_refused,
     test_deallocate_then_start_gives_a_new_port,
@@ -42,28 +42,12 @@ from tests.e2e.test_qemu_machine import (  # noqa: F401 - collected here, on lib
     test_wrong_password_is_refused,
 )
 from tests.support.console import PortConsole
-from tests.support.libvirtd import URI, Libvirtd, LibvirtdUnavailable
+from tests.support.libvirtd import URI, Libvirtd
 
 pytestmark = pytest.mark.qemu
 
 BOOT = 60.0
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def libvirtd() -> Iterator[Libvirtd]:
-    """libvirtd on qemu:///system: the running one, or one started (and stopped) here."""
-    require_qemu()
-    try:
-        import libvirt  # noqa: F401
-    except ImportError:
-        pytest.fail("libvirt-python is missing: pip install -e '.[libvirt]' (make test does)")
-    try:
-        daemons = Libvirtd.ensure(scaled(60))
-    except LibvirtdUnavailable as err:
-        pytest.fail(str(err))
-    yield daemons
-    daemons.stop()
 
 
 async def _guest(vm: LibvirtMachine) -> AsyncIterator[Guest]:
