@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.testing import Console
+from gateway.testing import Console, SerialLab
 
 VM = "linux-1"
 ConsoleFactory = Callable[..., Console]
@@ -68,7 +68,7 @@ def test_a_hard_reset_boots_the_guest_again(shell: Console) -> None:
     assert shell.run("test -e /tmp/before-reset")[1] == 1
 
 
-def test_a_panic_shows_as_the_vms_power_state(shell: Console, serial_lab) -> None:  # type: ignore[no-untyped-def]
+def test_a_panic_shows_as_the_vms_power_state(shell: Console, serial_lab: SerialLab) -> None:
     """SysRq c crashes the kernel: the console shows the panic and the lab reports the VM
     panicked (QEMU's pvpanic device); a reset brings it back."""
     shell.sysrq("c")

@@ -3,7 +3,7 @@
 The plugin (``gateway.testing.plugin``) is registered as a ``pytest11`` entry point, so
 installing the distribution is enough; see docs/pytest.md. What a test imports::
 
-    from gateway.testing import Console, Sac, ExpectTimeout, ConsoleClosed, ConsoleError
+    from gateway.testing import Console, Sac, SerialLab, ExpectTimeout, ConsoleClosed, ConsoleError
 """
 
 from gateway.testing.client import LabClient, LabClientError
@@ -15,6 +15,7 @@ from gateway.testing.console import (
     strip_ansi,
 )
 from gateway.testing.lab import LabProcess, LabStartError
+from gateway.testing.plugin import SerialLab
 from gateway.testing.sac import Sac
 
 __all__ = [
@@ -27,5 +28,6 @@ __all__ = [
     "LabProcess",
     "LabStartError",
     "Sac",
+    "SerialLab",
     "strip_ansi",
 ]
