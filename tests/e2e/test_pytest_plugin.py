@@ -20,7 +20,7 @@ import pexpect
 import pytest
 
 from gateway.machines.process import wait_pid_exit
-from gateway.testing import Console, Sac
+from gateway.testing import Console, ConsoleError, Sac
 from gateway.testing.lab import qemu_pids
 from tests.conftest import scaled
 from tests.e2e.conftest import GUEST_PASSWORD, require_qemu
@@ -96,6 +96,33 @@ def test_lab_fresh_resets_the_named_guest_first(console: ConsoleFactory) -> None
     other = console("linux-1")
     other.wait_for_boot()
     assert "Linux version" not in other.live_text
+
+
+@pytest.mark.qemu
+def test_a_watcher_sees_the_writer_and_displaces_nobody(console: ConsoleFactory) -> None:
+    """watch(): a read-only view of linux-1 sees what the writer's command prints; the
+    writer keeps its seat, and the watcher's commands are refused."""
+    writer = console("linux-1")
+    writer.login()
+    viewer = writer.watch()
+    assert writer.run("echo seen-by-the-watcher") == ("seen-by-the-watcher\n", 0)
+    viewer.expect("seen-by-the-watcher")
+    with pytest.raises(ConsoleError, match="nmi refused"):
+        viewer.nmi()
+    assert writer.run("true") == ("", 0)
+
+
+@pytest.mark.qemu
+def test_a_scale_set_instance_restarts_gracefully(console: ConsoleFactory) -> None:
+    """console("web-vmss", instance=0): restart() waits for the graceful restart; the
+    instance boots again and root logs in once more."""
+    instance = console("web-vmss", instance=0)
+    instance.wait_for_boot()
+    assert instance.restart() == "Successfully restarted VM"
+    instance.wait_for_boot()
+    instance.login()
+    output, status = instance.run("hostname")
+    assert (status, output.startswith("web-vmss")) == (0, True), output
 
 
 # -- a user's suite in a pytest of its own ---------------------------------------------------
