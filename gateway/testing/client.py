@@ -13,6 +13,7 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -28,6 +29,13 @@ POWER_PREFIX = "PowerState/"
 
 class LabClientError(AssertionError):
     """The lab refused a request or did not answer; the message says what to do."""
+
+
+async def _cancel_all() -> None:
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class LoopThread:
@@ -48,8 +56,11 @@ class LoopThread:
             raise
 
     def close(self) -> None:
+        """Cancel what still runs on the loop (consoles never closed), then stop it."""
         if self.loop.is_closed():
             return
+        with contextlib.suppress(Exception):
+            self.run(_cancel_all(), 10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         if not self._thread.is_alive():

@@ -421,7 +421,7 @@ class Console(SpawnBase):  # type: ignore[misc]  # pexpect has no type hints
         the shell prompt. Already at a shell prompt: returns at once.
 
         Raises ConsoleError when the guest refuses the password."""
-        self._drain()
+        self.drain()
         self.sendline()
         if self.expect([LOGIN_PROMPT, self.prompt], timeout) == 1:
             return
@@ -438,7 +438,7 @@ class Console(SpawnBase):  # type: ignore[misc]  # pexpect has no type hints
         if "\n" in command or "\r" in command:
             raise ValueError("run() takes one command line; join commands with ';' or '&&'")
         token = uuid.uuid4().hex[:10]
-        self._drain()
+        self.drain()
         # printf's format keeps the markers out of the shell's echo of the typed line.
         self.sendline(
             f"printf '%s_%s\\n' __begin {token}; {command}; printf '%s_%s_%s\\n' __end {token} $?"
@@ -450,8 +450,9 @@ class Console(SpawnBase):  # type: ignore[misc]  # pexpect has no type hints
         self.expect(self.prompt, timeout)
         return output, status
 
-    def _drain(self) -> None:
-        """Skip what arrived and was not read: a new exchange starts from now."""
+    def drain(self) -> None:
+        """Skip what arrived and was not read yet: the next ``expect`` reads only what
+        comes after this call (a new exchange; ``login`` and ``run`` start with it)."""
         with self._stream.cond:
             self._reset_reader(len(self._stream.data))
 

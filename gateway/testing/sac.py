@@ -31,21 +31,24 @@ class Sac:
         self.console = console
 
     def prompt(self, timeout: float = 30.0) -> None:
-        """Press Enter and wait for ``SAC>`` (past the replayed screen)."""
+        """Press Enter and wait for a fresh ``SAC>`` (what came before is skipped)."""
+        self.console.drain()
         self.console.sendline()
         self.console.expect(SAC_PROMPT, timeout)
 
     def command(self, line: str, timeout: float = 30.0) -> str:
         """Run SAC command ``line``; what it printed before the next ``SAC>``."""
         self.prompt(timeout)
+        self.console.drain()
         self.console.sendline(line)
+        self.console.expect(re.escape(line) + r"\r?\n", timeout)  # SAC's echo
         self.console.expect(SAC_PROMPT, timeout)
-        text = str(self.console.before).replace("\r\n", "\n")
-        return text.split("\n", 1)[1] if "\n" in text else ""
+        return str(self.console.before).replace("\r\n", "\n").strip("\n")
 
     def cmd(self, timeout: float = 30.0) -> int:
         """``cmd``: a new Command Prompt channel; its number (for ``channel``)."""
         self.prompt(timeout)
+        self.console.drain()
         self.console.sendline("cmd")
         self.console.expect("A new channel has been created", timeout)
         self.console.expect(r"Channel: Cmd(\d+)", timeout)

@@ -76,13 +76,15 @@ def run_suite(folder: Path, *args: str, timeout: float = 180) -> subprocess.Comp
 @pytest.mark.qemu
 def test_sac_channel_login_and_a_command(console: ConsoleFactory) -> None:
     """On win-1, SAC's cmd makes a channel; ch -si N and the guest password open
-    C:\\Windows\\system32>, where hostname answers; Esc+Tab 0 is back at SAC>."""
+    C:\\Windows\\system32>, where hostname answers; Esc+Tab 0 is back at SAC>, where id
+    names the computer."""
     sac = Sac(console("win-1"))
     number = sac.cmd()
     sac.channel(number)
     sac.login("Administrator", GUEST_PASSWORD)
     assert sac.run("hostname") == "WIN-1"
     sac.back()
+    assert "Computer Name: WIN-1" in sac.command("id")
 
 
 @pytest.mark.qemu
