@@ -17,9 +17,12 @@ echo (no line editor, no shell) that can also blast numbered lines. Paths:
 - ``PTY, guest in a child``: the same reader on a guest in another process, the layout
   ser2net has.
 - ``gateway raw`` / ``gateway framed``: the lab (uvicorn + uvloop, the VM's hub, boot log,
-  sessions) in a child; clients speak the websocket with a minimal frame walk (the
-  handshake, then frame headers only; see ``Probe``) so the figures are the gateway's, not
-  a Python client's.
+  sessions, each session recorded as the lab does by default) in a child; clients speak
+  the websocket with a minimal frame walk (the handshake, then frame headers only; see
+  ``Probe``) so the figures are the gateway's, not a Python client's.
+- ``gateway raw, recording off``: the same lab with ``[recordings] enabled = false``, in
+  a child of its own: what recording costs a keystroke and a blast (its 1-client blast
+  beside ``gateway raw``'s, whose recording stops at the lab's 16 MiB per session).
 - ``FastAPI websocket echo``: the framework under the gateway echoing frames, no PTY: the
   floor the design measures.
 - ``ser2net default`` / ``ser2net tuned``: ser2net 4 bridging a guest PTY to raw TCP
@@ -553,6 +556,21 @@ async def measure_rtt(sink: Sink, keys: int, row: Row) -> None:
     row.p99_us = samples[min(len(samples) - 1, (len(samples) * 99) // 100)] / 1000
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure_lab_rtt(sink: Sink, keys: int, row: Row, pid: int) -> None:
+    """``measure_rtt``, and the lab's CPU time per keystroke (its note): a figure that a
+    busy machine disturbs far less than a round trip's time."""
+    began = _cpu_seconds(pid)
+    await measure_rtt(sink, keys, row)
+    per_key = (_cpu_seconds(pid) - began) / (WARMUP + keys) * 1e6
+    row.notes.append(f"lab CPU {per_key:.0f} us per keystroke")
+
+
 async def measure_blast(writer: Sink, sinks: list[Sink], size: int) -> tuple[float, float, str]:
     """Blast ``size`` bytes to every sink: (slowest client's MiB/s, total MiB/s, note)."""
     tag = f"b{next(_tags)}"
@@ -770,7 +788,7 @@ async def gateway_rows(work: Path, keys: int, fanout: int) -> list[Row]:
                 return await open_ws(url + ("&watch=1" if n else ""), sub)
 
             async with fan_out(opener, 1) as (writer,):
-                await measure_rtt(writer, keys, row)
+                await measure_lab_rtt(writer, keys, row, int(ready["pid"]))
                 await blast_rows(writer, [writer], BLAST_ONE, row, fan=False)
             async with fan_out(opener, fanout) as sinks:
                 await blast_rows(sinks[0], sinks, BLAST_FAN, row, fan=True)
@@ -875,7 +893,23 @@ async def measure(keys: int, fanout: int) -> list[Row]:
         rows.append(await floor_row(work, keys))
         rows.append(await bare_echo_row(work, keys))
         rows += await gateway_rows(work, keys, fanout)
+        rows.append(await recording_off_row(work, keys))
     return rows
+
+
+async def recording_off_row(work: Path, keys: int) -> Row:
+    """``gateway raw`` on a lab that records nothing: the other side of the comparison."""
+    row = Row("gateway raw, recording off")
+    async with (
+        child(work / "lab-norecord.log", "lab", str(work / "lab-norecord"), "norecord") as ready,
+        httpx.AsyncClient(base_url=ready["url"], timeout=STEP_TIMEOUT) as http,
+    ):
+        url = await gateway_session(http, "alice")
+        async with fan_out(lambda n: open_ws(url), 1) as (writer,):
+            await measure_lab_rtt(writer, keys, row, int(ready["pid"]))
+            await blast_rows(writer, [writer], BLAST_ONE, row, fan=False)
+    row.notes.append("one client: the cost of recording is the gap to gateway raw")
+    return row
 
 
 # -- the table ----------------------------------------------------------------------------
@@ -946,6 +980,13 @@ def aims(rows: list[Row]) -> list[str]:
                     f"  {name}: {label} {ours:.1f} vs {theirs:.1f} MiB/s (aim: at least "
                     f"tuned ser2net's) {'met' if ours >= theirs else 'MISSED'}"
                 )
+    on, off = by.get("gateway raw"), by.get("gateway raw, recording off")
+    if on is not None and off is not None and None not in (on.p50_us, off.p50_us):
+        lines.append(
+            f"  recording: rtt p50 {on.p50_us:.0f} us on vs {off.p50_us:.0f} us off, p99 "
+            f"{_num(on.p99_us)} vs {_num(off.p99_us)} us (aim: no more than 10% at p50) "
+            f"{'met' if on.p50_us <= 1.1 * off.p50_us else 'MISSED'}"  # type: ignore[operator]
+        )
     floor = by.get("az client: websockets echo")
     for gw in rows:
         if not gw.path.startswith("az client: gateway") or gw.p50_us is None:

@@ -180,8 +180,9 @@ def _say(**fields: object) -> None:
     print(json.dumps(fields), flush=True)
 
 
-async def serve_lab(state: Path) -> None:
-    """The gateway with one bench VM, as ``serial-console lab run`` serves it."""
+async def serve_lab(state: Path, record: bool = True) -> None:
+    """The gateway with one bench VM, as ``serial-console lab run`` serves it (``record``:
+    sessions recorded, the lab's default)."""
     from gateway.console import service
     from gateway.lab.runtime import LabRuntime
     from tests.support.lab import lab_toml
@@ -199,7 +200,8 @@ async def serve_lab(state: Path) -> None:
         f"{door}"
         for name, door in doors.items()
     )
-    text = lab_toml(state / "state", vms=vms, gateway=f"ssh_port = {ssh}")
+    extra = "" if record else "[recordings]\nenabled = false\n"
+    text = lab_toml(state / "state", vms=vms, gateway=f"ssh_port = {ssh}", extra=extra)
     config = parse_lab(text, source=str(state / "lab.toml"), base=state)
     async with LabRuntime(config, machine_factory=_bench_factory) as runtime:
         _say(url=runtime.url, pid=os.getpid(), ssh=ssh, rfc2217=rfc2217, rfc2217_watch=watch)
@@ -287,8 +289,8 @@ if __name__ == "__main__":
 
     warnings.filterwarnings("ignore", message=r"The `websockets` implementation is deprecated")
     what = sys.argv[1] if len(sys.argv) > 1 else ""
-    if what == "lab" and len(sys.argv) == 3:
-        run(lambda: serve_lab(Path(sys.argv[2])))
+    if what == "lab" and len(sys.argv) in (3, 4):
+        run(lambda: serve_lab(Path(sys.argv[2]), record=sys.argv[3:] != ["norecord"]))
     elif what == "guest":
         run(serve_guest)
     elif what == "wsecho":
@@ -297,5 +299,6 @@ if __name__ == "__main__":
         run(serve_wsbare)
     else:
         raise SystemExit(
-            "usage: python -m tests.bench.console_peers lab DIR | guest | wsecho | wsbare"
+            "usage: python -m tests.bench.console_peers lab DIR [norecord] | guest | wsecho "
+            "| wsbare"
         )
