@@ -53,10 +53,11 @@ roles = [{ role = "Virtual Machine Contributor", scope = "resourceGroups/lab-rg"
 """
 
 
-def suite(folder: Path, source: str) -> Path:
-    """A user's suite in ``folder``: ``test_suite.py`` holding ``source``."""
+def suite(folder: Path, source: str, ini: str = "") -> Path:
+    """A user's suite in ``folder``: ``test_suite.py`` holding ``source``, and ``ini``
+    in its pytest.ini."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pytest.ini").write_text(INI)
+    (folder / "pytest.ini").write_text(INI + ini)
     (folder / "test_suite.py").write_text(source)
     return folder
 
@@ -185,7 +186,7 @@ def test_a_broken_lab_file_fails_each_test_with_one_line(tmp_path: Path) -> None
 
 def test_each_xdist_worker_has_a_lab_of_its_own(tmp_path: Path) -> None:
     """Under -n 2 each worker starts its own lab (its own port and state), and the
-    consoles of both work at once."""
+    consoles of both work at once. (The emulated lab comes from the ini file here.)"""
     seen = tmp_path / "seen"
     seen.mkdir()
     folder = suite(
@@ -195,6 +196,7 @@ import os, pytest
 
 @pytest.mark.parametrize("n", range(4))
 def test_hostname(console, serial_lab, n):
+    assert {{vm.machine.backend for vm in serial_lab.config.vms}} == {{"emulated"}}
     linux = console("linux-1")
     linux.login()
     assert linux.run("hostname") == ("linux-1\\n", 0)
@@ -202,8 +204,9 @@ def test_hostname(console, serial_lab, n):
     with open(os.path.join({str(seen)!r}, f"{{worker}}-{{n}}"), "w") as out:
         out.write(serial_lab.url)
 """,
+        ini="lab_emulated = true\n",
     )
-    result = run_suite(folder, "--lab-emulated", "-n", "2")
+    result = run_suite(folder, "-n", "2")
     assert result.returncode == 0, result.stdout + result.stderr
     urls = {path.name.split("-")[0]: path.read_text() for path in seen.iterdir()}
     assert len(list(seen.iterdir())) == 4
