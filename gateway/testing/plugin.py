@@ -39,6 +39,7 @@ from typing import Any, NoReturn
 
 import pytest
 
+from gateway.access.users import User, password_weakness
 from gateway.lab.config import (
     DEFAULT_GUEST_PASSWORD,
     LabConfig,
@@ -172,6 +173,12 @@ class SerialLab:
             for watcher in watchers:
                 watcher.close()
 
+    def _shown_password(self) -> str:
+        """The user's password when it is a demo one (as the lab's banner shows them);
+        a real one never reaches a terminal or a CI log."""
+        user = User(self.user, self.password)
+        return self.password if self.password and password_weakness(user) else "PASSWORD"
+
     def how_to_connect(self) -> str:
         """Lines a person types to reach this lab's consoles."""
         group = "lab-rg"
@@ -184,7 +191,7 @@ class SerialLab:
         lines = [
             f"Serial Console Lab left running at {self.url}{where}",
             f"  serial-console login --url {self.url} --username {self.user} "
-            f"--password {self.password or '...'}",
+            f"--password {self._shown_password()}",
             f"  serial-console connect -g {group} -n {vm}",
         ]
         if self.process is not None:
