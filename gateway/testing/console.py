@@ -261,13 +261,14 @@ class Console(SpawnBase):  # type: ignore[misc]  # pexpect has no type hints
     def expect(
         self, pattern: Any, timeout: float | None = -1, searchwindowsize: int | None = -1, **kw: Any
     ) -> int:
-        """pexpect's ``expect``; an explicit ``timeout`` is scaled by LAB_TIMEOUT_SCALE.
-        Raises ExpectTimeout / ConsoleClosed with the console's last output."""
-        wait = self._wait(timeout)
+        """pexpect's ``expect`` (``timeout`` -1: the console's default; None: no bound); an
+        explicit ``timeout`` is scaled by LAB_TIMEOUT_SCALE. Raises ExpectTimeout /
+        ConsoleClosed with the console's last output."""
+        wait = self._wait(timeout, kw)
         try:
             index: int = super().expect(pattern, wait, searchwindowsize)
         except pexpect.TIMEOUT:
-            why = f"did not appear within {wait:.0f} s"
+            why = f"did not appear within {wait or 0:.0f} s"
             raise ExpectTimeout(self._explain(pattern, why)) from None
         except pexpect.EOF:
             why = f"never came: the console closed ({self._stream.closed})"
@@ -278,19 +279,28 @@ class Console(SpawnBase):  # type: ignore[misc]  # pexpect has no type hints
         self, pattern: Any, timeout: float | None = -1, searchwindowsize: int | None = -1, **kw: Any
     ) -> int:
         """pexpect's ``expect_exact``, with ``expect``'s timeouts and errors."""
-        wait = self._wait(timeout)
+        wait = self._wait(timeout, kw)
         try:
             index: int = super().expect_exact(pattern, wait, searchwindowsize)
         except pexpect.TIMEOUT:
-            why = f"did not appear within {wait:.0f} s"
+            why = f"did not appear within {wait or 0:.0f} s"
             raise ExpectTimeout(self._explain(pattern, why)) from None
         except pexpect.EOF:
             why = f"never came: the console closed ({self._stream.closed})"
             raise ConsoleClosed(self._explain(pattern, why)) from None
         return index
 
-    def _wait(self, timeout: float | None) -> float:
-        return float(self.timeout) if timeout is None or timeout == -1 else scaled(timeout)
+    def _wait(self, timeout: float | None, options: dict[str, Any]) -> float | None:
+        """pexpect's timeout: -1 the console's default, None no bound, else ``timeout``
+        seconds scaled."""
+        if options.get("async_"):
+            raise TypeError(
+                "Console.expect blocks (its bytes arrive on a thread of their own): in an "
+                "async test, call it through asyncio.to_thread"
+            )
+        if timeout == -1:
+            return float(self.timeout)
+        return None if timeout is None else scaled(timeout)
 
     def _explain(self, pattern: Any, what: str) -> str:
         shown = (
