@@ -743,20 +743,23 @@ class _ConsoleBridge:
         self._resume_reading()
 
     def detach(self) -> None:
-        """Let go of the stream (the domain ended or is ending); the PTY stays."""
+        """Let go of the stream (the domain ended or is ending); the PTY stays. Typed input
+        stops going to it; what the guest wrote last (``reboot: Power down``) is still
+        read, until the stream's end, when its callback lets it go (``_end``)."""
         stream, self._stream = self._stream, None
         self._pending = b""
         self._pause_reading()
         if stream is not None:
             with contextlib.suppress(Exception):
-                stream.eventRemoveCallback()
-            with contextlib.suppress(Exception):
-                stream.abort()
+                stream.eventUpdateCallback(_READABLE | _ERROR | _HANGUP)
 
     def close(self) -> None:
         if self.closed:
             return
+        stream = self._stream
         self.detach()
+        if stream is not None:  # the machine is going: no last words to wait for
+            self._end(stream)
         self.closed = True
         if self._writing:
             self._loop.remove_writer(self.master)
@@ -778,19 +781,40 @@ class _ConsoleBridge:
             self._loop.call_soon_threadsafe(self._send_pending, stream)
         if events & _READABLE:
             chunks = []
+            ended = False
             while True:
                 try:
                     data = stream.recv(65536)
                 except Exception:  # the stream broke: the domain is going
+                    ended = True
                     break
-                if data == -2 or not data:
+                if data == -2:  # nothing more for now
+                    break
+                if not data:  # the end: the domain is gone
+                    ended = True
                     break
                 chunks.append(data)
             if chunks:
                 self._loop.call_soon_threadsafe(self._deliver, stream, b"".join(chunks))
+            if ended:
+                self._end(stream)
         if events & (_ERROR | _HANGUP):
-            with contextlib.suppress(Exception):
-                stream.eventRemoveCallback()
+            self._end(stream)
+
+    def _end(self, stream: Any) -> None:
+        """The stream is over (libvirt's thread): stop its callback and free it."""
+        with contextlib.suppress(Exception):
+            stream.eventRemoveCallback()
+        with contextlib.suppress(Exception):
+            stream.abort()
+        if stream is self._stream:  # the domain ended under the bridge: typing waits
+            self._loop.call_soon_threadsafe(self._lost_stream, stream)
+
+    def _lost_stream(self, stream: Any) -> None:
+        if stream is self._stream:
+            self._stream = None
+            self._pending = b""
+            self._pause_reading()
 
     def _deliver(self, stream: Any, data: bytes) -> None:
         if self.closed:
