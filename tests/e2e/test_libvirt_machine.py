@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from gateway.machines import EventKind, MachineError, MachineLaunchError, PowerState
-from gateway.machines.libvirt import LibvirtMachine, domain_prefix
+from gateway.machines.libvirt import OWNER_NS, LibvirtMachine, domain_prefix
 from gateway.machines.process import wait_pid_exit
 from tests.conftest import scaled
 from tests.e2e.conftest import GUEST_PASSWORD, Guest
@@ -165,6 +165,30 @@ async def test_a_domain_the_lab_did_not_make_is_never_touched(
         assert _virsh("domstate", vm.domain_name).stdout.strip() == "paused"
     finally:
         _virsh("destroy", vm.domain_name)
+
+
+async def test_a_domain_left_by_an_earlier_run_of_the_lab_is_replaced(
+    libvirtd: Libvirtd, tmp_path: Path
+) -> None:
+    """A domain of this lab's (its name and owner) still there from an earlier run, as
+    after a libvirtd that outlived a lost connection, is destroyed before the new one
+    starts; the VM then boots from its first byte."""
+    vm = LibvirtMachine("guest-1", run_dir=tmp_path / "run", password=GUEST_PASSWORD)
+    owner = " ".join(f"{key}='{value}'" for key, value in vm._owner.items())
+    xml = tmp_path / "left.xml"
+    xml.write_text(
+        f"<domain type='qemu'><name>{vm.domain_name}</name><memory unit='MiB'>32</memory>"
+        f"<metadata><lab:owner xmlns:lab='{OWNER_NS}' {owner}/></metadata>"
+        "<os><type arch='x86_64' machine='q35'>hvm</type></os></domain>"
+    )
+    made = _virsh("create", str(xml), "--paused")
+    assert made.returncode == 0, made.stderr
+    left = _virsh("domuuid", vm.domain_name).stdout.strip()
+    async for guest in _guest(vm):
+        await guest.console.expect(r"guest-1 login: ", BOOT)
+        assert guest.console.data.startswith(b"[    0.000000] Linux version ")
+        assert _virsh("domuuid", vm.domain_name).stdout.strip() != left
+    assert vm.domain_name not in _domains()
 
 
 async def test_kill_9_of_the_lab_takes_its_domain_along(libvirtd: Libvirtd, tmp_path: Path) -> None:
