@@ -26,6 +26,7 @@ from gateway.machines.process import wait_pid_exit
 from tests.conftest import scaled
 from tests.e2e.conftest import GUEST_PASSWORD, Guest
 from tests.e2e.test_qemu_machine import (  # noqa: F401 - collected here, on libvirt
+    test_a_hung_qemu_fails_a_command_in_time,
     test_a_reset_during_a_restart_is_refused,
     test_deallocate_then_start_gives_a_new_port,
     test_graceful_restart_powers_off_then_boots,

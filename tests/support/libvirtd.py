@@ -59,6 +59,11 @@ class Libvirtd:
         try:
             for name in DAEMONS:
                 daemons._start(name, timeout)
+        except LibvirtdUnavailable:
+            daemons.stop()
+            if _answers():  # another test process started one meanwhile: use it
+                return daemons
+            raise
         except BaseException:
             daemons.stop()
             raise
