@@ -11,8 +11,9 @@ bytes, applies backpressure and runs the personality's timer.
   pair is what the gateway sees as the guest going away (EIO on its reader).
 - Output: the personality's bytes are written as the master takes them; while it does
   not (nobody reads the slave), the guest waits, like a UART with flow control. If the
-  personality's queue grows past ``HIGH_WATER`` the guest stops reading input too, so the
-  queue stays bounded; nothing is ever dropped. ``output_rate`` (bytes/s) paces writes
+  personality's queue grows past ``HIGH_WATER`` (or a guest with a process behind it
+  says it has no ``input_room``) the guest stops reading input too, so the queue stays
+  bounded; nothing is ever dropped. ``output_rate`` (bytes/s) paces writes
   like a real line (11520 B/s is 115200 baud 8N1).
 - Guest events reach ``on_event`` in order with the bytes: once everything printed
   before them is in the PTY.
@@ -114,9 +115,12 @@ class Uart:
         self._input_waiters: list[asyncio.Future[None]] = []
         self.bytes_in = 0
         self.bytes_out = 0
+        # A guest with a process behind it (emulator.userland) prints on its own and may
+        # have no room for more input: it wakes the UART, which then asks it.
         bind = getattr(guest, "bind_port", None)
-        if bind is not None:  # a guest that also prints on its own (a process's output)
+        if bind is not None:
             bind(self._service)
+        self._input_room: Callable[[], bool] = getattr(guest, "input_room", lambda: True)
 
     @property
     def closed(self) -> bool:
@@ -254,7 +258,7 @@ class Uart:
         self._service()
 
     def _gate_input(self) -> None:
-        want = self.guest.output_buffered() < HIGH_WATER
+        want = self.guest.output_buffered() < HIGH_WATER and self._input_room()
         if want and not self._reading:
             self._loop.add_reader(self._fd, self._readable)
         elif self._reading and not want:

@@ -4,7 +4,15 @@ An emulated Linux guest can run the image's real busybox init, getty, login and 
 initramfs ``make images`` builds) instead of the personality's small shell. Each guest is a
 process tree in its own user, mount, PID, UTS, IPC and network namespaces, made with
 util-linux (``unshare``, ``nsenter``, ``setpriv``, ``prlimit``, ``mount``, ``pivot_root``)
-and a few lines of ``sh`` between them; nothing else is installed or written on the host.
+and a few lines of ``sh`` between them; nothing is installed, and nothing but the unpacked
+image (in the lab's state folder) is written on the host.
+
+The userland's console is a second PTY pair: its slave is the guest's ``/dev/console`` and
+``/dev/ttyS0`` (a real tty: getty's modes, echo off for the password, Ctrl+C), its master
+is read and written by ``Sandbox`` in the event loop, and the personality in front of it
+(``emulator.userland``) keeps the serial port's own PTY, so kernel text and the
+userland's output reach the port in the order they happen and a BREAK never reaches the
+userland.
 
 Why util-linux and not bubblewrap: root inside must be an unprivileged id outside even when
 the lab runs as root, and busybox ``login`` calls ``setgroups``, which a user namespace
@@ -40,12 +48,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
+import select
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import tempfile
 import termios
@@ -70,8 +81,11 @@ KEEP_CAPS = (
     "chown,dac_override,dac_read_search,fowner,fsetid,kill,setgid,setuid,setpcap,"
     "net_bind_service,sys_chroot,sys_admin,sys_boot,audit_write"
 )
-READ_SIZE = 4096
+READ_SIZE = 65536
 INPUT_LIMIT = 64 * 1024  # typed bytes the guest has not read yet, beyond which they are lost
+INPUT_HIGH = 8 * 1024  # typed bytes held here beyond which the serial port is not read
+INPUT_CHUNK = 256  # typed bytes handed to the guest's tty at a time, between reads
+ECHO_ROOM = 1024  # the tty's unread output beyond which no input is handed over
 
 # What replaces the image's rcS: the same steps, with the kernel command line and QEMU's
 # fw_cfg (neither exists here) replaced by what the lab hands over: the host name is set
@@ -372,12 +386,15 @@ class Sandbox:
         *,
         on_output: Callable[[bytes], None],
         on_exit: Callable[[str, int], None],
+        on_input_taken: Callable[[], None] = lambda: None,
     ) -> None:
         self.image = image
         self.hostname = hostname
         self._password = password
         self._on_output = on_output
         self._on_exit = on_exit
+        self._on_input_taken = on_input_taken
+        self._flush_handle: asyncio.Handle | None = None
         self._loop = asyncio.get_running_loop()
         self._master = -1
         self._process: asyncio.subprocess.Process | None = None
@@ -436,20 +453,32 @@ class Sandbox:
         finally:
             os.close(slave)
         self._master = master
-        if self._dead:  # killed while it started
-            self._close()
-            return
         self._waiter = asyncio.ensure_future(self._wait())
+        if self._dead:  # killed while it started: end what was just made
+            self._dead = False
+            self.kill()
+            return
         self.resume_output()
+        self._flush_input()
 
     def write(self, data: bytes) -> None:
-        """Typed bytes for the guest's console (kept in order until its tty takes them)."""
+        """Typed bytes for the guest's console (kept in order until its tty takes them).
+
+        They are handed over a little at a time, and only while the tty's output (its echo)
+        is being read: a tty whose echo cannot be written drops it. ``input_room()`` says
+        when the caller should stop reading its own input; ``on_input_taken`` when the
+        tty took some.
+        """
         if self._dead:
             return
         room = INPUT_LIMIT - len(self._input)
         self._input += data[: max(room, 0)]
         if self._master >= 0:
             self._flush_input()
+
+    def input_room(self) -> bool:
+        """False while enough typed bytes wait here for the guest's tty to take them."""
+        return len(self._input) < INPUT_HIGH
 
     def pause_output(self) -> None:
         if self._reading:
@@ -460,6 +489,7 @@ class Sandbox:
         if not self._reading and not self._dead and self._master >= 0:
             self._loop.add_reader(self._master, self._readable)
             self._reading = True
+            self._flush_input()
 
     def signal_init(self, sig: int) -> bool:
         """Send ``sig`` to the guest's init; False when it is not running."""
@@ -499,6 +529,9 @@ class Sandbox:
 
     def _close(self) -> None:
         self.pause_output()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         if self._writing:
             self._loop.remove_writer(self._master)
             self._writing = False
@@ -516,22 +549,44 @@ class Sandbox:
             return
         if data:
             self._on_output(data)
+        if self._input:
+            self._flush_input()
+
+    def _unread_output(self) -> int:
+        poller = select.poll()
+        poller.register(self._master, select.POLLIN)
+        poller.poll(0)  # pushes the tty's flip buffer, which FIONREAD alone would miss
+        raw = fcntl.ioctl(self._master, termios.FIONREAD, b"\0\0\0\0")
+        return int(struct.unpack("i", raw)[0])
 
     def _flush_input(self) -> None:
-        while self._input and not self._dead:
-            try:
-                sent = os.write(self._master, self._input[:READ_SIZE])
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                self._input.clear()
-                return
-            if sent == 0:
-                if not self._writing:
-                    self._loop.add_writer(self._master, self._on_writable)
-                    self._writing = True
-                return
-            del self._input[:sent]
+        """Hand the tty a chunk of typed input if its echo has somewhere to go; the next
+        chunk after the loop's next turn (reads come between), a read, or room to write."""
+        if not self._input or self._dead or self._master < 0 or self._writing:
+            return
+        if self._flush_handle is not None or not self._reading:
+            return  # a turn is scheduled, or the output is paused (resume_output flushes)
+        if self._unread_output() > ECHO_ROOM:
+            return  # _readable flushes after reading
+        try:
+            sent = os.write(self._master, self._input[:INPUT_CHUNK])
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._input.clear()
+            return
+        if sent == 0:
+            self._loop.add_writer(self._master, self._on_writable)
+            self._writing = True
+            return
+        del self._input[:sent]
+        self._on_input_taken()
+        if self._input:
+            self._flush_handle = self._loop.call_soon(self._flush_turn)
+
+    def _flush_turn(self) -> None:
+        self._flush_handle = None
+        self._flush_input()
 
     def _on_writable(self) -> None:
         self._loop.remove_writer(self._master)

@@ -94,8 +94,13 @@ class UserlandLinuxGuest(LinuxGuest):
         self._starting: asyncio.Task[None] | None = None
 
     def bind_port(self, wake: Callable[[], None]) -> None:
-        """``wake()`` is called when the guest printed something outside a call to it."""
+        """``wake()`` is called when the guest printed something outside a call to it, or
+        its userland took typed bytes (the port may be read again: ``input_room``)."""
         self._wake = wake
+
+    def input_room(self) -> bool:
+        """False while typed bytes wait for the userland's tty: the port is not read."""
+        return self.sandbox is None or self.sandbox.input_room()
 
     # -- the Personality contract, where the userland differs -------------------------------
 
@@ -181,6 +186,7 @@ class UserlandLinuxGuest(LinuxGuest):
             self.password,
             on_output=self._userland_output,
             on_exit=lambda how, code: self._userland_exit(sandbox, how, code),
+            on_input_taken=lambda: self._wake(),
         )
         self.sandbox = sandbox
         self._paused = False
