@@ -13,6 +13,7 @@ import asyncio
 import json
 import re
 import shutil
+import socket
 import sys
 import termios
 import time
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import pytest
 
 from gateway.cli.recording import TERMINAL_RESET
@@ -369,3 +371,53 @@ async def test_cli_play_stops_on_ctrl_c_and_gives_the_terminal_back(tmp_path: Pa
     await expect(child, re.escape(TERMINAL_RESET))
     assert await finished(child) == 130
     assert echo_during == 0  # keys typed during the replay are not echoed into it
+
+
+# -- every door --------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_the_ssh_and_rfc2217_doors_are_recorded_too(tmp_path: Path) -> None:
+    ssh_port, rfc_port = _free_port(), _free_port()
+    vms = EMULATED_VMS.replace(
+        'name = "linux-1"\n', f'name = "linux-1"\nrfc2217_port = {rfc_port}\n'
+    )
+    async with running_lab(tmp_path, vms=vms, gateway=f"ssh_port = {ssh_port}") as lab:
+        async with asyncio.timeout(scaled(30)):
+            conn = await asyncssh.connect(
+                "127.0.0.1", ssh_port, username="alice+lab-rg+linux-1", password="alice",
+                known_hosts=None, client_keys=None, agent_path=None,
+            )  # fmt: skip
+        async with conn:
+            process = await conn.create_process(term_type="xterm", encoding=None)
+            seen = b""
+            async with asyncio.timeout(scaled(15)):
+                while b"Connected to the serial port" not in seen:
+                    seen += await process.stdout.read(4096)
+                process.stdin.write(b"\r")
+                while b"login: " not in seen:
+                    seen += await process.stdout.read(4096)
+        reader, writer = await asyncio.open_connection("127.0.0.1", rfc_port)
+        writer.write(b"\r")
+        async with asyncio.timeout(scaled(15)):
+            seen = b""
+            while b"login: " not in seen:
+                seen += await reader.read(4096)
+        writer.close()
+        await writer.wait_closed()
+
+        async def doors() -> set[str]:
+            return {s["properties"]["door"] for s in await _sessions(lab)
+                    if s["properties"]["state"] == "ended"}  # fmt: skip
+
+        async with asyncio.timeout(scaled(10)):
+            while not {"ssh", "rfc2217"} <= await doors():  # noqa: ASYNC110 - no event: the index
+                await asyncio.sleep(0.05)
+        for s in await _sessions(lab):
+            body = (await _recording(lab, s["name"])).decode()
+            assert "login: " in cast.parse(body).output(), s["properties"]["door"]
