@@ -346,12 +346,16 @@ class LibvirtMachine(MachineBase):
 
     @contextlib.contextmanager
     def _rollback(self) -> Iterator[None]:
+        """A libvirt call failed mid-transition: back to the state before it, or ``stopped``
+        when the domain is gone meanwhile (it powered off and a new one did not start)."""
         before = self._state
         try:
             yield
         except MachineError:
             if self._host is not None:
-                self._set_state(before, "a libvirt call failed")
+                gone = self._dom is None and before is not PowerState.STOPPED
+                state = PowerState.STOPPED if gone else before
+                self._set_state(state, "a libvirt call failed")
             raise
 
     def _require_guest_running(self, action: str) -> None:
@@ -443,12 +447,17 @@ class LibvirtMachine(MachineBase):
             dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
             return stream
 
-        stream = await self._domain_call("openConsole", open_console)
-        bridge.attach(stream)
-        self._probe = await self._host_probe()
-        if hooks:
-            await self._run_port_hooks(bridge.path)
-        await self._domain_call("resume", lambda dom: dom.resume())
+        try:
+            stream = await self._domain_call("openConsole", open_console)
+            bridge.attach(stream)
+            self._probe = await self._host_probe()
+            if hooks:
+                await self._run_port_hooks(bridge.path)
+            await self._domain_call("resume", lambda dom: dom.resume())
+        except BaseException:
+            with contextlib.suppress(MachineError):  # no paused domain is left behind
+                await self._destroy(5.0)
+            raise
 
     async def _select_accel(self, host: LibvirtHost, kernel: Path) -> str:
         if self._accel:

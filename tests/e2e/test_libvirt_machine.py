@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -189,6 +190,29 @@ async def test_a_domain_left_by_an_earlier_run_of_the_lab_is_replaced(
         await guest.console.expect(r"guest-1 login: ", BOOT)
         assert guest.console.data.startswith(b"[    0.000000] Linux version ")
         assert _virsh("domuuid", vm.domain_name).stdout.strip() != left
+    assert vm.domain_name not in _domains()
+
+
+async def test_a_guest_that_cannot_start_says_why_and_leaves_nothing(
+    libvirtd: Libvirtd, tmp_path: Path
+) -> None:
+    """A kernel file QEMU cannot boot: the start fails with QEMU's reason through libvirt,
+    the machine is deallocated with no port, and no domain is left on the host."""
+    images = Path(tempfile.mkdtemp(prefix="lab-image-"))  # a folder QEMU's user can reach
+    images.chmod(0o755)
+    kernel, initrd = images / "vmlinux", images / "initramfs.cpio"
+    kernel.write_bytes(b"not a kernel\n" * 10)
+    initrd.write_bytes(b"")
+    kernel.chmod(0o644)
+    initrd.chmod(0o644)
+    vm = LibvirtMachine("guest-1", run_dir=tmp_path / "run", kernel=kernel, initrd=initrd)
+    try:
+        with pytest.raises(MachineLaunchError, match=r"did not start on qemu:///system: .*kernel"):
+            await vm.start()
+    finally:
+        shutil.rmtree(images)
+    assert vm.power_state is PowerState.DEALLOCATED
+    assert vm.serial_port is None
     assert vm.domain_name not in _domains()
 
 
