@@ -63,6 +63,8 @@ import termios
 from collections.abc import Callable
 from pathlib import Path
 
+from emulator import linux_texts as texts
+
 log = logging.getLogger("serial_console_lab.emulator")
 
 IMAGE_DIR = Path(__file__).resolve().parent.parent / "images" / "build" / "linux"
@@ -129,7 +131,7 @@ exec "$@"
 """
 # Root of the user namespace, PID 1 of the guest's PID namespace: its root and devices.
 GUEST = """set -e
-host=$1 password=$2 console=$3
+host=$1 password=$2 console=$3 cmdline=$4 version=$5
 mount -t tmpfs -o mode=0755,size={size} guest /tmp/guest
 cd /tmp/guest
 mkdir upper work root upper/etc
@@ -145,6 +147,11 @@ touch dev/console dev/ttyS0
 mount --bind "$console" dev/console
 mount --bind "$console" dev/ttyS0
 mount -t proc -o nosuid,nodev,noexec proc proc
+# The emulated kernel's command line and version, not the host's.
+printf '%s\\n' "$cmdline" > /tmp/guest/cmdline
+printf '%s\\n' "$version" > /tmp/guest/version
+mount --bind -o ro /tmp/guest/cmdline proc/cmdline
+mount --bind -o ro /tmp/guest/version proc/version
 /tmp/lower/bin/busybox hostname "$host"
 /tmp/lower/bin/busybox ip link set lo up
 exec setpriv --bounding-set -all,+{caps} -- \\
@@ -333,6 +340,8 @@ class UserlandImage:
             hostname,
             str(password_fd),
             console,
+            texts.cmdline(hostname),
+            texts.LINUX_VERSION,
         ]
 
 
