@@ -286,6 +286,8 @@ async def _power(
     """
     ctx = context_of(request)
     record(ctx, caller, action, audit.ALLOWED, "started", target=vm.id)
+    if vm.hub is not None:  # the VM's open consoles' recordings say who did it
+        vm.hub.mark(f"power: {action.rsplit('/', 2)[-2]} by {caller.user.name} (REST)")
 
     async def outcome() -> str:
         try:

@@ -265,6 +265,13 @@ class ConsoleHub:
         if self._writer is session:
             self._writer = None
 
+    def mark(self, label: str) -> None:
+        """A marker (``label``: what happened, who did it) in the recording of every open
+        session: a power action or a command that came from outside the console."""
+        for session in self._sessions:
+            if session.recording is not None:
+                session.recording.marker(label)
+
     def _broadcast(self, item: Power) -> None:
         for session in list(self._sessions):
             session.push_item(item)

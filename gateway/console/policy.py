@@ -216,9 +216,12 @@ class CommandPolicy:
     def _mark(self, actor: Actor, target: Target, label: str, *, everyone: bool = True) -> None:
         """A marker in the recordings of the VM's open sessions (``everyone``), or in the
         caller's own session's only."""
+        if everyone:
+            target.hub.mark(label)
+            return
         own = _session_of(actor, target.hub)
         for session in target.hub.sessions:
-            if session.recording is not None and (everyone or session.id == own):
+            if session.recording is not None and session.id == own:
                 session.recording.marker(label)
 
 

@@ -421,3 +421,23 @@ async def test_the_ssh_and_rfc2217_doors_are_recorded_too(tmp_path: Path) -> Non
         for s in await _sessions(lab):
             body = (await _recording(lab, s["name"])).decode()
             assert "login: " in cast.parse(body).output(), s["properties"]["door"]
+
+
+async def test_a_power_action_through_the_api_is_marked_with_who_did_it(lab: LabHandle) -> None:
+    url, token = await lab.session_url("alice")
+    alice = await open_console(url, token, framed=True)
+    await alice.event("connected")
+    carol = await lab.token("carol")
+    reply = await lab.http.post(
+        lab.vm_path("linux-1") + "/restart?api-version=2024-07-01",
+        headers={"Authorization": f"Bearer {carol}"},
+    )
+    assert reply.status_code == 202, reply.text
+    await alice.event("power")
+    await alice.ws.close()
+    session_id = _session_id(url)
+    await _ended(lab, session_id)
+    recording = cast.parse((await _recording(lab, session_id)).decode())
+    labels = [label for _, label in recording.markers()]
+    assert labels[0] == "power: restart by carol (REST)"
+    assert any(label.startswith("power: ") for label in labels[1:])  # the guest's own change

@@ -43,6 +43,10 @@ class FakeHub:
     done: list[tuple[str, list[str]]] = field(default_factory=list)
     writer: None = None  # no console open: the audit rows name no session
     sessions: frozenset[object] = frozenset()
+    marks: list[str] = field(default_factory=list)  # what the consoles' recordings were told
+
+    def mark(self, label: str) -> None:
+        self.marks.append(label)
 
     @property
     def log(self) -> object:
