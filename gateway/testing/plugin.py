@@ -145,11 +145,24 @@ class SerialLab:
                     return spec.password
         return DEFAULT_GUEST_PASSWORD
 
-    def console(self, vm: str, instance: int | None = None, *, watch: bool = False) -> Console:
-        """A new console on ``vm`` (instance ``instance`` of a scale set); close it yourself,
-        or use the ``console`` fixture, which closes and reports them."""
+    def console(
+        self,
+        vm: str,
+        instance: int | None = None,
+        *,
+        group: str | None = None,
+        watch: bool = False,
+    ) -> Console:
+        """A new console on ``vm`` (instance ``instance`` of a scale set) in resource group
+        ``group`` (default: the one holding ``vm``); close it yourself, or use the
+        ``console`` fixture, which closes and reports them."""
         return Console.open(
-            self.client, vm, instance, password=self.guest_password(vm), watch=watch
+            self.client,
+            vm,
+            instance,
+            group=group,
+            password=self.guest_password(vm),
+            watch=watch,
         )
 
     def power_state(self, vm: str, instance: int | None = None) -> str:
@@ -333,17 +346,18 @@ def _stop(process: LabProcess) -> None:
 def console(
     serial_lab: SerialLab, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., Console]]:
-    """``console(vm, instance=None)``: that guest's console, opened once per test (asking
-    twice gives the same one) and closed after it. Its transcript goes into the report
-    when the test fails; with ``lab_fresh``, the guest is reset and booted first."""
-    opened: dict[tuple[str, int | None], Console] = {}
+    """``console(vm, instance=None, group=None)``: that guest's console, opened once per
+    test (asking twice gives the same one) and closed after it. Its transcript goes into
+    the report when the test fails; with ``lab_fresh``, the guest is reset and booted
+    first."""
+    opened: dict[tuple[str, int | None, str | None], Console] = {}
     used = request.node.stash.setdefault(CONSOLES, [])
     marker = request.node.get_closest_marker("lab_fresh")
 
-    def open_console(vm: str, instance: int | None = None) -> Console:
-        key = (vm, instance)
+    def open_console(vm: str, instance: int | None = None, group: str | None = None) -> Console:
+        key = (vm, instance, group)
         if key not in opened:
-            console = serial_lab.console(vm, instance)
+            console = serial_lab.console(vm, instance, group=group)
             console.on_open.append(used.append)
             used.append(console)
             opened[key] = console
