@@ -42,6 +42,7 @@ CONTENT_TYPE = "application/x-asciicast"
 WIDTH, HEIGHT = 80, 24  # a serial line has no size; getty's 80x24 is what guests assume
 MARK_ON, MARK_OFF = "\x1b[7m", "\x1b[27m"
 OUTPUT, INPUT, MARKER = "o", "i", "m"
+NEW_LINE = "\r\n"
 
 
 def header(*, started: float, title: str, lab: dict[str, Any], input_recorded: bool) -> str:
@@ -64,9 +65,10 @@ def event(seconds: float, code: str, data: str) -> str:
     return f"[{seconds:.6f}, {_string(code)}, {_string(data)}]\n"
 
 
-def gateway_text(text: str) -> str:
-    """The gateway's ``text`` as a terminal shows it: a line of its own, marked."""
-    return f"\r\n{MARK_ON}{text}{MARK_OFF}\r\n"
+def gateway_text(text: str, *, new_line: bool = True) -> str:
+    """The gateway's ``text`` as a terminal shows it: a line of its own (``new_line``: the
+    cursor is not at the start of one yet), marked."""
+    return f"{NEW_LINE if new_line else ''}{MARK_ON}{text}{MARK_OFF}{NEW_LINE}"
 
 
 class Renderer:
@@ -75,16 +77,23 @@ class Renderer:
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._line_start = True  # nothing shown yet, or the last text ended a line
 
     def output(self, data: bytes) -> list[tuple[str, str]]:
         text = self._decoder.decode(data)
-        return [(OUTPUT, text)] if text else []
+        if not text:
+            return []
+        self._line_start = text.endswith("\n")
+        return [(OUTPUT, text)]
 
     def message(self, text: str) -> list[tuple[str, str]]:
-        """The gateway's words, after whatever half character was pending."""
+        """The gateway's words on a line of their own, after whatever half character was
+        pending."""
         pending = self._decoder.decode(b"", final=True)
         self._decoder.reset()
-        return [(OUTPUT, pending + gateway_text(text))]
+        new_line = bool(pending) or not self._line_start
+        self._line_start = True
+        return [(OUTPUT, pending + gateway_text(text, new_line=new_line))]
 
     def items(self, items: Iterable[Item]) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []

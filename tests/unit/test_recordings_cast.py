@@ -43,8 +43,15 @@ def test_the_gateways_words_are_marked_on_a_line_of_their_own() -> None:
     assert events == [
         ("o", "\ufffd\r\n\x1b[7mYou can only send a SysRq to a Linux VM.\x1b[27m\r\n")
     ]
-    assert r.items([Gap(0, 10)]) == [("o", cast.gateway_text(texts.gone(0, 10)))]
+    # At the start of a line already: no blank line before the words.
+    gone = f"\x1b[7m{texts.gone(0, 10)}\x1b[27m\r\n"
+    assert r.items([Gap(0, 10)]) == [("o", gone)]
+    r.output(b"prompt# ")
     assert r.items([IdleWarning(30)]) == [("o", cast.gateway_text(texts.idle_warning(30)))]
+
+
+def test_the_banner_opens_a_recording_without_a_blank_line() -> None:
+    assert cast.Renderer().message("Connected.") == [("o", "\x1b[7mConnected.\x1b[27m\r\n")]
 
 
 def test_power_takeover_and_resume_are_markers() -> None:
@@ -63,6 +70,7 @@ def test_a_framed_clients_refused_command_is_shown_its_success_is_not() -> None:
     r = cast.Renderer()
     failed = json.dumps({"type": "result", "command": "nmi", "ok": False, "message": "no"})
     ok = json.dumps({"type": "result", "command": "nmi", "ok": True, "message": "sent"})
+    r.output(b"root@linux-1:~# ")
     assert r.items([Event(failed)]) == [("o", cast.gateway_text("nmi: no"))]
     assert r.items([Event(ok), Event("{not json")]) == []
 
