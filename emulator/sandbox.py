@@ -501,9 +501,10 @@ class Sandbox:
             self._flush_input()
 
     def signal_init(self, sig: int) -> bool:
-        """Send ``sig`` to the guest's init; False when it is not running."""
+        """Send ``sig`` to the guest's init; False when no init catches it yet (the kernel
+        drops a signal that PID 1 of a namespace does not catch)."""
         pid = self.init_pid()
-        if pid is None:
+        if pid is None or not _catches(pid, sig):
             return False
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
@@ -626,6 +627,21 @@ class Sandbox:
             self._on_exit("poweroff", code)
         else:
             self._on_exit("died", code)
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """True when process ``pid`` takes ``sig``: it has a handler for it, blocks it (to
+    wait for it), or waits for signals now (``sigtimedwait``, which unblocks them)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        waiting = "sigtimedwait" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+    masks = 0
+    for line in status.splitlines():
+        if line.startswith(("SigBlk:", "SigCgt:")):
+            masks |= int(line.split()[1], 16)
+    return waiting or bool(masks & (1 << (sig - 1)))
 
 
 def _children(pid: int) -> list[int]:

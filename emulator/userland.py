@@ -15,7 +15,8 @@ What the kernel does to the userland::
     SysRq c, NMI panic    the tree is killed, the panic text, the VM reports panicked
     SysRq o               the tree is killed, "reboot: Power down", the VM is stopped
     SysRq e / i           SIGTERM / SIGKILL to every task but init (init respawns getty)
-    ACPI power button     SIGUSR2 to init (busybox: power off), as the image's acpid does
+    ACPI power button     SIGUSR2 to init (busybox: power off), as the image's acpid does;
+                          before init catches it (its first moments), the power goes at once
     init calls reboot(2)  "reboot: Restarting system" and a new boot; power off: stopped
     init dies             "Kernel panic - not syncing: Attempted to kill init!"
 
@@ -132,9 +133,12 @@ class UserlandLinuxGuest(LinuxGuest):
             super().power_button(now)
             return
         self._now = now
+        self._kernel(texts.ACPI_POWER_BUTTON, self._uptime(now))
         if self.sandbox is not None and self.sandbox.signal_init(signal.SIGUSR2):
-            self._kernel(texts.ACPI_POWER_BUTTON, self._uptime(now))
-        # Before init runs, the press is lost, as on real hardware.
+            return  # init shuts down; reboot(2) then powers the machine off
+        # Init is not up yet (its first moments): nothing to shut down, the power goes.
+        self._kernel(texts.POWEROFF_KERNEL, self._uptime(now))
+        self._power_off()
 
     def receive_data(self, data: bytes, now: float) -> None:
         if self.state is not LinuxState.USERLAND:

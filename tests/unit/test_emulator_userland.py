@@ -49,6 +49,7 @@ class FakeSandbox:
         self.signals: list[tuple[str, int]] = []
         self.killed = False
         self.paused = False
+        self.init_up = True
         FakeSandbox.made.append(self)
 
     async def start(self) -> None:
@@ -68,6 +69,8 @@ class FakeSandbox:
         self.paused = False
 
     def signal_init(self, sig: int) -> bool:
+        if not self.init_up:
+            return False
         self.signals.append(("init", sig))
         return True
 
@@ -192,6 +195,14 @@ async def test_the_power_button_asks_init_to_power_off() -> None:
     guest.power_button(T0 + 1)
     assert tree.signals == [("init", signal.SIGUSR2)]
     assert "ACPI: button: Power Button [PWRF]" in drain(guest)[0]
+
+    guest, tree = await booted()
+    tree.init_up = False  # init has not set its handlers yet: nothing to shut down
+    guest.power_button(T0 + 1)
+    assert tree.killed
+    text, events = drain(guest)
+    assert text.rstrip().endswith("reboot: Power down")
+    assert events == [GuestEvent.POWERED_OFF]
 
 
 async def test_inits_end_is_a_reboot_a_power_off_or_a_panic() -> None:
