@@ -371,7 +371,7 @@ def _port_routes(prefix: str, scope_of: Any, tag: str) -> None:
         # Audited before the URL is handed out: on a full disk this raises (507) and the
         # session, never seen by anyone, expires unclaimed.
         record(ctx, caller, "connect", audit.ALLOWED, f"session {grant.session_id[:8]}...",
-               target=vm.id)  # fmt: skip
+               target=vm.id, session=grant.session_id)  # fmt: skip
         return {"connectionString": url}
 
 

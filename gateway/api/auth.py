@@ -224,8 +224,10 @@ def record(
     detail: str = "",
     *,
     target: str = "",
+    session: str = "",
 ) -> None:
-    """Audit ``action`` by ``caller`` on ``target`` (default: the caller's scope)."""
+    """Audit ``action`` by ``caller`` on ``target`` (default: the caller's scope), about
+    the console session ``session`` if any."""
     ctx.audit.record(
         action,
         user=caller.user.name,
@@ -233,6 +235,7 @@ def record(
         target=target or caller.scope,
         outcome=outcome,
         detail=detail,
+        session=session,
     )
 
 

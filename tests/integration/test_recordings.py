@@ -180,6 +180,7 @@ async def test_audit_rows_name_their_session(lab: LabHandle) -> None:
                        "Microsoft.SerialConsole/auditLogs" + API + "&$top=1000")  # fmt: skip
     rows = [r for r in reply.json()["value"] if r["session"] == session_id]
     actions = [(r["action"], r["outcome"]) for r in rows]
+    assert ("connect", "allowed") in actions  # the REST call that made the session
     assert ("console.connect", "allowed") in actions
     assert ("console.nmi", "succeeded") in actions
     assert ("console.disconnect", "succeeded") in actions
