@@ -192,8 +192,16 @@ async def replay(recording: cast.Cast, out: Any, speed: float, idle_limit: float
                     out.flush()
         finally:
             with contextlib.suppress(OSError, ValueError):
-                out.write(TERMINAL_RESET + "\r\n")
+                if _is_terminal(out):  # a file or a pipe keeps the recording's bytes only
+                    out.write(TERMINAL_RESET + "\r\n")
                 out.flush()
+
+
+def _is_terminal(out: Any) -> bool:
+    try:
+        return bool(out.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 @contextlib.contextmanager
@@ -203,7 +211,7 @@ def _quiet(out: Any) -> Iterator[None]:
         fd = sys.stdin.fileno()
     except (OSError, ValueError):
         fd = -1
-    if fd < 0 or not os.isatty(fd) or not (hasattr(out, "isatty") and out.isatty()):
+    if fd < 0 or not os.isatty(fd) or not _is_terminal(out):
         yield
         return
     saved = termios.tcgetattr(fd)
