@@ -64,7 +64,10 @@ then in the stream, then (on the libvirt host) in the host PTY that QEMU reads, 
 16550's FIFO. The first two are the machine's own and exact; the host PTY is counted as the
 QEMU backend counts it (QEMU's master, copied with ``pidfd_getfd``) when the host is this
 machine; then ``FIFO_DRAIN``. On another host the host PTY cannot be seen from here: the wait
-covers the bridge and the stream, then ``REMOTE_DRAIN``, and says so in the log once.
+covers the bridge and the stream, then a round trip to that host's libvirtd (which has then
+read every byte sent before it), then ``REMOTE_DRAIN`` plus time for the bytes typed since
+the last wait at a rate any guest keeps up with (``REMOTE_RATE``, ``REMOTE_MOST`` at most),
+and says so in the log once.
 """
 
 from __future__ import annotations
@@ -120,6 +123,8 @@ DEFAULT_URI = "qemu:///system"
 COMMAND_TIMEOUT = 10.0  # a libvirt call the host does not answer in this time fails
 LAUNCH_TIMEOUT = 60.0  # createXML: QEMU starts on the host
 REMOTE_DRAIN = 0.25  # another host's PTY cannot be seen: time for it to pass the bytes on
+REMOTE_RATE = 4000.0  # bytes/s a guest surely takes (TCG here: about 13,000): per typed byte
+REMOTE_MOST = 3.0  # at most this much more, so a long paste stays within a SysRq's wait
 OWNER_NS = "urn:serial-console-lab:owner:1"
 SERIAL_CHARDEV = "charserial0"  # libvirt's id for the first <serial>'s chardev
 PVPANIC_ADDR = "0x10"  # a free slot on q35's root bus
@@ -187,6 +192,7 @@ class LibvirtMachine(MachineBase):
         self._probe: _InputProbe | None = None
         self._expect_gone = False  # the domain ends because the machine ended it
         self._remote_told = False
+        self._taken_mark = 0  # bytes the bridge had sent when a wait for them last ended
 
     # -- properties ------------------------------------------------------------------------
 
@@ -327,20 +333,46 @@ class LibvirtMachine(MachineBase):
             while bridge.unread() or (self._probe is not None and self._probe.unread()):
                 await asyncio.sleep(pause)  # nothing signals a read by QEMU: poll, backing off
                 pause = min(pause * 2, _POLL_MAX)
-            if self._probe is None and not self._remote_told:
-                self._remote_told = True
-                self.log.info(
-                    "typed input on %s: the host's PTY cannot be seen from here; waiting "
-                    "%.2f s for it after the stream is empty",
-                    self.uri,
-                    REMOTE_DRAIN,
-                )
-            await asyncio.sleep(FIFO_DRAIN if self._probe is not None else REMOTE_DRAIN)
+            if self._probe is None:
+                await self._remote_drained(bridge)
+                return
+            await asyncio.sleep(FIFO_DRAIN)
             if bridge.closed:
                 raise MachineStateError(f"VM '{self.name}' lost its serial port: start it again")
             # libvirtd may have held bytes that it passed on meanwhile: still empty?
-            if not bridge.unread() and not (self._probe is not None and self._probe.unread()):
+            if not bridge.unread() and not self._probe.unread():
                 return
+
+    async def _remote_drained(self, bridge: _ConsoleBridge) -> None:
+        """Another host: the stream is empty here; a call answered by its libvirtd proves
+        that libvirtd has read every byte sent before it (one connection, in order); then
+        time for the host's PTY: ``REMOTE_DRAIN``, plus the bytes typed since the last wait
+        at ``REMOTE_RATE`` (at most ``REMOTE_MOST``): the host PTY itself cannot be seen."""
+        host = self._host
+        if host is None:
+            raise MachineStateError(f"VM '{self.name}' lost its serial port: start it again")
+        burst = max(bridge.sent - self._taken_mark, 0)
+        try:
+            await call(host.conn.getLibVersion, timeout=self.command_timeout, what="a round trip")
+        except Exception as err:
+            raise MachineError(
+                f"VM '{self.name}': libvirt at {self.uri} did not answer ({err}): cannot tell "
+                "whether the guest took its input; check the host, then try again"
+            ) from err
+        drain = REMOTE_DRAIN + min(burst / REMOTE_RATE, REMOTE_MOST)
+        if not self._remote_told:
+            self._remote_told = True
+            self.log.info(
+                "typed input on %s: the host's PTY cannot be seen from here; after the "
+                "stream, waiting %.2f s plus %.0f ms per KB typed for it",
+                self.uri,
+                REMOTE_DRAIN,
+                1024 / REMOTE_RATE * 1000,
+            )
+        await asyncio.sleep(drain)
+        if bridge.closed:
+            raise MachineStateError(f"VM '{self.name}' lost its serial port: start it again")
+        self._taken_mark = bridge.sent
 
     # -- internals -------------------------------------------------------------------------
 
@@ -392,6 +424,7 @@ class LibvirtMachine(MachineBase):
         try:
             try:
                 self._bridge = _ConsoleBridge(self.name, loop)
+                self._taken_mark = 0
             except OSError as err:
                 raise MachineLaunchError(
                     f"VM '{self.name}': cannot make its serial port (a PTY): {err}"
@@ -739,6 +772,7 @@ class _ConsoleBridge:
         self.closed = False
         self._stream: Any = None
         self._pending = b""  # read from the master, not yet taken by the stream
+        self.sent = 0  # bytes the stream took, in all
         self._out = bytearray()  # guest output the master had no room for yet
         self._reading = False
         self._writing = False
@@ -889,6 +923,7 @@ class _ConsoleBridge:
                     stream.eventUpdateCallback(_READABLE | _WRITABLE | _ERROR | _HANGUP)
                 return
             self._pending = self._pending[sent:]
+            self.sent += sent
         with contextlib.suppress(Exception):
             stream.eventUpdateCallback(_READABLE | _ERROR | _HANGUP)
         self._resume_reading()

@@ -279,7 +279,8 @@ def _sshd_or_skip(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
 
 async def test_a_host_reached_over_ssh(libvirtd: Libvirtd, tmp_path: Path) -> None:
     """qemu+ssh://root@127.0.0.1/system with a key made for the test: the guest boots from
-    its first byte through the remote console stream, logs in, takes SysRq and a reset."""
+    its first byte through the remote console stream, logs in, takes SysRq after 2,000
+    typed bytes (its own key, not a typed 5) and a reset."""
     proc, port, keys = _sshd_or_skip(tmp_path)
     # libvirt runs ``ssh``; the wrapper keeps its host key out of root's known_hosts.
     wrapper = keys / "ssh"
@@ -300,10 +301,13 @@ async def test_a_host_reached_over_ssh(libvirtd: Libvirtd, tmp_path: Path) -> No
             assert console.data.startswith(b"[    0.000000] Linux version ")
             await console.login(GUEST_PASSWORD)
             assert (await console.run("hostname")).strip() == "guest-1"
-            await vm.wait_input_taken(scaled(10))
+            # 2,000 typed 5s, then SysRq h: the BREAK still comes after the last 5.
+            await console.send("5" * 2000)
+            await vm.wait_input_taken(scaled(30))
             await vm.send_break()
             await console.send("h")
-            await console.expect(r"sysrq: HELP : loglevel", 15)
+            match = await console.expect(r"sysrq: (HELP|Loglevel set to \d)", 15)
+            assert match.group(1) == b"HELP", console.since(match.start())
             await vm.reset()
             await console.expect(r"\[    0\.000000\] Linux version", BOOT)
             await console.expect(r"login: ", BOOT)
