@@ -123,6 +123,24 @@ async def test_the_password_reaches_the_guest_but_not_argv_nor_the_boot_log(
     assert after <= before  # the private folder with the password file is gone
 
 
+async def test_power_state_follows_the_guest_powering_itself_off(guest: Guest) -> None:
+    """`poweroff` typed in the guest: libvirt's lifecycle event makes the VM stopped (its
+    console stays); start boots it again on the same console."""
+    console = guest.console
+    await console.expect(r"login: ", BOOT)
+    await console.login(GUEST_PASSWORD)
+    with guest.vm.events() as events:
+        await console.send("poweroff\r")
+        await events.wait_for(lambda e: e.kind is EventKind.SHUTDOWN, scaled(30))
+    assert guest.vm.power_state is PowerState.STOPPED
+    assert guest.vm.serial_port is not None
+    await console.expect(r"reboot: Power down", 5)
+    await guest.vm.start()
+    await console.expect(r"\[    0\.000000\] Linux version", BOOT)
+    await console.expect(r"login: ", BOOT)
+    assert len(guest.consoles) == 1
+
+
 async def test_a_domain_killed_behind_the_labs_back_ends_the_machine(guest: Guest) -> None:
     """QEMU killed while a stop waits for the guest to power off: the stop fails at once
     with the reason, not after its timeout, and the machine is deallocated."""
