@@ -113,7 +113,11 @@ def default_machine_factory(spec: MachineSpec, run_dir: Path) -> Machine:
             prefix=domain_prefix(run_dir.parent.parent),  # one prefix per state folder
         )
     from emulator.machine import EmulatedMachine
+    from emulator.userland import userland_for_lab
 
+    # Linux: the image's own userland under the emulated kernel where namespaces allow it
+    # (the state folder is run_dir's grandparent; the image is unpacked there once).
+    userland = userland_for_lab(run_dir.parent.parent) if spec.os == "linux" else None
     return EmulatedMachine(
         spec.name,
         spec.os,
@@ -121,6 +125,7 @@ def default_machine_factory(spec: MachineSpec, run_dir: Path) -> Machine:
         password=spec.password,
         boot_delay=spec.boot_delay,
         output_rate=spec.output_rate,
+        userland=userland,
     )
 
 

@@ -236,7 +236,10 @@ async def test_a_64_kib_paste_arrives_whole_and_in_order(lab: LabHandle) -> None
     await login(client)
     lines = [f"{n:07d}" for n in range(8192)]  # 8 bytes a line with the newline: 64 KiB
     paste = "".join(line + "\r" for line in lines)
-    await client.type("cat > /dev/null\r")
+    # Pasted once the shell has run the line (left its line editor, which does not echo
+    # what it has not read yet): from then on the guest's tty echoes every byte.
+    await client.type("echo ready; cat > /dev/null\r")
+    await client.expect(r"\r\nready\r\n")
     await client.ws.send(paste.encode())
     await client.expect(re.escape(lines[-1]) + r"\r\n", 60)
     echoed = re.findall(rb"(\d{7})\r\n", client.data)
