@@ -8,9 +8,10 @@ Measured, each guest an ``EmulatedMachine`` whose port is read as the gateway re
   pages such as busybox's text counted once across the guests) of its process tree at the
   login prompt, median of 10, and with a root shell logged in;
 - a lab of COUNT (200) userland guests started together: time until every port shows
-  ``login:``, processes and memory per guest (their trees' PSS, and this process's
-  resident growth), and the CPU the idle lab burns over IDLE seconds, in this process and
-  in the guests' processes (``/proc/<pid>/stat``).
+  ``login:``, processes and memory per guest (their trees' PSS, this process's resident
+  growth, and the host's MemAvailable drop, which counts the kernel's share: namespaces,
+  page tables, tmpfs), and the CPU the idle lab burns over IDLE seconds, in this process
+  and in the guests' processes (``/proc/<pid>/stat``).
 
 QEMU's figures for the same image are ``bench_qemu_boot``'s. Where this machine cannot
 make the namespaces, the benchmark says why and measures nothing.
@@ -102,6 +103,13 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
+def _available_kib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1])
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
 def _rss_kib() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -156,7 +164,7 @@ async def measure(count: int, idle_seconds: float) -> list[tuple[str, str]]:
         personality = [await _one(f"p-{n}", None) for n in range(SAMPLES)]
 
         machines = [EmulatedMachine(f"lab-{n:03d}", "linux", userland=image) for n in range(count)]
-        rss_before = _rss_kib()
+        rss_before, available_before = _rss_kib(), _available_kib()
         started = time.perf_counter()
         ports: list[_Port] = []
         try:
@@ -167,7 +175,7 @@ async def measure(count: int, idle_seconds: float) -> list[tuple[str, str]]:
             trees = [_tree(_guest_root(vm)) for vm in machines]
             pids = [pid for tree in trees for pid in tree]
             pss = _pss_kib(pids)
-            rss_after = _rss_kib()
+            rss_after, available_after = _rss_kib(), _available_kib()
             await asyncio.sleep(1.0)  # let the boots' last writes settle
             own_before, guests_before = os.times(), _cpu_seconds(pids)
             wall_before = time.perf_counter()
@@ -193,6 +201,8 @@ async def measure(count: int, idle_seconds: float) -> list[tuple[str, str]]:
         (f"lab of {count} userland guests: start of all to login:", f"{lab_start:.2f} s"),
         (f"lab of {count}: processes per guest", f"{len(pids) / count:.1f}"),
         (f"lab of {count}: PSS per guest (its processes)", f"{pss / count / 1024:.2f} MiB"),
+        (f"lab of {count}: host memory taken per guest (MemAvailable, kernel's included)",
+         f"{(available_before - available_after) / count / 1024:.2f} MiB"),
         (f"lab of {count}: this process's resident growth per guest",
          f"{(rss_after - rss_before) / count:.0f} KiB"),
         (f"lab of {count}: idle CPU over {wall:.0f} s, this process",
