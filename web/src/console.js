@@ -12,7 +12,7 @@ import { Terminal } from "@xterm/xterm";
 import { ApiError, arm, parseResourceId } from "./api.js";
 import { session } from "./auth.js";
 import { confirmDialog, sysrqDialog } from "./dialogs.js";
-import { h, statusLine } from "./dom.js";
+import { h, messageLog } from "./dom.js";
 
 export const PASTE_LIMIT = 2048; // characters, as Azure's portal
 const SUBPROTOCOL = "serial-console.v1";
@@ -94,7 +94,7 @@ export class ConsolePage {
     this.stateBadge = h("span", { class: "badge", id: "power-state" }, "…");
     this.roleBadge = h("span", { class: "badge", id: "console-role" }, "");
     this.sizeBadge = h("span", { class: "badge", id: "console-size" }, "");
-    this.status = statusLine("console-status");
+    this.status = messageLog("console-status");
     this.notice = h("div", { class: "notice", id: "console-notice", role: "alert", hidden: true });
     this.screen = h("div", { class: "screen", id: "terminal" });
     const toolbar = h(
@@ -175,12 +175,18 @@ export class ConsolePage {
     if (window.portal?.console === this) delete window.portal;
   }
 
-  /** The terminal's whole buffer (scrollback included) as text, one line per row. */
+  /** The terminal's whole buffer (scrollback included) as text: one line per line the
+   * guest wrote, rows that only wrap a long line joined back to it. */
   text() {
     const buffer = this.term.buffer.active;
-    const lines = [];
-    for (let i = 0; i < buffer.length; i++) lines.push(buffer.getLine(i)?.translateToString(true) ?? "");
-    return lines.join("\n").replace(/\n+$/, "");
+    let text = "";
+    for (let i = 0; i < buffer.length; i++) {
+      const line = buffer.getLine(i);
+      if (!line) continue;
+      if (i > 0 && !line.isWrapped) text += "\n";
+      text += line.translateToString(!buffer.getLine(i + 1)?.isWrapped);
+    }
+    return text.replace(/\n+$/, "");
   }
 
   say(text, kind = "info") {
@@ -267,7 +273,8 @@ export class ConsolePage {
 
   send(message) {
     if (this.socket?.readyState === WebSocket.OPEN) {
-      this.socket.send(typeof message === "string" ? message : JSON.stringify(message));
+      const binary = message instanceof Uint8Array;
+      this.socket.send(binary || typeof message === "string" ? message : JSON.stringify(message));
       return true;
     }
     return false;
@@ -324,8 +331,9 @@ export class ConsolePage {
 
   on_power(event) {
     this.setPowerState(event.state);
-    const what = { reset: "The VM was reset.", panicked: "The VM panicked." }[event.event];
-    this.say(what ? `${what} ${event.detail || ""}`.trim() : `The VM is ${event.state}.`);
+    const what = { reset: "The VM was reset", panicked: "The VM panicked" }[event.event];
+    const detail = event.detail ? ` (${event.detail})` : "";
+    this.say(what ? `${what}${detail}.` : `The VM is ${event.state}.`, event.event === "panicked" ? "error" : "info");
   }
 
   on_taken_over(event) {
@@ -428,18 +436,22 @@ export class ConsolePage {
     this.term.paste(text);
   }
 
+  /** Ctrl+Shift+C copies the selection; Ctrl+Shift+V pastes (the browser's own paste
+   * event, which goes through the cap). Neither reaches the guest as a key. */
   key(e) {
     if (e.type !== "keydown" || !e.ctrlKey || !e.shiftKey) return true;
     if (e.code === "KeyC") {
+      e.preventDefault(); // not the browser's inspector
       const selection = this.term.getSelection();
-      if (selection) navigator.clipboard.writeText(selection).then(() => this.say("Copied."), () => this.say("The browser refused the clipboard.", "error"));
+      if (selection) {
+        navigator.clipboard.writeText(selection).then(
+          () => this.say("Copied."),
+          () => this.say("The browser refused the clipboard: use its Copy instead.", "error"),
+        );
+      }
       return false;
     }
-    if (e.code === "KeyV") {
-      navigator.clipboard.readText().then((text) => this.paste(text), () => this.say("The browser refused the clipboard: use its Paste instead.", "error"));
-      return false;
-    }
-    return true;
+    return e.code !== "KeyV";
   }
 
   syncSize() {

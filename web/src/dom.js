@@ -29,3 +29,13 @@ export function statusLine(id) {
   };
   return el;
 }
+
+/** A log of the newest ``keep`` messages (role=log), newest last; errors marked. */
+export function messageLog(id, keep = 4) {
+  const el = h("div", { id, class: "log", role: "log", "aria-live": "polite" });
+  el.say = (text, kind = "info") => {
+    el.append(h("p", { dataset: { kind } }, text));
+    while (el.childElementCount > keep) el.firstElementChild.remove();
+  };
+  return el;
+}

@@ -44,8 +44,9 @@ export function renderResources(main, subscription) {
   main.append(h("section", { class: "page" }, h("h1", {}, "Virtual machines"), h("div", { class: "bar" }, refresh), status, table));
   const controller = new AbortController();
 
-  async function load() {
-    status.say("Loading…");
+  /** Show the list again; ``outcome`` ({text, kind}) stays in the status line. */
+  async function load(outcome) {
+    if (!outcome) status.say("Loading…");
     let vms;
     try {
       vms = await listAll(subscription);
@@ -62,7 +63,8 @@ export function renderResources(main, subscription) {
       ),
       h("tbody", {}, rows),
     );
-    status.say(`${vms.length} virtual machines`);
+    if (outcome) status.say(outcome.text, outcome.kind);
+    else status.say(`${vms.length} virtual machines`);
   }
 
   async function row(vm) {
@@ -102,14 +104,15 @@ export function renderResources(main, subscription) {
   async function power(vm, name, a, button) {
     button.disabled = true;
     status.say(`${a.label}: ${name}…`);
+    let outcome;
     try {
       const { response } = await arm("POST", `${vm.id}/${a.verb}`);
       await waitForOperation(response, { signal: controller.signal });
-      status.say(`${a.label}: ${name} done.`);
+      outcome = { text: `${a.label}: ${name} done.`, kind: "info" };
     } catch (err) {
-      status.say(`${a.label} ${name} failed: ${err.message}`, "error");
+      outcome = { text: `${a.label} ${name} failed: ${err.message}`, kind: "error" };
     }
-    if (!controller.signal.aborted) await load();
+    if (!controller.signal.aborted) await load(outcome);
   }
 
   load();
