@@ -284,7 +284,11 @@ export class ConsolePage {
     if (typeof data !== "string") {
       const bytes = new Uint8Array(data);
       if (this.metrics.firstByteMs === null) {
-        this.term.write(bytes, () => { this.metrics.firstByteMs ??= performance.now() - this.metrics.openedAt; });
+        this.term.write(bytes, () => {
+          // on screen: since the pane opened, and since the page's navigation began
+          this.metrics.firstByteMs ??= performance.now() - this.metrics.openedAt;
+          this.metrics.firstByteSinceNavigation ??= performance.now();
+        });
       } else {
         this.term.write(bytes);
       }
