@@ -256,7 +256,12 @@ def banner(lab: Any) -> str:
                 f"  ssh -p {ssh.port} {user.name}+{group}+{vm}@{host}"
                 "      # ~B then a key: SysRq; Ctrl+] for the menu"
             )
-    lines += ["", f"API: {url}/docs (OpenAPI: {url}/openapi.json)", "Press Ctrl+C to stop."]
+    lines += [
+        "",
+        f"Portal: {url}/ (Azure's Serial Console pane in your browser)",
+        f"API: {url}/docs (OpenAPI: {url}/openapi.json)",
+        "Press Ctrl+C to stop.",
+    ]
     return "\n".join(lines)
 
 
