@@ -14,7 +14,14 @@ import pytest
 from gateway.console import texts
 from gateway.lab.config import parse_lab
 from tests.browser.conftest import PortalFactory, page_server
-from tests.support.lab import SUBSCRIPTION, LabHandle, lab_toml, running_lab, serve_lab
+from tests.support.lab import (
+    EMULATED_VMS,
+    SUBSCRIPTION,
+    LabHandle,
+    lab_toml,
+    running_lab,
+    serve_lab,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -64,6 +71,35 @@ async def test_sign_in_shows_the_vms_and_only_the_actions_a_role_allows(
     await reader.sign_in("bob")
     bob_row = reader.page.get_by_role("row").filter(has_text="linux-1")
     await bob_row.get_by_text("Your role allows no power actions").wait_for()
+
+
+SCALE_SET = """
+[[scale_sets]]
+name = "web-vmss"
+resource_group = "lab-rg"
+os = "linux"
+backend = "emulated"
+capacity = 2
+"""
+
+
+async def test_a_scale_set_instance_is_listed_and_its_console_route_opens(
+    tmp_path: Path, portal: PortalFactory
+) -> None:
+    async with running_lab(tmp_path, vms=EMULATED_VMS + SCALE_SET) as lab:
+        person = await portal(lab.url)
+        await person.open()
+        await person.sign_in("alice")
+        row = person.page.get_by_role("row").filter(has_text="web-vmss / 1")
+        assert "Scale set instance" in await row.inner_text()
+        await row.get_by_role("link", name="Serial console of web-vmss / 1").click()
+        await person.screen(r"login: ")
+        route = person.page.url.split("#", 1)[1]
+        assert route == (
+            f"/resource/subscriptions/{SUBSCRIPTION}/resourceGroups/lab-rg/providers"
+            "/Microsoft.Compute/virtualMachineScaleSets/web-vmss/virtualMachines/1/serialConsole"
+        )
+        assert await person.page.title() == "web-vmss / 1 | Serial console"
 
 
 async def test_signing_out_forgets_and_revokes_the_token(
