@@ -7,8 +7,9 @@ the same REST and websocket doors as every other client.
 
 Every answer carries a Content-Security-Policy that lets the page load and connect only to
 this gateway (no inline script, no other origin, no framing), so a token the page holds
-cannot be sent elsewhere by injected markup. When the files are not built, ``/`` says how
-to build them instead of a bare 404.
+cannot be sent elsewhere by injected markup. WebAssembly may be compiled (the recording
+player's terminal is WebAssembly); strings may not be evaluated as script. When the files
+are not built, ``/`` says how to build them instead of a bare 404.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ router = APIRouter(include_in_schema=False)
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; "
+        "style-src 'self' 'unsafe-inline'; "
         "img-src 'self' data: blob:; connect-src 'self'; font-src 'self'; "
         "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     ),

@@ -376,3 +376,37 @@ async def test_a_page_of_another_site_cannot_open_a_console(
     policy = page.headers["content-security-policy"]
     assert "frame-ancestors 'none'" in policy
     assert "script-src 'self'" in policy
+
+
+async def test_a_recorded_session_plays_in_the_page_and_downloads(
+    lab: LabHandle, portal: PortalFactory
+) -> None:
+    person = await portal(lab.url, accept_downloads=True)
+    await person.open_console(LINUX)
+    await person.sign_in("alice")
+    await person.login()
+    await person.type("echo recorded-words\n")
+    await person.screen(r"\nrecorded-words\n")
+    await person.page.get_by_role("link", name="Recorded sessions").click()
+    sessions = person.page.get_by_role("table", name="Recorded sessions")
+    row = sessions.get_by_role("row").filter(has_text="alice").first
+    await row.wait_for()
+    assert "websocket" in await row.inner_text()
+    await row.get_by_role("button", name="Play").click()
+    await person.page.locator("#player").filter(has_text="recorded-words").wait_for(timeout=20_000)
+    async with person.page.expect_download() as waiting:
+        await row.get_by_role("button", name="Download").click()
+    download = await waiting.value
+    assert download.suggested_filename.endswith(".cast")
+    lines = Path(await download.path()).read_text().splitlines()
+    assert '"version": 2' in lines[0]
+    assert any("recorded-words" in line for line in lines[1:])
+
+    reader = await portal(lab.url)
+    await reader.page.goto(f"{lab.url}/#/resource{LINUX}/recordings")
+    await reader.sign_in("bob")
+    await (
+        reader.page.locator("#recordings-status")
+        .filter(has_text="You do not have the required permissions")
+        .wait_for()
+    )

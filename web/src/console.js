@@ -116,6 +116,7 @@ export class ConsolePage {
       h("button", { type: "button", "aria-label": "Larger font", onclick: () => this.fontSize(1) }, "A+"),
       h("label", { class: "check" }, this.readerBox, " Screen reader mode"),
       h("a", { href: `#/resource${this.id}/bootDiagnostics` }, "Boot diagnostics"),
+      h("a", { href: `#/resource${this.id}/recordings` }, "Recorded sessions"),
     );
     main.append(
       h(

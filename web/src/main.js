@@ -3,15 +3,22 @@
 //   #/                                        the subscription's virtual machines
 //   #/resource{vm or instance id}/serialConsole
 //   #/resource{vm or instance id}/bootDiagnostics
+//   #/resource{vm or instance id}/recordings
 import { arm, parseResourceId } from "./api.js";
 import { session, signOut } from "./auth.js";
 import { renderBootLog } from "./bootlog.js";
 import { ConsolePage } from "./console.js";
 import { h } from "./dom.js";
+import { renderRecordings } from "./recordings.js";
 import { renderResources } from "./resources.js";
 import { renderSignIn } from "./signin.js";
 
-const RESOURCE_ROUTE = /^#\/resource(\/subscriptions\/.+)\/(serialConsole|bootDiagnostics)$/i;
+const RESOURCE_ROUTE = /^#\/resource(\/subscriptions\/.+)\/(serialConsole|bootDiagnostics|recordings)$/i;
+const PAGES = {
+  serialconsole: ["Serial console", (main, id) => new ConsolePage(main, id)],
+  bootdiagnostics: ["Boot diagnostics", renderBootLog],
+  recordings: ["Recorded sessions", renderRecordings],
+};
 let page = null;
 let signedOutNotice = null;
 
@@ -35,9 +42,9 @@ async function route() {
   const target = match && parseResourceId(match[1]);
   if (target) {
     crumbs.append(h("a", { href: "#/" }, "Virtual machines"), " / ", target.label);
-    const serial = match[2].toLowerCase() === "serialconsole";
-    document.title = `${target.label} | ${serial ? "Serial console" : "Boot diagnostics"}`;
-    page = serial ? new ConsolePage(main, match[1]) : renderBootLog(main, match[1]);
+    const [title, render] = PAGES[match[2].toLowerCase()];
+    document.title = `${target.label} | ${title}`;
+    page = render(main, match[1]);
     return;
   }
   document.title = "Virtual machines | Serial Console Lab";
