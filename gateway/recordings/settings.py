@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_SESSION_BYTES = 16 << 20  # a busy serial line (115200 baud) fills it in ~25 min
+DEFAULT_SESSION_BYTES = 16 << 20  # a 115200-baud line's output, recorded, in ~17 min
 DEFAULT_TOTAL_BYTES = 512 << 20
 
 
