@@ -6,6 +6,8 @@
   event), sent over the websocket, echoed by the guest's shell, received by the page: the
   page's own clock, from xterm.js handing the key over to the echo's frame arriving;
   p50 and p99 over ``KEYS`` keys, one at a time;
+- the same round trip from script on the pane's socket (no key event, no terminal
+  drawing on the page's thread): what the browser's websocket itself costs;
 - page weight: the bytes of the page and every file it loads (the Resource Timing
   entries; the gateway sends them uncompressed), and the portal's built files.
 
@@ -33,9 +35,38 @@ ROUTE = (
     "/providers/Microsoft.Compute/virtualMachines/linux-1/serialConsole"
 )
 TEXT = "window.portal?.console?.text() ?? ''"
+# The same round trip on the pane's socket with no key event and no terminal in between:
+# a byte sent from script, the echo's frame awaited.
+DIRECT = """async (keys) => {
+    const socket = window.portal.console.socket;
+    const out = [];
+    for (let i = 0; i < keys; i++) {
+        const start = performance.now();
+        await new Promise((done) => {
+            const echo = (event) => {
+                if (typeof event.data === "string") return;
+                socket.removeEventListener("message", echo);
+                done();
+            };
+            socket.addEventListener("message", echo);
+            socket.send(new TextEncoder().encode("a"));
+        });
+        out.push(performance.now() - start);
+    }
+    return out;
+}"""
 
 
-async def measure(keys: int) -> dict[str, object]:
+QEMU_VM = """
+[[vms]]
+name = "linux-1"
+resource_group = "lab-rg"
+os = "linux"
+backend = "qemu"
+"""
+
+
+async def measure(keys: int, vms: str | None = None) -> dict[str, object]:
     from playwright.async_api import async_playwright
 
     chromium = shutil.which("chromium")
@@ -43,7 +74,8 @@ async def measure(keys: int) -> dict[str, object]:
         raise SystemExit("Chromium is missing: apt-get install chromium")
     with tempfile.TemporaryDirectory() as folder:
         base = Path(folder)
-        config = parse_lab(lab_toml(base / "state"), source="lab.toml", base=base)
+        text = lab_toml(base / "state") if vms is None else lab_toml(base / "state", vms=vms)
+        config = parse_lab(text, source="lab.toml", base=base)
         async with serve_lab(config) as lab, async_playwright() as playwright:
             browser = await playwright.chromium.launch(executable_path=chromium)
             page = await browser.new_page()
@@ -67,7 +99,7 @@ async def measure(keys: int) -> dict[str, object]:
             )
             await page.locator(".xterm-helper-textarea").focus()
             await page.keyboard.press("Enter")
-            await page.wait_for_function(f"() => /login: $/.test({TEXT})")
+            await page.wait_for_function(f"() => /login: $/.test({TEXT})", timeout=120_000)
             await page.keyboard.type("root\n")
             await page.wait_for_function(f"() => /Password: $/.test({TEXT})")
             await page.keyboard.type("serial-lab\n")
@@ -79,9 +111,10 @@ async def measure(keys: int) -> dict[str, object]:
                     f"() => window.portal.console.metrics.roundTrips.length > {i}"
                 )
             trips = sorted(await page.evaluate("window.portal.console.metrics.roundTrips"))
+            bare = sorted(await page.evaluate(DIRECT, keys))
             await browser.close()
     built = {p.name: p.stat().st_size for p in DIST.iterdir() if p.suffix in {".js", ".css"}}
-    return {"first": first, "trips": trips, "loaded": loaded, "built": built}
+    return {"first": first, "trips": trips, "bare": bare, "loaded": loaded, "built": built}
 
 
 def main(keys: int = KEYS) -> None:
@@ -90,7 +123,12 @@ def main(keys: int = KEYS) -> None:
     trips = result["trips"]
     assert isinstance(first, list)
     assert isinstance(trips, list)
-    p99 = trips[min(len(trips) - 1, round(0.99 * (len(trips) - 1)))]
+    bare = result["bare"]
+    assert isinstance(bare, list)
+
+    def p99(values: list[float]) -> float:
+        return values[min(len(values) - 1, round(0.99 * (len(values) - 1)))]
+
     built = result["built"]
     assert isinstance(built, dict)
     rows = [
@@ -98,7 +136,9 @@ def main(keys: int = KEYS) -> None:
          f"{statistics.median(first):.0f} ms"),
         (f"keystroke round trip in the page, p50 ({len(trips)} keys)",
          f"{statistics.median(trips):.1f} ms"),
-        ("keystroke round trip in the page, p99", f"{p99:.1f} ms"),
+        ("keystroke round trip in the page, p99", f"{p99(trips):.1f} ms"),
+        ("  the same byte sent from script on the pane's socket, p50 / p99",
+         f"{statistics.median(bare):.1f} / {p99(bare):.1f} ms"),
         ("what the console route loads (uncompressed)",
          f"{int(result['loaded']) / 1024:.0f} KiB"),  # type: ignore[call-overload]
         *((f"  built {name}", f"{size / 1024:.0f} KiB") for name, size in sorted(built.items())),
