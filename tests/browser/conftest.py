@@ -108,8 +108,9 @@ class Portal:
 
     async def menu(self, menu: str, item: str) -> None:
         """Open a toolbar menu (Keyboard, Power) and choose ``item``."""
-        await self.page.get_by_role("toolbar").get_by_text(menu, exact=True).click()
-        await self.page.get_by_role("menuitem", name=item).click()
+        toolbar = self.page.get_by_role("toolbar")
+        await toolbar.get_by_text(menu, exact=True).click()
+        await toolbar.get_by_role("button", name=item, exact=True).click()
 
     async def status(self, pattern: str, timeout: float = 10) -> None:
         """Wait until the pane's status line says ``pattern`` (a regular expression)."""

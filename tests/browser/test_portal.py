@@ -60,6 +60,9 @@ async def test_sign_in_shows_the_vms_and_only_the_actions_a_role_allows(
 
     # Stop, then start, from the list: each waits for ARM's long-running operation.
     await row.get_by_role("button", name="Stop linux-1").click()
+    dialog = page.get_by_role("dialog")
+    assert "asked to shut down" in await dialog.inner_text()
+    await dialog.get_by_role("button", name="Stop").click()
     await page.locator("#resources-status").filter(has_text="Stop: linux-1 done.").wait_for()
     await row.filter(has_text="VM stopped").wait_for()
     await row.get_by_role("button", name="Start linux-1", exact=True).click()
@@ -210,6 +213,9 @@ async def test_the_pane_reconnects_after_a_gateway_restart_losing_and_doubling_n
         after = await person.screen(r"\nafter-restart\n")
     assert after.startswith(before.rstrip())
     assert after.count("echo before-restart") == 1
+    # The new boot follows the old session once: its first line once, after the marker.
+    new_boot = after.split("before-restart", 2)[2]
+    assert new_boot.count("[    0.000000] Linux version") == 1
     assert after.count("Connected to the serial port of the VM.") == 1
     assert await person.page.evaluate("window.portal.console.metrics.lostBytes") == 0
 
@@ -290,6 +296,8 @@ async def test_paste_copy_find_font_size_screen_reader_and_sync_size(
     rows, cols = await page.evaluate(f"[{term}.rows, {term}.cols]")
     await page.get_by_role("button", name="Sync size").click()
     await person.screen(rf"stty rows {rows} cols {cols}")
+    await person.type("stty size\n")
+    await person.screen(rf"\n{rows} {cols}\n")
 
 
 async def test_sysrq_nmi_restart_and_reset_from_the_toolbar(
@@ -410,3 +418,116 @@ async def test_a_recorded_session_plays_in_the_page_and_downloads(
         .filter(has_text="You do not have the required permissions")
         .wait_for()
     )
+
+
+async def test_a_crafted_link_calls_nothing_but_the_vm_it_names(
+    lab: LabHandle, portal: PortalFactory
+) -> None:
+    """A name smuggling another path (``linux-1%2FpowerOff?...``) is no VM: the page says
+    so and calls nothing, and the gateway refuses such a path itself."""
+    person = await portal(lab.url)
+    await person.open()
+    await person.sign_in("alice")
+    crafted = LINUX + "%2FpowerOff?api-version=2026-04-01&x="
+    await person.page.goto(f"{lab.url}/#/resource{crafted}/serialConsole")
+    await person.page.get_by_role("heading", name="This link names no VM").wait_for()
+    view = await lab.http.get(
+        f"{LINUX}/instanceView?api-version=2026-04-01",
+        headers={"Authorization": f"Bearer {await lab.token('alice')}"},
+    )
+    assert view.json()["statuses"][1]["code"] == "PowerState/running"
+
+
+async def test_a_dropped_connection_resumes_with_every_byte_once(
+    lab: LabHandle, portal: PortalFactory
+) -> None:
+    person = await portal(lab.url)
+    await person.open_console(LINUX)
+    await person.sign_in("alice")
+    await person.login()
+    page = person.page
+    # Drop the socket (as a network would) once 10,000 bytes of the output have come.
+    await page.evaluate(
+        """() => {
+            const socket = window.portal.console.socket;
+            let seen = 0;
+            socket.addEventListener("message", (event) => {
+                if (typeof event.data === "string") return;
+                seen += event.data.byteLength;
+                if (seen > 10000 && socket.readyState === WebSocket.OPEN) socket.close(3000);
+            });
+        }"""
+    )
+    await person.type("seq 1 6000; echo seq-done\n")  # 28 KiB, within the scrollback
+    await person.status("Reconnected: the console goes on where it stopped", 30)
+    text = await person.screen(r"\nseq-done\n", 60)
+    numbers = [line for line in text.split("echo seq-done", 1)[1].split("\n") if line.isdigit()]
+    assert numbers == [str(n) for n in range(1, 6001)]
+    assert await page.evaluate("window.portal.console.metrics.lostBytes") == 0
+
+
+async def test_keys_leave_the_terminal_with_alt_f10_and_menus_close_with_escape(
+    lab: LabHandle, portal: PortalFactory
+) -> None:
+    person = await portal(lab.url)
+    await person.open_console(LINUX)
+    await person.sign_in("alice")
+    await person.screen(r"login: ")
+    page = person.page
+    await page.locator(".xterm-helper-textarea").focus()
+    await page.keyboard.press("Tab")  # a key for the VM: focus stays
+    assert await page.evaluate("document.activeElement.className") == "xterm-helper-textarea"
+    await page.keyboard.press("Alt+F10")
+    assert await page.evaluate("document.activeElement.textContent") == "Keyboard"
+    await page.keyboard.press("Enter")  # opens the Keyboard menu
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.textContent") == (
+        "Send Non-Maskable Interrupt (NMI)"
+    )
+    await page.keyboard.press("Escape")
+    assert not await page.locator("details.menu[open]").count()
+    assert await page.evaluate("document.activeElement.textContent") == "Keyboard"
+
+
+async def test_an_expired_sign_in_goes_back_to_the_sign_in_page_then_to_the_console(
+    lab: LabHandle, portal: PortalFactory
+) -> None:
+    person = await portal(lab.url)
+    await person.open_console(LINUX)
+    await person.sign_in("alice")
+    await person.screen(r"login: ")
+    await person.page.evaluate(
+        """() => {
+            const key = "serial-console-lab.session";
+            const s = JSON.parse(sessionStorage.getItem(key));
+            sessionStorage.setItem(key, JSON.stringify({...s, expiresAt: Date.now() - 1}));
+            window.portal.console.socket.close(3000);  // a network blip
+        }"""
+    )
+    await person.page.get_by_role("alert").filter(has_text="Your sign-in expired").wait_for()
+    await person.sign_in("alice")
+    await person.screen(r"login: ")
+    assert await person.page.title() == "linux-1 | Serial console"
+
+
+async def test_enter_takes_the_console_back_and_a_double_click_opens_one_session(
+    lab: LabHandle, portal: PortalFactory
+) -> None:
+    alice = await portal(lab.url)
+    await alice.open_console(LINUX)
+    await alice.sign_in("alice")
+    await alice.login()
+    carol = await portal(lab.url)
+    await carol.open_console(LINUX)
+    await carol.sign_in("carol")
+    await alice.notice("another user connected")
+    await alice.type("\n")  # Azure's text: to reconnect, press "Enter"
+    await carol.notice("another user connected")
+    await alice.page.locator("#console-role").filter(has_text="Connected").wait_for()
+
+    # Two quick clicks on Watch only / Take over: one session at a time, no byte twice.
+    await alice.page.get_by_role("button", name="Watch only").dblclick()
+    await alice.page.locator("#console-role").filter(has_text="Connected").wait_for()
+    await alice.type("echo once-only\n")
+    text = await alice.screen(r"\nonce-only\n")
+    assert text.count("once-only") == 2  # the command line and its output

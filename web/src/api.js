@@ -27,11 +27,21 @@ function apiVersion(path) {
 /** Call ARM: ``arm("GET", "/subscriptions")``. Returns the parsed body and the response. */
 export async function arm(method, path, body, query = {}) {
   const s = session();
-  if (!s) throw new ApiError(401, "NotSignedIn", "You are signed out. Sign in again.");
-  const params = new URLSearchParams({ ...query, "api-version": apiVersion(path) });
+  if (!s) {
+    const message = "Your sign-in expired.";
+    window.dispatchEvent(new CustomEvent("signed-out", { detail: message }));
+    throw new ApiError(401, "NotSignedIn", message);
+  }
+  if (!path.startsWith("/") || /[?#\\]|%2f|%5c|\/\.\.?(\/|$)/i.test(path)) {
+    throw new ApiError(400, "InvalidPath", `The page refused to call ${path}: not a resource path.`);
+  }
+  const url = new URL(path, location.origin);
+  for (const [key, value] of Object.entries({ ...query, "api-version": apiVersion(path) })) {
+    url.searchParams.set(key, value);
+  }
   let response;
   try {
-    response = await fetch(`${path}?${params}`, {
+    response = await fetch(url, {
       method,
       headers: {
         Authorization: `Bearer ${s.token}`,
@@ -95,15 +105,31 @@ function matches(pattern, action) {
   return re.test(action);
 }
 
-/** "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/v" -> parts. */
-export function parseResourceId(id) {
-  const m =
-    /^\/subscriptions\/([^/]+)\/resourceGroups\/([^/]+)\/providers\/Microsoft\.Compute\/(?:virtualMachines\/([^/]+)|virtualMachineScaleSets\/([^/]+)\/virtualMachines\/([^/]+))$/i.exec(
-      id,
-    );
+const NAME = /^[A-Za-z0-9._()-]{1,90}$/;
+const ID =
+  /^\/subscriptions\/([^/]+)\/resourceGroups\/([^/]+)\/providers\/Microsoft\.Compute\/(?:virtualMachines\/([^/]+)|virtualMachineScaleSets\/([^/]+)\/virtualMachines\/([^/]+))$/i;
+
+/** A VM's or scale-set instance's id -> {subscription, group, name | scaleSet + instance,
+ * label, id}, or null. Every name must be a plain Azure name (letters, digits, ``._()-``;
+ * no ``..``), and ``id`` is rebuilt from the names, so a crafted link can never make the
+ * page call another path (``linux-1%2FpowerOff?...``). */
+export function parseResourceId(text) {
+  const m = ID.exec(text);
   if (!m) return null;
   const [, subscription, group, vm, scaleSet, instance] = m;
+  const names = [subscription, group, vm ?? scaleSet, ...(vm ? [] : [instance])];
+  if (!names.every((n) => NAME.test(n) && !n.includes(".."))) return null;
+  if (!vm && !/^\d{1,9}$/.test(instance)) return null;
+  const base = `/subscriptions/${subscription}/resourceGroups/${group}/providers/Microsoft.Compute`;
   return vm
-    ? { subscription, group, name: vm, kind: "vm", label: vm }
-    : { subscription, group, scaleSet, instance, kind: "instance", label: `${scaleSet} / ${instance}` };
+    ? { subscription, group, name: vm, kind: "vm", label: vm, id: `${base}/virtualMachines/${vm}` }
+    : {
+        subscription,
+        group,
+        scaleSet,
+        instance,
+        kind: "instance",
+        label: `${scaleSet} / ${instance}`,
+        id: `${base}/virtualMachineScaleSets/${scaleSet}/virtualMachines/${instance}`,
+      };
 }

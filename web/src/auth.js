@@ -41,12 +41,16 @@ export async function signIn(username, password) {
   return s;
 }
 
-/** Forget the token here and revoke it at the gateway. */
+/** Forget the token here and revoke it at the gateway. False when the gateway could not
+ * be told (the token then stays valid until it expires). */
 export async function signOut() {
   const s = session();
   sessionStorage.removeItem(KEY);
-  if (s) {
-    const body = new URLSearchParams({ token: s.token });
-    await fetch("/oauth2/revoke", { method: "POST", body }).catch(() => {});
+  if (!s) return true;
+  const body = new URLSearchParams({ token: s.token });
+  try {
+    return (await fetch("/oauth2/revoke", { method: "POST", body })).ok;
+  } catch {
+    return false;
   }
 }

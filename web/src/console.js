@@ -18,6 +18,7 @@ export const PASTE_LIMIT = 2048; // characters, as Azure's portal
 const SUBPROTOCOL = "serial-console.v1";
 const RETRY_DELAYS = [250, 500, 1000, 2000]; // then every 2 s
 const RETRY_FOR = 120_000; // ms of trying before the pane asks the user
+const STABLE_AFTER = 10_000; // ms a session stays up before the retry budget starts again
 
 // What to do after each close code (docs/protocol.md).
 const AFTER_CLOSE = {
@@ -38,6 +39,24 @@ const ADVICE = {
 // Refusals of connect that pass by themselves while a VM restarts.
 const TRANSIENT = /requires a virtual machine to be running/i;
 
+// What to do next after a refused connect, by Azure's text (or the status).
+const REFUSAL_ADVICE = [
+  [/requires a virtual machine to be running/i, "Start the VM (Virtual machines → Start), then select Reconnect."],
+  [/requires boot diagnostics/i, "Turn boot diagnostics on for this VM (boot_diagnostics = true in the lab file), then select Reconnect."],
+  [/not enabled for this subscription/i, "An Owner or Contributor enables it: serial-console enable, or POST .../consoleServices/default/enableConsole."],
+  [/serial port of this virtual machine is disabled/i, "Enable the port (the message says how), then select Reconnect."],
+  [/Provisioning for this VM has not yet succeeded/i, "Wait until the VM is deployed, then select Reconnect."],
+  [/required permissions/i, "Ask the VM's owner for the Virtual Machine Contributor role, then select Reconnect."],
+  [/too many|4010/i, "Close another console, then select Reconnect."],
+];
+
+function adviceFor(err) {
+  for (const [pattern, advice] of REFUSAL_ADVICE) if (pattern.test(err.message)) return advice;
+  if (err.status === 404) return "Check the link: this VM is not in the lab. Virtual machines lists those that are.";
+  if (err.status === 0) return "Start the lab (make run-lab), then select Reconnect.";
+  return "Fix what the message says, then select Reconnect.";
+}
+
 const SUCCESS_LABEL = {
   sysrq: "SysRq",
   nmi: "NMI",
@@ -52,6 +71,7 @@ export class ConsolePage {
     this.pos = null; // offset of the next console byte this page expects
     this.role = "writer";
     this.socket = null;
+    this.generation = 0;
     this.disposed = false;
     this.commandId = 0;
     this.pending = new Map();
@@ -69,19 +89,27 @@ export class ConsolePage {
 
   build(main) {
     const t = this.target;
+    // A menu is a disclosure (<details>): its items are plain buttons, Tab reaches them,
+    // Escape or a click elsewhere closes it.
     const menu = (label, items) =>
       h(
         "details",
-        { class: "menu" },
-        h("summary", { "aria-haspopup": "menu" }, label),
+        { class: "menu", onkeydown: (e) => { if (e.key === "Escape") { e.currentTarget.open = false; e.currentTarget.querySelector("summary").focus(); } } },
+        h("summary", {}, label),
         h(
           "div",
-          { role: "menu" },
+          { class: "items" },
           items.map(([text, action]) =>
-            h("button", { type: "button", role: "menuitem", onclick: (e) => { e.target.closest("details").open = false; action(); } }, text),
+            h("button", { type: "button", onclick: (e) => { e.target.closest("details").open = false; action(); } }, text),
           ),
         ),
       );
+    this.onDocumentClick = (e) => {
+      for (const open of document.querySelectorAll("details.menu[open]")) {
+        if (!open.contains(e.target)) open.open = false;
+      }
+    };
+    document.addEventListener("click", this.onDocumentClick);
     this.takeButton = h("button", { type: "button", onclick: () => this.switchRole() }, "Watch only");
     this.reconnectButton = h("button", { type: "button", hidden: true, onclick: () => this.connect() }, "Reconnect");
     this.syncButton = h(
@@ -96,7 +124,8 @@ export class ConsolePage {
     this.sizeBadge = h("span", { class: "badge", id: "console-size" }, "");
     this.status = messageLog("console-status");
     this.notice = h("div", { class: "notice", id: "console-notice", role: "alert", hidden: true });
-    this.screen = h("div", { class: "screen", id: "terminal" });
+    this.screen = h("div", { class: "screen", id: "terminal", "aria-describedby": "terminal-keys" });
+    const keys = h("p", { class: "hint", id: "terminal-keys" }, "Keys go to the VM (Tab too). Alt+F10 moves to the toolbar; Ctrl+Shift+C copies, Ctrl+Shift+V pastes.");
     const toolbar = h(
       "div",
       { class: "toolbar", role: "toolbar", "aria-label": "Serial console" },
@@ -126,6 +155,7 @@ export class ConsolePage {
         toolbar,
         this.notice,
         this.screen,
+        keys,
         this.status,
       ),
     );
@@ -152,6 +182,7 @@ export class ConsolePage {
       e.stopImmediatePropagation();
       this.paste(e.clipboardData?.getData("text/plain") || "");
     }, true);
+    this.toolbar = toolbar;
     this.onWindowResize = () => this.fitScreen();
     window.addEventListener("resize", this.onWindowResize);
     this.fitScreen();
@@ -170,7 +201,9 @@ export class ConsolePage {
   dispose() {
     this.disposed = true;
     clearTimeout(this.retryTimer);
+    clearTimeout(this.stableTimer);
     window.removeEventListener("resize", this.onWindowResize);
+    document.removeEventListener("click", this.onDocumentClick);
     if (this.socket) this.socket.close(1000, "page closed");
     this.term.dispose();
     if (window.portal?.console === this) delete window.portal;
@@ -218,43 +251,70 @@ export class ConsolePage {
 
   // -- the connection ------------------------------------------------------------------------
 
+  /** Open a new console session: ``connect`` (a new one-time URL), then the websocket at
+   * ``?offset=pos``. Only the newest call wins: an older one still waiting for its URL
+   * gives up, and only the current socket's frames are heard. */
   async connect({ retrying = false } = {}) {
     clearTimeout(this.retryTimer);
     if (this.disposed) return;
+    const generation = ++this.generation;
     if (!retrying) this.retryStarted = null;
+    this.awaitingEnter = false;
     this.reconnectButton.hidden = true;
-    if (this.socket) {
-      this.socket.onclose = null;
-      this.socket.close(1000, "reconnecting");
-      this.socket = null;
-    }
+    this.hangUp();
     let url;
     try {
       const { body } = await arm("POST", `${this.id}/providers/Microsoft.SerialConsole/serialPorts/0/connect`);
+      if (typeof body.connectionString !== "string") {
+        throw new ApiError(502, "NoConnectionString", "The gateway's answer to connect had no console URL. Reload the page.");
+      }
       url = new URL(body.connectionString, location.href);
     } catch (err) {
-      if (this.disposed) return;
+      if (this.disposed || generation !== this.generation) return;
       this.connectFailed(err);
       return;
     }
+    if (this.disposed || generation !== this.generation) return;
     if (this.role === "watcher") url.searchParams.set("watch", "1");
     if (this.pos !== null) url.searchParams.set("offset", String(this.pos));
     const socket = new WebSocket(url, SUBPROTOCOL);
     socket.binaryType = "arraybuffer";
     this.socket = socket;
     this.closing = null;
+    this.takenOverBy = null;
     socket.onopen = () => socket.send(JSON.stringify({ type: "authorize", token: session()?.token ?? "" }));
-    socket.onmessage = (event) => this.receive(event.data);
-    socket.onclose = (event) => this.closed(event);
+    socket.onmessage = (event) => { if (socket === this.socket) this.receive(event.data); };
+    socket.onclose = (event) => { if (socket === this.socket) this.closed(event); };
+  }
+
+  /** Close the current socket, if any, without reacting to its close. */
+  hangUp() {
+    const socket = this.socket;
+    this.socket = null;
+    if (socket) {
+      socket.onmessage = null;
+      socket.onclose = null;
+      socket.close(1000, "reconnecting");
+    }
+    this.unanswered("the page opened a new connection");
+  }
+
+  /** Commands sent on a connection that ended before their result: say so. */
+  unanswered(why) {
+    for (const label of this.pending.values()) {
+      this.say(`${label}: no result came (${why}). Look at the console to see whether it happened.`, "error");
+    }
+    this.pending.clear();
   }
 
   connectFailed(err) {
     const retryable = err instanceof ApiError && (err.status === 0 || err.status >= 500 || err.status === 429 || (this.pos !== null && TRANSIENT.test(err.message)));
     if (retryable && this.retry(err.status === 0 ? "The gateway cannot be reached. Reconnecting…" : `${err.message} Reconnecting…`)) return;
-    if (err.status === 401) return; // the sign-in page takes over
-    const next = err.status === 403
-      ? "Ask the VM's owner for the Virtual Machine Contributor role, then select Reconnect."
-      : "Fix what the message says, then select Reconnect.";
+    if (err.status === 401) {
+      window.dispatchEvent(new CustomEvent("signed-out", { detail: err.message }));
+      return;
+    }
+    const next = adviceFor(err);
     this.showNotice(err.message, [h("p", { class: "hint" }, next)]);
     this.say(err.message, "error");
     this.reconnectButton.hidden = false;
@@ -311,8 +371,13 @@ export class ConsolePage {
   }
 
   on_connected(event) {
-    this.attempt = 0;
-    this.retryStarted = null;
+    // The retry budget starts again only once a session has stayed up for a while, so a
+    // connect-then-close loop still ends with the pane asking the user.
+    clearTimeout(this.stableTimer);
+    this.stableTimer = setTimeout(() => {
+      this.attempt = 0;
+      this.retryStarted = null;
+    }, STABLE_AFTER);
     this.os = event.os;
     this.setRole(event.role);
     this.setPowerState(event.power_state);
@@ -376,11 +441,13 @@ export class ConsolePage {
   closed(event) {
     if (this.disposed || event.target !== this.socket) return;
     this.socket = null;
+    clearTimeout(this.stableTimer);
     const code = this.closing?.code ?? event.code;
     const message = this.closing?.message || event.reason;
-    if (this.closing?.resume_offset !== undefined && this.closing.resume_offset !== null) {
-      this.pos = this.closing.resume_offset;
-    }
+    // The pane's own count is exact; the gateway's resume offset only stands in for it
+    // when the pane never had a session.
+    this.pos ??= this.closing?.resume_offset ?? null;
+    this.unanswered("the connection closed first");
     if (code === 4001) {
       this.tookOver(message);
       return;
@@ -416,7 +483,6 @@ export class ConsolePage {
   type(data) {
     if (this.awaitingEnter && data === "\r" && !this.socket) {
       // Azure's text says: to reconnect, press "Enter".
-      this.awaitingEnter = false;
       this.setRole("writer");
       this.connect();
       return;
@@ -427,27 +493,39 @@ export class ConsolePage {
     }
     if (this.send(this.encoder.encode(data))) {
       this.lastInputAt ??= performance.now();
-    } else {
+    } else if (this.awaitingEnter) {
+      this.say("Not connected: another user has this console. Press Enter or select Take it back.", "error");
+    } else if (!this.reconnectButton.hidden) {
       this.say("Not connected: what you type is not sent. Select Reconnect.", "error");
+    } else {
+      this.say("Not connected yet: what you type is not sent. Reconnecting…", "error");
     }
   }
 
   paste(text) {
     if (!text) return;
-    if (text.length > PASTE_LIMIT) {
-      text = text.slice(0, PASTE_LIMIT);
+    const characters = Array.from(text); // code points: a cut never splits a character
+    if (characters.length > PASTE_LIMIT) {
+      text = characters.slice(0, PASTE_LIMIT).join("");
       this.say(`Only the first ${PASTE_LIMIT} characters were pasted: a paste is limited to ${PASTE_LIMIT} characters, as in Azure's portal.`, "error");
     }
     this.term.paste(text);
   }
 
-  /** Ctrl+Shift+C copies the selection; Ctrl+Shift+V pastes (the browser's own paste
-   * event, which goes through the cap). Neither reaches the guest as a key. */
+  /** Alt+F10 moves to the toolbar (Tab is a key for the VM); Ctrl+Shift+C copies the
+   * selection; Ctrl+Shift+V pastes (the browser's own paste event, which goes through the
+   * cap). None of them reaches the guest as a key. */
   key(e) {
+    if (e.type === "keydown" && e.altKey && e.key === "F10") {
+      e.preventDefault();
+      this.toolbar.querySelector("summary, button:not([hidden])")?.focus();
+      return false;
+    }
     if (e.type !== "keydown" || !e.ctrlKey || !e.shiftKey) return true;
     if (e.code === "KeyC") {
       e.preventDefault(); // not the browser's inspector
       const selection = this.term.getSelection();
+      if (!selection) this.say("Nothing is selected: select text with the mouse first, then Ctrl+Shift+C.", "error");
       if (selection) {
         navigator.clipboard.writeText(selection).then(
           () => this.say("Copied."),

@@ -38,18 +38,39 @@ async function route() {
     signedOutNotice = null;
     return;
   }
-  const match = RESOURCE_ROUTE.exec(decodeURI(location.hash));
+  let hash = location.hash;
+  try {
+    hash = decodeURI(hash);
+  } catch {
+    // a malformed escape: no route matches it, and the page says so below
+  }
+  const match = RESOURCE_ROUTE.exec(hash);
   const target = match && parseResourceId(match[1]);
   if (target) {
     crumbs.append(h("a", { href: "#/" }, "Virtual machines"), " / ", target.label);
     const [title, render] = PAGES[match[2].toLowerCase()];
     document.title = `${target.label} | ${title}`;
-    page = render(main, match[1]);
+    page = render(main, target.id);
+    return;
+  }
+  if (hash.startsWith("#/resource")) {
+    document.title = "Not found | Serial Console Lab";
+    main.append(
+      h(
+        "section",
+        { class: "page" },
+        h("h1", {}, "This link names no VM"),
+        h("p", { role: "alert" }, "A console link names a VM or scale-set instance by its resource id, with plain Azure names (letters, digits, . _ ( ) -)."),
+        h("a", { href: "#/" }, "Virtual machines"),
+      ),
+    );
     return;
   }
   document.title = "Virtual machines | Serial Console Lab";
+  const routed = location.hash;
   try {
     const { body } = await arm("GET", "/subscriptions");
+    if (location.hash !== routed || page) return; // the person went elsewhere meanwhile
     const subscription = body.value?.[0]?.subscriptionId;
     if (!subscription) {
       main.append(h("p", { role: "alert" }, "You can see no subscription of this lab."));
@@ -62,12 +83,23 @@ async function route() {
 }
 
 window.addEventListener("hashchange", route);
-window.addEventListener("signed-out", (event) => {
+let signingOut = false;
+window.addEventListener("signed-out", async (event) => {
+  // Every call in flight may fail at once: the first one signs out, keeping the route so
+  // that signing in again goes back to it.
+  if (signingOut) return;
+  signingOut = true;
   signedOutNotice = `${event.detail} Sign in again.`;
-  signOut().then(route);
+  await signOut();
+  signingOut = false;
+  route();
 });
 document.getElementById("sign-out").addEventListener("click", async () => {
-  await signOut();
+  const revoked = await signOut();
+  if (!revoked) {
+    signedOutNotice =
+      "Signed out here, but the gateway could not be told: the token stays valid until it expires.";
+  }
   location.hash = "#/";
   route();
 });

@@ -2,13 +2,29 @@
 // portal's "Virtual machines" blade shows (group, OS, status, boot diagnostics) and the
 // power actions the caller's roles allow. Each row opens its serial console.
 import { arm, permissions, waitForOperation } from "./api.js";
+import { confirmDialog } from "./dialogs.js";
 import { h, statusLine } from "./dom.js";
 
 const ACTIONS = [
   { verb: "start", label: "Start", when: ["stopped", "deallocated", "panicked"] },
-  { verb: "restart", label: "Restart", when: ["running", "panicked"] },
-  { verb: "powerOff", label: "Stop", when: ["running", "starting", "panicked"] },
-  { verb: "deallocate", label: "Deallocate", when: ["running", "stopped", "panicked", "starting"] },
+  {
+    verb: "restart",
+    label: "Restart",
+    when: ["running", "panicked"],
+    warning: (name) => `Restart ${name}? Its guest is asked to shut down, then it starts again.`,
+  },
+  {
+    verb: "powerOff",
+    label: "Stop",
+    when: ["running", "starting", "panicked"],
+    warning: (name) => `Stop ${name}? Its guest is asked to shut down; its serial console closes until it is started again.`,
+  },
+  {
+    verb: "deallocate",
+    label: "Deallocate",
+    when: ["running", "stopped", "panicked", "starting"],
+    warning: (name) => `Deallocate ${name}? It stops and its serial port goes away: every open console of it closes.`,
+  },
 ];
 
 function powerState(vm) {
@@ -27,14 +43,18 @@ async function listAll(subscription) {
     arm("GET", `${base}/virtualMachines`, undefined, { $expand: "instanceView" }),
     arm("GET", `${base}/virtualMachineScaleSets`),
   ]);
+  const problems = [];
   const instances = await Promise.all(
     sets.value.map((set) =>
       arm("GET", `${set.id}/virtualMachines`, undefined, { $expand: "instanceView" })
         .then(({ body }) => body.value.map((vm) => ({ ...vm, scaleSet: set.name })))
-        .catch(() => []),
+        .catch((err) => {
+          problems.push(`The instances of ${set.name} could not be listed: ${err.message}`);
+          return [];
+        }),
     ),
   );
-  return [...vms.value, ...instances.flat()];
+  return { vms: [...vms.value, ...instances.flat()], problems };
 }
 
 export function renderResources(main, subscription) {
@@ -48,8 +68,9 @@ export function renderResources(main, subscription) {
   async function load(outcome) {
     if (!outcome) status.say("Loading…");
     let vms;
+    let problems;
     try {
-      vms = await listAll(subscription);
+      ({ vms, problems } = await listAll(subscription));
     } catch (err) {
       status.say(err.message, "error");
       return;
@@ -64,6 +85,7 @@ export function renderResources(main, subscription) {
       h("tbody", {}, rows),
     );
     if (outcome) status.say(outcome.text, outcome.kind);
+    else if (problems.length) status.say(problems.join(" "), "error");
     else status.say(`${vms.length} virtual machines`);
   }
 
@@ -71,7 +93,13 @@ export function renderResources(main, subscription) {
     const parts = vm.id.split("/");
     const group = parts[4];
     const state = powerState(vm);
-    const may = await permissions(vm.id).catch(() => () => false);
+    let may = () => false;
+    let mayProblem = null;
+    try {
+      may = await permissions(vm.id);
+    } catch (err) {
+      mayProblem = `Your permissions could not be read: ${err.message}`;
+    }
     const actionOf = action(vm);
     const name = vm.scaleSet ? `${vm.scaleSet} / ${vm.instanceId}` : vm.name;
     const diag = vm.properties.diagnosticsProfile?.bootDiagnostics?.enabled;
@@ -97,11 +125,12 @@ export function renderResources(main, subscription) {
       h("td", { class: `state ${state.code}` }, state.text),
       h("td", {}, diag ? "Enabled" : "Disabled"),
       h("td", {}, h("a", { href: `#/resource${vm.id}/serialConsole`, "aria-label": `Serial console of ${name}` }, "Serial console")),
-      h("td", { class: "actions" }, buttons.length ? buttons : h("span", { class: "hint" }, "Your role allows no power actions")),
+      h("td", { class: "actions" }, buttons.length ? buttons : h("span", { class: "hint" }, mayProblem ?? "Your role allows no power actions")),
     );
   }
 
   async function power(vm, name, a, button) {
+    if (a.warning && !(await confirmDialog(`${a.label} VM`, a.warning(name), a.label))) return;
     button.disabled = true;
     status.say(`${a.label}: ${name}…`);
     let outcome;
