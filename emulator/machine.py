@@ -21,6 +21,8 @@ constructor argument raises ``ValueError``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from emulator.guest import GuestEvent, Personality
 from emulator.linux import LinuxGuest
 from emulator.pty import PtyPair, PtyUnavailable, Uart
@@ -49,7 +51,8 @@ class EmulatedMachine(MachineBase):
     paces output in bytes/s like a real line (None: as fast as the reader takes it);
     ``nmi_crash_dump`` (Windows) makes an NMI bugcheck, as NMICrashDump does;
     ``userland`` (Linux): the unpacked guest image whose init, getty, login and busybox
-    run under the emulated kernel (``emulator.userland``) instead of the emulated shell.
+    run under the emulated kernel (``emulator.userland``) instead of the emulated shell;
+    ``run_dir``: the machine's run folder (what the userland's kernel log is kept in).
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class EmulatedMachine(MachineBase):
         output_rate: int | None = None,
         nmi_crash_dump: bool = True,
         userland: UserlandImage | None = None,
+        run_dir: Path | None = None,
     ) -> None:
         if personality not in PERSONALITIES:
             raise ValueError(f"personality must be one of {PERSONALITIES}, not {personality!r}")
@@ -74,7 +78,9 @@ class EmulatedMachine(MachineBase):
         host = hostname or name
         self.guest: Personality
         if personality == "linux" and userland is not None:
-            self.guest = UserlandLinuxGuest(host, password, userland, boot_delay=boot_delay)
+            self.guest = UserlandLinuxGuest(
+                host, password, userland, boot_delay=boot_delay, run_dir=run_dir
+            )
         elif personality == "linux":
             self.guest = LinuxGuest(host, password, boot_delay=boot_delay)
         else:

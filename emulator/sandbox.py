@@ -29,9 +29,10 @@ So the lab (as root) writes the maps itself and util-linux does the rest::
     unshare --mount --pid --uts         the guest's own namespaces (loopback only), owned by
             --ipc --net --fork            the user namespace; the child is PID 1
     sh                                  tmpfs + overlay root (the image, read-only, under
-                                        the lab's layer, under a writable tmpfs), /proc,
-                                        /dev (null, zero, tty, random and the console),
-                                        host name, loopback up
+                                        the lab's layer, under a writable tmpfs), /proc
+                                        (the emulated kernel's cmdline and version), /dev
+                                        (null, zero, tty, random, the console, and kmsg:
+                                        the emulated kernel's log), host name, loopback up
     setpriv --bounding-set ... sh       capabilities cut to what init needs, pivot_root
                                         into the guest's root, the host's tree unmounted
     /sbin/init                          the image's busybox init, PID 1 on the console
@@ -110,6 +111,19 @@ RC_K = """#!/bin/sh
 echo "lab guest $(hostname) is shutting down"
 sync
 """
+# busybox dmesg asks the host's kernel (klogctl), which a guest may not read: the emulated
+# kernel's log is the file the lab keeps at /dev/kmsg, which /bin/dmesg prints; root's
+# shell runs it for ``dmesg`` (busybox's shell would run its own applet first).
+PROFILE = """# Serial Console Lab emulated guest: dmesg shows the emulated kernel's log.
+alias dmesg=/bin/dmesg
+"""
+DMESG = """#!/bin/sh
+# Serial Console Lab emulated guest: the kernel's log is the emulated kernel's.
+case "$1" in
+    -h|--help) echo "Usage: dmesg   print the kernel's log"; exit 0 ;;
+esac
+exec cat /dev/kmsg
+"""
 OS_RELEASE = """PRETTY_NAME="Serial Console Lab guest (BusyBox)"
 NAME="Serial Console Lab guest"
 ID=serial-console-lab
@@ -120,13 +134,15 @@ HOME_URL="https://busybox.net/"
 # Host root, in a private mount namespace: the image and the lab's layer, bound read-only
 # on a small tmpfs the guest's user can walk to (the state folder may not be).
 STAGE = """set -e
-exec 7<"$1" 8<"$2"
-shift 2
+exec 7<"$1" 8<"$2" 6<"$3"
+shift 3
 mount -t tmpfs -o mode=0755,size=64k lab /tmp
 mkdir /tmp/lower /tmp/lab /tmp/guest
+touch /tmp/kmsg
 mount --bind -o ro /proc/self/fd/7 /tmp/lower
 mount --bind -o ro /proc/self/fd/8 /tmp/lab
-exec 7<&- 8<&-
+mount --bind -o ro /proc/self/fd/6 /tmp/kmsg
+exec 6<&- 7<&- 8<&-
 exec "$@"
 """
 # Root of the user namespace, PID 1 of the guest's PID namespace: its root and devices.
@@ -143,7 +159,8 @@ for dev in null zero full random urandom tty; do
     touch dev/$dev
     mount --bind /dev/$dev dev/$dev
 done
-touch dev/console dev/ttyS0
+touch dev/console dev/ttyS0 dev/kmsg
+mount --bind /tmp/kmsg dev/kmsg
 mount --bind "$console" dev/console
 mount --bind "$console" dev/ttyS0
 mount -t proc -o nosuid,nodev,noexec proc proc
@@ -200,6 +217,7 @@ def _probe(image_dir: Path) -> str | None:
             argv = image.command(userns, "probe", 0, "/dev/null", init=("true",))
             r, w = os.pipe()
             os.close(w)
+            r = _high_fd(r)
             done = subprocess.run(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -220,6 +238,13 @@ def _probe(image_dir: Path) -> str | None:
     return None
 
 
+def _high_fd(fd: int) -> int:
+    """``fd`` moved to 10 or above: the shell steps use 0-9 (sh redirects only those)."""
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
 def _user_namespace() -> int:
     """A new user namespace whose root is HOST_ID outside (setgroups allowed); its fd."""
     holder = subprocess.Popen(
@@ -234,7 +259,7 @@ def _user_namespace() -> int:
         for name in ("uid_map", "gid_map"):
             with open(f"/proc/{holder.pid}/{name}", "w") as f:
                 f.write(f"0 {HOST_ID} 1\n")
-        return os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        return _high_fd(os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC))
     finally:
         with contextlib.suppress(OSError):
             holder.stdin.close()  # type: ignore[union-attr]
@@ -244,45 +269,61 @@ def _user_namespace() -> int:
 
 
 class UserlandImage:
-    """The image's initramfs unpacked once in ``cache_dir``, plus the lab's layer.
+    """The image's initramfs unpacked once under ``cache_root``, plus the lab's layer.
 
-    ``prepare()`` unpacks it (again only when the initramfs changed), owned by HOST_ID so
-    that it is root's inside; ``command()`` builds the command line of one guest.
+    ``prepare()`` unpacks it into ``cache_root/userland-<digest>`` (digest of the initramfs
+    and the lab's layer: a rebuilt image gets a new folder), owned by HOST_ID so that it is
+    root's inside. Labs running at once share it: each unpacks into a folder of its own
+    and renames it into place, the first one wins. ``command()`` builds the command line
+    of one guest.
     """
 
-    def __init__(self, initramfs: Path, cache_dir: Path) -> None:
+    def __init__(self, initramfs: Path, cache_root: Path) -> None:
         self.initramfs = initramfs
-        self.cache_dir = cache_dir
-        self.lower = cache_dir / "image"
-        self.layer = cache_dir / "lab"
+        self.cache_root = cache_root
+        self.cache_dir = cache_root / "userland"  # set by prepare()
+        self.lower = self.cache_dir / "image"
+        self.layer = self.cache_dir / "lab"
 
     def prepare(self) -> None:
         """Unpack the initramfs and write the lab's layer, unless already done for it."""
         data = self.initramfs.read_bytes()
-        digest = hashlib.sha256(data + RC_S.encode() + RC_K.encode()).hexdigest()[:16]
-        stamp = self.cache_dir / "image.sha"
-        if stamp.is_file() and stamp.read_text() == digest:
+        layer = (RC_S + RC_K + OS_RELEASE + DMESG + PROFILE).encode()
+        digest = hashlib.sha256(data + layer).hexdigest()[:16]
+        self.cache_dir = self.cache_root / f"userland-{digest}"
+        self.lower = self.cache_dir / "image"
+        self.layer = self.cache_dir / "lab"
+        if (self.cache_dir / "ready").is_file():
             return
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        for path in (self.lower, self.layer):
-            if path.exists():
-                shutil.rmtree(path)
-        _unpack_cpio(data, self.lower)
-        for rel, text, mode in (
-            ("etc/init.d/rcS", RC_S, 0o755),
-            ("etc/init.d/rcK", RC_K, 0o755),
-            ("etc/os-release", OS_RELEASE, 0o644),
-        ):
-            path = self.layer / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            path.chmod(mode)
-        for root in (self.lower, self.layer):
-            for dirpath, dirnames, filenames in os.walk(root):
-                os.lchown(dirpath, HOST_ID, HOST_ID)
-                for name in dirnames + filenames:
-                    os.lchown(os.path.join(dirpath, name), HOST_ID, HOST_ID)
-        stamp.write_text(digest)
+        self.cache_root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".userland-", dir=self.cache_root))
+        try:
+            _unpack_cpio(data, work / "image")
+            for rel, text, mode in (
+                ("etc/init.d/rcS", RC_S, 0o755),
+                ("etc/init.d/rcK", RC_K, 0o755),
+                ("etc/os-release", OS_RELEASE, 0o644),
+                ("bin/dmesg", DMESG, 0o755),
+                ("root/.profile", PROFILE, 0o644),
+            ):
+                path = work / "lab" / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+                path.chmod(mode)
+            for root in (work / "image", work / "lab"):
+                for dirpath, dirnames, filenames in os.walk(root):
+                    os.lchown(dirpath, HOST_ID, HOST_ID)
+                    for name in dirnames + filenames:
+                        os.lchown(os.path.join(dirpath, name), HOST_ID, HOST_ID)
+            (work / "ready").write_text(digest + "\n")
+            work.chmod(0o755)
+            try:
+                work.rename(self.cache_dir)
+            except OSError:
+                if not (self.cache_dir / "ready").is_file():
+                    raise  # not another lab's unpacking that won: a real failure
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     def command(
         self,
@@ -291,9 +332,12 @@ class UserlandImage:
         password_fd: int,
         console: str,
         *,
+        kmsg: Path = Path("/dev/null"),
         init: tuple[str, ...] | None = None,
     ) -> list[str]:
-        """The command line of one guest (``init``: what runs instead of the guest, probes)."""
+        """The command line of one guest: ``kmsg`` is the file the emulated kernel's log is
+        kept in, read-only at ``/dev/kmsg`` inside (``init``: what runs instead of init, to
+        probe)."""
         limits = [f"--{name}={value}" for name, value in LIMITS.items()]
         guest = GUEST.format(size=TMPFS_SIZE, caps=KEEP_CAPS.replace(",", ",+"))
         if init is not None:
@@ -313,6 +357,7 @@ class UserlandImage:
             "stage",
             str(self.lower),
             str(self.layer),
+            str(kmsg),
             "nsenter",
             f"--user=/proc/self/fd/{userns_fd}",
             "--setuid",
@@ -396,8 +441,10 @@ class Sandbox:
         on_output: Callable[[bytes], None],
         on_exit: Callable[[str, int], None],
         on_input_taken: Callable[[], None] = lambda: None,
+        kmsg: Path = Path("/dev/null"),
     ) -> None:
         self.image = image
+        self.kmsg = kmsg
         self.hostname = hostname
         self._password = password
         self._on_output = on_output
@@ -442,9 +489,10 @@ class Sandbox:
             r, w = os.pipe()
             os.write(w, self._password.encode() + b"\n")
             os.close(w)
+            r = _high_fd(r)
             os.fchown(r, HOST_ID, HOST_ID)  # read by the guest's root, as /proc/self/fd/N
             try:
-                argv = self.image.command(userns, self.hostname, r, console)
+                argv = self.image.command(userns, self.hostname, r, console, kmsg=self.kmsg)
                 self._process = await asyncio.create_subprocess_exec(
                     *argv,
                     stdin=slave,
@@ -630,9 +678,13 @@ class Sandbox:
 
 
 def _catches(pid: int, sig: int) -> bool:
-    """True when process ``pid`` takes ``sig``: it has a handler for it, blocks it (to
-    wait for it), or waits for signals now (``sigtimedwait``, which unblocks them)."""
+    """True when process ``pid`` is init by now (not the shell steps before it, whose
+    blocked signals would be dropped once they run on) and takes ``sig``: it has a
+    handler for it, blocks it (to wait for it), or waits for signals now (``sigtimedwait``,
+    which unblocks them)."""
     try:
+        if Path(f"/proc/{pid}/comm").read_text().strip() != "init":
+            return False
         status = Path(f"/proc/{pid}/status").read_text()
         waiting = "sigtimedwait" in Path(f"/proc/{pid}/wchan").read_text()
     except OSError:

@@ -20,6 +20,9 @@ What the kernel does to the userland::
     init calls reboot(2)  "reboot: Restarting system" and a new boot; power off: stopped
     init dies             "Kernel panic - not syncing: Attempted to kill init!"
 
+The kernel's log (what ``dmesg`` shows on a real guest) is kept in a file the userland
+reads at ``/dev/kmsg``; the lab's layer of the image makes root's ``dmesg`` print it.
+
 ``userland_for_lab(state_dir)`` is what a lab calls once per machine: the unpacked image
 (shared by the lab's guests) or None when this machine cannot run it; the reason is logged
 once per process.
@@ -28,7 +31,10 @@ once per process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -50,25 +56,28 @@ HIGH_WATER = 32 * 1024  # queued output beyond which the userland's console is n
 INIT_FAILED = "Requested init /init failed (error -2)."
 _images: dict[Path, UserlandImage] = {}
 _warned: set[str] = set()
+_guests = itertools.count(1)
 
 
 def userland_for_lab(state_dir: Path, image_dir: Path = IMAGE_DIR) -> UserlandImage | None:
-    """The image unpacked once in ``state_dir/userland`` for the lab's emulated Linux
-    guests, or None (logged once: why, and that those guests keep the emulated shell)."""
+    """The image unpacked once for the lab's emulated Linux guests (beside the image, or in
+    ``state_dir/userland`` when that folder cannot be written), or None: logged once, why,
+    and that those guests keep the emulated shell."""
     reason = userland_unavailable(image_dir)
     if reason is None:
-        cache = (state_dir / "userland").resolve()
-        image = _images.get(cache)
-        if image is not None:
-            return image
-        image = UserlandImage(image_dir / "initramfs.cpio", cache)
-        try:
-            image.prepare()
-        except (OSError, SandboxError) as err:
-            reason = f"cannot unpack the guest image into {cache}: {err}"
-        else:
-            _images[cache] = image
-            return image
+        for root in (image_dir, (state_dir / "userland").resolve()):
+            image = _images.get(root)
+            if image is not None:
+                return image
+            image = UserlandImage(image_dir / "initramfs.cpio", root)
+            try:
+                image.prepare()
+            except (OSError, SandboxError) as err:
+                reason = f"cannot unpack the guest image into {root}: {err}"
+            else:
+                _images[root] = image
+                return image
+    assert reason is not None
     if reason not in _warned:
         _warned.add(reason)
         log.warning(
@@ -81,11 +90,18 @@ def userland_for_lab(state_dir: Path, image_dir: Path = IMAGE_DIR) -> UserlandIm
 class UserlandLinuxGuest(LinuxGuest):
     """A Linux guest on ttyS0 whose userland is the image's own (see the module docstring).
 
-    ``image`` is the unpacked image (``userland_for_lab``); ``password`` is root's.
+    ``image`` is the unpacked image (``userland_for_lab``); ``password`` is root's;
+    ``run_dir`` is the machine's run folder (the kernel's log is kept there).
     """
 
     def __init__(
-        self, hostname: str, password: str, image: UserlandImage, *, boot_delay: float = 0.0
+        self,
+        hostname: str,
+        password: str,
+        image: UserlandImage,
+        *,
+        boot_delay: float = 0.0,
+        run_dir: Path | None = None,
     ) -> None:
         super().__init__(hostname, password, boot_delay=boot_delay)
         self.image = image
@@ -93,6 +109,13 @@ class UserlandLinuxGuest(LinuxGuest):
         self._wake: Callable[[], None] = lambda: None
         self._paused = False
         self._starting: asyncio.Task[None] | None = None
+        # The kernel's log as the userland reads it (/dev/kmsg, busybox dmesg's stand-in).
+        # In the machine's run folder, or beside the image for a machine without one.
+        self.kmsg = (
+            run_dir / "kmsg"
+            if run_dir is not None
+            else image.cache_root / "kmsg" / f"{os.getpid()}-{next(_guests)}"
+        )
 
     def bind_port(self, wake: Callable[[], None]) -> None:
         """``wake()`` is called when the guest printed something outside a call to it, or
@@ -112,6 +135,8 @@ class UserlandLinuxGuest(LinuxGuest):
     def halt(self) -> None:
         self._end_userland()
         super().halt()
+        with contextlib.suppress(OSError):
+            self.kmsg.unlink()
 
     def handle_timer(self, now: float) -> None:
         if self.state is LinuxState.BOOTING and self._timer is not None and now >= self._timer:
@@ -168,6 +193,19 @@ class UserlandLinuxGuest(LinuxGuest):
             if mask == 1 or mask & texts.SYSRQ_ENABLE_SIGNAL:
                 self.sandbox.signal_tasks(signal.SIGTERM if key == "e" else signal.SIGKILL)
 
+    def _kernel(self, line: str, stamp: float) -> None:
+        super()._kernel(line, stamp)
+        if self.sandbox is not None:
+            self._write_kmsg("a", [(stamp, line)])
+
+    def _write_kmsg(self, mode: str, lines: list[tuple[float, str]]) -> None:
+        try:
+            self.kmsg.parent.mkdir(parents=True, exist_ok=True)
+            with self.kmsg.open(mode) as kmsg:
+                kmsg.writelines(self._stamped(line, stamp) + "\n" for stamp, line in lines)
+        except OSError as err:
+            log.debug("%s: cannot keep the kernel's log for dmesg: %s", self.hostname, err)
+
     def _panic(self, reason: str, comm: str, stack: tuple[str, ...], now: float) -> None:
         self._end_userland()
         super()._panic(reason, comm, stack, now)
@@ -184,6 +222,7 @@ class UserlandLinuxGuest(LinuxGuest):
 
     def _start_userland(self) -> None:
         self.state = LinuxState.USERLAND
+        self._write_kmsg("w", list(self.dmesg))
         sandbox = Sandbox(
             self.image,
             self.hostname,
@@ -191,6 +230,7 @@ class UserlandLinuxGuest(LinuxGuest):
             on_output=self._userland_output,
             on_exit=lambda how, code: self._userland_exit(sandbox, how, code),
             on_input_taken=lambda: self._wake(),
+            kmsg=self.kmsg,
         )
         self.sandbox = sandbox
         self._paused = False

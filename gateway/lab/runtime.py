@@ -116,7 +116,7 @@ def default_machine_factory(spec: MachineSpec, run_dir: Path) -> Machine:
     from emulator.userland import userland_for_lab
 
     # Linux: the image's own userland under the emulated kernel where namespaces allow it
-    # (the state folder is run_dir's grandparent; the image is unpacked there once).
+    # (unpacked once, beside the image or else in the state folder: run_dir's grandparent).
     userland = userland_for_lab(run_dir.parent.parent) if spec.os == "linux" else None
     return EmulatedMachine(
         spec.name,
@@ -126,6 +126,7 @@ def default_machine_factory(spec: MachineSpec, run_dir: Path) -> Machine:
         boot_delay=spec.boot_delay,
         output_rate=spec.output_rate,
         userland=userland,
+        run_dir=run_dir,
     )
 
 

@@ -195,14 +195,22 @@ async def test_kill_9_during_output_never_gives_an_offset_twice(tmp_path: Path) 
             watcher = await _framed_session(http, lab.url, "&watch=1")
             connected = json.loads(await watcher.recv())
             start, seen = connected["replay_from"], bytearray()
-            for text in ("\r", "root\r", "serial-lab\r", "seq 1 400000\r"):
-                await writer.send(text.encode())
-                await asyncio.sleep(0)  # typed one after another, as a person would
+            # Typed as a person would, each after its prompt (getty drops what is typed
+            # before it asks), then well into the output: kill now.
+            steps = (
+                ("\r", b"login: "),
+                ("root\r", b"Password: "),
+                ("serial-lab\r", b"# "),
+                ("seq 1 400000\r", b"\r\n150000\r\n"),
+            )
             async with asyncio.timeout(scaled(60)):
-                while b"\r\n150000\r\n" not in seen:  # well into the output: kill now
-                    frame = await watcher.recv()
-                    if isinstance(frame, bytes):
-                        seen += frame
+                for text, until in steps:
+                    mark = len(seen)
+                    await writer.send(text.encode())
+                    while until not in seen[mark:]:
+                        frame = await watcher.recv()
+                        if isinstance(frame, bytes):
+                            seen += frame
             os.kill(lab.process.pid, signal.SIGKILL)
             lab.process.wait(scaled(10))
     finally:

@@ -100,6 +100,13 @@ async def test_a_real_shell_answers_on_the_scale_set_instance(lab: LabHandle) ->
     assert "inet 127.0.0.1/8 scope host lo" in addresses
     assert re.findall(r"^\d+: (\S+):", addresses, re.M) == ["lo"], addresses
     assert "BusyBox" in await run(client, "busybox | head -1")
+    # dmesg reads the emulated kernel's log (the stamps cut: the console's own kernel
+    # lines look the same)
+    assert (await run(client, "dmesg | tail -2 | cut -c16-")).splitlines() == [
+        "Write protecting the kernel read-only data: 26624k",
+        "Run /init as init process",
+    ]
+    assert "PRETTY_NAME=" in await run(client, "cat /etc/os-release")
     await client.ws.close()
 
 
@@ -124,8 +131,8 @@ async def test_files_stay_between_sessions_until_the_guest_reboots(lab: LabHandl
     assert (await client.event("result"))["ok"] is True
     await client.expect(r"sysrq: Resetting\r\n")
     await client.expect(r"Linux version 6\.1")
-    await client.expect(r"lab guest web-vmss000000 is up", 20)
-    await client.expect(r"web-vmss000000 login: ")
+    await client.expect(r"lab guest web-vmss000000 is up", 30)
+    await client.expect(r"web-vmss000000 login: ", 30)
     await login(client)
     gone = await run(client, "cat /root/note")
     assert "can't open '/root/note': No such file or directory" in gone

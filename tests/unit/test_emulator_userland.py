@@ -42,8 +42,10 @@ class FakeSandbox:
         on_output: Callable[[bytes], None],
         on_exit: Callable[[str, int], None],
         on_input_taken: Callable[[], None],
+        kmsg: Path,
     ) -> None:
         self.hostname, self.password = hostname, password
+        self.kmsg = kmsg
         self.on_output, self.on_exit = on_output, on_exit
         self.typed = bytearray()
         self.signals: list[tuple[str, int]] = []
@@ -223,6 +225,22 @@ async def test_inits_end_is_a_reboot_a_power_off_or_a_panic() -> None:
     text, events = drain(guest)
     assert "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100" in text
     assert events == [GuestEvent.PANICKED]
+
+
+async def test_the_kernels_log_is_kept_for_the_userlands_dmesg(tmp_path: Path) -> None:
+    guest = UserlandLinuxGuest("vm1", "pw", UserlandImage(Path("x.cpio"), tmp_path))
+    guest.boot(T0)
+    guest.handle_timer(T0)
+    await asyncio.sleep(0)
+    (tree,) = FakeSandbox.made
+    assert tree.kmsg == guest.kmsg
+    boot = guest.kmsg.read_text().splitlines()
+    assert boot[0].startswith("[    0.000000] Linux version 6.1.0-56-cloud-amd64")
+    assert boot[-1].endswith("] Run /init as init process")
+    guest.receive_nmi(T0 + 5)
+    assert "NMI received for unknown reason" in guest.kmsg.read_text().splitlines()[-2]
+    guest.halt()
+    assert not guest.kmsg.exists()
 
 
 async def test_a_tree_that_cannot_start_is_a_panic() -> None:
