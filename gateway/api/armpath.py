@@ -13,8 +13,6 @@ middleware) does both for every path under ``/subscriptions``, ``/providers`` an
 - the provider is the last namespace of the path (``.../virtualMachines/vm/providers/
   Microsoft.SerialConsole/serialPorts`` is Microsoft.SerialConsole's); paths without one
   (``/subscriptions``, resource groups, ``/tenants``) are Microsoft.Resources';
-- a name with an encoded slash or backslash (``%2F``, ``%5C``) is refused (400
-  ``InvalidResourceName``): it could otherwise name another path once decoded;
 - a missing ``api-version`` is ARM's 400 ``MissingApiVersionParameter``; one the
   provider does not publish is ARM's 400 ``InvalidApiVersionParameter`` naming those it
   does.
@@ -171,10 +169,6 @@ RESOURCE_TYPES: dict[str, frozenset[str]] = {
     AUTHORIZATION: frozenset({"permissions"}),
 }
 
-ENCODED_SLASH = (
-    "A resource name cannot contain '/' or '\\': the path carries an encoded one (%2F or %5C). "
-    "Name each resource by its own path segment."
-)
 MISSING = "The api-version query parameter (?api-version=) is required for all requests."
 INVALID = "The api-version '{version}' is invalid. The supported versions are '{supported}'."
 
@@ -256,10 +250,6 @@ class ArmRouting:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not is_arm_path(scope["path"]):
             await self.app(scope, receive, send)
-            return
-        raw = scope.get("raw_path") or b""
-        if b"%2f" in raw.lower() or b"%5c" in raw.lower():
-            await _send_error(send, 400, "InvalidResourceName", ENCODED_SLASH)
             return
         path, provider = canonical_path(scope["path"])
         problem = check_api_version(provider, scope.get("query_string", b"").decode("latin-1"))
