@@ -84,10 +84,11 @@ class FakeSandbox:
 
 
 @pytest.fixture(autouse=True)
-def fake_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
+def fake_sandbox(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     FakeSandbox.made = []
     FakeSandbox.fail = False
     monkeypatch.setattr(userland, "Sandbox", FakeSandbox)
+    monkeypatch.chdir(tmp_path)  # the guests' relative "cache" folder (their kernel log)
 
 
 def drain(guest: UserlandLinuxGuest) -> tuple[str, list[GuestEvent]]:
