@@ -489,12 +489,20 @@ class Console(SpawnBase):  # type: ignore[misc]  # pexpect has no type hints
     def _command(self, kind: str, timeout: float, **fields: Any) -> str:
         self._check_open()
         rid = f"t{next(self._ids)}"
-        self.client.io.run(self._send(json.dumps({"type": kind, "id": rid, **fields})))
         stream = self._stream
+        with stream.cond:
+            marks = len(stream.marks)
+        self.client.io.run(self._send(json.dumps({"type": kind, "id": rid, **fields})))
         wait = scaled(timeout)
         with stream.cond:
             stream.cond.wait_for(lambda: rid in stream.results or stream.closed is not None, wait)
             result = stream.results.pop(rid, None)
+            if result is not None and result.get("ok") and kind in ("reset", "restart"):
+                # The power event may come after the result: wait_for_boot must see it,
+                # or it would take the old boot's prompt for the new one's.
+                stream.cond.wait_for(
+                    lambda: len(stream.marks) > marks or stream.closed is not None, wait
+                )
         if result is None:
             if stream.closed is not None:
                 raise ConsoleClosed(f"the console of {self.name} closed: {stream.closed}")
