@@ -115,14 +115,14 @@ async def test_files_stay_between_sessions_until_the_guest_reboots(lab: LabHandl
     gateway) reboots the guest, whose root is fresh again."""
     client = await instance_console(lab)
     await login(client)
-    await run(client, "echo kept > /root/note; mkdir -p /srv/app && echo v1 > /srv/app/conf")
+    await run(client, "echo kept > ~/note; mkdir -p /srv/app && echo v1 > /srv/app/conf")
     await client.ws.close()
 
     client = await instance_console(lab, framed=True)
     await client.event("connected")
     await client.type("\r")
     await client.expect(r"# ")
-    assert (await run(client, "cat /root/note /srv/app/conf")).split() == ["kept", "v1"]
+    assert (await run(client, "cat ~/note /srv/app/conf")).split() == ["kept", "v1"]
 
     await client.ws.send(json.dumps({"type": "sysrq", "keys": "h", "id": "h"}))
     assert (await client.event("result"))["ok"] is True
@@ -134,8 +134,8 @@ async def test_files_stay_between_sessions_until_the_guest_reboots(lab: LabHandl
     await client.expect(r"lab guest web-vmss000000 is up", 30)
     await client.expect(r"web-vmss000000 login: ", 30)
     await login(client)
-    gone = await run(client, "cat /root/note")
-    assert "can't open '/root/note': No such file or directory" in gone
+    gone = await run(client, "cat ~/note")
+    assert re.search(r"can't open '\S*/note': No such file or directory", gone)
     await client.ws.close()
 
 
@@ -180,7 +180,7 @@ async def test_the_guest_sees_nothing_of_the_host(lab: LabHandle, tmp_path: Path
     assert "host secret" not in await run(client, f"cat {marker}")
 
     inside = f"guest-only-{secrets.token_hex(4)}"
-    await run(client, f"echo guest > /tmp/{inside}; echo guest > /root/{inside}; sync")
+    await run(client, f"echo guest > /tmp/{inside}; echo guest > ~/{inside}; sync")
     state = lab.runtime.state_dir
     assert not Path("/tmp", inside).exists()
     assert list(state.rglob(inside)) == []
