@@ -325,6 +325,11 @@ class MachineBase:
         if self._state not in states:
             raise MachineStateError(_state_advice(self.name, action, self._state))
 
+    def _require_guest_running(self, action: str) -> None:
+        """MachineStateError unless the guest's CPU may be running (a break, an NMI, typed
+        input need one)."""
+        self._require(PowerState.RUNNING, PowerState.STARTING, PowerState.STOPPING, action=action)
+
     @contextlib.asynccontextmanager
     async def _power_operation(
         self, action: str, doing: str, *states: PowerState

@@ -390,9 +390,6 @@ class LibvirtMachine(MachineBase):
                 self._set_state(state, "a libvirt call failed")
             raise
 
-    def _require_guest_running(self, action: str) -> None:
-        self._require(PowerState.RUNNING, PowerState.STARTING, PowerState.STOPPING, action=action)
-
     async def _power_down(self, timeout: float) -> bool:
         """ACPI power button; True once the guest powered itself off within ``timeout``."""
         with self.events() as events:

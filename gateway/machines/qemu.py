@@ -326,9 +326,6 @@ class QemuMachine(MachineBase):
                 self._set_state(before, "a monitor command failed")
             raise  # QEMU is gone: the watcher deallocates
 
-    def _require_guest_running(self, action: str) -> None:
-        self._require(PowerState.RUNNING, PowerState.STARTING, PowerState.STOPPING, action=action)
-
     async def _power_down(self, timeout: float) -> bool:
         """ACPI power button; True once the guest powered itself off within ``timeout``.
         Fails at once (MachineError) when QEMU dies or the machine is deallocated."""

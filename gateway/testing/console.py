@@ -264,24 +264,22 @@ class Console(SpawnBase):  # type: ignore[misc]  # pexpect has no type hints
         """pexpect's ``expect`` (``timeout`` -1: the console's default; None: no bound); an
         explicit ``timeout`` is scaled by LAB_TIMEOUT_SCALE. Raises ExpectTimeout /
         ConsoleClosed with the console's last output."""
-        wait = self._wait(timeout, kw)
-        try:
-            index: int = super().expect(pattern, wait, searchwindowsize)
-        except pexpect.TIMEOUT:
-            why = f"did not appear within {wait or 0:.0f} s"
-            raise ExpectTimeout(self._explain(pattern, why)) from None
-        except pexpect.EOF:
-            why = f"never came: the console closed ({self._stream.closed})"
-            raise ConsoleClosed(self._explain(pattern, why)) from None
-        return index
+        return self._expecting(super().expect, pattern, self._wait(timeout, kw), searchwindowsize)
 
     def expect_exact(
         self, pattern: Any, timeout: float | None = -1, searchwindowsize: int | None = -1, **kw: Any
     ) -> int:
         """pexpect's ``expect_exact``, with ``expect``'s timeouts and errors."""
         wait = self._wait(timeout, kw)
+        return self._expecting(super().expect_exact, pattern, wait, searchwindowsize)
+
+    def _expecting(
+        self, call: Any, pattern: Any, wait: float | None, searchwindowsize: int | None
+    ) -> int:
+        """``call`` (pexpect's expect or expect_exact), its TIMEOUT and EOF turned into
+        ExpectTimeout and ConsoleClosed that show the console's last output."""
         try:
-            index: int = super().expect_exact(pattern, wait, searchwindowsize)
+            index: int = call(pattern, wait, searchwindowsize)
         except pexpect.TIMEOUT:
             why = f"did not appear within {wait or 0:.0f} s"
             raise ExpectTimeout(self._explain(pattern, why)) from None
