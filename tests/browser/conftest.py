@@ -71,6 +71,12 @@ class Portal:
         """The console route of ``resource_id`` (a VM or instance id), as a shared link."""
         await self.page.goto(f"{self.url}/#/resource{resource_id}/serialConsole")
 
+    async def console_as(self, resource_id: str, user: str) -> None:
+        """Open the console link of ``resource_id`` signed out, and sign in as ``user``:
+        what a person given the link does."""
+        await self.open_console(resource_id)
+        await self.sign_in(user)
+
     async def text(self) -> str:
         """The terminal's whole buffer, scrollback included."""
         return str(await self.page.evaluate("window.portal?.console?.text() ?? ''"))
@@ -111,6 +117,12 @@ class Portal:
         toolbar = self.page.get_by_role("toolbar")
         await toolbar.get_by_text(menu, exact=True).click()
         await toolbar.get_by_role("button", name=item, exact=True).click()
+
+    async def sysrq(self, keys: str) -> None:
+        """Keyboard -> Send SysRq Command, ``keys`` typed in its dialog, Send."""
+        await self.menu("Keyboard", "Send SysRq Command")
+        await self.page.get_by_label("SysRq keys").fill(keys)
+        await self.page.get_by_role("button", name="Send").click()
 
     async def status(self, pattern: str, timeout: float = 10) -> None:
         """Wait until the pane's status line says ``pattern`` (a regular expression)."""

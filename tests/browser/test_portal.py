@@ -129,8 +129,7 @@ async def test_a_shared_console_link_signs_in_first_and_survives_a_reload(
     lab: LabHandle, portal: PortalFactory
 ) -> None:
     person = await portal(lab.url)
-    await person.open_console(LINUX)
-    await person.sign_in("alice")
+    await person.console_as(LINUX, "alice")
     await person.screen(r"Connected to the serial port of the VM\.")
     await person.screen(r"login: ")
     assert await person.page.title() == "linux-1 | Serial console"
@@ -150,8 +149,7 @@ async def test_a_reader_is_refused_with_azures_text_and_what_to_do(
     lab: LabHandle, portal: PortalFactory
 ) -> None:
     person = await portal(lab.url)
-    await person.open_console(LINUX)
-    await person.sign_in("bob")
+    await person.console_as(LINUX, "bob")
     text = await person.notice("You do not have the required permissions")
     assert texts.NO_PERMISSION in text
     assert "Virtual Machine Contributor role, then select Reconnect" in text
@@ -162,13 +160,11 @@ async def test_a_takeover_is_told_and_taken_back_and_a_watcher_cannot_type(
     lab: LabHandle, portal: PortalFactory
 ) -> None:
     alice = await portal(lab.url)
-    await alice.open_console(LINUX)
-    await alice.sign_in("alice")
+    await alice.console_as(LINUX, "alice")
     await alice.login()
 
     carol = await portal(lab.url)
-    await carol.open_console(LINUX)
-    await carol.sign_in("carol")
+    await carol.console_as(LINUX, "carol")
     await carol.screen(r"login: |# ")
     notice = await alice.notice("another user connected")
     assert texts.TAKEOVER in notice
@@ -197,8 +193,7 @@ async def test_the_pane_reconnects_after_a_gateway_restart_losing_and_doubling_n
     async with serve_lab(config) as first:
         url = first.url
         person = await portal(url)
-        await person.open_console(LINUX)
-        await person.sign_in("alice")
+        await person.console_as(LINUX, "alice")
         await person.login()
         await person.type("echo before-restart\n")
         before = await person.screen(r"\nbefore-restart\n")
@@ -222,8 +217,7 @@ async def test_the_pane_reconnects_after_a_gateway_restart_losing_and_doubling_n
 
 async def test_windows_sac_session_and_sysrq_refused(lab: LabHandle, portal: PortalFactory) -> None:
     person = await portal(lab.url)
-    await person.open_console(WINDOWS)
-    await person.sign_in("alice")
+    await person.console_as(WINDOWS, "alice")
     await person.type("\n")
     await person.screen(r"SAC>$")
     assert await person.page.get_by_role("button", name="Sync size").is_disabled()
@@ -242,9 +236,7 @@ async def test_windows_sac_session_and_sysrq_refused(lab: LabHandle, portal: Por
     await person.type("hostname\n")
     await person.screen(r"\nWIN-1\n")
 
-    await person.menu("Keyboard", "Send SysRq Command")
-    await person.page.get_by_label("SysRq keys").fill("h")
-    await person.page.get_by_role("button", name="Send").click()
+    await person.sysrq("h")
     await person.status(re.escape(texts.SYSRQ_LINUX_ONLY))
 
 
@@ -252,8 +244,7 @@ async def test_paste_copy_find_font_size_screen_reader_and_sync_size(
     lab: LabHandle, portal: PortalFactory
 ) -> None:
     person = await portal(lab.url, permissions=["clipboard-read", "clipboard-write"])
-    await person.open_console(LINUX)
-    await person.sign_in("alice")
+    await person.console_as(LINUX, "alice")
     await person.login()
     page = person.page
 
@@ -304,14 +295,11 @@ async def test_sysrq_nmi_restart_and_reset_from_the_toolbar(
     lab: LabHandle, portal: PortalFactory
 ) -> None:
     person = await portal(lab.url)
-    await person.open_console(LINUX)
-    await person.sign_in("alice")
+    await person.console_as(LINUX, "alice")
     await person.screen(r"login: ")
     page = person.page
 
-    await person.menu("Keyboard", "Send SysRq Command")
-    await page.get_by_label("SysRq keys").fill("h")
-    await page.get_by_role("button", name="Send").click()
+    await person.sysrq("h")
     await person.screen(r"sysrq: HELP : ")
     await person.status(texts.SUCCESS["sysrq"])
 
@@ -341,8 +329,7 @@ async def test_boot_diagnostics_shows_and_downloads_the_serial_log(
     lab: LabHandle, portal: PortalFactory
 ) -> None:
     person = await portal(lab.url, accept_downloads=True)
-    await person.open_console(LINUX)
-    await person.sign_in("alice")
+    await person.console_as(LINUX, "alice")
     await person.screen(r"login: ")
     await person.page.get_by_role("link", name="Boot diagnostics").click()
     log = person.page.get_by_label("Serial log")
@@ -390,8 +377,7 @@ async def test_a_recorded_session_plays_in_the_page_and_downloads(
     lab: LabHandle, portal: PortalFactory
 ) -> None:
     person = await portal(lab.url, accept_downloads=True)
-    await person.open_console(LINUX)
-    await person.sign_in("alice")
+    await person.console_as(LINUX, "alice")
     await person.login()
     await person.type("echo recorded-words\n")
     await person.screen(r"\nrecorded-words\n")
@@ -442,8 +428,7 @@ async def test_a_dropped_connection_resumes_with_every_byte_once(
     lab: LabHandle, portal: PortalFactory
 ) -> None:
     person = await portal(lab.url)
-    await person.open_console(LINUX)
-    await person.sign_in("alice")
+    await person.console_as(LINUX, "alice")
     await person.login()
     page = person.page
     # Drop the socket (as a network would) once 10,000 bytes of the output have come.
@@ -470,8 +455,7 @@ async def test_keys_leave_the_terminal_with_alt_f10_and_menus_close_with_escape(
     lab: LabHandle, portal: PortalFactory
 ) -> None:
     person = await portal(lab.url)
-    await person.open_console(LINUX)
-    await person.sign_in("alice")
+    await person.console_as(LINUX, "alice")
     await person.screen(r"login: ")
     page = person.page
     await page.locator(".xterm-helper-textarea").focus()
@@ -493,8 +477,7 @@ async def test_an_expired_sign_in_goes_back_to_the_sign_in_page_then_to_the_cons
     lab: LabHandle, portal: PortalFactory
 ) -> None:
     person = await portal(lab.url)
-    await person.open_console(LINUX)
-    await person.sign_in("alice")
+    await person.console_as(LINUX, "alice")
     await person.screen(r"login: ")
     await person.page.evaluate(
         """() => {
@@ -514,12 +497,10 @@ async def test_enter_takes_the_console_back_and_a_double_click_opens_one_session
     lab: LabHandle, portal: PortalFactory
 ) -> None:
     alice = await portal(lab.url)
-    await alice.open_console(LINUX)
-    await alice.sign_in("alice")
+    await alice.console_as(LINUX, "alice")
     await alice.login()
     carol = await portal(lab.url)
-    await carol.open_console(LINUX)
-    await carol.sign_in("carol")
+    await carol.console_as(LINUX, "carol")
     await alice.notice("another user connected")
     await alice.type("\n")  # Azure's text: to reconnect, press "Enter"
     await carol.notice("another user connected")

@@ -39,8 +39,7 @@ async def test_a_qemu_guest_in_the_pane_login_command_sysrq_nmi_and_reset(
     lab: LabHandle, portal: PortalFactory
 ) -> None:
     person = await portal(lab.url)
-    await person.open_console(LINUX)
-    await person.sign_in("alice")
+    await person.console_as(LINUX, "alice")
     await person.screen(r"Connected to the serial port of the VM\.")
     await person.screen(r"login: $", 90)
     await person.login()
@@ -48,9 +47,7 @@ async def test_a_qemu_guest_in_the_pane_login_command_sysrq_nmi_and_reset(
     await person.screen(r"\nlinux-1\n42\n")
     page = person.page
 
-    await person.menu("Keyboard", "Send SysRq Command")
-    await page.get_by_label("SysRq keys").fill("h")
-    await page.get_by_role("button", name="Send").click()
+    await person.sysrq("h")
     await person.screen(r"sysrq: HELP : loglevel\(0-9\) reboot\(b\)")
     await person.status(texts.SUCCESS["sysrq"])
 
