@@ -98,7 +98,7 @@ class PortConsole(Transcript):
         await self.send("\r")
         await self.expect(r"login: $")
         await self.send(f"{user}\r")
-        await self.expect(r"Password: $")
+        await self.expect(r"Password: ")  # not the line's end: kernel lines may follow it
         await self.send(f"{password}\r")
         await self.expect(r"# ")
 
