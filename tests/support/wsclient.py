@@ -64,10 +64,6 @@ class Client:
         await self.ws.send(text.encode())
 
 
-def ws_url(url: str) -> str:
-    return url.replace("http://", "ws://")
-
-
 async def open_console(
     url: str, token: str | None, *, framed: bool = False, query: str = "", **kw: Any
 ) -> Client:
