@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.console import texts
-from tests.browser.conftest import PortalFactory
+from tests.browser.conftest import AT_END, PortalFactory
 from tests.e2e.conftest import require_qemu
 from tests.support.lab import SUBSCRIPTION, LabHandle, running_lab
 
@@ -41,7 +41,7 @@ async def test_a_qemu_guest_in_the_pane_login_command_sysrq_nmi_and_reset(
     person = await portal(lab.url)
     await person.console_as(LINUX, "alice")
     await person.screen(r"Connected to the serial port of the VM\.")
-    await person.screen(r"login: $", 90)
+    await person.screen(r"login: " + AT_END, 90)
     await person.login()
     await person.type("uname -n; echo $((6 * 7))\n")
     await person.screen(r"\nlinux-1\n42\n")
@@ -59,5 +59,7 @@ async def test_a_qemu_guest_in_the_pane_login_command_sysrq_nmi_and_reset(
     await page.get_by_role("dialog").get_by_role("button", name="Reset").click()
     await person.status(texts.SUCCESS["reset"])
     # The same pane shows the new boot from its first line to the login prompt.
-    await person.screen(r"NMI received[\s\S]*\[    0\.000000\] Linux version[\s\S]*login: $", 90)
+    await person.screen(
+        r"NMI received[\s\S]*\[    0\.000000\] Linux version[\s\S]*login: " + AT_END, 90
+    )
     assert await page.locator("#power-state").inner_text() == "VM running"

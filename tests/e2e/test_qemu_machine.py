@@ -60,8 +60,8 @@ async def test_wrong_password_is_refused(guest: Guest) -> None:
     await console.send("root\r")
     await console.expect(r"Password: ")
     await console.send("not-the-password\r")
-    await console.expect(r"Login incorrect", 15)
-    await console.expect(r"login: ", 15)
+    await console.expect(r"Login incorrect", 30)
+    await console.expect(r"login: ", 30)
 
 
 async def test_sysrq_h_prints_the_kernel_help(guest: Guest) -> None:

@@ -14,6 +14,9 @@ from gateway.console.port import SerialPort
 from tests.conftest import scaled
 
 KERNEL_LINE = re.compile(rb"\[ *\d+\.\d+\] [^\r\n]*\r?\n")  # a printk line on the console
+# The end of what the console shows, or only kernel lines after it: the kernel prints to the
+# same port at any moment, right after a prompt too.
+AT_END = r"(?:\[ *\d+\.\d+\] [^\r\n]*\r*\n)*$"
 
 
 class ExpectTimeout(AssertionError):
@@ -96,7 +99,7 @@ class PortConsole(Transcript):
     async def login(self, password: str, user: str = "root") -> None:
         """From a ``login:`` prompt (press Enter for a fresh one) to a shell prompt."""
         await self.send("\r")
-        await self.expect(r"login: $")
+        await self.expect(r"login: " + AT_END)
         await self.send(f"{user}\r")
         await self.expect(r"Password: ")  # not the line's end: kernel lines may follow it
         await self.send(f"{password}\r")
