@@ -65,10 +65,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from emulator import linux_texts as texts
+from gateway.machines.image import IMAGE_DIR, INITRD, not_built
 
 log = logging.getLogger("serial_console_lab.emulator")
 
-IMAGE_DIR = Path(__file__).resolve().parent.parent / "images" / "build" / "linux"
 HOST_ID = 2_000_000_000  # root (and every id) inside a guest, seen from the host
 TOOLS = ("unshare", "nsenter", "setpriv", "prlimit", "mount", "sh")
 LIMITS = {
@@ -204,8 +204,8 @@ def _probe(image_dir: Path) -> str | None:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         return f"util-linux's {', '.join(missing)} not found (apt-get install util-linux)"
-    if not (image_dir / "initramfs.cpio").is_file():
-        return f"no guest image in {image_dir} (run: make images)"
+    if not (image_dir / INITRD).is_file():
+        return not_built(image_dir)
     with tempfile.TemporaryDirectory(prefix="userland-probe-") as tmp:
         try:
             image = UserlandImage(image_dir / "initramfs.cpio", Path(tmp))

@@ -111,10 +111,10 @@ from gateway.machines.base import (
     PowerState,
     RestartOutcome,
 )
+from gateway.machines.image import IMAGE_DIR, INITRD, KERNEL, not_built
 from gateway.machines.process import die_with_parent, wait_pid_exit
 
 QEMU = "qemu-system-x86_64"
-IMAGE_DIR = Path(__file__).resolve().parents[2] / "images" / "build" / "linux"
 LAUNCH_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 10.0  # a monitor command QEMU does not answer in this time fails
 SERIAL_ID = "ser0"
@@ -128,10 +128,11 @@ _live_processes: dict[int, asyncio.subprocess.Process] = {}
 
 
 def default_image() -> tuple[Path, Path]:
-    """The kernel and initramfs built by ``make images``; raises MachineLaunchError if absent."""
-    kernel, initrd = IMAGE_DIR / "vmlinux", IMAGE_DIR / "initramfs.cpio"
+    """The kernel and initramfs built by ``make images`` (see ``gateway.machines.image``);
+    raises MachineLaunchError if absent."""
+    kernel, initrd = IMAGE_DIR / KERNEL, IMAGE_DIR / INITRD
     if not (kernel.is_file() and initrd.is_file()):
-        raise MachineLaunchError(f"the guest image is not built ({IMAGE_DIR}): run `make images`")
+        raise MachineLaunchError(not_built(IMAGE_DIR))
     return kernel, initrd
 
 

@@ -30,6 +30,7 @@ worker's temporary folder), so no two workers ever share a console.
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -53,6 +54,9 @@ from gateway.testing.lab import LabProcess, LabStartError
 
 CONSOLES = pytest.StashKey[list[Console]]()
 KEPT = pytest.StashKey[list[str]]()
+LAB_WARNINGS = pytest.StashKey[list[str]]()
+# A line the lab logs at WARNING or above: "2026-12-02 05:01:37,805 WARNING logger: text".
+WARNING_LINE = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) \S+: (.*)$", re.M)
 CONNECTING_ROLES = ("Owner", "Contributor", "Virtual Machine Contributor")
 START_TIMEOUT = 180.0  # the whole lab, QEMU guests included, on a busy machine
 TRANSCRIPT_LIMIT = 100_000  # characters of a console's transcript in a report (the newest)
@@ -238,7 +242,7 @@ def _guests(config: LabConfig) -> list[tuple[str, int | None]]:
 
 def _require_qemu(config: LabConfig) -> None:
     """Fail, saying what to do, when the lab runs QEMU guests this machine cannot."""
-    from gateway.machines.qemu import IMAGE_DIR
+    from gateway.machines.image import IMAGE_DIR, KERNEL, not_built
 
     specs = [s for s in config.machine_specs() if s.backend == "qemu"]
     if not specs:
@@ -248,8 +252,8 @@ def _require_qemu(config: LabConfig) -> None:
             "the lab runs QEMU guests and qemu-system-x86_64 is missing: sudo apt-get install "
             "qemu-system-x86, or run every guest emulated with --lab-emulated"
         )
-    if any(s.image.kernel is None for s in specs) and not (IMAGE_DIR / "vmlinux").is_file():
-        _refuse("the guest image is not built: run make images (or --lab-emulated)")
+    if any(s.image.kernel is None for s in specs) and not (IMAGE_DIR / KERNEL).is_file():
+        _refuse(f"{not_built(IMAGE_DIR)} (or use --lab-emulated)")
 
 
 def _start(pytestconfig: pytest.Config, folder: Path) -> SerialLab:
@@ -324,10 +328,19 @@ def serial_lab(
     finally:
         lab.client.close()
         if lab.process is not None:
-            if _setting(pytestconfig, "lab_keep"):
-                pytestconfig.stash[KEPT].append(lab.how_to_connect())
-            else:
-                _stop(lab.process)
+            try:
+                if _setting(pytestconfig, "lab_keep"):
+                    pytestconfig.stash[KEPT].append(lab.how_to_connect())
+                else:
+                    _stop(lab.process)
+            finally:
+                pytestconfig.stash[LAB_WARNINGS] = lab_warnings(lab.process.output)
+
+
+def lab_warnings(output: str) -> list[str]:
+    """What the lab warned of in ``output`` (a guest that fell back, a boot log it had to
+    repair, ...), one line each, as ``warning: text``."""
+    return [f"{level.lower()}: {text}" for level, text in WARNING_LINE.findall(output)]
 
 
 def _stop(process: LabProcess) -> None:
@@ -388,6 +401,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    warnings = terminalreporter.config.stash.get(LAB_WARNINGS, [])
+    if warnings:
+        terminalreporter.write_sep("=", "the lab's warnings")
+        for line in warnings:
+            terminalreporter.write_line(line)
     for text in terminalreporter.config.stash.get(KEPT, []):
         terminalreporter.write_sep("=", "lab kept (--lab-keep)")
         terminalreporter.write_line(text)

@@ -19,6 +19,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from emulator.sandbox import userland_unavailable
+from gateway.machines.image import IMAGE_DIR, IMAGE_ENV
 from gateway.machines.process import wait_pid_exit
 from gateway.testing import Console, ConsoleError, Sac
 from gateway.testing.lab import qemu_pids
@@ -28,6 +30,7 @@ from tests.e2e.conftest import GUEST_PASSWORD, require_qemu
 pytestmark = pytest.mark.e2e
 
 ConsoleFactory = Callable[..., Console]
+ROOT = Path(__file__).resolve().parents[2]
 PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
 ONE_QEMU_GUEST = """
@@ -165,6 +168,62 @@ def test_fails_on_windows(console):
     windows = out.split("Serial console win-1")[1]
     assert "Unable to authenticate" in windows
     assert "\x1b" not in out
+
+
+def test_a_project_that_installs_the_lab_gets_the_plugin(tmp_path: Path) -> None:
+    """Another project's environment, where the lab is installed from its checkout by pip
+    (not editable) with pytest: its suite gets the fixtures with no configuration, and with
+    SERIAL_CONSOLE_LAB_IMAGES naming the built image its emulated guests run the image's
+    shell. Without it, the lab says where it looked and what to do."""
+    reason = userland_unavailable()
+    if reason is not None:
+        pytest.skip(f"emulated guests cannot run the image's userland here: {reason}")
+    venv = tmp_path / "venv"
+    python = venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    installed = subprocess.run(
+        [
+            sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet",
+            "--python", str(python), "install", str(ROOT), "pytest", "pytest-asyncio",
+        ],
+        capture_output=True, text=True, timeout=scaled(600), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    folder = suite(
+        tmp_path / "project",
+        """
+def test_a_real_shell(console):
+    linux = console("linux-1")
+    linux.login()
+    assert linux.run("echo $((6 * 7)) $(hostname)") == ("42 linux-1\\n", 0)
+""",
+    )
+    command = [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q", "--lab-emulated"]
+    env = {**os.environ, IMAGE_ENV: str(IMAGE_DIR)}
+    result = subprocess.run(
+        command, cwd=folder, env=env, capture_output=True, text=True, timeout=scaled(180),
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+
+    env[IMAGE_ENV] = str(tmp_path / "nowhere")
+    (folder / "test_suite.py").write_text("def test_up(serial_lab):\n    pass\n")
+    result = subprocess.run(
+        command, cwd=folder, env=env, capture_output=True, text=True, timeout=scaled(180),
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = result.stdout.split("the lab's warnings")[-1]
+    assert f"no guest image in {tmp_path / 'nowhere'} ({IMAGE_ENV})" in summary, result.stdout
+
+    del env[IMAGE_ENV]
+    result = subprocess.run(
+        command, cwd=folder, env=env, capture_output=True, text=True, timeout=scaled(180),
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    summary = result.stdout.split("the lab's warnings")[-1]
+    assert f"installed without its checkout; set {IMAGE_ENV} to a folder" in summary
 
 
 def test_a_broken_lab_file_fails_each_test_with_one_line(tmp_path: Path) -> None:
