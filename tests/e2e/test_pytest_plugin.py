@@ -174,7 +174,8 @@ def test_a_project_that_installs_the_lab_gets_the_plugin(tmp_path: Path) -> None
     """Another project's environment, where the lab is installed from its checkout by pip
     (not editable) with pytest: its suite gets the fixtures with no configuration, and with
     SERIAL_CONSOLE_LAB_IMAGES naming the built image its emulated guests run the image's
-    shell. Without it, the lab says where it looked and what to do."""
+    shell, and the portal is served. Without it, the lab says where it looked and what to
+    do."""
     reason = userland_unavailable()
     if reason is not None:
         pytest.skip(f"emulated guests cannot run the image's userland here: {reason}")
@@ -196,6 +197,11 @@ def test_a_real_shell(console):
     linux = console("linux-1")
     linux.login()
     assert linux.run("echo $((6 * 7)) $(hostname)") == ("42 linux-1\\n", 0)
+
+def test_the_portal_came_with_it(serial_lab):
+    import httpx
+    page = httpx.get(serial_lab.url + "/")
+    assert page.status_code == 200 and "<title>Serial Console Lab</title>" in page.text
 """,
     )
     command = [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q", "--lab-emulated"]
@@ -205,7 +211,7 @@ def test_a_real_shell(console):
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 passed" in result.stdout
+    assert "2 passed" in result.stdout
 
     env[IMAGE_ENV] = str(tmp_path / "nowhere")
     (folder / "test_suite.py").write_text("def test_up(serial_lab):\n    pass\n")
