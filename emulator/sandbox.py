@@ -112,10 +112,30 @@ echo "lab guest $(hostname) is shutting down"
 sync
 """
 # busybox dmesg asks the host's kernel (klogctl), which a guest may not read: the emulated
-# kernel's log is the file the lab keeps at /dev/kmsg, which /bin/dmesg prints; root's
-# shell runs it for ``dmesg`` (busybox's shell would run its own applet first).
-PROFILE = """# Serial Console Lab emulated guest: dmesg shows the emulated kernel's log.
+# kernel's log is the file the lab keeps at /dev/kmsg, which /bin/dmesg prints. uname(2)
+# answers with the host kernel's release: /bin/uname puts the emulated kernel's in its place
+# (from /proc/version, which is the emulated kernel's). Root's shell runs both scripts for
+# ``dmesg`` and ``uname`` (busybox's shell would run its own applets first).
+PROFILE = """# Serial Console Lab emulated guest: dmesg and uname show the emulated kernel.
 alias dmesg=/bin/dmesg
+alias uname=/bin/uname
+"""
+UNAME = """#!/bin/sh
+# Serial Console Lab emulated guest: the kernel's release and version are the emulated
+# kernel's (/proc/version), not those of the host that runs this userland.
+busybox uname "$@" | busybox awk -v hr="$(busybox uname -r)" -v hv="$(busybox uname -v)" '
+    function put(text, was, now,  at) {
+        at = was == "" ? 0 : index(text, was)
+        return at ? substr(text, 1, at - 1) now substr(text, at + length(was)) : text
+    }
+    BEGIN {
+        getline banner < "/proc/version"
+        split(banner, word, " ")
+        at = index(banner, ") #")
+        release = word[3]
+        build = at ? substr(banner, at + 2) : hv
+    }
+    { print put(put($0, hr, release), hv, build) }'
 """
 DMESG = """#!/bin/sh
 # Serial Console Lab emulated guest: the kernel's log is the emulated kernel's.
@@ -288,7 +308,7 @@ class UserlandImage:
     def prepare(self) -> None:
         """Unpack the initramfs and write the lab's layer, unless already done for it."""
         data = self.initramfs.read_bytes()
-        layer = (RC_S + RC_K + OS_RELEASE + DMESG + PROFILE).encode()
+        layer = (RC_S + RC_K + OS_RELEASE + DMESG + UNAME + PROFILE).encode()
         digest = hashlib.sha256(data + layer).hexdigest()[:16]
         self.cache_dir = self.cache_root / f"userland-{digest}"
         self.lower = self.cache_dir / "image"
@@ -304,6 +324,7 @@ class UserlandImage:
                 ("etc/init.d/rcK", RC_K, 0o755),
                 ("etc/os-release", OS_RELEASE, 0o644),
                 ("bin/dmesg", DMESG, 0o755),
+                ("bin/uname", UNAME, 0o755),
                 ("root/.profile", PROFILE, 0o644),
             ):
                 path = work / "lab" / rel

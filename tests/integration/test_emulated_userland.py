@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from emulator.linux_texts import KERNEL_BUILD, KERNEL_RELEASE
 from emulator.machine import EmulatedMachine
 from emulator.sandbox import HOST_ID, KEEP_CAPS, LIMITS, userland_unavailable
 from emulator.userland import userland_for_lab
@@ -107,6 +108,11 @@ async def test_a_real_shell_answers_on_the_scale_set_instance(lab: LabHandle) ->
         "Run /init as init process",
     ]
     assert "PRETTY_NAME=" in await run(client, "cat /etc/os-release")
+    # The kernel is the emulated one, here too: the release its boot banner printed.
+    assert (await run(client, "uname -r")).strip() == KERNEL_RELEASE
+    assert (await run(client, "uname -a")).strip() == (
+        f"Linux web-vmss000000 {KERNEL_RELEASE} {KERNEL_BUILD} x86_64 GNU/Linux"
+    )
     await client.ws.close()
 
 
