@@ -228,7 +228,7 @@ def _probe(image_dir: Path) -> str | None:
         return not_built(image_dir)
     with tempfile.TemporaryDirectory(prefix="userland-probe-") as tmp:
         try:
-            image = UserlandImage(image_dir / "initramfs.cpio", Path(tmp))
+            image = UserlandImage(image_dir / INITRD, Path(tmp))
             image.prepare()
             userns = _user_namespace()
         except (OSError, SandboxError, subprocess.SubprocessError) as err:

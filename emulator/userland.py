@@ -44,6 +44,7 @@ from emulator.guest import OutputItem
 from emulator.linux import LinuxGuest, LinuxState
 from emulator.sandbox import (
     IMAGE_DIR,
+    INITRD,
     Sandbox,
     SandboxError,
     UserlandImage,
@@ -69,7 +70,7 @@ def userland_for_lab(state_dir: Path, image_dir: Path = IMAGE_DIR) -> UserlandIm
             image = _images.get(root)
             if image is not None:
                 return image
-            image = UserlandImage(image_dir / "initramfs.cpio", root)
+            image = UserlandImage(image_dir / INITRD, root)
             try:
                 image.prepare()
             except (OSError, SandboxError) as err:
