@@ -65,12 +65,19 @@ def suite(folder: Path, source: str, ini: str = "") -> Path:
     return folder
 
 
-def run_suite(folder: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """pytest on the suite in ``folder``, as its user runs it; what it printed."""
+def run_suite(
+    folder: Path,
+    *args: str,
+    timeout: float = 180,
+    python: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """pytest on the suite in ``folder``, as its user runs it (with the interpreter
+    ``python``, default this one, and the environment ``env``); what it printed."""
     return subprocess.run(
-        [*PYTEST, "--basetemp", str(folder / "tmp"), *args],
+        [str(python or sys.executable), *PYTEST[1:], "--basetemp", str(folder / "tmp"), *args],
         cwd=folder, capture_output=True, text=True, timeout=scaled(timeout),
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL, env=env,
     )  # fmt: skip
 
 
@@ -204,30 +211,20 @@ def test_the_portal_came_with_it(serial_lab):
     assert page.status_code == 200 and "<title>Serial Console Lab</title>" in page.text
 """,
     )
-    command = [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q", "--lab-emulated"]
     env = {**os.environ, IMAGE_ENV: str(IMAGE_DIR)}
-    result = subprocess.run(
-        command, cwd=folder, env=env, capture_output=True, text=True, timeout=scaled(180),
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    result = run_suite(folder, "--lab-emulated", python=python, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
 
     env[IMAGE_ENV] = str(tmp_path / "nowhere")
     (folder / "test_suite.py").write_text("def test_up(serial_lab):\n    pass\n")
-    result = subprocess.run(
-        command, cwd=folder, env=env, capture_output=True, text=True, timeout=scaled(180),
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    result = run_suite(folder, "--lab-emulated", python=python, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = result.stdout.split("the lab's warnings")[-1]
     assert f"no guest image in {tmp_path / 'nowhere'} ({IMAGE_ENV})" in summary, result.stdout
 
     del env[IMAGE_ENV]
-    result = subprocess.run(
-        command, cwd=folder, env=env, capture_output=True, text=True, timeout=scaled(180),
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    result = run_suite(folder, "--lab-emulated", python=python, env=env)
     summary = result.stdout.split("the lab's warnings")[-1]
     assert f"installed without its checkout; set {IMAGE_ENV} to a folder" in summary
 
