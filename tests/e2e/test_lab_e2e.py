@@ -24,6 +24,7 @@ import pytest
 from gateway.testing.lab import STOPPED, LabProcess
 from tests.e2e.conftest import GUEST_PASSWORD, require_qemu
 from tests.support.cli import Cli, expect, finished
+from tests.support.console import echoed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu]
 
@@ -86,7 +87,7 @@ async def past_replay(child: pexpect.spawn) -> None:
     shell or by the login prompt) only after the replayed output; Ctrl+U erases it."""
     word = f"w{uuid.uuid4().hex[:10]}"
     child.send(word)
-    await expect(child, word)
+    await expect(child, echoed(word))
     child.send("\x15")
 
 

@@ -14,9 +14,15 @@ from gateway.console.port import SerialPort
 from tests.conftest import scaled
 
 KERNEL_LINE = re.compile(rb"\[ *\d+\.\d+\] [^\r\n]*\r?\n")  # a printk line on the console
-# The end of what the console shows, or only kernel lines after it: the kernel prints to the
-# same port at any moment, right after a prompt too.
-AT_END = r"(?:\[ *\d+\.\d+\] [^\r\n]*\r*\n)*$"
+# The kernel prints to the same port at any moment: whole lines, right after a prompt or
+# between two characters of an echo.
+KERNEL_LINES = r"(?:\[ *\d+\.\d+\] [^\r\n]*\r*\n)*"
+AT_END = KERNEL_LINES + "$"  # the end of what the console shows, or only kernel lines after
+
+
+def echoed(text: str) -> str:
+    """A regex for ``text`` as a console echoes it back, kernel lines and all."""
+    return KERNEL_LINES.join(re.escape(char) for char in text)
 
 
 class ExpectTimeout(AssertionError):
