@@ -57,15 +57,6 @@ DIRECT = """async (keys) => {
 }"""
 
 
-QEMU_VM = """
-[[vms]]
-name = "linux-1"
-resource_group = "lab-rg"
-os = "linux"
-backend = "qemu"
-"""
-
-
 async def measure(keys: int, vms: str | None = None) -> dict[str, object]:
     from playwright.async_api import async_playwright
 

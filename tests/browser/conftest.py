@@ -127,6 +127,10 @@ class Portal:
         await self.page.get_by_label("SysRq keys").fill(keys)
         await self.page.get_by_role("button", name="Send").click()
 
+    async def nmi(self) -> None:
+        """Keyboard -> Send Non-Maskable Interrupt (NMI)."""
+        await self.menu("Keyboard", "Send Non-Maskable Interrupt (NMI)")
+
     async def status(self, pattern: str, timeout: float = 10) -> None:
         """Wait until the pane's status line says ``pattern`` (a regular expression)."""
         status = self.page.locator("#console-status")

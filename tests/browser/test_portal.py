@@ -13,7 +13,7 @@ import pytest
 
 from gateway.console import texts
 from gateway.lab.config import parse_lab
-from tests.browser.conftest import PortalFactory, page_server
+from tests.browser.conftest import Portal, PortalFactory, page_server
 from tests.conftest import scaled
 from tests.support.lab import (
     EMULATED_VMS,
@@ -21,6 +21,7 @@ from tests.support.lab import (
     LabHandle,
     lab_toml,
     running_lab,
+    scale_set,
     serve_lab,
 )
 
@@ -89,14 +90,7 @@ async def test_sign_in_shows_the_vms_and_only_the_actions_a_role_allows(
     await bob_row.get_by_text("Your role allows no power actions").wait_for()
 
 
-SCALE_SET = """
-[[scale_sets]]
-name = "web-vmss"
-resource_group = "lab-rg"
-os = "linux"
-backend = "emulated"
-capacity = 2
-"""
+SCALE_SET = scale_set(2)
 
 
 async def test_a_scale_set_instance_is_listed_and_its_console_route_opens(
@@ -169,15 +163,21 @@ async def test_a_reader_is_refused_with_azures_text_and_what_to_do(
     assert await person.page.get_by_role("button", name="Reconnect").is_visible()
 
 
-async def test_a_takeover_is_told_and_taken_back_and_a_watcher_cannot_type(
-    lab: LabHandle, portal: PortalFactory
-) -> None:
+async def carol_takes_over(lab: LabHandle, portal: PortalFactory) -> tuple[Portal, Portal]:
+    """Alice logged in at linux-1's console, then Carol opening the same console (Azure
+    gives it to her): their two portals."""
     alice = await portal(lab.url)
     await alice.console_as(LINUX, "alice")
     await alice.login()
-
     carol = await portal(lab.url)
     await carol.console_as(LINUX, "carol")
+    return alice, carol
+
+
+async def test_a_takeover_is_told_and_taken_back_and_a_watcher_cannot_type(
+    lab: LabHandle, portal: PortalFactory
+) -> None:
+    alice, carol = await carol_takes_over(lab, portal)
     await carol.screen(r"login: |# ")
     notice = await alice.notice("another user connected")
     assert texts.TAKEOVER in notice
@@ -317,7 +317,7 @@ async def test_sysrq_nmi_restart_and_reset_from_the_toolbar(
     await person.screen(r"sysrq: HELP : ")
     await person.status(texts.SUCCESS["sysrq"])
 
-    await person.menu("Keyboard", "Send Non-Maskable Interrupt (NMI)")
+    await person.nmi()
     await person.screen(r"NMI received for unknown reason")
     await person.status(texts.SUCCESS["nmi"])
 
@@ -514,11 +514,7 @@ async def test_an_expired_sign_in_goes_back_to_the_sign_in_page_then_to_the_cons
 async def test_enter_takes_the_console_back_and_a_double_click_opens_one_session(
     lab: LabHandle, portal: PortalFactory
 ) -> None:
-    alice = await portal(lab.url)
-    await alice.console_as(LINUX, "alice")
-    await alice.login()
-    carol = await portal(lab.url)
-    await carol.console_as(LINUX, "carol")
+    alice, carol = await carol_takes_over(lab, portal)
     await alice.notice("another user connected")
     await alice.type("\n")  # Azure's text: to reconnect, press "Enter"
     await carol.notice("another user connected")

@@ -11,17 +11,10 @@ import pytest
 from gateway.console import texts
 from tests.browser.conftest import AT_END, PortalFactory
 from tests.e2e.conftest import require_qemu
-from tests.support.lab import SUBSCRIPTION, LabHandle, running_lab
+from tests.support.lab import QEMU_VM, SUBSCRIPTION, LabHandle, running_lab
 
 pytestmark = [pytest.mark.browser, pytest.mark.qemu]
 
-QEMU_VM = """
-[[vms]]
-name = "linux-1"
-resource_group = "lab-rg"
-os = "linux"
-backend = "qemu"
-"""
 LINUX = (
     f"/subscriptions/{SUBSCRIPTION}/resourceGroups/lab-rg"
     "/providers/Microsoft.Compute/virtualMachines/linux-1"
@@ -51,7 +44,7 @@ async def test_a_qemu_guest_in_the_pane_login_command_sysrq_nmi_and_reset(
     await person.screen(r"sysrq: HELP : loglevel\(0-9\) reboot\(b\)")
     await person.status(texts.SUCCESS["sysrq"])
 
-    await person.menu("Keyboard", "Send Non-Maskable Interrupt (NMI)")
+    await person.nmi()
     await person.screen(r"Uhhuh\. NMI received for unknown reason")
     await person.status(texts.SUCCESS["nmi"])
 

@@ -20,20 +20,10 @@ import pytest
 
 from gateway.lab.runtime import LabRuntime
 from tests.conftest import scaled
-from tests.support.lab import EMULATED_VMS, SUBSCRIPTION, running_lab
+from tests.support.lab import EMULATED_VMS, SUBSCRIPTION, running_lab, scale_set
 
 # Emulated guests: the test lab's Linux and Windows VMs, and a scale set of two.
-CLIENT_LAB_VMS = (
-    EMULATED_VMS
-    + """
-[[scale_sets]]
-name = "web-vmss"
-resource_group = "lab-rg"
-os = "linux"
-backend = "emulated"
-capacity = 2
-"""
-)
+CLIENT_LAB_VMS = EMULATED_VMS + scale_set(2)
 
 
 @dataclass

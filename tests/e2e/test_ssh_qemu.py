@@ -19,17 +19,10 @@ from gateway.ssh.server import SshDoor, load_host_key
 from tests.conftest import scaled
 from tests.e2e.conftest import GUEST_PASSWORD, require_qemu
 from tests.support.cli import expect, finished
-from tests.support.lab import running_lab
+from tests.support.lab import QEMU_VM, running_lab
 
 pytestmark = pytest.mark.qemu
 
-QEMU_VM = """
-[[vms]]
-name = "linux-1"
-resource_group = "lab-rg"
-os = "linux"
-backend = "qemu"
-"""
 BOOT = 90
 MENU = re.escape("| q to quit Console | CTRL + ] to forward input |")
 

@@ -21,16 +21,9 @@ import pytest
 
 from gateway.console.sessions import TAKEOVER_TEXT
 from tests.support.cli import Cli, expect, finished
-from tests.support.lab import EMULATED_VMS, SUBSCRIPTION, running_lab
+from tests.support.lab import EMULATED_VMS, SUBSCRIPTION, running_lab, scale_set
 
-SCALE_SET = """
-[[scale_sets]]
-name = "web-vmss"
-resource_group = "lab-rg"
-os = "linux"
-backend = "emulated"
-capacity = 1
-"""
+SCALE_SET = scale_set()
 CONNECT_LINUX = ["connect", "-g", "lab-rg", "-n", "linux-1"]
 # az's two-line Ctrl+] menu, as the terminal shows it.
 MENU_LINUX = re.escape(

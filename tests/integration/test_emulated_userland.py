@@ -257,7 +257,7 @@ async def test_the_guest_has_limits_and_few_capabilities(
     _, console = guest
     assert (await console.run("ulimit -u")).strip() == str(LIMITS["nproc"])
     assert (await console.run("ulimit -n")).strip() == str(LIMITS["nofile"])
-    full = await console.run("dd if=/dev/zero of=/root/big bs=1M count=64 2>&1; rm /root/big")
+    full = await console.run("dd if=/dev/zero of=$HOME/big bs=1M count=64 2>&1; rm ~/big")
     assert "No space left on device" in full
     bounding = int((await console.run("grep CapBnd /proc/self/status")).split()[1], 16)
     kept = {name for name in KEEP_CAPS.split(",")}

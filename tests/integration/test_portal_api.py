@@ -9,16 +9,9 @@ from pathlib import Path
 import pytest
 
 from gateway.api import portal
-from tests.support.lab import EMULATED_VMS, SUBSCRIPTION, LabHandle, running_lab
+from tests.support.lab import EMULATED_VMS, SUBSCRIPTION, LabHandle, running_lab, scale_set
 
-SCALE_SET = """
-[[scale_sets]]
-name = "web-vmss"
-resource_group = "lab-rg"
-os = "linux"
-backend = "emulated"
-capacity = 1
-"""
+SCALE_SET = scale_set()
 AUTHZ = "api-version=2022-04-01"
 COMPUTE = "api-version=2026-04-01"
 

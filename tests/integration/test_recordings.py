@@ -30,19 +30,12 @@ from gateway.console.frames import CloseCode
 from gateway.recordings import cast
 from tests.conftest import scaled
 from tests.support.cli import Cli, expect, finished
-from tests.support.lab import EMULATED_VMS, SUBSCRIPTION, LabHandle, running_lab
+from tests.support.lab import EMULATED_VMS, SUBSCRIPTION, LabHandle, running_lab, scale_set
 from tests.support.wsclient import login, open_console
 
 API = "?api-version=2024-07-01"
 PORT = "/providers/Microsoft.SerialConsole/serialPorts/0"
-SCALE_SET = """
-[[scale_sets]]
-name = "web-vmss"
-resource_group = "lab-rg"
-os = "linux"
-backend = "emulated"
-capacity = 1
-"""
+SCALE_SET = scale_set()
 
 
 @pytest.fixture

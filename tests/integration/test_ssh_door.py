@@ -31,19 +31,12 @@ from gateway.ssh.server import HOST_KEY_FILE, SshDoor, load_host_key
 from tests.conftest import scaled
 from tests.integration.conftest import eventually
 from tests.support.cli import expect, finished
-from tests.support.lab import EMULATED_VMS, LabHandle, lab_toml, running_lab
+from tests.support.lab import EMULATED_VMS, LabHandle, lab_toml, running_lab, scale_set
 from tests.support.wsclient import open_console
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs OpenSSH's ssh")
 
-SCALE_SET = """
-[[scale_sets]]
-name = "web-vmss"
-resource_group = "lab-rg"
-os = "linux"
-backend = "emulated"
-capacity = 1
-"""
+SCALE_SET = scale_set()
 MENU_LINUX = re.escape(
     "| Press n for NMI | s for SysRq | r to Reset VM |\r\n"
     "| q to quit Console | CTRL + ] to forward input |"

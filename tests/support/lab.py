@@ -41,6 +41,27 @@ resource_group = "lab-rg"
 os = "windows"
 backend = "emulated"
 """
+QEMU_VM = """
+[[vms]]
+name = "linux-1"
+resource_group = "lab-rg"
+os = "linux"
+backend = "qemu"
+"""
+
+
+def scale_set(capacity: int = 1) -> str:
+    """The lab file's ``web-vmss``: a scale set of ``capacity`` emulated Linux instances."""
+    return f"""
+[[scale_sets]]
+name = "web-vmss"
+resource_group = "lab-rg"
+os = "linux"
+backend = "emulated"
+capacity = {capacity}
+"""
+
+
 USERS = """
 [[users]]
 name = "alice"
