@@ -151,6 +151,16 @@ ID_LIKE=busybox
 HOME_URL="https://busybox.net/"
 """
 
+# The lab's layer over the image: (path, text, mode) of each file it adds or replaces.
+LAB_LAYER = (
+    ("etc/init.d/rcS", RC_S, 0o755),
+    ("etc/init.d/rcK", RC_K, 0o755),
+    ("etc/os-release", OS_RELEASE, 0o644),
+    ("bin/dmesg", DMESG, 0o755),
+    ("bin/uname", UNAME, 0o755),
+    ("root/.profile", PROFILE, 0o644),
+)
+
 # Host root, in a private mount namespace: the image and the lab's layer, bound read-only
 # on a small tmpfs the guest's user can walk to (the state folder may not be).
 STAGE = """set -e
@@ -308,7 +318,7 @@ class UserlandImage:
     def prepare(self) -> None:
         """Unpack the initramfs and write the lab's layer, unless already done for it."""
         data = self.initramfs.read_bytes()
-        layer = (RC_S + RC_K + OS_RELEASE + DMESG + UNAME + PROFILE).encode()
+        layer = "".join(f"{rel} {mode:o}\n{text}" for rel, text, mode in LAB_LAYER).encode()
         digest = hashlib.sha256(data + layer).hexdigest()[:16]
         self.cache_dir = self.cache_root / f"userland-{digest}"
         self.lower = self.cache_dir / "image"
@@ -319,14 +329,7 @@ class UserlandImage:
         work = Path(tempfile.mkdtemp(prefix=".userland-", dir=self.cache_root))
         try:
             _unpack_cpio(data, work / "image")
-            for rel, text, mode in (
-                ("etc/init.d/rcS", RC_S, 0o755),
-                ("etc/init.d/rcK", RC_K, 0o755),
-                ("etc/os-release", OS_RELEASE, 0o644),
-                ("bin/dmesg", DMESG, 0o755),
-                ("bin/uname", UNAME, 0o755),
-                ("root/.profile", PROFILE, 0o644),
-            ):
+            for rel, text, mode in LAB_LAYER:
                 path = work / "lab" / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)

@@ -200,8 +200,11 @@ class UserlandLinuxGuest(LinuxGuest):
             self._write_kmsg("a", [(stamp, line)])
 
     def _write_kmsg(self, mode: str, lines: list[tuple[float, str]]) -> None:
+        """The kernel's log file: written anew (``w``, at each boot's userland) or added to
+        (``a``, a line at a time)."""
         try:
-            self.kmsg.parent.mkdir(parents=True, exist_ok=True)
+            if mode == "w":
+                self.kmsg.parent.mkdir(parents=True, exist_ok=True)
             with self.kmsg.open(mode) as kmsg:
                 kmsg.writelines(self._stamped(line, stamp) + "\n" for stamp, line in lines)
         except OSError as err:
