@@ -51,6 +51,7 @@ from gateway.lab.config import (
 from gateway.testing.client import LabClient
 from gateway.testing.console import BOOT, Console, ConsoleError, strip_ansi
 from gateway.testing.lab import LabProcess, LabStartError
+from gateway.testing.timeouts import scale
 
 CONSOLES = pytest.StashKey[list[Console]]()
 KEPT = pytest.StashKey[list[str]]()
@@ -89,6 +90,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "named ones) and wait for its boot first",
     )
     config.stash[KEPT] = []
+    try:
+        scale()
+    except ValueError as err:
+        raise pytest.UsageError(str(err)) from None
     workers = getattr(config.option, "numprocesses", None)
     if workers and _setting(config, "lab_keep"):
         raise pytest.UsageError(

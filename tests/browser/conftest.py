@@ -22,7 +22,7 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from gateway.portal import DIST
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "build" / "screenshots"

@@ -13,8 +13,8 @@ import pytest
 
 from gateway.console import texts
 from gateway.lab.config import parse_lab
+from gateway.testing.timeouts import scaled
 from tests.browser.conftest import Portal, PortalFactory, page_server
-from tests.conftest import scaled
 from tests.support.lab import (
     EMULATED_VMS,
     SUBSCRIPTION,

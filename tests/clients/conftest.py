@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from gateway.lab.runtime import LabRuntime
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.support.lab import EMULATED_VMS, SUBSCRIPTION, running_lab, scale_set
 
 # Emulated guests: the test lab's Linux and Windows VMs, and a scale set of two.

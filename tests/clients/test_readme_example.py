@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.testing.timeouts import scaled
 from tests.clients.conftest import ClientLab
-from tests.conftest import scaled
 
 pytestmark = pytest.mark.clients
 

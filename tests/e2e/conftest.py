@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.machines.qemu import IMAGE_DIR, QemuMachine
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.support.console import PortConsole
 from tests.support.libvirtd import Libvirtd, LibvirtdUnavailable
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pexpect
 
 from gateway.testing.lab import LabProcess
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.e2e.conftest import GUEST_PASSWORD, require_qemu
 from tests.support.cli import CLI, Cli
 

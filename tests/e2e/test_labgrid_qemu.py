@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TIMEOUT_SCALE, scaled
+from gateway.testing.timeouts import scale, scaled
 from tests.e2e.conftest import GUEST_PASSWORD, require_qemu
 from tests.support.lab import running_lab
 from tests.support.labgrid import labgrid_python
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.qemu
 
@@ -46,17 +46,11 @@ targets:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def labgrid_environment() -> dict[str, str]:
     """This process's environment, less what would point labgrid's interpreter at the
     project's packages."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env["LAB_TIMEOUT_SCALE"] = str(TIMEOUT_SCALE)
+    env["LAB_TIMEOUT_SCALE"] = str(scale())
     return env
 
 

@@ -24,7 +24,7 @@ import pytest
 from gateway.machines import EventKind, MachineError, MachineLaunchError, PowerState
 from gateway.machines.libvirt import OWNER_NS, LibvirtMachine, domain_prefix
 from gateway.machines.process import wait_pid_exit
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.e2e.conftest import GUEST_PASSWORD, Guest
 from tests.e2e.test_qemu_machine import (  # noqa: F401 - collected here, on libvirt
     test_a_hung_qemu_fails_a_command_in_time,

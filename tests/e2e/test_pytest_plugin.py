@@ -24,7 +24,7 @@ from gateway.machines.image import IMAGE_DIR, IMAGE_ENV
 from gateway.machines.process import wait_pid_exit
 from gateway.testing import Console, ConsoleError, Sac
 from gateway.testing.lab import qemu_pids
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.e2e.conftest import GUEST_PASSWORD, require_qemu
 
 pytestmark = pytest.mark.e2e

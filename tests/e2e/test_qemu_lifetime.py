@@ -12,7 +12,7 @@ import pytest
 from gateway.machines import PowerState
 from gateway.machines.process import wait_pid_exit
 from gateway.machines.qemu import QemuMachine, kill_stale
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.e2e.conftest import require_qemu
 
 pytestmark = pytest.mark.qemu

@@ -23,7 +23,7 @@ from gateway.machines import (
     RestartOutcome,
 )
 from gateway.machines.qemu import PASSWORD_FILE, QemuMachine
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.e2e.conftest import GUEST_PASSWORD, Guest, require_qemu
 from tests.support.console import PortConsole
 

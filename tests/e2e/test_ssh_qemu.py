@@ -16,7 +16,7 @@ import pytest
 
 from gateway.console import texts
 from gateway.ssh.server import SshDoor, load_host_key
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.e2e.conftest import GUEST_PASSWORD, require_qemu
 from tests.support.cli import expect, finished
 from tests.support.lab import QEMU_VM, running_lab

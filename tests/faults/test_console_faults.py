@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.console import service
 from gateway.console.frames import SUBPROTOCOL, CloseCode
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.e2e.lab_process import LabProcess
 from tests.integration.test_console_load import Framed, assert_matches_log
 from tests.support.lab import SUBSCRIPTION, LabHandle, running_lab

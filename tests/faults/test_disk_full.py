@@ -22,7 +22,7 @@ import pytest
 
 from gateway.lab.config import DEFAULT_TENANT
 from gateway.machines.base import EventKind
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.support.lab import SUBSCRIPTION, LabHandle, running_lab
 from tests.support.wsclient import open_console
 

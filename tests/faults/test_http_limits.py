@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.lab import connections
 from gateway.lab.runtime import ReadyServer
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.support.lab import LabHandle, running_lab
 
 GIB = 1 << 30

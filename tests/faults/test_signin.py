@@ -23,7 +23,7 @@ import pytest
 
 from gateway.lab.config import DEFAULT_TENANT, parse_lab
 from gateway.lab.runtime import LabRuntime, LabRuntimeError
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.support.lab import LabHandle, lab_toml, running_lab
 
 REPO = Path(__file__).resolve().parents[2]

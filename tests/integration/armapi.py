@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.integration.conftest import SUBSCRIPTION, RunningLab
 
 SUB = f"/subscriptions/{SUBSCRIPTION}"

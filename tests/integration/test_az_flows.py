@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 
 from gateway.console import texts
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.support.azflows import AzConsole, az_send, post_admin
 from tests.support.lab import LabHandle, running_lab, trusting
 from tests.support.wsclient import open_console

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.lab.config import MachineSpec
 from gateway.machines.base import PowerState, RestartOutcome
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.integration.armapi import (
     VMS,
     VMSS,

@@ -15,7 +15,7 @@ from emulator.machine import EmulatedMachine
 from gateway.console.bootlog import BootLog, FlushMark
 from gateway.console.hub import ConsoleHub, _Typed
 from gateway.console.sessions import ConsoleSession, Output, Role
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 
 
 class SlowDisk(BootLog):

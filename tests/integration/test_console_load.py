@@ -16,7 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.console.frames import SUBPROTOCOL, CloseCode
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.support.lab import LabHandle, running_lab
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway.console.frames import CloseCode
 from gateway.console.sessions import TAKEOVER_TEXT
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.support.lab import LabHandle, running_lab
 from tests.support.wsclient import login, open_console
 

@@ -25,7 +25,7 @@ from gateway.machines.base import (
     PowerState,
     RestartOutcome,
 )
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.support.console import PortConsole
 
 PASSWORD = "serial-lab"

@@ -30,7 +30,7 @@ from emulator.userland import userland_for_lab
 from gateway.cli.lab import emulated_only
 from gateway.lab.config import DEFAULT_SUBSCRIPTION, load_lab
 from gateway.machines.base import EventKind, PowerState
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.support.console import PortConsole
 from tests.support.lab import LabHandle, serve_lab
 from tests.support.wsclient import Client, login, open_console

@@ -16,7 +16,7 @@ import pytest
 from gateway.lab.config import MachineSpec, load_default_lab
 from gateway.lab.runtime import LabRuntime, LabRuntimeError, default_machine_factory
 from gateway.machines.base import Machine, MachineLaunchError, PowerState
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.integration.conftest import (
     SUBSCRIPTION,
     FakeMachine,

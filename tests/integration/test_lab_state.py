@@ -10,7 +10,7 @@ import pytest
 
 from gateway.lab.runtime import LabRuntime, LabRuntimeError
 from gateway.machines import EventKind, PowerState
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.support.lab import running_lab
 
 

@@ -13,7 +13,6 @@ import asyncio
 import json
 import re
 import shutil
-import socket
 import sys
 import termios
 import time
@@ -28,9 +27,10 @@ from gateway.cli.recording import TERMINAL_RESET
 from gateway.console import texts
 from gateway.console.frames import CloseCode
 from gateway.recordings import cast
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.support.cli import Cli, expect, finished
 from tests.support.lab import EMULATED_VMS, SUBSCRIPTION, LabHandle, running_lab, scale_set
+from tests.support.ports import free_port
 from tests.support.wsclient import login, open_console
 
 API = "?api-version=2024-07-01"
@@ -370,14 +370,8 @@ async def test_cli_play_stops_on_ctrl_c_and_gives_the_terminal_back(tmp_path: Pa
 # -- every door --------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_the_ssh_and_rfc2217_doors_are_recorded_too(tmp_path: Path) -> None:
-    ssh_port, rfc_port = _free_port(), _free_port()
+    ssh_port, rfc_port = free_port(), free_port()
     vms = EMULATED_VMS.replace(
         'name = "linux-1"\n', f'name = "linux-1"\nrfc2217_port = {rfc_port}\n'
     )

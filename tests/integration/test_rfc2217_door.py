@@ -9,7 +9,6 @@ log; and a lab file that asks for a wrong door is told what to write.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import socket
 import time
@@ -25,20 +24,15 @@ from gateway.console.frames import CloseCode
 from gateway.console.sessions import TAKEOVER_TEXT
 from gateway.lab.config import LabConfigError, parse_lab
 from gateway.lab.runtime import LabRuntimeError
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.support.lab import LabHandle, lab_toml, running_lab
+from tests.support.ports import free_port, free_ports
 from tests.support.wsclient import login, open_console
 
 # pyserial's client thread calls setDaemon()/setName(): its own business, not this lab's.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:serial.rfc2217")
 
 READ_POLL = 0.1  # pyserial's read timeout: how often a waiting read looks at its deadline
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class SerialClient:
@@ -274,21 +268,6 @@ async def test_the_banner_lists_the_doors_and_says_they_have_no_authentication(
     assert "RFC 2217 serial ports (no authentication; this machine only):" in shown
     assert f"rfc2217://127.0.0.1:{writer_port:<6} linux-1 (writer)" in shown
     assert f"rfc2217://127.0.0.1:{watcher_port:<6} linux-2 (watcher)" in shown
-
-
-def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free ports on 127.0.0.1."""
-    for _ in range(50):
-        first = free_port()
-        with contextlib.ExitStack() as held:
-            try:
-                for port in range(first, first + count):
-                    sock = held.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return first
-    raise AssertionError(f"no {count} consecutive free ports on 127.0.0.1")
 
 
 async def test_a_scale_set_instance_has_its_own_port_and_hears_the_lab_stop(

@@ -12,7 +12,6 @@ import io
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 from collections.abc import AsyncIterator
@@ -28,10 +27,11 @@ from gateway.console import texts
 from gateway.console.frames import CloseCode
 from gateway.lab.config import LabConfigError, load_default_lab, parse_lab
 from gateway.ssh.server import HOST_KEY_FILE, SshDoor, load_host_key
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 from tests.integration.conftest import eventually
 from tests.support.cli import expect, finished
 from tests.support.lab import EMULATED_VMS, LabHandle, lab_toml, running_lab, scale_set
+from tests.support.ports import free_port
 from tests.support.wsclient import open_console
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs OpenSSH's ssh")
@@ -377,9 +377,7 @@ def test_the_host_key_is_made_once_owner_only_and_reused(tmp_path: Path) -> None
 async def test_the_lab_file_ssh_port_serves_the_door(tmp_path: Path) -> None:
     """``ssh_port`` in [gateway] starts the door beside the HTTP server, with the host
     key kept in the state folder."""
-    with socket.socket() as probe:  # a free port for the lab file (the door binds it next)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # for the lab file (the door binds it next)
     async with running_lab(tmp_path, gateway=f"ssh_port = {port}") as lab:
         door = lab.runtime.ssh
         assert door is not None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pexpect
 
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 
 CLI = [sys.executable, "-m", "gateway.cli.main"]
 

@@ -11,7 +11,7 @@ import asyncio
 import re
 
 from gateway.console.port import SerialPort
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 
 KERNEL_LINE = re.compile(rb"\[ *\d+\.\d+\] [^\r\n]*\r?\n")  # a printk line on the console
 # The kernel prints to the same port at any moment: whole lines, right after a prompt or

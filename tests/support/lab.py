@@ -25,7 +25,7 @@ import httpx
 from gateway.lab.config import LabConfig, parse_lab
 from gateway.lab.runtime import LabRuntime, MachineFactory, default_machine_factory
 from gateway.lab.tls import ensure_lab_certificate
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 
 SUBSCRIPTION = "5e71a1c0-0000-4000-8000-0000000000aa"
 EMULATED_VMS = """

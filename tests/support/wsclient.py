@@ -11,7 +11,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.console.frames import SUBPROTOCOL
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 
 
 class Client:

@@ -17,7 +17,7 @@ from gateway.recordings.index import RecordingIndex
 from gateway.recordings.recorder import LAB_STOPPED, Recorder
 from gateway.recordings.settings import RecordingSettings
 from gateway.recordings.writer import MAX_PENDING_BYTES, RecordingWriter
-from tests.conftest import scaled
+from gateway.testing.timeouts import scaled
 
 VM_ID = "/subscriptions/s/resourceGroups/lab-rg/providers/Microsoft.Compute/virtualMachines/linux-1"
 
