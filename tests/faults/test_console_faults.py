@@ -19,8 +19,8 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.console import service
 from gateway.console.frames import SUBPROTOCOL, CloseCode
+from gateway.testing.lab import LabProcess
 from gateway.testing.timeouts import scaled
-from tests.e2e.lab_process import LabProcess
 from tests.integration.test_console_load import Framed, assert_matches_log
 from tests.support.lab import SUBSCRIPTION, LabHandle, running_lab
 from tests.support.wsclient import open_console

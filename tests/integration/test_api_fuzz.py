@@ -15,7 +15,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.e2e.lab_process import LabProcess
+from gateway.testing.lab import LabProcess
 
 pytestmark = pytest.mark.slow
 

@@ -30,6 +30,7 @@ from emulator.userland import userland_for_lab
 from gateway.cli.lab import emulated_only
 from gateway.lab.config import DEFAULT_SUBSCRIPTION, load_lab
 from gateway.machines.base import EventKind, PowerState
+from gateway.testing.patterns import without_kernel_lines
 from gateway.testing.timeouts import scaled
 from tests.support.console import PortConsole
 from tests.support.lab import LabHandle, serve_lab
@@ -41,7 +42,6 @@ INSTANCE = (
     "Microsoft.Compute/virtualMachineScaleSets/web-vmss/virtualMachines/0"
 )
 CONNECT = INSTANCE + "/providers/Microsoft.SerialConsole/serialPorts/0/connect"
-KERNEL_LINE = re.compile(rb"\[ *\d+\.\d+\] [^\r\n]*\r?\n")
 
 pytestmark = pytest.mark.skipif(
     userland_unavailable() is not None,
@@ -77,7 +77,7 @@ async def run(client: Client, command: str, timeout: float = 15) -> str:
     await client.type(f"{command}; printf '%s_%s\\n' __done {token}\r")
     await client.expect(f"__done_{token}\r*\n", timeout)
     await client.expect(r"# ", timeout)
-    text = KERNEL_LINE.sub(b"", bytes(client.data[start:])).decode(errors="replace")
+    text = without_kernel_lines(bytes(client.data[start:]))
     text = text.replace("\r\r\n", "")  # where ash wraps a long line at 80 columns
     echo = text.index(f"__done {token}") + len(f"__done {token}")
     return text[echo:].lstrip("\r\n").split(f"__done_{token}")[0].replace("\r\n", "\n")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from gateway.console.sessions import TAKEOVER_TEXT
 from gateway.lab.config import LabConfigError, parse_lab
 from gateway.lab.runtime import LabRuntimeError
 from gateway.testing.timeouts import scaled
+from tests.support.console import Transcript
 from tests.support.lab import LabHandle, lab_toml, running_lab
 from tests.support.ports import free_port, free_ports
 from tests.support.wsclient import login, open_console
@@ -35,32 +35,24 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:serial.rfc22
 READ_POLL = 0.1  # pyserial's read timeout: how often a waiting read looks at its deadline
 
 
-class SerialClient:
+class SerialClient(Transcript):
     """pyserial's blocking RFC 2217 client, driven from the event loop through threads; every
     call is bounded."""
 
+    default_timeout = 10.0
+
     def __init__(self, port: serial.SerialBase) -> None:
+        super().__init__()
         self.port = port
-        self.data = bytearray()
-        self.cursor = 0
 
     @classmethod
     async def open(cls, port: int) -> SerialClient:
         url = f"rfc2217://127.0.0.1:{port}"
         return cls(await asyncio.to_thread(serial.serial_for_url, url, timeout=READ_POLL))
 
-    def _expect(self, regex: re.Pattern[bytes], timeout: float) -> re.Match[bytes]:
-        deadline = time.monotonic() + timeout
-        while not (match := regex.search(self.data, self.cursor)):
-            if time.monotonic() > deadline:
-                tail = bytes(self.data[self.cursor :])[-400:]
-                raise AssertionError(f"no {regex.pattern!r} within {timeout} s; got {tail!r}")
-            self.data += self.port.read(max(1, self.port.in_waiting))
-        self.cursor = match.end()
-        return match
-
-    async def expect(self, pattern: str, timeout: float = 10) -> re.Match[bytes]:
-        return await asyncio.to_thread(self._expect, re.compile(pattern.encode()), scaled(timeout))
+    async def _more(self) -> None:
+        # a read returns after READ_POLL with what came, so a timed-out wait ends soon
+        self.feed(await asyncio.to_thread(self.port.read, max(1, self.port.in_waiting)))
 
     async def type(self, text: str) -> None:
         await asyncio.to_thread(self.port.write, text.encode())

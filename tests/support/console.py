@@ -1,8 +1,11 @@
 """A test's view of a serial console: everything read so far, and waits on what comes next.
 
-``PortConsole`` reads a guest's serial port through the gateway's ``SerialPort`` (the same
-non-blocking adapter the gateway uses) and keeps the whole transcript. ``expect``
-waits, with a bound, for a pattern to appear after the last match: no sleeps, no polling.
+``Transcript`` is the one ``expect`` loop of the project's async tests: bytes come in
+(``feed``, or ``_more`` for a transcript that reads its own source: a websocket, an RFC
+2217 port) and ``expect`` waits, with a bound, for a pattern after the last match: no
+sleeps, no polling. ``PortConsole`` reads a guest's serial port through the gateway's
+``SerialPort`` (the same non-blocking adapter the gateway uses). The patterns for kernel
+lines are the plugin's (``gateway.testing.patterns``).
 """
 
 from __future__ import annotations
@@ -11,18 +14,10 @@ import asyncio
 import re
 
 from gateway.console.port import SerialPort
+from gateway.testing.patterns import AT_END, KERNEL_LINES, echoed, without_kernel_lines
 from gateway.testing.timeouts import scaled
 
-KERNEL_LINE = re.compile(rb"\[ *\d+\.\d+\] [^\r\n]*\r?\n")  # a printk line on the console
-# The kernel prints to the same port at any moment: whole lines, right after a prompt or
-# between two characters of an echo.
-KERNEL_LINES = r"(?:\[ *\d+\.\d+\] [^\r\n]*\r*\n)*"
-AT_END = KERNEL_LINES + "$"  # the end of what the console shows, or only kernel lines after
-
-
-def echoed(text: str) -> str:
-    """A regex for ``text`` as a console echoes it back, kernel lines and all."""
-    return KERNEL_LINES.join(re.escape(char) for char in text)
+__all__ = ["AT_END", "KERNEL_LINES", "ExpectTimeout", "PortConsole", "Transcript", "echoed"]
 
 
 class ExpectTimeout(AssertionError):
@@ -31,6 +26,8 @@ class ExpectTimeout(AssertionError):
 
 class Transcript:
     """Bytes from a console, with ``expect`` moving a cursor forward through them."""
+
+    default_timeout = 30.0  # seconds (scaled) that ``expect`` waits unless told
 
     def __init__(self) -> None:
         self.data = bytearray()
@@ -42,7 +39,8 @@ class Transcript:
         self.data += chunk
         self._changed.set()
 
-    def close(self, reason: str) -> None:
+    def ended(self, reason: str) -> None:
+        """The source closed, for ``reason``: waits fail at once, showing it."""
         self.closed_reason = reason
         self._changed.set()
 
@@ -53,9 +51,20 @@ class Transcript:
     def since(self, offset: int) -> str:
         return self.data[offset:].decode(errors="replace")
 
-    async def expect(self, pattern: str | bytes, timeout: float = 30.0) -> re.Match[bytes]:
-        """Wait for ``pattern`` (a regex) after the cursor; move the cursor past the match."""
+    async def _more(self) -> None:
+        """Wait until more bytes came or the source closed. A fed transcript waits for
+        ``feed``/``ended``; one that reads its own source reads from it here."""
+        self._changed.clear()
+        await self._changed.wait()
+
+    async def expect(self, pattern: str | bytes, timeout: float | None = None) -> re.Match[bytes]:
+        """Wait for ``pattern`` (a regex) after the cursor; move the cursor past the match.
+
+        Raises ExpectTimeout (an AssertionError showing the console's last output) when it
+        does not come within ``timeout`` seconds (scaled; ``default_timeout`` when None) or
+        the source closes first."""
         regex = re.compile(pattern.encode() if isinstance(pattern, str) else pattern)
+        timeout = self.default_timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(scaled(timeout)):
                 while True:
@@ -68,8 +77,7 @@ class Transcript:
                             f"console closed ({self.closed_reason}) before {regex.pattern!r}; "
                             f"last output: {self._tail()!r}"
                         )
-                    self._changed.clear()
-                    await self._changed.wait()
+                    await self._more()
         except TimeoutError:
             raise ExpectTimeout(
                 f"{regex.pattern!r} did not appear within {scaled(timeout):.0f} s; "
@@ -80,8 +88,7 @@ class Transcript:
         """Wait until the console's port closes; the reason it gave."""
         async with asyncio.timeout(scaled(timeout)):
             while self.closed_reason is None:
-                self._changed.clear()
-                await self._changed.wait()
+                await self._more()
         return self.closed_reason
 
     def _tail(self) -> str:
@@ -96,7 +103,7 @@ class PortConsole(Transcript):
     @classmethod
     async def open(cls, path: str) -> PortConsole:
         console = cls()
-        console.port = await SerialPort.open(path, on_data=console.feed, on_close=console.close)
+        console.port = await SerialPort.open(path, on_data=console.feed, on_close=console.ended)
         return console
 
     async def send(self, text: str | bytes) -> None:
@@ -125,7 +132,7 @@ class PortConsole(Transcript):
         await self.expect(r"# ", timeout)
         # The kernel prints to the same console at any moment, even inside the echo of the
         # typed line: read around its lines.
-        text = KERNEL_LINE.sub(b"", bytes(self.data[start:])).decode(errors="replace")
+        text = without_kernel_lines(bytes(self.data[start:]))
         echo = text.index(f"__done {token}") + len(f"__done {token}")
         return text[echo:].lstrip("\r\n").split(f"__done_{token}")[0]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -12,25 +11,26 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.console.frames import SUBPROTOCOL
 from gateway.testing.timeouts import scaled
+from tests.support.console import Transcript
 
 
-class Client:
-    """A websocket console client that keeps everything it received."""
+class Client(Transcript):
+    """A websocket console client that keeps everything it received: the bytes (its
+    transcript, read by ``expect``) and, in framed mode, the gateway's events."""
+
+    default_timeout = 10.0
 
     def __init__(self, ws: ClientConnection, *, framed: bool = False) -> None:
+        super().__init__()
         self.ws = ws
         self.framed = framed
-        self.data = bytearray()
         self.events: list[dict[str, Any]] = []
-        self.cursor = 0
 
-    async def expect(self, pattern: str, timeout: float = 10) -> re.Match[bytes]:
-        regex = re.compile(pattern.encode())
-        async with asyncio.timeout(scaled(timeout)):
-            while not (match := regex.search(self.data, self.cursor)):
-                self._take(await self.ws.recv())
-        self.cursor = match.end()
-        return match
+    async def _more(self) -> None:
+        try:
+            self._take(await self.ws.recv())
+        except ConnectionClosed:
+            self.ended(f"websocket closed: {self.ws.close_code} {self.ws.close_reason or ''}")
 
     async def event(self, kind: str, timeout: float = 10) -> dict[str, Any]:
         async with asyncio.timeout(scaled(timeout)):
@@ -54,9 +54,9 @@ class Client:
 
     def _take(self, frame: str | bytes) -> None:
         if isinstance(frame, bytes):
-            self.data += frame
+            self.feed(frame)
         elif not self.framed:  # raw mode: the console as text frames (what az prints)
-            self.data += frame.encode()
+            self.feed(frame.encode())
         else:
             self.events.append(json.loads(frame))
 
