@@ -10,10 +10,14 @@ STAMP  := $(VENV)/.installed
 PORTAL := gateway/portal/dist/index.html
 NODE_MODULES := web/node_modules/.package-lock.json
 # command:debian-package pairs, checked by tools/sysdeps.sh
-QEMU_DEPS  := qemu-system-x86_64:qemu-system-x86
+QEMU_DEPS  := qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils \
+	/usr/share/OVMF/OVMF_CODE_4M.fd:ovmf /usr/share/seabios/bios.bin:seabios swtpm:swtpm
 TEST_DEPS  := ssh:openssh-client chromium:chromium
 NODE_DEPS  := npm:npm
 IMAGE_DEPS := dpkg-deb:dpkg apt-get:apt lz4:lz4
+# the disk VMs' images (images/disk/build.sh): a Debian root and its disks, with no mount
+DISK_DEPS  := mmdebstrap:mmdebstrap mkfs.ext4:e2fsprogs sfdisk:fdisk mcopy:mtools \
+	mkfs.vfat:dosfstools grub-mkimage:grub-common qemu-img:qemu-utils unshare:util-linux
 BENCH_DEPS := ser2net:ser2net
 # the libvirt backend: the daemon, and what pip needs to build libvirt-python against it
 LIBVIRT_DEPS := libvirtd:libvirt-daemon-system virsh:libvirt-clients pkg-config:pkg-config \
@@ -28,7 +32,8 @@ help:
 	@echo "make run-lab           start the default lab and print how to reach it"
 	@echo "make run-lab-emulated  the same lab with emulated guests only (no QEMU needed)"
 	@echo "make test              the whole suite: unit, emulated guests, QEMU guests, end to end"
-	@echo "make images            build the Linux guest image into images/build/linux/"
+	@echo "make images            build the guest images: images/build/linux/ (kernel +"
+	@echo "                       initramfs) and images/build/disk/ (Debian Gen1 and Gen2 disks)"
 	@echo "make portal            build the browser portal (web/) into gateway/portal/dist/"
 	@echo "make bench             run the benchmarks and print their tables"
 	@echo "make lint              ruff"
@@ -61,8 +66,9 @@ $(LIBVIRT_STAMP): $(STAMP)
 	@touch $@
 
 images:
-	@sh tools/sysdeps.sh $(IMAGE_DEPS)
+	@sh tools/sysdeps.sh $(IMAGE_DEPS) $(DISK_DEPS)
 	@sh images/build.sh
+	@sh images/disk/build.sh
 
 run-lab: $(STAMP) $(PORTAL)
 	@if sh tools/sysdeps.sh $(QEMU_DEPS); then \

@@ -38,6 +38,7 @@ VM_START = "Microsoft.Compute/virtualMachines/start/action"
 VM_POWER_OFF = "Microsoft.Compute/virtualMachines/powerOff/action"
 VM_RESTART = "Microsoft.Compute/virtualMachines/restart/action"
 VM_DEALLOCATE = "Microsoft.Compute/virtualMachines/deallocate/action"
+VM_REIMAGE = "Microsoft.Compute/virtualMachines/reimage/action"
 VM_BOOT_DIAGNOSTICS = "Microsoft.Compute/virtualMachines/retrieveBootDiagnosticsData/action"
 VMSS_READ = "Microsoft.Compute/virtualMachineScaleSets/read"
 VMSS_VM_READ = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read"
@@ -45,6 +46,7 @@ VMSS_VM_START = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/start
 VMSS_VM_POWER_OFF = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/powerOff/action"
 VMSS_VM_RESTART = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/restart/action"
 VMSS_VM_DEALLOCATE = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/deallocate/action"
+VMSS_VM_REIMAGE = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/reimage/action"
 VMSS_VM_BOOT_DIAGNOSTICS = (
     "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/retrieveBootDiagnosticsData/action"
 )

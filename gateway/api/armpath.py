@@ -154,6 +154,7 @@ _WORDS = {
         "powerOff",
         "restart",
         "deallocate",
+        "reimage",
         "retrieveBootDiagnosticsData",
         "enableConsole",
         "disableConsole",

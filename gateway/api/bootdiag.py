@@ -37,6 +37,7 @@ from gateway.console.bootlog import BootLogError
 
 KEY_SETTING = "bootdiag_signing_key"
 LOG_NAME = "serialconsole.log"
+SCREENSHOT_NAME = "screenshot.png"
 MAX_READ = 1 << 20
 
 router = APIRouter(tags=["boot diagnostics"])
@@ -98,6 +99,11 @@ class UrlSigner:
 def log_path(machine_name: str) -> str:
     """The path a URL is signed for: the blob of ``machine_name``'s serial log."""
     return f"/bootdiagnostics/{machine_name}/{LOG_NAME}"
+
+
+def screenshot_path(machine_name: str) -> str:
+    """The path a screenshot URL is signed for: a PNG of ``machine_name``'s display."""
+    return f"/bootdiagnostics/{machine_name}/{SCREENSHOT_NAME}"
 
 
 def pages_path(machine_name: str) -> str:
@@ -180,6 +186,49 @@ async def read_serial_log_blob(
     return Response(
         b"" if head else data, status_code=status, media_type="text/plain", headers=headers
     )
+
+
+@router.get(
+    "/bootdiagnostics/{machine}/" + SCREENSHOT_NAME,
+    summary="A PNG of the VM's display now (signed URL from retrieveBootDiagnosticsData)",
+    operation_id="get_console_screenshot_blob",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "The screenshot"}},
+)
+async def read_console_screenshot_blob(
+    request: Request,
+    machine: str,
+    se: Annotated[int | None, Query(description="expiry (Unix seconds), from the URL")] = None,
+    sig: Annotated[str | None, Query(max_length=128, description="signature, from the URL")] = None,
+) -> Response:
+    """The display of a QEMU or libvirt VM as a PNG, taken when asked (QMP ``screendump``),
+    as Azure serves ``consoleScreenshotBlobUri``; errors in the blob service's XML."""
+    import tempfile
+    from pathlib import Path
+
+    from gateway.api.context import context_of  # the context imports this module
+    from gateway.machines.base import MachineError
+
+    ctx = context_of(request)
+    try:
+        ctx.signer.verify(screenshot_path(machine), se, sig)
+    except ArmError as err:
+        detail = err.message.removeprefix(_AUTH_PREFIX)
+        return blob_error(403, "AuthenticationFailed", AUTH_FAILED, detail=detail)
+    vm = ctx.inventory.by_machine_name(machine)
+    screendump = getattr(vm.machine, "screendump", None) if vm is not None else None
+    if vm is None or screendump is None:
+        return blob_error(404, "BlobNotFound", "The specified blob does not exist.")
+    with tempfile.TemporaryDirectory(prefix="screenshot-") as folder:
+        path = Path(folder) / SCREENSHOT_NAME
+        try:
+            await screendump(path)
+            data = path.read_bytes()
+        except (MachineError, OSError) as err:
+            return blob_error(409, "BlobNotFound", f"No screenshot of '{vm.name}' now: {err}")
+    headers = dict(BLOB_HEADERS)
+    headers["Content-Length"] = str(len(data))
+    return Response(data, media_type="image/png", headers=headers)
 
 
 AUTH_FAILED = (

@@ -33,7 +33,7 @@ from gateway.api.auth import (
     vm_scope,
 )
 from gateway.api.auth import subscription_scope as sub_scope
-from gateway.api.bootdiag import log_path
+from gateway.api.bootdiag import log_path, screenshot_path
 from gateway.api.context import ApiContext, Caller, context_of
 from gateway.api.errors import ArmError, error_response
 from gateway.api.operations import FAILED, SUCCEEDED
@@ -68,7 +68,7 @@ _DISPLAY = {
 
 def instance_view(vm: VmResource) -> dict[str, Any]:
     state = vm.machine.power_state
-    return {
+    view: dict[str, Any] = {
         "computerName": vm.hostname,
         "osName": vm.os_type,
         "bootDiagnostics": {"status": None} if vm.boot_diagnostics else None,
@@ -85,6 +85,10 @@ def instance_view(vm: VmResource) -> dict[str, Any]:
             },
         ],
     }
+    generation = getattr(vm.machine, "generation", None)
+    if generation is not None:  # a disk VM: its firmware, as Azure names it
+        view["hyperVGeneration"] = f"V{generation}"
+    return view
 
 
 def vm_body(vm: VmResource, expand: str | None = None) -> dict[str, Any]:
@@ -384,7 +388,18 @@ _ACTIONS: dict[str, tuple[str, str, Callable[[Machine], Awaitable[object]]]] = {
     "powerOff": (rbac.VM_POWER_OFF, rbac.VMSS_VM_POWER_OFF, lambda m: m.stop()),
     "restart": (rbac.VM_RESTART, rbac.VMSS_VM_RESTART, lambda m: m.restart()),
     "deallocate": (rbac.VM_DEALLOCATE, rbac.VMSS_VM_DEALLOCATE, lambda m: m.deallocate()),
+    "reimage": (rbac.VM_REIMAGE, rbac.VMSS_VM_REIMAGE, lambda m: _reimage(m)),
 }
+
+
+async def _reimage(machine: Machine) -> None:
+    """Azure's reimage: the OS disk as its image has it (a disk VM's overlay thrown away)."""
+    reimage = getattr(machine, "reimage", None)
+    if reimage is None:
+        raise MachineStateError(
+            "This VM has no OS disk to reimage: only disk VMs ([vms.image] disk) can be reimaged"
+        )
+    await reimage()
 
 
 def _power_routes(name: str, vm_action: str, vmss_action: str, run: Any) -> None:
@@ -428,8 +443,11 @@ def _boot_diagnostics(
             f"Boot diagnostics is not enabled on '{vm.name}': there is no serial log to retrieve.",
         )
     base = str(request.base_url).rstrip("/")
+    screenshot = None
+    if getattr(vm.machine, "screendump", None) is not None:  # a QEMU or libvirt VM's display
+        screenshot = base + ctx.signer.sign(screenshot_path(vm.name), minutes * 60)
     return {
-        "consoleScreenshotBlobUri": None,
+        "consoleScreenshotBlobUri": screenshot,
         "serialConsoleLogBlobUri": base + ctx.signer.sign(log_path(vm.name), minutes * 60),
     }
 

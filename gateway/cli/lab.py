@@ -213,13 +213,25 @@ def banner(lab: Any) -> str:
         lines.append(f"    host key fingerprint {ssh.fingerprint} (ED25519)")
     lines.append(f"  subscription  {config.subscription.id} ({config.subscription.name})")
     lines.append("")
-    lines.append(f"  {'VM':<16} {'group':<10} {'os':<8} {'backend':<9} state")
+    lines.append(f"  {'VM':<16} {'group':<10} {'os':<8} {'backend':<9} {'gen':<4} {'ssh':<6} state")
+    ssh_ports = []
     for group, name, spec in _machines(config):
         failure = lab.start_failures.get(spec.name)
-        state = lab.machines[spec.name].power_state
+        machine = lab.machines[spec.name]
+        generation = getattr(machine, "generation", None)
+        ssh_port = getattr(machine, "ssh_port", None)
+        if ssh_port:
+            ssh_ports.append((name, ssh_port))
         lines.append(
-            f"  {name:<16} {group:<10} {spec.os:<8} {spec.backend:<9} {state}"
+            f"  {name:<16} {group:<10} {spec.os:<8} {spec.backend:<9} "
+            f"{generation or '-'!s:<4} {ssh_port or '-'!s:<6} {machine.power_state}"
             + (f" ({failure})" if failure else "")
+        )
+    if ssh_ports:
+        name, port = ssh_ports[0]
+        lines.append(
+            f"  Disk VMs' own sshd on 127.0.0.1 (their NIC reaches nothing else): "
+            f"ssh -p {port} root@127.0.0.1   # {name}"
         )
     lines += _rfc2217_lines(lab)
     names = max([len("user"), *(len(u.name) for u in config.users)])

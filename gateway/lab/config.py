@@ -30,6 +30,8 @@ from gateway.access import lockout, rbac
 from gateway.access.rbac import RoleAssignment
 from gateway.access.users import MIN_PASSWORD_LENGTH, User, password_weakness
 from gateway.lab.tls import CertificateError, check_certificate_pair
+from gateway.machines.disk import DataDisk, DiskSpec
+from gateway.machines.image import builtin_disk
 from gateway.recordings.settings import (
     DEFAULT_SESSION_BYTES,
     DEFAULT_TOTAL_BYTES,
@@ -65,11 +67,13 @@ class ResourceGroup:
 
 @dataclass(frozen=True, slots=True)
 class Image:
-    """The guest's kernel and initrd (QEMU only); None means the image ``make images`` builds."""
+    """What a QEMU or libvirt guest boots: a kernel and initrd directly (None: the image
+    ``make images`` builds), or, with ``disk``, firmware and a boot disk (a disk VM)."""
 
     kernel: Path | None = None
     initrd: Path | None = None
     append: str = ""
+    disk: DiskSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,14 +549,18 @@ class _Parser:
         self, t: _Table, name: str, hostname: str, guest_password: str
     ) -> tuple[MachineSpec, dict[str, Any]]:
         image_t = t.table("image")
+        backend = t.str("backend", "emulated", choices=BACKENDS)
+        uri = self.libvirt_uri(t, backend)
+        remote = uri is not None and bool(urlsplit(uri).netloc)  # paths on another host
+        disk = self.disk(t, image_t, remote)
         image = Image(
             kernel=self.path(image_t, "kernel"),
             initrd=self.path(image_t, "initrd"),
             append=image_t.str("append", ""),
+            disk=disk,
         )
-        backend = t.str("backend", "emulated", choices=BACKENDS)
-        uri = self.libvirt_uri(t, backend)
-        remote = uri is not None and bool(urlsplit(uri).netloc)  # paths on another host
+        if disk is not None and (image.kernel or image.initrd or image.append):
+            raise image_t.fail("disk", "either disk or kernel/initrd/append, not both")
         for key, path in (("kernel", image.kernel), ("initrd", image.initrd)):
             if path is not None and not remote and not path.is_file():
                 raise image_t.fail(
@@ -563,7 +571,7 @@ class _Parser:
             name=name,
             os=t.str("os", "linux", choices=OS_TYPES),
             backend=backend,
-            memory_mb=t.int("memory_mb", 128, 16, 65536),
+            memory_mb=t.int("memory_mb", 512 if disk else 128, 16, 65536),
             image=image,
             hostname=hostname,
             password=self.guest_password(t, "password", guest_password),
@@ -575,6 +583,8 @@ class _Parser:
             raise t.fail(
                 "backend", "emulated for a windows VM (QEMU guests are Linux)", spec.backend
             )
+        if disk is not None and spec.backend == "emulated":
+            raise t.fail("backend", "qemu or libvirt beside [image] disk", spec.backend)
         flags = {
             "provisioning_state": t.str(
                 "provisioning_state", "Succeeded", choices=PROVISIONING_STATES
@@ -583,6 +593,55 @@ class _Parser:
             "boot_diagnostics": t.bool("boot_diagnostics", True),
         }
         return spec, flags
+
+    def disk(self, t: _Table, image_t: _Table, remote: bool) -> DiskSpec | None:
+        """``[image]`` ``disk`` (a file, or a built image's name: ``debian-12-gen1``,
+        ``debian-12-gen2``), ``generation``, ``secure_boot``, ``tpm``; ``[[data_disks]]``
+        (``size_gb`` or ``file``); ``ssh_port`` (0: picked at start)."""
+        value = image_t.str("disk", None)
+        data_t = t.tables("data_disks")
+        ssh_port = t.int("ssh_port", None, 0, 65535)
+        if value in (None, ""):
+            for key in ("generation", "secure_boot", "tpm"):
+                if key in image_t.data:
+                    raise image_t.fail(key, "disk beside it (only a disk VM has firmware)")
+            if data_t or ssh_port is not None:
+                what = "data_disks" if data_t else "ssh_port"
+                raise t.fail(what, "[image] disk beside it (only a disk VM has disks and a NIC)")
+            return None
+        builtin = builtin_disk(value)
+        path = builtin.path if builtin else self.base / value
+        if builtin is None and not remote and not path.is_file():
+            raise image_t.fail(
+                "disk",
+                "an existing qcow2, raw or fixed VHD file (relative to the lab file), or "
+                "debian-12-gen1 / debian-12-gen2 (the images `make images` builds)",
+                value,
+            )
+        implied = builtin.generation if builtin else 2
+        generation = image_t.int("generation", implied, 1, 2)
+        if builtin and generation != builtin.generation:
+            raise image_t.fail("generation", f"{builtin.generation} for {value}", generation)
+        secure_boot = image_t.bool("secure_boot", False)
+        if secure_boot and generation != 2:
+            raise image_t.fail("secure_boot", "generation = 2 beside it (Secure Boot is UEFI's)")
+        data = []
+        for d in data_t:
+            size, file = d.int("size_gb", None, 1, 4096), self.path(d, "file")
+            if (size is None) == (file is None):
+                raise d.fail("size_gb", "either size_gb (a new empty disk) or file")
+            if file is not None and not remote and not file.is_file():
+                raise d.fail("file", "an existing disk image (relative to the lab file)", str(file))
+            d.done()
+            data.append(DataDisk(size_gb=size, file=file))
+        return DiskSpec(
+            image=path,
+            generation=generation,
+            secure_boot=secure_boot,
+            tpm=image_t.bool("tpm", False),
+            data_disks=tuple(data),
+            ssh_port=ssh_port or 0,
+        )
 
     def libvirt_uri(self, t: _Table, backend: str) -> str | None:
         """``uri`` (libvirt's connection URI; ``qemu:///system`` by default), only beside
@@ -642,6 +701,12 @@ class _Parser:
             machine = dataclasses.replace(
                 spec, name=f"{name}_{n}", hostname=f"{name}{_base36(n):0>6}"
             )
+            disk = spec.image.disk
+            if disk is not None and disk.ssh_port:  # one forwarded port per instance
+                own_disk = dataclasses.replace(disk, ssh_port=disk.ssh_port + n)
+                machine = dataclasses.replace(
+                    machine, image=dataclasses.replace(spec.image, disk=own_disk)
+                )
             own = dataclasses.replace(door, port=door.port + n) if door else None
             instances.append(InstanceConfig(str(n), n in latest, machine, own))
         t.done()

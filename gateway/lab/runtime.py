@@ -96,6 +96,8 @@ def default_machine_factory(spec: MachineSpec, run_dir: Path) -> Machine:
             hostname=spec.hostname,
             password=spec.password,
             append=spec.image.append,
+            disk=spec.image.disk,
+            disk_dir=run_dir.parent.parent / "disks" / spec.name,  # kept across runs
         )
     if spec.backend == "libvirt":
         from gateway.machines.libvirt import LibvirtMachine, domain_prefix

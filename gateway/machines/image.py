@@ -1,4 +1,5 @@
-"""Where the lab finds the guest image: the kernel and initramfs ``make images`` builds.
+"""Where the lab finds the guest images: the kernel and initramfs ``make images`` builds, and
+the Debian disk images it builds beside them (``disk/gen1.qcow2``, ``disk/gen2.qcow2``).
 
 QEMU and libvirt guests boot it unless a VM names its own (``[vms.image]``); emulated Linux
 guests run its userland. It is ``images/build/linux/`` in the lab's checkout, or the folder
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 IMAGE_ENV = "SERIAL_CONSOLE_LAB_IMAGES"
@@ -41,3 +43,30 @@ def not_built(folder: Path) -> str:
 
 
 IMAGE_DIR = image_dir()
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltinDisk:
+    """A disk image ``make images`` builds, named in a lab file by ``name``."""
+
+    name: str
+    path: Path
+    generation: int
+
+
+BUILTIN_DISKS = {"debian-12-gen1": ("gen1.qcow2", 1), "debian-12-gen2": ("gen2.qcow2", 2)}
+
+
+def disk_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """The folder of the built disk images: ``disk/`` beside the guest image's folder."""
+    return image_dir(environ).parent / "disk"
+
+
+def builtin_disk(name: str) -> BuiltinDisk | None:
+    """The built disk image called ``name`` (``debian-12-gen1``, ``debian-12-gen2``), or None
+    if ``name`` is no such name (then it is a path)."""
+    entry = BUILTIN_DISKS.get(name)
+    if entry is None:
+        return None
+    file, generation = entry
+    return BuiltinDisk(name, disk_dir() / file, generation)

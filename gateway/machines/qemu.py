@@ -111,6 +111,7 @@ from gateway.machines.base import (
     PowerState,
     RestartOutcome,
 )
+from gateway.machines.disk import DiskSet, DiskSpec, Swtpm, forwarded_port, network_args
 from gateway.machines.image import IMAGE_DIR, INITRD, KERNEL, not_built
 from gateway.machines.process import die_with_parent, wait_pid_exit
 
@@ -119,6 +120,8 @@ LAUNCH_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 10.0  # a monitor command QEMU does not answer in this time fails
 SERIAL_ID = "ser0"
 PASSWORD_FW_CFG = "opt/serial-console-lab/password"  # the image's init reads this entry
+HOSTNAME_FW_CFG = "opt/serial-console-lab/hostname"  # disk VMs' lab-identity reads this one
+DISK_TB_SIZE_MB = 128  # TCG's translation cache for a disk VM (QEMU's default is 1 GiB)
 PASSWORD_FILE = "guest-password"  # in the run folder, only while QEMU starts
 FIFO_DRAIN = 0.05  # after the PTY is empty: the guest has emptied the 16550's FIFO
 _POLL_FIRST, _POLL_MAX = 0.001, 0.02  # back-off while QEMU reads the PTY
@@ -167,9 +170,15 @@ class QemuMachine(MachineBase):
         accel: str | None = None,
         qemu: str = QEMU,
         command_timeout: float = COMMAND_TIMEOUT,
+        disk: DiskSpec | None = None,
+        disk_dir: Path | None = None,
     ) -> None:
         super().__init__(name)
         self.run_dir = Path(run_dir)
+        self.disk = disk
+        self.disks = DiskSet(disk, Path(disk_dir or self.run_dir / "disks")) if disk else None
+        self._swtpm: Swtpm | None = None
+        self._ssh_port: int | None = None
         self._kernel = kernel
         self._initrd = initrd
         self.memory_mb = memory_mb
@@ -197,6 +206,16 @@ class QemuMachine(MachineBase):
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc and self._proc.returncode is None else None
+
+    @property
+    def generation(self) -> int | None:
+        """1 (BIOS) or 2 (UEFI) for a disk VM; None for a kernel booted directly."""
+        return self.disk.generation if self.disk else None
+
+    @property
+    def ssh_port(self) -> int | None:
+        """The port on 127.0.0.1 forwarded to the guest's SSH (disk VMs, while allocated)."""
+        return self._ssh_port
 
     @property
     def kernel_cmdline(self) -> str:
@@ -272,6 +291,30 @@ class QemuMachine(MachineBase):
                 return
             await self._terminate(timeout)
 
+    async def reimage(self) -> None:
+        """Azure's reimage: the OS disk as the image has it. The VM is deallocated, its
+        overlays and firmware variables are thrown away, and it starts again if it was
+        allocated. MachineStateError for a VM that boots a kernel directly (no disk)."""
+        if self.disks is None:
+            raise MachineStateError(
+                f"VM '{self.name}' has no OS disk to reimage: it boots a kernel directly"
+            )
+        was_allocated = self._state is not PowerState.DEALLOCATED
+        await self.deallocate()
+        self.disks.discard()
+        self.log.info("reimaged: its disks are the image's again")
+        if was_allocated:
+            await self.start()
+
+    async def screendump(self, path: Path) -> Path:
+        """A PNG of the VM's display (QMP ``screendump``), written to ``path``."""
+        self._require(
+            PowerState.STARTING, PowerState.RUNNING, PowerState.STOPPING, PowerState.STOPPED,
+            PowerState.PANICKED, action="take a screenshot of",
+        )  # fmt: skip
+        await self._command("screendump", {"filename": str(path), "format": "png"})
+        return path
+
     async def send_break(self) -> None:
         self._require_guest_running("send a break to")
         await self._command("chardev-send-break", {"id": SERIAL_ID})
@@ -345,14 +388,20 @@ class QemuMachine(MachineBase):
 
     async def _launch(self) -> None:
         kernel, initrd = self._kernel, self._initrd
-        if kernel is None or initrd is None:
-            kernel, initrd = default_image()
-        for path in (kernel, initrd):
-            if not Path(path).is_file():
-                raise MachineLaunchError(f"VM '{self.name}': {path} does not exist")
+        if self.disks is None:
+            if kernel is None or initrd is None:
+                kernel, initrd = default_image()
+            for path in (kernel, initrd):
+                if not Path(path).is_file():
+                    raise MachineLaunchError(f"VM '{self.name}': {path} does not exist")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         await kill_stale(self.run_dir)
-        self.accel = self._accel or await select_accel(Path(kernel), self._qemu)
+        if self.disks is not None:
+            try:
+                await self.disks.prepare()
+            except MachineLaunchError as err:
+                raise MachineLaunchError(f"VM '{self.name}': {err}") from err
+        self.accel = self._accel or await _accel_for(kernel, self._qemu)
         self.log.info("launching under %s", self.accel.upper())
         qmp_path = _socket_path(self.run_dir)
         with contextlib.suppress(FileNotFoundError):
@@ -368,17 +417,25 @@ class QemuMachine(MachineBase):
         self._expect_exit = False
         log_file = open(self.run_dir / "qemu.log", "wb")  # noqa: SIM115 - handed to the child
         try:
+            tpm_socket = await self._start_tpm()
+            if self.disks is not None:
+                argv = self._disk_argv(qmp_path, password_file, tpm_socket)
+            else:
+                argv = self._argv(Path(str(kernel)), Path(str(initrd)), qmp_path, password_file)
             self._proc = await asyncio.create_subprocess_exec(
-                *self._argv(Path(kernel), Path(initrd), qmp_path, password_file),
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
                 preexec_fn=die_with_parent,
             )
-        except OSError as err:
+        except (OSError, MachineLaunchError) as err:
             self._remove_password_file()
             await qmp.disconnect()
+            await self._stop_tpm()
             self._set_state(PowerState.DEALLOCATED, "launch failed")
+            if isinstance(err, MachineLaunchError):
+                raise MachineLaunchError(f"VM '{self.name}': {err}") from err
             raise MachineLaunchError(f"VM '{self.name}': cannot run {self._qemu}: {err}") from err
         finally:
             log_file.close()
@@ -394,6 +451,8 @@ class QemuMachine(MachineBase):
                 asyncio.create_task(self._watch_process(self._proc), name=f"{self.name}-proc"),
             ]
             self._port = await self._query_port()
+            if self.disks is not None:
+                self._ssh_port = await self._query_ssh_port()
             self.log.info("serial port %s on %s (pid %d)", SERIAL_ID, self._port, self._proc.pid)
             self._input_probe, self._probe_error = _grab_input_probe(self._proc.pid, self._port)
             if self._input_probe is None:
@@ -457,6 +516,59 @@ class QemuMachine(MachineBase):
             "-pidfile", str(self.run_dir / "qemu.pid"),
         ]  # fmt: skip
 
+    def _disk_argv(
+        self, qmp_path: Path, password_file: Path | None, tpm_socket: Path | None
+    ) -> list[str]:
+        """A disk VM: firmware, disks, a display to take screenshots of, a restricted NIC,
+        the guest agent's channel, and the identity in fw_cfg (see ``gateway.machines.disk``)."""
+        assert self.disks is not None and self.disk is not None
+        accel = self.accel or "tcg"
+        if accel == "tcg":
+            accel += f",tb-size={DISK_TB_SIZE_MB}"
+        secret: list[str] = []
+        if password_file is not None:
+            secret = ["-fw_cfg", f"name={PASSWORD_FW_CFG},file={_q(password_file)}"]
+        hostname = ["-fw_cfg", f"name={HOSTNAME_FW_CFG},string={self.hostname.replace(',', ',,')}"]
+        qga = self.run_dir / "qga.sock"
+        return [
+            self._qemu,
+            "-name", f"{self.name},debug-threads=off",
+            "-S", "-no-shutdown", "-nodefaults", "-no-user-config", "-display", "none",
+            *self.disks.qemu_args(self.run_dir, tpm_socket=tpm_socket),
+            "-accel", accel, *(["-cpu", "host"] if self.accel == "kvm" else []),
+            "-m", str(self.memory_mb), "-smp", "1",
+            "-device", "VGA",
+            *network_args(self.disk.ssh_port),
+            *secret, *hostname,
+            "-chardev", f"pty,id={SERIAL_ID}", "-serial", f"chardev:{SERIAL_ID}",
+            "-chardev", f"socket,id=qga0,path={_q(qga)},server=on,wait=off",
+            "-device", "virtio-serial-pci",
+            "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+            "-qmp", f"unix:{qmp_path}",
+            "-device", "pvpanic-pci", "-action", "panic=pause",
+            "-pidfile", str(self.run_dir / "qemu.pid"),
+        ]  # fmt: skip
+
+    async def _start_tpm(self) -> Path | None:
+        if self.disk is None or not self.disk.tpm or self.disks is None:
+            return None
+        self._swtpm = Swtpm(self.disks.tpm_state, self.run_dir)
+        return await self._swtpm.start()
+
+    async def _stop_tpm(self) -> None:
+        swtpm, self._swtpm = self._swtpm, None
+        if swtpm is not None:
+            await swtpm.stop()
+
+    async def _query_ssh_port(self) -> int | None:
+        usernet: Any = await self._command(
+            "human-monitor-command", {"command-line": "info usernet"}
+        )
+        port = forwarded_port(str(usernet))
+        if port is None:
+            self.log.warning("QEMU reported no SSH forward: %s", usernet)
+        return port
+
     async def _connect_monitor(self, qmp: QMPClient) -> None:
         assert self._proc is not None
         accept = asyncio.create_task(qmp.accept())
@@ -516,6 +628,8 @@ class QemuMachine(MachineBase):
         self._tasks = []
         self._proc = self._qmp = None
         self._port = None
+        self._ssh_port = None
+        await self._stop_tpm()
         if self._input_probe is not None:
             self._input_probe.close()
             self._input_probe = None
@@ -582,6 +696,22 @@ class QemuMachine(MachineBase):
         except OSError:
             return "no log"
         return text.splitlines()[-1] if text else "no output"
+
+
+async def _accel_for(kernel: Path | None, qemu: str) -> str:
+    """The accelerator, probed with ``kernel`` (the lab's own kernel for a disk VM, if built:
+    the probe needs a kernel that prints on the serial port at once); TCG without one."""
+    if kernel is None:
+        candidate = IMAGE_DIR / KERNEL
+        if not candidate.is_file():
+            return os.environ.get("LAB_ACCEL") or "tcg"
+        kernel = candidate
+    return await select_accel(Path(kernel), qemu)
+
+
+def _q(path: Path) -> str:
+    """A path in a QEMU option value: a comma is doubled."""
+    return str(path).replace(",", ",,")
 
 
 def _socket_path(run_dir: Path) -> Path:
