@@ -62,6 +62,12 @@ def register(subparsers: Any) -> None:
         help="run every VM as an emulated guest (no QEMU needed); without it, a lab with QEMU "
         "VMs on a machine without qemu-system-x86_64 says what to install",
     )
+    run.add_argument(
+        "--cold",
+        action="store_true",
+        help="boot every QEMU VM from its firmware or kernel, never from a saved boot (warm "
+        "starts: a VM like one booted before starts from that boot's saved state)",
+    )
     run.set_defaults(func=run_command)
 
 
@@ -74,6 +80,7 @@ def run_command(args: argparse.Namespace) -> int:
             state_dir=args.state_dir,
             tls=args.tls,
             ssh_port=args.ssh_port,
+            cold=args.cold,
         )
     except LabConfigError as err:
         print(f"serial-console: {err}", file=sys.stderr)

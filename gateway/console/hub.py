@@ -35,6 +35,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.console import texts
@@ -108,6 +109,7 @@ class ConsoleHub:
         self.log = log.getChild(machine.name)
         self._port: SerialPort | None = None
         self._installed = False
+        self._observe: Callable[[bytes], None] | None = None
         self._closed = False
         self._log_told = -LOG_TROUBLE_EVERY  # when the boot log's trouble was last logged
         self._sessions: set[ConsoleSession] = set()
@@ -135,6 +137,9 @@ class ConsoleHub:
         if self._installed:
             return
         self.machine.add_port_hook(self._attach)
+        # A machine that watches its guest's output (a QEMU VM saving a boot for warm
+        # starts) is handed every byte as it is read.
+        self._observe = getattr(self.machine, "observe_output", None)
         self._installed = True
         with contextlib.suppress(RuntimeError):  # no running loop: events are not followed
             self._events_task = asyncio.get_running_loop().create_task(
@@ -153,8 +158,13 @@ class ConsoleHub:
         except SerialPortError as err:
             raise MachineLaunchError(f"VM '{self.machine.name}': {err}") from err
         self.log.debug("reading serial port %s", path)
+        restored = getattr(self.machine, "restored_output", None)
+        if restored:  # a warm start: the saved boot's output reads first, then live bytes
+            self._on_data(restored)
 
     def _on_data(self, chunk: bytes) -> None:
+        if self._observe is not None:
+            self._observe(chunk)
         offset = self.bootlog.end  # append moves it on, even when the disk fails
         try:
             self.bootlog.append(chunk)

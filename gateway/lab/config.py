@@ -90,6 +90,7 @@ class MachineSpec:
     boot_delay: float
     output_rate: int | None
     uri: str | None = None  # libvirt's connection URI (backend "libvirt" only)
+    warm_start: bool = True  # QEMU: start from a saved boot when there is one (machines.warm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +207,7 @@ class LabConfig:
         state_dir: Path | None = None,
         tls: bool = False,
         ssh_port: int | None = None,
+        cold: bool = False,
     ) -> LabConfig:
         """This lab with the command line's ``--host``, ``--port``, ``--state-dir``,
         ``--tls`` and ``--ssh-port`` applied (``--tls`` turns the lab CA on; a certificate
@@ -223,9 +225,28 @@ class LabConfig:
             if not 0 <= ssh_port <= 65535:
                 raise LabConfigError(f"--ssh-port: expected 0..65535 (0: off), got {ssh_port}")
             settings = dataclasses.replace(settings, ssh_port=ssh_port)
-        return dataclasses.replace(
+        lab = dataclasses.replace(
             self, gateway=settings, state_dir=state_dir if state_dir is not None else self.state_dir
         )
+        return lab.all_cold() if cold else lab
+
+    def all_cold(self) -> LabConfig:
+        """This lab with every machine booting cold (``--cold``): no warm starts."""
+
+        def cold(spec: MachineSpec) -> MachineSpec:
+            return dataclasses.replace(spec, warm_start=False)
+
+        vms = tuple(dataclasses.replace(vm, machine=cold(vm.machine)) for vm in self.vms)
+        sets = tuple(
+            dataclasses.replace(
+                vmss,
+                instances=tuple(
+                    dataclasses.replace(i, machine=cold(i.machine)) for i in vmss.instances
+                ),
+            )
+            for vmss in self.scale_sets
+        )
+        return dataclasses.replace(self, vms=vms, scale_sets=sets)
 
     def exposure_problems(self) -> list[str]:
         """Why this lab must not listen beyond loopback; empty when it may (or it does not).
@@ -578,6 +599,7 @@ class _Parser:
             boot_delay=t.number("boot_delay", 0.0, 0.0, 600.0),
             output_rate=t.int("output_rate", None, 1, 1 << 30),
             uri=uri,
+            warm_start=t.bool("warm_start", True),
         )
         if spec.backend in ("qemu", "libvirt") and spec.os != "linux":
             raise t.fail(

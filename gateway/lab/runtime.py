@@ -86,6 +86,7 @@ def default_machine_factory(spec: MachineSpec, run_dir: Path) -> Machine:
     when needed)."""
     if spec.backend == "qemu":
         from gateway.machines.qemu import QemuMachine
+        from gateway.machines.warm import WarmStore
 
         return QemuMachine(
             spec.name,
@@ -98,6 +99,7 @@ def default_machine_factory(spec: MachineSpec, run_dir: Path) -> Machine:
             append=spec.image.append,
             disk=spec.image.disk,
             disk_dir=run_dir.parent.parent / "disks" / spec.name,  # kept across runs
+            warm=WarmStore.for_lab(run_dir.parent.parent) if spec.warm_start else None,
         )
     if spec.backend == "libvirt":
         from gateway.machines.libvirt import LibvirtMachine, domain_prefix

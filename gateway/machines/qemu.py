@@ -89,11 +89,14 @@ import hashlib
 import logging
 import os
 import select
+import shlex
+import shutil
 import signal
 import stat
 import struct
 import tempfile
 import termios
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,6 +104,7 @@ from typing import Any
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
 from gateway.machines.accel import select_accel
+from gateway.machines.agent import AgentError, GuestAgent
 from gateway.machines.base import (
     EventKind,
     MachineBase,
@@ -114,6 +118,7 @@ from gateway.machines.base import (
 from gateway.machines.disk import DiskSet, DiskSpec, Swtpm, forwarded_port, network_args
 from gateway.machines.image import IMAGE_DIR, INITRD, KERNEL, not_built
 from gateway.machines.process import die_with_parent, wait_pid_exit
+from gateway.machines.warm import BOOT_LOG, DISK, STATE, SavedState, WarmStore, state_key
 
 QEMU = "qemu-system-x86_64"
 LAUNCH_TIMEOUT = 30.0
@@ -121,7 +126,13 @@ COMMAND_TIMEOUT = 10.0  # a monitor command QEMU does not answer in this time fa
 SERIAL_ID = "ser0"
 PASSWORD_FW_CFG = "opt/serial-console-lab/password"  # the image's init reads this entry
 HOSTNAME_FW_CFG = "opt/serial-console-lab/hostname"  # disk VMs' lab-identity reads this one
+HOSTNAME_FILE = "guest-hostname"  # in the run folder: the host name for fw_cfg
+IDENTITY_SIZE = 256  # bytes of each fw_cfg identity entry of a disk VM (see _identity_bytes)
 DISK_TB_SIZE_MB = 128  # TCG's translation cache for a disk VM (QEMU's default is 1 GiB)
+UP_TIMEOUT = 900.0  # a cold boot that is to be saved: how long it may take to come up
+SAVE_OUTPUT_LIMIT = 4 << 20  # a boot printing more than this is not saved (not a login wait)
+LOGIN_PROMPT = b"login: "
+UEFI_VARS_SAVED = "uefi-vars.fd"
 PASSWORD_FILE = "guest-password"  # in the run folder, only while QEMU starts
 FIFO_DRAIN = 0.05  # after the PTY is empty: the guest has emptied the 16550's FIFO
 _POLL_FIRST, _POLL_MAX = 0.001, 0.02  # back-off while QEMU reads the PTY
@@ -172,6 +183,7 @@ class QemuMachine(MachineBase):
         command_timeout: float = COMMAND_TIMEOUT,
         disk: DiskSpec | None = None,
         disk_dir: Path | None = None,
+        warm: WarmStore | None = None,
     ) -> None:
         super().__init__(name)
         self.run_dir = Path(run_dir)
@@ -179,6 +191,12 @@ class QemuMachine(MachineBase):
         self.disks = DiskSet(disk, Path(disk_dir or self.run_dir / "disks")) if disk else None
         self._swtpm: Swtpm | None = None
         self._ssh_port: int | None = None
+        self.warm = warm
+        self.started_warm = False  # this allocation was restored from a saved state
+        self.restored_output: bytes | None = None  # for the port hooks of a restored VM
+        self._boot_output: bytearray | None = None  # a cold boot's output, while it is saved
+        self._up: asyncio.Event | None = None
+        self._save_task: asyncio.Task[None] | None = None
         self._kernel = kernel
         self._initrd = initrd
         self.memory_mb = memory_mb
@@ -396,14 +414,23 @@ class QemuMachine(MachineBase):
                     raise MachineLaunchError(f"VM '{self.name}': {path} does not exist")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         await kill_stale(self.run_dir)
+        self.accel = self._accel or await _accel_for(kernel, self._qemu)
+        qmp_path = _socket_path(self.run_dir)
+        placeholder = self.run_dir / PASSWORD_FILE if self._password is not None else None
+        if self.disks is not None:
+            key = self._warm_key(self._disk_argv(qmp_path, placeholder, None))
+        else:
+            key = self._warm_key(self._argv(Path(str(kernel)), Path(str(initrd)), qmp_path,
+                                            placeholder))  # fmt: skip
+        saved = self.warm.lookup(key) if self.warm is not None and key is not None else None
         if self.disks is not None:
             try:
-                await self.disks.prepare()
-            except MachineLaunchError as err:
+                await self.disks.prepare(os_backing=saved.disk if saved else None)
+                if saved is not None and (saved.folder / UEFI_VARS_SAVED).is_file():
+                    shutil.copyfile(saved.folder / UEFI_VARS_SAVED, self.disks.uefi_vars)
+            except (MachineLaunchError, OSError) as err:
                 raise MachineLaunchError(f"VM '{self.name}': {err}") from err
-        self.accel = self._accel or await _accel_for(kernel, self._qemu)
-        self.log.info("launching under %s", self.accel.upper())
-        qmp_path = _socket_path(self.run_dir)
+        self.log.info("launching under %s%s", self.accel.upper(), ", warm" if saved else "")
         with contextlib.suppress(FileNotFoundError):
             qmp_path.unlink()
         password_file = self._write_password_file()
@@ -422,6 +449,8 @@ class QemuMachine(MachineBase):
                 argv = self._disk_argv(qmp_path, password_file, tpm_socket)
             else:
                 argv = self._argv(Path(str(kernel)), Path(str(initrd)), qmp_path, password_file)
+            if saved is not None:
+                argv += self._incoming(saved)
             self._proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -446,6 +475,8 @@ class QemuMachine(MachineBase):
                 await self._connect_monitor(qmp)
             finally:
                 self._remove_password_file()  # QEMU read it before its monitor answered
+            if saved is not None:
+                await self._wait_incoming()
             self._tasks = [
                 asyncio.create_task(self._watch_events(qmp), name=f"{self.name}-qmp-events"),
                 asyncio.create_task(self._watch_process(self._proc), name=f"{self.name}-proc"),
@@ -457,12 +488,30 @@ class QemuMachine(MachineBase):
             self._input_probe, self._probe_error = _grab_input_probe(self._proc.pid, self._port)
             if self._input_probe is None:
                 self.log.warning("typed input cannot be tracked: %s", self._probe_error)
-            await self._run_port_hooks(self._port)
+            if saved is not None:
+                note = (
+                    f"\r\n[Serial Console Lab: VM '{self.name}' was restored from a saved boot "
+                    "(a warm start); what follows is live]\r\n"
+                )
+                self.restored_output = saved.boot_log + note.encode()
+            try:
+                await self._run_port_hooks(self._port)
+            finally:
+                self.restored_output = None
+            if saved is None and key is not None:
+                self._boot_output, self._up = bytearray(), asyncio.Event()
             await self._command("cont")
         except BaseException:
             await self._terminate(5.0)
             raise
+        self.started_warm = saved is not None
         self._set_state(PowerState.RUNNING)
+        if saved is not None:
+            await self._take_identity()
+        elif key is not None:
+            self._save_task = asyncio.create_task(
+                self._save_when_up(key), name=f"{self.name}-warm-save"
+            )
 
     def _write_password_file(self) -> Path | None:
         """The password in a fresh file of mode 0600 in the run folder (None without one).
@@ -476,13 +525,33 @@ class QemuMachine(MachineBase):
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as file:
-                file.write(self._password.encode())
+                file.write(self._identity_bytes(self._password))
         except OSError as err:
             self._remove_password_file()  # a full disk may leave it half written
             raise MachineLaunchError(
                 f"VM '{self.name}': cannot write the guest password for QEMU in {self.run_dir}: "
                 f"{err.strerror or err}; check that folder's space and permissions"
             ) from err
+        return path
+
+    def _identity_bytes(self, value: str) -> bytes:
+        """A disk VM's fw_cfg identity entry: the value, a newline, and NULs to a fixed size.
+        The guest's fw_cfg driver keeps each entry's size from its boot; a VM restored from
+        another's saved boot reads the entries of its own QEMU with those sizes, so every
+        VM's entries have the same size, and ``lab-identity`` reads up to the newline."""
+        data = value.encode()
+        if self.disks is None:
+            return data
+        if len(data) >= IDENTITY_SIZE or b"\n" in data:
+            raise MachineLaunchError(
+                f"VM '{self.name}': a password or host name of a disk VM must be one line of "
+                f"fewer than {IDENTITY_SIZE} bytes"
+            )
+        return (data + b"\n").ljust(IDENTITY_SIZE, b"\0")
+
+    def _write_hostname_file(self) -> Path:
+        path = self.run_dir / HOSTNAME_FILE
+        path.write_bytes(self._identity_bytes(self.hostname))
         return path
 
     def _remove_password_file(self) -> None:
@@ -528,7 +597,7 @@ class QemuMachine(MachineBase):
         secret: list[str] = []
         if password_file is not None:
             secret = ["-fw_cfg", f"name={PASSWORD_FW_CFG},file={_q(password_file)}"]
-        hostname = ["-fw_cfg", f"name={HOSTNAME_FW_CFG},string={self.hostname.replace(',', ',,')}"]
+        hostname = ["-fw_cfg", f"name={HOSTNAME_FW_CFG},file={_q(self._write_hostname_file())}"]
         qga = self.run_dir / "qga.sock"
         return [
             self._qemu,
@@ -548,6 +617,139 @@ class QemuMachine(MachineBase):
             "-device", "pvpanic-pci", "-action", "panic=pause",
             "-pidfile", str(self.run_dir / "qemu.pid"),
         ]  # fmt: skip
+
+    # -- warm starts (gateway.machines.warm) ------------------------------------------------
+
+    def observe_output(self, chunk: bytes) -> None:
+        """The console hub hands every byte the guest writes here: a cold boot that is to be
+        saved is kept until the guest is up (its login prompt)."""
+        kept = self._boot_output
+        if kept is None or self._up is None:
+            return
+        kept += chunk
+        if len(kept) > SAVE_OUTPUT_LIMIT:
+            self._boot_output = None
+            self.log.info("not saving this boot: it printed over %d bytes", SAVE_OUTPUT_LIMIT)
+        elif LOGIN_PROMPT in kept[-len(chunk) - len(LOGIN_PROMPT) :]:
+            self._up.set()
+
+    def _warm_key(self, argv: list[str]) -> str | None:
+        """The saved-state key of this launch, or None when it cannot start warm: a disk VM
+        whose disks were written already (they are its own now), or one with a TPM (its
+        state lives in swtpm, not in QEMU's)."""
+        if self.warm is None:
+            return None
+        files = [Path(shutil.which(self._qemu) or self._qemu)]
+        own = {"run": str(self.run_dir), "name": self.name}
+        if self.disks is not None and self.disk is not None:
+            if self.disk.tpm or self.disks.os_disk.exists():
+                return None
+            if any(self.disks.data_disk(i).exists() for i in range(len(self.disk.data_disks))):
+                return None
+            files += [self.disk.image, *(d.file for d in self.disk.data_disks if d.file)]
+            own |= {"disks": str(self.disks.folder), "host": self.hostname}
+            if self.disk.ssh_port:
+                own["ssh"] = f"127.0.0.1:{self.disk.ssh_port}-:22"
+        else:  # no agent to take an identity after a restore: it is part of the key
+            files += [Path(str(self._kernel or IMAGE_DIR / KERNEL)),
+                      Path(str(self._initrd or IMAGE_DIR / INITRD))]  # fmt: skip
+            argv = [*argv, hashlib.sha256((self._password or "").encode()).hexdigest()]
+        files += [Path(a.split("file=", 1)[1]) for a in argv if "if=pflash" in a]
+        return state_key(argv, own, files)
+
+    async def _wait_incoming(self) -> None:
+        """Until QEMU has loaded the saved state (``-incoming``): its run state leaves
+        ``inmigrate``. MachineLaunchError if the state could not be loaded."""
+        pause = 0.005
+        while True:
+            status: Any = await self._command("query-status")
+            if status.get("status") != "inmigrate":
+                break
+            await asyncio.sleep(pause)  # QEMU sends no event to a destination without
+            pause = min(pause * 2, 0.1)  # migration events on: a short poll
+        info: Any = await self._command("query-migrate")
+        if info.get("status") == "failed" or status.get("status") == "internal-error":
+            raise MachineLaunchError(
+                f"the saved state did not load ({info.get('error-desc', status)}): "
+                "start the VM with a cold boot (--cold)"
+            )
+
+    async def _take_identity(self) -> None:
+        """A restored disk VM takes its own host name, password and machine id (the guest's
+        ``lab-identity --warm``, through its agent) and the host's time."""
+        if self.disks is None:
+            return
+        try:
+            async with GuestAgent.connect(self.run_dir / "qga.sock", 30.0) as agent:
+                await agent.execute("guest-set-time", {"time": time.time_ns()})
+                code, out = await agent.run("/usr/local/sbin/lab-identity", "--warm")
+                if code:
+                    self.log.warning("lab-identity failed in the guest (%d): %s", code, out)
+        except AgentError as err:
+            self.log.warning("a restored VM kept the saved guest's identity: %s", err)
+
+    async def _save_when_up(self, key: str) -> None:
+        """Save this cold boot for warm starts once the guest is up (see the module
+        docstring of gateway.machines.warm). Logs and gives up on any trouble: a VM that
+        is not saved only boots cold next time."""
+        assert self.warm is not None and self._up is not None
+        try:
+            await self._wait(self._up.wait(), UP_TIMEOUT)
+            if self.disks is not None:  # systemd has finished starting what it starts
+                async with GuestAgent.connect(self.run_dir / "qga.sock", 120.0) as agent:
+                    await agent.run("/bin/systemctl", "is-system-running", "--wait", timeout=300)
+            with self.warm.saving(key) as folder:
+                if folder is not None:
+                    await self._save_state(folder)
+        except (MachineError, TimeoutError, OSError) as err:
+            self.log.warning("this boot was not saved for warm starts: %s", err)
+        finally:
+            self._boot_output = None
+            self._up = None
+
+    async def _save_state(self, folder: Path) -> None:
+        """Pause, save (RAM and devices, the OS disk's overlay, the boot's output), go on.
+        Power operations asked for meanwhile wait for it (a few seconds) rather than fail."""
+        if self._operation is not None or self._state is not PowerState.RUNNING:
+            raise MachineStateError(f"the VM is {self._operation or self._state}")
+        async with self._op_lock:
+            if self._state is not PowerState.RUNNING or self._boot_output is None:
+                raise MachineStateError(f"the VM is {self._state} now")
+            transcript = bytes(self._boot_output)
+            started = time.monotonic()
+            await self._command("stop")
+            try:
+                packer = "zstd -q -1 -T0" if shutil.which("zstd") else "cat"
+                target = shlex.quote(str(folder / STATE))
+                await self._command("migrate", {"uri": f"exec:{packer} > {target}"})
+                await self._wait_migrated()
+                if self.disks is not None:  # stopped: the overlay is flushed and still
+                    await asyncio.to_thread(shutil.copyfile, self.disks.os_disk, folder / DISK)
+                    if self.disks.uefi_vars.exists():
+                        shutil.copyfile(self.disks.uefi_vars, folder / UEFI_VARS_SAVED)
+                (folder / "packer").write_text(packer.split()[0])
+                (folder / BOOT_LOG).write_bytes(transcript)
+            finally:
+                await self._command("cont")
+            self.log.info("saved this boot for warm starts in %.1f s", time.monotonic() - started)
+
+    async def _wait_migrated(self) -> None:
+        pause = 0.01
+        while True:
+            info: Any = await self._command("query-migrate")
+            status = info.get("status")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise MachineError(f"saving the state failed: {info.get('error-desc', status)}")
+            await asyncio.sleep(pause)  # no migration events asked for: a short poll
+            pause = min(pause * 2, 0.2)
+
+    def _incoming(self, saved: SavedState) -> list[str]:
+        packer = (saved.folder / "packer").read_text().strip() if (
+            saved.folder / "packer").is_file() else "cat"  # fmt: skip
+        reader = "zstd -q -dc" if packer == "zstd" else "cat"
+        return ["-incoming", f"exec:{reader} {shlex.quote(str(saved.state))}"]
 
     async def _start_tpm(self) -> Path | None:
         if self.disk is None or not self.disk.tpm or self.disks is None:
@@ -630,6 +832,10 @@ class QemuMachine(MachineBase):
         self._port = None
         self._ssh_port = None
         await self._stop_tpm()
+        save, self._save_task = self._save_task, None
+        if save is not None and save is not asyncio.current_task():
+            save.cancel()
+        self._boot_output = self._up = None
         if self._input_probe is not None:
             self._input_probe.close()
             self._input_probe = None
