@@ -183,6 +183,7 @@ class LabRuntime:
         self._stop = asyncio.Event()
         self._server: ReadyServer | None = None
         self._server_task: asyncio.Task[None] | None = None
+        self._watchers: list[asyncio.Task[None]] = []  # tell the user what machines did
         self._flusher: asyncio.Task[None] | None = None
         self._forced = asyncio.Event()
         self.rfc2217: Rfc2217Doors | None = None  # the lab file's RFC 2217 doors, once open
@@ -495,11 +496,22 @@ class LabRuntime:
                 self.on_progress(name, f"failed to start: {reason}")
                 log.info("%s: failed to start: %s", name, reason)  # on_progress tells the user
                 return
-            self.on_progress(name, f"{machine.power_state} ({time.monotonic() - began:.1f} s)")
+            warm = " from a saved boot" if getattr(machine, "started_warm", False) else ""
+            self.on_progress(
+                name, f"{machine.power_state} ({time.monotonic() - began:.1f} s{warm})"
+            )
+            saved = getattr(machine, "warm_saved", None)
+            if saved is not None and not warm and getattr(machine, "warm", None) is not None:
+                self._watchers.append(asyncio.create_task(self._tell_saved(name, saved)))
 
         async with asyncio.TaskGroup() as starting:
             for name, machine in self.machines.items():
                 starting.create_task(start(name, machine), name=f"start-{name}")
+
+    async def _tell_saved(self, name: str, saved: asyncio.Event) -> None:
+        """Say when a VM's cold boot is saved: VMs like it start warm from then on."""
+        await saved.wait()
+        self.on_progress(name, "boot saved: VMs like it now start from it in about a second")
 
     async def _start_ssh(self, host: str, port: int) -> None:
         """The SSH door on ``host:port``, with its host key from the state folder."""
@@ -529,6 +541,8 @@ class LabRuntime:
         """Stop the server (graceful, then forced) and the flusher; the TaskGroup then ends."""
         if self._flusher is not None:
             self._flusher.cancel()
+        for watcher in self._watchers:
+            watcher.cancel()
         # Console clients first, while the audit log is open: each hears why it closes, and
         # the server then has no connection left to wait for. The hubs keep reading their
         # guests, so the last words of a graceful stop still reach the boot logs.

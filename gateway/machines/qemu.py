@@ -197,6 +197,7 @@ class QemuMachine(MachineBase):
         self._boot_output: bytearray | None = None  # a cold boot's output, while it is saved
         self._up: asyncio.Event | None = None
         self._save_task: asyncio.Task[None] | None = None
+        self.warm_saved = asyncio.Event()  # set once this VM saved a boot for warm starts
         self._kernel = kernel
         self._initrd = initrd
         self.memory_mb = memory_mb
@@ -732,6 +733,7 @@ class QemuMachine(MachineBase):
             finally:
                 await self._command("cont")
             self.log.info("saved this boot for warm starts in %.1f s", time.monotonic() - started)
+            self.warm_saved.set()
 
     async def _wait_migrated(self) -> None:
         pause = 0.01

@@ -90,6 +90,7 @@ class LabProcess:
     url: str = ""
     lines: list[str] = field(default_factory=list)
     _up: threading.Event = field(default_factory=threading.Event)
+    _printed: threading.Condition = field(default_factory=threading.Condition)
     _reader: threading.Thread | None = None
 
     @classmethod
@@ -149,12 +150,33 @@ class LabProcess:
         assert self.process.stdout is not None
         with contextlib.suppress(ValueError, OSError):  # the pipe closed under us
             for line in self.process.stdout:
-                self.lines.append(line)
+                with self._printed:
+                    self.lines.append(line)
+                    self._printed.notify_all()
                 match = UP.search(line)
                 if match and not self.url:
                     self.url = match.group(1)
                     self._up.set()
         self._up.set()  # the lab ended before its banner
+        with self._printed:  # and no more lines will come
+            self._printed.notify_all()
+
+    def wait_for_output(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        """The first line the lab printed that matches ``pattern`` (a regex), waiting up to
+        ``timeout`` s (scaled) for it; AssertionError with what it printed if none came."""
+        regex = re.compile(pattern)
+
+        def first() -> re.Match[str] | None:
+            return next(filter(None, map(regex.search, self.lines)), None)
+
+        with self._printed:
+            self._printed.wait_for(
+                lambda: first() is not None or self.process.poll() is not None, scaled(timeout)
+            )
+            match = first()
+        if match is None:
+            raise AssertionError(f"the lab printed no line like {pattern!r}:\n{self.output}")
+        return match
 
     @property
     def pid(self) -> int:

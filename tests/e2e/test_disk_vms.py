@@ -81,6 +81,7 @@ name = "gen2"
 resource_group = "{RG}"
 backend = "qemu"
 ssh_port = 0
+warm_start = false  # these tests are about booting: from the firmware, every time
 [vms.image]
 disk = "{gen2_disk}"
 generation = 2
@@ -89,6 +90,7 @@ name = "gen1"
 resource_group = "{RG}"
 backend = "qemu"
 ssh_port = 0
+warm_start = false  # these tests are about booting: from the firmware, every time
 [vms.image]
 disk = "debian-12-gen1"
 [[users]]

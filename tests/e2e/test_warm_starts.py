@@ -1,0 +1,113 @@
+"""Warm starts end to end: a Gen2 disk VM's first cold boot is saved once it is up; a VM
+like it, in another lab sharing the saved states, starts from that state, at its login
+prompt at once, with its own host name, password and machine id, and a boot log that says
+it was restored."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.machines.image import builtin_disk
+from gateway.machines.warm import WARM_ENV
+from gateway.testing.client import LabClient
+from gateway.testing.console import Console
+from gateway.testing.lab import LabProcess
+
+pytestmark = [pytest.mark.qemu, pytest.mark.e2e, pytest.mark.slow]
+
+RG = "warm-rg"
+USER, PASSWORD = "carol", "carol-warm-lab"
+BOOT = 300.0
+
+
+def lab_file(folder: Path, vm: str, password: str) -> Path:
+    path = folder / "lab.toml"
+    path.write_text(f"""
+state_dir = "{folder / "state"}"
+[gateway]
+host = "127.0.0.1"
+port = 0
+ssh_port = 0
+[[resource_groups]]
+name = "{RG}"
+[[vms]]
+name = "{vm}"
+resource_group = "{RG}"
+backend = "qemu"
+password = "{password}"
+[vms.image]
+disk = "debian-12-gen2"
+[[users]]
+name = "{USER}"
+password = "{PASSWORD}"
+roles = [{{ role = "Owner", scope = "subscription" }}]
+""")
+    return path
+
+
+@pytest.fixture
+def shared_states(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder of saved states that both labs use, as the plugin's runs share one."""
+    disk = builtin_disk("debian-12-gen2")
+    assert disk is not None
+    if not disk.path.is_file():
+        pytest.fail(f"the disk image {disk.path} is not built: make images")
+    folder = tmp_path / "warm"
+    monkeypatch.setenv(WARM_ENV, str(folder))
+    return folder
+
+
+@pytest.fixture
+def labs(tmp_path: Path) -> Iterator[list[LabProcess]]:
+    started: list[LabProcess] = []
+    yield started
+    for lab in started:
+        lab.stop()
+
+
+def start(labs: list[LabProcess], folder: Path, vm: str, password: str) -> LabProcess:
+    folder.mkdir()
+    lab = LabProcess.start(folder, lab=lab_file(folder, vm, password), die_with_parent=True)
+    labs.append(lab)
+    return lab
+
+
+def logged_in(lab: LabProcess, vm: str, password: str) -> tuple[LabClient, Console]:
+    client = LabClient(lab.url, USER, PASSWORD)
+    console = Console.open(client, vm, group=RG, password=password, timeout=BOOT)
+    console.wait_for_boot(BOOT)
+    console.login()
+    return client, console
+
+
+def test_a_vm_like_one_booted_before_starts_warm_as_itself(
+    tmp_path: Path, shared_states: Path, labs: list[LabProcess]
+) -> None:
+    first = start(labs, tmp_path / "first", "first-vm", "first-password")
+    first.wait_for_output(r"first-vm\s+running \([\d.]+ s\)$")  # cold: no saved boot yet
+    client, console = logged_in(first, "first-vm", "first-password")
+    first_id, _ = console.run("cat /etc/machine-id")
+    console.close()
+    client.close()
+    first.wait_for_output(r"first-vm\s+boot saved", BOOT)
+    first.stop()
+
+    second = start(labs, tmp_path / "second", "second-vm", "second-password")
+    second.wait_for_output(r"second-vm\s+running \([\d.]+ s from a saved boot\)")
+    client, console = logged_in(second, "second-vm", "second-password")
+    try:
+        log = console.read_boot_log()
+        assert "first-vm login:" in log, "the saved boot's output comes first"
+        assert "was restored from a saved boot" in log
+        assert log.index("first-vm login:") < log.index("was restored from a saved boot")
+        out, status = console.run("hostname; cat /etc/machine-id; systemctl is-system-running")
+        name, machine_id, running = out.split()
+        assert (name, status) == ("second-vm", 0), out
+        assert machine_id != first_id.strip()
+        assert running == "running"
+    finally:
+        console.close()
+        client.close()
