@@ -24,13 +24,17 @@ LIBVIRT_DEPS := libvirtd:libvirt-daemon-system virsh:libvirt-clients pkg-config:
 	cc:gcc /usr/include/libvirt/libvirt.h:libvirt-dev sshd:openssh-server
 LIBVIRT_STAMP := $(VENV)/.libvirt
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 4
+CHECK_WORKERS ?= 3
+CHECK_MARKERS := not qemu and not e2e and not browser and not slow
 LAB_ARGS ?=
 
-.PHONY: help run-lab run-lab-emulated test images portal bench lint clean
+.PHONY: help run-lab run-lab-emulated check test images portal bench lint clean
 
 help:
 	@echo "make run-lab           start the default lab and print how to reach it"
 	@echo "make run-lab-emulated  the same lab with emulated guests only (no QEMU needed)"
+	@echo "make check             the inner loop (under a minute): ruff, unit and emulated-guest tests"
 	@echo "make test              the whole suite: unit, emulated guests, QEMU guests, end to end"
 	@echo "make images            build the guest images: images/build/linux/ (kernel +"
 	@echo "                       initramfs) and images/build/disk/ (Debian Gen1 and Gen2 disks)"
@@ -80,9 +84,17 @@ run-lab: $(STAMP) $(PORTAL)
 run-lab-emulated: $(STAMP) $(PORTAL)
 	@$(BIN)/serial-console lab run --emulated $(LAB_ARGS)
 
+# No QEMU, browser, libvirt nor image build: what needs them is left out by its marker.
+check: $(STAMP)
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+	@$(BIN)/python -m pytest -n $(CHECK_WORKERS) --dist loadgroup -m "$(CHECK_MARKERS)" \
+		tests/unit tests/integration tests/faults tests/clients $(PYTEST_ARGS)
+
+# Guests spend most of their time waiting, so more workers than cores pays.
 test: $(STAMP) $(PORTAL) $(LIBVIRT_STAMP) images
 	@sh tools/sysdeps.sh $(QEMU_DEPS) $(TEST_DEPS)
-	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 bench: $(STAMP) $(LIBVIRT_STAMP) images
 	@sh tools/sysdeps.sh $(QEMU_DEPS) $(BENCH_DEPS)

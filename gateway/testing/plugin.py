@@ -13,6 +13,9 @@ Options (each with an ini key of the same name, dashes as underscores)::
     --lab-user NAME       the lab user the tests act as (default: the first who may connect)
     --lab-password TEXT   that user's password (default: the lab file's)
     --lab-keep            leave the lab running after the run, and print how to reach it
+    --lab-xdist-group G   under ``-n`` with ``--dist loadgroup``: every test that uses the
+                          lab joins xdist group G, so one worker starts one lab and runs
+                          them in their order (default: each worker a lab of its own)
 
 Marker: ``@pytest.mark.lab_fresh`` hard-resets each guest a test opens a console on (or only
 those named: ``lab_fresh("linux-1")``) and waits for its boot before handing it over.
@@ -25,7 +28,9 @@ fixture or the end of the run deallocate every guest. If the run is killed outri
 gets SIGTERM from the kernel (parent-death signal) and still stops its QEMUs.
 
 Under pytest-xdist each worker starts a lab of its own (a free port, a state folder in the
-worker's temporary folder), so no two workers ever share a console.
+worker's temporary folder), so no two workers ever share a console; with --lab-xdist-group
+(and ``--dist loadgroup``) the lab's tests all go to one worker instead, which starts the
+one lab, while the tests that need no lab run beside them.
 """
 
 from __future__ import annotations
@@ -81,6 +86,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "leave the lab running after the run and print how to reach it",
         action="store_true",
     )
+    option(
+        "lab-xdist-group",
+        "under -n with --dist loadgroup: the xdist group of every test that uses the lab, "
+        "so one worker starts one lab for them all (default: a lab per worker)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -105,6 +115,16 @@ def pytest_configure(config: pytest.Config) -> None:
             "--lab-url shares one lab, and xdist's workers would fight over its consoles: "
             "drop --lab-url (each worker then starts a lab of its own) or run without -n"
         )
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    group = _setting(config, "lab_xdist_group")
+    if not group:
+        return
+    for item in items:
+        if "serial_lab" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(str(group)))
 
 
 def _setting(config: pytest.Config, name: str) -> Any:

@@ -1,9 +1,12 @@
 """The portal in a real headless Chromium (Debian's ``chromium``, driven by Playwright).
 
 Playwright's Python package drives the distribution's browser through
-``executable_path``: nothing is downloaded. ``portal(lab)`` opens a new browser context
-(its own cookies and sessionStorage: another person) on a lab and returns a ``Portal``,
-which does what a person does on the page (sign in, open a console, type, use the
+``executable_path``: nothing is downloaded. One Chromium serves the whole session (each
+xdist worker's); Playwright binds it to the event loop it started on, so the browser
+tests and their async fixtures run on the session's loop (``ON_SESSION_LOOP``, and
+``loop_scope="session"`` on a module's own async fixtures). ``portal(lab)`` opens a new
+browser context (its own cookies and sessionStorage: another person) on a lab and returns
+a ``Portal``, which does what a person does on the page (sign in, open a console, type, use the
 toolbar) and reads what the page shows. When a test fails, every page it opened is saved
 as a screenshot under ``build/screenshots/<test>/``.
 """
@@ -19,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from gateway.portal import DIST
@@ -30,6 +34,8 @@ GUEST_PASSWORD = "serial-lab"
 # The end of the screen, or only kernel lines after it: a guest's kernel prints to the
 # console at any moment, right after a prompt too.
 AT_END = r"(?:\[ *\d+\.\d+\] [^\n]*\n?)*$"
+# What a browser test module marks itself with: it runs on the loop the browser lives on.
+ON_SESSION_LOOP = pytest.mark.asyncio(loop_scope="session")
 
 
 def chromium_path() -> str:
@@ -143,8 +149,9 @@ class Portal:
         return await notice.inner_text()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def browser() -> AsyncIterator[Browser]:
+    """One headless Chromium for the session; each test gets contexts of its own."""
     path = chromium_path()
     async with async_playwright() as playwright:
         chromium = await playwright.chromium.launch(executable_path=path)
@@ -183,7 +190,7 @@ def page_server() -> Iterator[str]:
         thread.join()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="session")
 async def portal(browser: Browser, request: pytest.FixtureRequest) -> AsyncIterator[PortalFactory]:
     """``await portal(url)``: a new person (browser context) on the portal at ``url``."""
     contexts: list[BrowserContext] = []

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from gateway.console import texts
 from gateway.lab.config import parse_lab
 from gateway.testing.timeouts import scaled
-from tests.browser.conftest import Portal, PortalFactory, page_server
+from tests.browser.conftest import ON_SESSION_LOOP, Portal, PortalFactory, page_server
 from tests.support.lab import (
     EMULATED_VMS,
     SUBSCRIPTION,
@@ -25,7 +26,7 @@ from tests.support.lab import (
     serve_lab,
 )
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, ON_SESSION_LOOP]
 
 LINUX = (
     f"/subscriptions/{SUBSCRIPTION}/resourceGroups/lab-rg"
@@ -46,7 +47,7 @@ POWER_STATES_SEEN = """() => {
 }"""
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="session")
 async def lab(tmp_path: Path) -> AsyncIterator[LabHandle]:
     async with running_lab(tmp_path) as handle:
         yield handle

@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from gateway.console import texts
-from tests.browser.conftest import AT_END, PortalFactory
+from tests.browser.conftest import AT_END, ON_SESSION_LOOP, PortalFactory
 from tests.e2e.conftest import require_qemu
 from tests.support.lab import QEMU_VM, SUBSCRIPTION, LabHandle, running_lab
 
-pytestmark = [pytest.mark.browser, pytest.mark.qemu]
+pytestmark = [pytest.mark.browser, pytest.mark.qemu, ON_SESSION_LOOP]
 
 LINUX = (
     f"/subscriptions/{SUBSCRIPTION}/resourceGroups/lab-rg"
@@ -21,7 +22,7 @@ LINUX = (
 )
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="session")
 async def lab(tmp_path: Path) -> AsyncIterator[LabHandle]:
     require_qemu()
     async with running_lab(tmp_path, vms=QEMU_VM) as handle:

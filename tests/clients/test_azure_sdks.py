@@ -22,7 +22,7 @@ from azure.mgmt.serialconsole.models import SerialPort, SerialPortProperties
 
 from tests.clients.conftest import ClientLab
 
-pytestmark = pytest.mark.clients
+pytestmark = [pytest.mark.clients, pytest.mark.xdist_group("azure-sdks")]  # one lab, one worker
 
 RG = "lab-rg"
 COMPUTE = "Microsoft.Compute"

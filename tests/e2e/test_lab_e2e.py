@@ -1,8 +1,9 @@
 """The whole lab end to end, as a user meets it: ``serial-console lab run`` in one process,
 the ``serial-console`` CLI in others, on a terminal.
 
-One lab for the module: the shipped default lab (QEMU guests linux-1 and linux-2, emulated
-win-1, nodiag-1 and scale set web-vmss) with its own state folder and a free port, started
+One lab for the module, on one xdist worker: the suite's lab (tests/e2e/lab.toml, the
+default lab less its disk VMs: QEMU guests linux-1 and linux-2, emulated win-1, nodiag-1
+and scale set web-vmss) with its own state folder and a free port, started
 as a subprocess and stopped by its pid with SIGINT, after which it must have exited with
 status 0 and left no QEMU behind. Consoles run under pexpect on a pseudo-terminal; each
 user keeps credentials in a config folder of this run only.
@@ -22,11 +23,11 @@ import pexpect
 import pytest
 
 from gateway.testing.lab import STOPPED, LabProcess
-from tests.e2e.conftest import GUEST_PASSWORD, require_qemu
+from tests.e2e.conftest import GUEST_PASSWORD, SUITE_LAB, require_qemu
 from tests.support.cli import Cli, expect, finished
 from tests.support.console import echoed
 
-pytestmark = [pytest.mark.e2e, pytest.mark.qemu]
+pytestmark = [pytest.mark.e2e, pytest.mark.qemu, pytest.mark.xdist_group("lab-e2e")]
 
 BOOT = 90.0  # a QEMU guest's boot to its login prompt under TCG on a busy machine
 USERS = ("alice", "bob", "carol")
@@ -53,10 +54,13 @@ SCALE_SET_HINT = (
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabProcess]:
-    """The default lab, running with --tls (so every console here goes over wss, verified
-    against the lab's CA); on teardown it must stop cleanly with no QEMU left."""
+    """The suite's lab (the default lab less its disk VMs), running with --tls (so every
+    console here goes over wss, verified against the lab's CA); on teardown it must stop
+    cleanly with no QEMU left."""
     require_qemu()
-    running = LabProcess.start(tmp_path_factory.mktemp("lab"), tls=True, die_with_parent=True)
+    running = LabProcess.start(
+        tmp_path_factory.mktemp("lab"), lab=SUITE_LAB, tls=True, die_with_parent=True
+    )
     assert running.url.startswith("https://127.0.0.1:"), running.output
     try:
         assert len(running.qemu_pids()) == 2, running.output

@@ -1,7 +1,8 @@
 """Real guests on a real libvirtd: the QEMU backend's behaviour tests, run on the libvirt
 backend, and what only libvirt has (domains a lab owns, a host reached over SSH).
 
-The tests imported from ``test_qemu_machine`` run here with this module's ``guest`` fixture:
+The tests imported from ``test_qemu_machine`` run here with this module's ``guest`` and
+``module_guest`` fixtures:
 the same assertions on what a person at the console sees, through libvirt's console stream.
 libvirtd is the one running, or started here (``tests.support.libvirtd``) and stopped after.
 """
@@ -20,12 +21,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from gateway.machines import EventKind, MachineError, MachineLaunchError, PowerState
 from gateway.machines.libvirt import OWNER_NS, LibvirtMachine, domain_prefix
 from gateway.machines.process import wait_pid_exit
 from gateway.testing.timeouts import scaled
-from tests.e2e.conftest import GUEST_PASSWORD, Guest
+from tests.e2e.conftest import GUEST_PASSWORD, Guest, running
 from tests.e2e.test_qemu_machine import (  # noqa: F401 - collected here, on libvirt
     test_a_hung_qemu_fails_a_command_in_time,
     test_a_reset_during_a_restart_is_refused,
@@ -43,33 +45,31 @@ from tests.e2e.test_qemu_machine import (  # noqa: F401 - collected here, on lib
     test_wait_input_taken_needs_a_running_guest,
     test_wrong_password_is_refused,
 )
-from tests.support.console import PortConsole
 from tests.support.libvirtd import URI, Libvirtd
 
-pytestmark = pytest.mark.qemu
+# One worker starts (and stops) the libvirt daemons: two would race for its sockets.
+pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("libvirtd")]
 
 BOOT = 60.0
 ROOT = Path(__file__).resolve().parents[2]
-
-
-async def _guest(vm: LibvirtMachine) -> AsyncIterator[Guest]:
-    guest = Guest(vm)  # type: ignore[arg-type]
-
-    async def attach(path: str) -> None:
-        guest.consoles.append(await PortConsole.open(path))
-
-    vm.add_port_hook(attach)
-    async with vm:
-        yield guest
-        for console in guest.consoles:
-            console.close_port()
 
 
 @pytest.fixture
 async def guest(libvirtd: Libvirtd, tmp_path: Path) -> AsyncIterator[Guest]:
     """A booting guest on libvirt whose console is read from before its CPU runs."""
     vm = LibvirtMachine("guest-1", run_dir=tmp_path / "run", password=GUEST_PASSWORD)
-    async for guest in _guest(vm):
+    async for guest in running(vm):
+        yield guest
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_guest(
+    libvirtd: Libvirtd, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Guest]:
+    """The libvirt guest the module's ``shared_guest`` tests share."""
+    folder = tmp_path_factory.mktemp("shared-libvirt-guest")
+    vm = LibvirtMachine("guest-1", run_dir=folder / "run", password=GUEST_PASSWORD)
+    async for guest in running(vm):
         yield guest
 
 
@@ -106,7 +106,7 @@ async def test_the_password_reaches_the_guest_but_not_argv_nor_the_boot_log(
     secret = "Fw-cfg-only 7x!"
     vm = LibvirtMachine("guest-1", run_dir=tmp_path / "run", password=secret)
     before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("serial-console-lab-*"))
-    async for guest in _guest(vm):
+    async for guest in running(vm):
         console = guest.console
         await console.expect(r"login: ", BOOT)
         assert vm.pid is not None
@@ -204,7 +204,7 @@ async def test_a_domain_left_by_an_earlier_run_of_the_lab_is_replaced(
     made = _virsh("create", str(xml), "--paused")
     assert made.returncode == 0, made.stderr
     left = _virsh("domuuid", vm.domain_name).stdout.strip()
-    async for guest in _guest(vm):
+    async for guest in running(vm):
         await guest.console.expect(r"guest-1 login: ", BOOT)
         assert guest.console.data.startswith(b"[    0.000000] Linux version ")
         assert _virsh("domuuid", vm.domain_name).stdout.strip() != left
@@ -313,7 +313,7 @@ async def test_a_host_reached_over_ssh(libvirtd: Libvirtd, tmp_path: Path) -> No
         "guest-1", run_dir=tmp_path / "run", uri=uri, password=GUEST_PASSWORD, accel="tcg"
     )
     try:
-        async for guest in _guest(vm):
+        async for guest in running(vm):
             console = guest.console
             await console.expect(r"guest-1 login: ", BOOT)
             assert console.data.startswith(b"[    0.000000] Linux version ")

@@ -276,6 +276,44 @@ def test_hostname(console, serial_lab, n):
     assert urls["gw0"] != urls["gw1"]
 
 
+def test_lab_xdist_group_gives_every_worker_one_lab_on_one_worker(tmp_path: Path) -> None:
+    """--lab-xdist-group with --dist loadgroup: every test that uses the lab runs on one
+    worker, which starts the one lab, in the order written; tests with no lab run on any."""
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    folder = suite(
+        tmp_path / "suite",
+        f"""
+import os, pytest
+
+def note(name, text=""):
+    worker = os.environ["PYTEST_XDIST_WORKER"]
+    with open(os.path.join({str(seen)!r}, name), "w") as out:
+        out.write(worker + " " + text)
+
+@pytest.mark.parametrize("n", range(3))
+def test_in_the_lab(console, serial_lab, n):
+    done = {{p for p in os.listdir({str(seen)!r}) if p.startswith("lab-")}}
+    assert done == {{f"lab-{{i}}" for i in range(n)}}  # in the order written
+    linux = console("linux-1")
+    linux.login()
+    assert linux.run("hostname") == ("linux-1\\n", 0)
+    note(f"lab-{{n}}", serial_lab.url)
+
+@pytest.mark.parametrize("n", range(6))
+def test_with_no_lab(n):
+    note(f"x-{{n}}")
+""",
+        ini="lab_emulated = true\n",
+    )
+    result = run_suite(folder, "-n", "2", "--dist", "loadgroup", "--lab-xdist-group", "one-lab")
+    assert result.returncode == 0, result.stdout + result.stderr
+    notes = {path.name: path.read_text().split(" ") for path in seen.iterdir()}
+    assert len(notes) == 9
+    assert len({tuple(notes[f"lab-{n}"]) for n in range(3)}) == 1  # one worker, one lab
+    assert len({worker for worker, *_ in notes.values()}) == 2  # the rest ran beside it
+
+
 def test_lab_keep_leaves_it_up_and_lab_url_uses_it(tmp_path: Path) -> None:
     """--lab-keep: the run ends, the lab stays and the summary says how to reach and stop
     it; a second run given --lab-url uses that lab, as alice; SIGINT then stops it."""

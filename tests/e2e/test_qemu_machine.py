@@ -1,7 +1,9 @@
 """Real QEMU guests under QMP control: what a person at the serial console sees.
 
-Each test boots the project's guest image under QEMU (TCG here, KVM where it works) with a
-reader on ttyS0 attached before the CPU runs, exactly as the gateway attaches its hub.
+The project's guest image under QEMU (TCG here, KVM where it works) with a reader on ttyS0
+attached before the CPU runs, exactly as the gateway attaches its hub. Tests that only read
+the guest or type at its console share the module's guest (``shared_guest``, at a fresh
+login prompt each); those about booting or that change the guest boot one of their own.
 """
 
 from __future__ import annotations
@@ -24,28 +26,28 @@ from gateway.machines import (
 )
 from gateway.machines.qemu import PASSWORD_FILE, QemuMachine
 from gateway.testing.timeouts import scaled
-from tests.e2e.conftest import GUEST_PASSWORD, Guest, require_qemu
+from tests.e2e.conftest import BOOT, GUEST_PASSWORD, ON_MODULE_LOOP, Guest, require_qemu
 from tests.support.console import PortConsole
 
 pytestmark = pytest.mark.qemu
 
-BOOT = 60.0
 
-
-async def test_boot_is_seen_from_the_first_byte_to_login(guest: Guest) -> None:
+@ON_MODULE_LOOP
+async def test_boot_is_seen_from_the_first_byte_to_login(shared_guest: Guest) -> None:
     """The console shows the kernel's very first line, then the guest's login prompt."""
-    await guest.console.expect(r"guest-1 login: ", BOOT)
-    assert guest.console.data.startswith(b"[    0.000000] Linux version ")
-    assert b"Run /init as init process" in guest.console.data
-    assert guest.vm.power_state is PowerState.RUNNING
+    await shared_guest.console.expect(r"guest-1 login: ", BOOT)
+    assert shared_guest.console.data.startswith(b"[    0.000000] Linux version ")
+    assert b"Run /init as init process" in shared_guest.console.data
+    assert shared_guest.vm.power_state is PowerState.RUNNING
     # The accelerator the machine reports is the one QEMU really runs the guest under.
-    kvm: Any = await guest.vm._command("query-kvm")
-    assert guest.vm.accel == ("kvm" if kvm["enabled"] else "tcg")
+    kvm: Any = await shared_guest.vm._command("query-kvm")
+    assert shared_guest.vm.accel == ("kvm" if kvm["enabled"] else "tcg")
 
 
-async def test_login_with_the_password_and_run_a_command(guest: Guest) -> None:
+@ON_MODULE_LOOP
+async def test_login_with_the_password_and_run_a_command(shared_guest: Guest) -> None:
     """root logs in with the lab password; a command's output appears on the console."""
-    console = guest.console
+    console = shared_guest.console
     await console.expect(r"login: ", BOOT)
     await console.login(GUEST_PASSWORD)
     assert (await console.run("hostname")).strip() == "guest-1"
@@ -53,9 +55,10 @@ async def test_login_with_the_password_and_run_a_command(guest: Guest) -> None:
     assert "lab.hostname=guest-1" in await console.run("cat /proc/cmdline")
 
 
-async def test_wrong_password_is_refused(guest: Guest) -> None:
+@ON_MODULE_LOOP
+async def test_wrong_password_is_refused(shared_guest: Guest) -> None:
     """A wrong password gets the login program's refusal and a new prompt."""
-    console = guest.console
+    console = shared_guest.console
     await console.expect(r"login: ", BOOT)
     await console.send("root\r")
     await console.expect(r"Password: ")
@@ -64,12 +67,13 @@ async def test_wrong_password_is_refused(guest: Guest) -> None:
     await console.expect(r"login: ", 30)
 
 
-async def test_sysrq_h_prints_the_kernel_help(guest: Guest) -> None:
+@ON_MODULE_LOOP
+async def test_sysrq_h_prints_the_kernel_help(shared_guest: Guest) -> None:
     """A serial BREAK then `h` makes the kernel print its SysRq help on the console."""
-    await guest.console.expect(r"login: ", BOOT)
-    await guest.vm.send_break()
-    await guest.console.send("h")
-    await guest.console.expect(r"sysrq: HELP : loglevel\(0-9\) reboot\(b\) crash\(c\)", 15)
+    await shared_guest.console.expect(r"login: ", BOOT)
+    await shared_guest.vm.send_break()
+    await shared_guest.console.send("h")
+    await shared_guest.console.expect(r"sysrq: HELP : loglevel\(0-9\) reboot\(b\) crash\(c\)", 15)
 
 
 async def test_sysrq_sequence_reisub_syncs_and_reboots(guest: Guest) -> None:
@@ -96,11 +100,12 @@ async def test_sysrq_sequence_reisub_syncs_and_reboots(guest: Guest) -> None:
     await console.expect(r"login: ", BOOT)
 
 
-async def test_nmi_prints_the_kernel_nmi_line(guest: Guest) -> None:
+@ON_MODULE_LOOP
+async def test_nmi_prints_the_kernel_nmi_line(shared_guest: Guest) -> None:
     """An injected NMI shows the kernel's unknown-NMI line and the guest carries on."""
-    console = guest.console
+    console = shared_guest.console
     await console.expect(r"login: ", BOOT)
-    await guest.vm.inject_nmi()
+    await shared_guest.vm.inject_nmi()
     await console.expect(r"Uhhuh\. NMI received for unknown reason", 15)
     await console.login(GUEST_PASSWORD)
     assert (await console.run("echo still-alive")).strip() == "still-alive"
@@ -212,19 +217,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@ON_MODULE_LOOP
 @pytest.mark.parametrize("logged_in", [False, True], ids=["at-login", "at-shell"])
 async def test_sysrq_after_a_flood_of_typed_input_gets_its_own_key(
-    guest: Guest, logged_in: bool
+    shared_guest: Guest, logged_in: bool
 ) -> None:
     """2,000 typed "5"s then SysRq h: the BREAK waits until the guest has taken every typed
     byte, so the kernel answers "h" with its help, not "5" with "Loglevel set to 5"."""
-    console = guest.console
+    console = shared_guest.console
     await console.expect(r"login: ", BOOT)
     if logged_in:
         await console.login(GUEST_PASSWORD)
     await console.send("5" * 2000)
-    await guest.vm.wait_input_taken(scaled(30))
-    await guest.vm.send_break()
+    await shared_guest.vm.wait_input_taken(scaled(30))
+    await shared_guest.vm.send_break()
     await console.send("h")
     match = await console.expect(r"sysrq: (HELP|Loglevel set to \d)", 15)
     assert match.group(1) == b"HELP", console.since(match.start())

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 
 from gateway.testing.lab import LabProcess
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("api-fuzz")]  # one lab, one worker
 
 
 @pytest.fixture(scope="module")
