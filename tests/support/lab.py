@@ -161,11 +161,20 @@ def trusting(ca_path: Path | None) -> ssl.SSLContext:
 
 @contextlib.asynccontextmanager
 async def serve_lab(
-    config: LabConfig, factory: MachineFactory = default_machine_factory
+    config: LabConfig,
+    factory: MachineFactory = default_machine_factory,
+    *,
+    graceful: bool = False,
 ) -> AsyncIterator[LabHandle]:
     """The one way a test runs a lab: ``config`` served by a ``LabRuntime`` (machines from
     ``factory``), started within a bound, with an HTTP client pointed at it (trusting the
-    lab's CA when it serves TLS); stopped, machines and all, on the way out."""
+    lab's CA when it serves TLS); stopped, machines and all, on the way out.
+
+    The stop is the lab's forced one (a second Ctrl+C: consoles still hear why they close,
+    every machine is deallocated) unless ``graceful``: then the guests are asked to shut
+    down and waited for, as on a first Ctrl+C. An emulated guest running the image's
+    busybox takes two seconds to do so (its init's TERM and KILL rounds), which only the
+    tests about stopping a lab should pay."""
     runtime = LabRuntime(config, machine_factory=factory)
     async with asyncio.timeout(scaled(60)):
         await runtime.__aenter__()
@@ -176,20 +185,22 @@ async def serve_lab(
         ) as http:
             yield LabHandle(runtime, http)
     finally:
+        if not graceful:
+            runtime.force_stop()
         await runtime.__aexit__(None, None, None)
 
 
 @contextlib.asynccontextmanager
 async def running_lab(
-    tmp_path: Path, *, tls: bool = False, **parts: Any
+    tmp_path: Path, *, tls: bool = False, graceful: bool = False, **parts: Any
 ) -> AsyncIterator[LabHandle]:
-    """The lab of ``lab_toml(**parts)`` with emulated guests, running (``serve_lab``); with
-    ``tls``, served by the lab's own CA (see the module docstring)."""
+    """The lab of ``lab_toml(**parts)`` with emulated guests, running (``serve_lab``, with
+    its ``graceful``); with ``tls``, served by the lab's own CA (see the module docstring)."""
     text = lab_toml(tmp_path / "state", **parts)
     config = parse_lab(text, source=str(tmp_path / "lab.toml"), base=tmp_path)
     if tls:
         config = config.with_overrides(tls=True)
-    async with serve_lab(config) as handle:
+    async with serve_lab(config, graceful=graceful) as handle:
         yield handle
 
 

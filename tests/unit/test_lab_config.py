@@ -25,11 +25,17 @@ def parse(text: str) -> object:
 
 
 def test_default_lab_has_the_documented_resources_and_users() -> None:
-    """The shipped lab: linux-1/2 on QEMU, win-1 and nodiag-1 emulated, web-vmss 0 and 1."""
+    """The shipped lab: linux-1/2 on QEMU, the Debian disk VMs debian-gen2 (UEFI) and
+    debian-gen1 (BIOS) on QEMU, win-1 and nodiag-1 emulated, web-vmss 0 and 1."""
     lab = load_default_lab()
     vms = {vm.name: vm for vm in lab.vms}
-    assert set(vms) == {"linux-1", "linux-2", "win-1", "nodiag-1"}
+    assert set(vms) == {"linux-1", "linux-2", "debian-gen2", "debian-gen1", "win-1", "nodiag-1"}
     assert vms["linux-1"].machine.backend == "qemu"
+    for name, generation in (("debian-gen2", 2), ("debian-gen1", 1)):
+        disk = vms[name].machine.image.disk
+        assert vms[name].machine.backend == "qemu"
+        assert disk is not None
+        assert disk.generation == generation
     assert vms["win-1"].machine.os == "windows"
     assert vms["win-1"].machine.backend == "emulated"
     assert vms["nodiag-1"].boot_diagnostics is False
