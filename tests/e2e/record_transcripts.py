@@ -142,7 +142,9 @@ def quit_console(child: pexpect.spawn) -> None:
     assert child.exitstatus == 0
 
 
-def free_port() -> int:
+def preferred_port() -> int:
+    """PREFERRED_PORT when it is free (the transcripts then show the same URL every time),
+    else 0: the lab takes any port and its banner says which."""
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", PREFERRED_PORT))
@@ -264,7 +266,7 @@ def main(argv: list[str]) -> int:
     require_qemu()
     output = Path(argv[0]) if argv else OUTPUT
     with tempfile.TemporaryDirectory(prefix="transcripts-") as folder:
-        lab = LabProcess.start(Path(folder), port=free_port(), replay_bytes=0)
+        lab = LabProcess.start(Path(folder), port=preferred_port(), replay_bytes=0)
         try:
             scenes = record(lab, Path(folder) / "config")
         finally:
