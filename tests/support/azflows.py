@@ -75,6 +75,10 @@ class AzConsole:
             kwargs={
                 "skip_utf8_validation": True,
                 "sslopt": {"ca_certs": self.ca_certs} if self.ca_certs else None,
+                # How often its reading loop looks up from the socket (10 s by default): a
+                # close() from another thread ends the thread only then. No ping is sent:
+                # the timeout applies to pings only once one has gone out.
+                "ping_timeout": 0.2,
             },
             daemon=True,
         )
