@@ -163,6 +163,7 @@ async def _cli(*args: str, cwd: Path) -> asyncio.subprocess.Process:
     )  # fmt: skip
 
 
+@pytest.mark.slow  # a `lab run` process per signal, started and stopped gracefully
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 async def test_lab_run_serves_and_stops_cleanly_on_a_signal(tmp_path: Path, sig: int) -> None:
     """`lab run` prints where it is, serves the API, and on Ctrl+C/SIGTERM deallocates all."""
@@ -276,6 +277,7 @@ async def test_a_certificate_the_user_brings_wins(tmp_path: Path) -> None:
             assert (await client.get(f"{lab.url}/openapi.json")).status_code == 200
 
 
+@pytest.mark.slow  # a `lab run --tls` process, its CA made, then stopped gracefully
 async def test_lab_run_tls_prints_the_https_url_and_how_to_trust_it(tmp_path: Path) -> None:
     """`lab run --tls` prints its https URL, the CA's path and the export line to trust it."""
     lab_file = tmp_path / "lab.toml"
