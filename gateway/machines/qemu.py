@@ -1,7 +1,7 @@
 """QemuMachine: a real Linux guest under QEMU, driven through its monitor (QMP).
 
 Launch: ``qemu-system-x86_64 -S -no-shutdown`` with ttyS0 on a PTY chardev (``ser0``), QMP
-on a Unix socket in the VM's run folder, and a pvpanic device with ``-action panic=pause``.
+on a Unix socket in the VM's run folder, and a pvpanic device with ``-action panic=none``.
 The PTY path comes from ``query-chardev``; the port hooks run with it while the CPU is still
 held by ``-S``, then ``cont`` lets the guest run, so a reader attached in a hook sees the
 boot from its first byte.
@@ -25,8 +25,15 @@ Power state follows the machine's own commands and the guest's QMP events SHUTDO
 guest powered off: stopped) and GUEST_PANICKED (panicked); RESET and POWERDOWN are passed
 on as events. STOP and RESUME are deliberately not followed: they only echo a pause or a
 ``cont`` that already has a meaning of its own (our ``stop``/``cont``, the pause after a
-SHUTDOWN under ``-no-shutdown``, and ``-action panic=pause``, whose STOP comes right after
-GUEST_PANICKED and would turn ``panicked`` into ``stopped``, hiding the crash).
+SHUTDOWN under ``-no-shutdown``, and the halt after a panic, whose STOP would turn
+``panicked`` into ``stopped``, hiding the crash).
+
+After a panic (GUEST_PANICKED) the guest runs on until its console has been quiet for
+``PANIC_QUIET`` s, then its CPU is halted (QMP ``stop``). QEMU's own ``panic=pause`` would
+halt it inside the kernel's panic notifiers, before the kernel writes out its panic: a
+panic in NMI context (``Send NMI`` with ``kernel.panic_on_unrecovered_nmi``) defers its
+console output, and the boot log would show nothing of it. A panicked kernel only spins,
+so it is halted rather than left to burn a core under TCG.
 
 One power operation at a time (``MachineBase``); every monitor command is timed
 (``command_timeout``): a hung QEMU gives ``MachineCommandError``, not a wait without end.
@@ -129,6 +136,8 @@ HOSTNAME_FW_CFG = "opt/serial-console-lab/hostname"  # disk VMs' lab-identity re
 HOSTNAME_FILE = "guest-hostname"  # in the run folder: the host name for fw_cfg
 IDENTITY_SIZE = 256  # bytes of each fw_cfg identity entry of a disk VM (see _identity_bytes)
 DISK_TB_SIZE_MB = 128  # TCG's translation cache for a disk VM (QEMU's default is 1 GiB)
+PANIC_QUIET = 1.0  # a panicked guest's console quiet this long: its panic is written out
+PANIC_HALT_MAX = 15.0  # a panicked guest is halted after this long, quiet or not
 UP_TIMEOUT = 900.0  # a cold boot that is to be saved: how long it may take to come up
 SAVE_OUTPUT_LIMIT = 4 << 20  # a boot printing more than this is not saved (not a login wait)
 LOGIN_PROMPT = b"login: "
@@ -198,6 +207,8 @@ class QemuMachine(MachineBase):
         self._up: asyncio.Event | None = None
         self._save_task: asyncio.Task[None] | None = None
         self.warm_saved = asyncio.Event()  # set once this VM saved a boot for warm starts
+        self._last_output = 0.0  # when the guest last wrote to its serial port (monotonic)
+        self._halt_task: asyncio.Task[None] | None = None
         self._kernel = kernel
         self._initrd = initrd
         self.memory_mb = memory_mb
@@ -275,8 +286,9 @@ class QemuMachine(MachineBase):
             "stop", "stopping", PowerState.RUNNING, PowerState.PANICKED
         ):
             if self._state is PowerState.PANICKED:  # a crashed kernel answers no power button
+                await self._halt_now()
                 self._set_state(PowerState.STOPPED, "panicked: halted")
-                return  # the CPU is already paused (panic=pause); start resets it
+                return  # start resets it
             with self._rollback():
                 if not await self._power_down(timeout):
                     await self._command("stop")
@@ -582,7 +594,7 @@ class QemuMachine(MachineBase):
             *secret,
             "-chardev", f"pty,id={SERIAL_ID}", "-serial", f"chardev:{SERIAL_ID}",
             "-qmp", f"unix:{qmp_path}",
-            "-device", "pvpanic-pci", "-action", "panic=pause",
+            "-device", "pvpanic-pci", "-action", "panic=none",
             "-pidfile", str(self.run_dir / "qemu.pid"),
         ]  # fmt: skip
 
@@ -615,7 +627,7 @@ class QemuMachine(MachineBase):
             "-device", "virtio-serial-pci",
             "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
             "-qmp", f"unix:{qmp_path}",
-            "-device", "pvpanic-pci", "-action", "panic=pause",
+            "-device", "pvpanic-pci", "-action", "panic=none",
             "-pidfile", str(self.run_dir / "qemu.pid"),
         ]  # fmt: skip
 
@@ -624,6 +636,7 @@ class QemuMachine(MachineBase):
     def observe_output(self, chunk: bytes) -> None:
         """The console hub hands every byte the guest writes here: a cold boot that is to be
         saved is kept until the guest is up (its login prompt)."""
+        self._last_output = time.monotonic()
         kept = self._boot_output
         if kept is None or self._up is None:
             return
@@ -874,6 +887,28 @@ class QemuMachine(MachineBase):
         elif name == "GUEST_PANICKED":
             self._set_state(PowerState.PANICKED, str(data.get("action", "")))
             self._publish(EventKind.PANICKED, str(data.get("info", "")))
+            if self._halt_task is None or self._halt_task.done():
+                self._halt_task = asyncio.get_running_loop().create_task(
+                    self._halt_after_panic(), name=f"{self.name}-panic-halt"
+                )
+
+    async def _halt_after_panic(self) -> None:
+        """Halt a panicked guest's CPU once its console has been quiet for ``PANIC_QUIET`` s
+        (its panic written out), or after ``PANIC_HALT_MAX`` s (see the module docstring)."""
+        began = time.monotonic()
+        while self._state is PowerState.PANICKED:
+            now = time.monotonic()
+            quiet = now - self._last_output
+            if quiet >= PANIC_QUIET or now - began >= PANIC_HALT_MAX:
+                await self._halt_now()
+                return
+            await asyncio.sleep(PANIC_QUIET - quiet)  # a debounce: no event says "done"
+
+    async def _halt_now(self) -> None:
+        if self._halt_task is not None and self._halt_task is not asyncio.current_task():
+            self._halt_task.cancel()
+        with contextlib.suppress(MachineError):
+            await self._command("stop")
 
     async def _command(self, cmd: str, args: dict[str, object] | None = None) -> object:
         """Run a monitor command; MachineCommandError if QEMU refuses it, fails, or does

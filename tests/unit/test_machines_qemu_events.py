@@ -15,13 +15,15 @@ def _running(tmp_path: Path) -> QemuMachine:
     return vm
 
 
-def test_a_panic_stays_panicked_through_the_pause_that_follows(tmp_path: Path) -> None:
-    """-action panic=pause sends GUEST_PANICKED then STOP: the machine reports the crash,
-    not a stopped VM (STOP is not a power state of its own)."""
+async def test_a_panic_stays_panicked_through_the_halt_that_follows(tmp_path: Path) -> None:
+    """GUEST_PANICKED, then the STOP of the machine's own halt once the panic is written
+    out: the machine reports the crash, not a stopped VM (STOP is not a power state)."""
     vm = _running(tmp_path)
-    vm._on_event("GUEST_PANICKED", {"action": "pause"})
+    vm._on_event("GUEST_PANICKED", {"action": "none"})
     vm._on_event("STOP", {})
     assert vm.power_state is PowerState.PANICKED
+    assert vm._halt_task is not None
+    vm._halt_task.cancel()
 
 
 def test_a_guest_power_off_is_stopped_and_a_resume_alone_changes_nothing(
