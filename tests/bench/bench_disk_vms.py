@@ -1,0 +1,185 @@
+"""Disk VMs beside the initramfs guest: launch to the firmware's first serial byte, to
+GRUB's menu and to ``login:``, cold; a warm start to ``login:`` (from a state saved by a
+first cold boot); QEMU's resident memory at the login prompt; the saved state's and the
+images' sizes. Medians of RUNS launches each.
+
+``python -m tests.bench`` runs it with the others; alone:
+``python -m tests.bench.bench_disk_vms [RUNS]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gateway.machines.disk import DiskSpec
+from gateway.machines.image import IMAGE_DIR, builtin_disk, disk_dir
+from gateway.machines.qemu import QemuMachine
+from gateway.machines.warm import WarmStore
+
+MARKS = {"first byte": b"", "GRUB": b"GNU GRUB", "login:": b"login: "}
+TIMEOUT = 300.0
+
+
+class Watch:
+    """Reads a VM's serial port from before its CPU runs, hands the bytes to the machine
+    (as the console hub does: a cold boot to be saved needs them) and notes when each mark
+    first appears."""
+
+    def __init__(self, vm: QemuMachine) -> None:
+        self.vm = vm
+        self.data = bytearray()
+        self.started = 0.0
+        self.seen: dict[str, float] = {}
+        self.changed = asyncio.Event()
+        self.fd = -1
+
+    async def attach(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        asyncio.get_running_loop().add_reader(self.fd, self._read)
+
+    def _read(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                return
+            self.data += chunk
+            self.vm.observe_output(chunk)
+            now = time.perf_counter() - self.started
+            for name, mark in MARKS.items():
+                if name not in self.seen and mark in self.data:
+                    self.seen[name] = now
+            self.changed.set()
+
+    async def wait(self, name: str) -> float:
+        async with asyncio.timeout(TIMEOUT):
+            while name not in self.seen:
+                self.changed.clear()
+                await self.changed.wait()
+        return self.seen[name]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            asyncio.get_running_loop().remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+
+
+async def one(vm: QemuMachine, marks: list[str]) -> dict[str, float]:
+    watch = Watch(vm)
+    vm.add_port_hook(watch.attach)
+    watch.started = time.perf_counter()
+    try:
+        await vm.start()
+        out = {name: await watch.wait(name) for name in marks}
+        out["rss"] = _rss_mib(vm.pid)
+        return out
+    finally:
+        await vm.deallocate()
+        watch.close()
+
+
+def _rss_mib(pid: int | None) -> float:
+    if pid is None:
+        return float("nan")
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def measure(runs: int) -> dict[str, list[dict[str, float]]]:
+    results: dict[str, list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for gen in (1, 2):
+            disk = builtin_disk(f"debian-12-gen{gen}")
+            assert disk is not None
+            spec = DiskSpec(image=disk.path, generation=gen)
+            results[f"Gen{gen} cold"] = [
+                await one(
+                    QemuMachine(
+                        f"gen{gen}",
+                        run_dir=root / f"g{gen}-{i}",
+                        memory_mb=512,
+                        disk=spec,
+                        disk_dir=root / f"g{gen}-{i}" / "disks",
+                    ),
+                    ["first byte", "GRUB", "login:"],
+                )
+                for i in range(runs)
+            ]
+        results["initramfs cold"] = [
+            await one(QemuMachine("initramfs", run_dir=root / f"i-{i}"), ["first byte", "login:"])
+            for i in range(runs)
+        ]
+        # warm: a first cold boot saves its state, then every start restores it
+        store = WarmStore(root / "warm")
+        disk = builtin_disk("debian-12-gen2")
+        assert disk is not None
+        spec = DiskSpec(image=disk.path, generation=2)
+        saver = QemuMachine("saver", run_dir=root / "saver", memory_mb=512, disk=spec,
+                            disk_dir=root / "saver" / "disks", warm=store)  # fmt: skip
+        watch = Watch(saver)
+        saver.add_port_hook(watch.attach)
+        await saver.start()
+        async with asyncio.timeout(TIMEOUT * 2):
+            await saver.warm_saved.wait()
+        await saver.deallocate()
+        watch.close()
+        results["Gen2 warm"] = [
+            await one(
+                QemuMachine(
+                    f"warm{i}",
+                    run_dir=root / f"w-{i}",
+                    memory_mb=512,
+                    disk=spec,
+                    disk_dir=root / f"w-{i}" / "disks",
+                    warm=store,
+                ),
+                ["login:"],
+            )
+            for i in range(runs)
+        ]
+        states = [p for p in store.folder.iterdir() if p.is_dir()]
+        results["_state"] = [{"size": sum(f.stat().st_blocks * 512 for f in states[0].iterdir())}]
+    return results
+
+
+def main(runs: int = 3) -> None:
+    started = time.perf_counter()
+    results = asyncio.run(measure(runs))
+    print(f"\nDisk VMs under QEMU (TCG, 1 vCPU), medians of {runs} launches, seconds from launch")
+    header = ("", "first byte", "GRUB menu", "login:", "RSS at login")
+    rows = [header]
+    for name, runs_of in results.items():
+        if name.startswith("_"):
+            continue
+
+        def med(key: str, runs_of: list[dict[str, float]] = runs_of) -> str:
+            values = [r[key] for r in runs_of if key in r]
+            return f"{statistics.median(values):.2f}" if values else "-"
+
+        rss = statistics.median(r["rss"] for r in runs_of)
+        rows.append((name, med("first byte"), med("GRUB"), med("login:"), f"{rss:.0f} MiB"))
+    for row in rows:
+        print(f"  {row[0]:<16} {row[1]:>10} {row[2]:>10} {row[3]:>8} {row[4]:>13}")
+    size = results["_state"][0]["size"]
+    images = {p.name: p.stat().st_size for p in disk_dir().glob("*.qcow2")}
+    kernel = sum(p.stat().st_size for p in IMAGE_DIR.iterdir() if p.is_file())
+    print(f"  saved state of a Gen2 VM on disk: {size / 2**20:.0f} MiB")
+    print("  images: " + ", ".join(f"{n} {s / 2**20:.0f} MiB" for n, s in sorted(images.items()))
+          + f", initramfs guest {kernel / 2**20:.0f} MiB")  # fmt: skip
+    build = (disk_dir() / "disk.env").read_text().split("BUILD_SECONDS=")[-1].strip()
+    took = time.perf_counter() - started
+    print(f"  disk images' last build: {build} s; this benchmark: {took:.0f} s")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
