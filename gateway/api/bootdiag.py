@@ -217,7 +217,7 @@ async def read_console_screenshot_blob(
         return blob_error(403, "AuthenticationFailed", AUTH_FAILED, detail=detail)
     vm = ctx.inventory.by_machine_name(machine)
     screendump = getattr(vm.machine, "screendump", None) if vm is not None else None
-    if vm is None or screendump is None:
+    if vm is None or screendump is None or not getattr(vm.machine, "has_display", False):
         return blob_error(404, "BlobNotFound", "The specified blob does not exist.")
     with tempfile.TemporaryDirectory(prefix="screenshot-") as folder:
         path = Path(folder) / SCREENSHOT_NAME

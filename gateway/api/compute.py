@@ -444,7 +444,7 @@ def _boot_diagnostics(
         )
     base = str(request.base_url).rstrip("/")
     screenshot = None
-    if getattr(vm.machine, "screendump", None) is not None:  # a QEMU or libvirt VM's display
+    if getattr(vm.machine, "has_display", False):  # a disk VM's display, taken when asked
         screenshot = base + ctx.signer.sign(screenshot_path(vm.name), minutes * 60)
     return {
         "consoleScreenshotBlobUri": screenshot,

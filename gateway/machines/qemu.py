@@ -337,6 +337,12 @@ class QemuMachine(MachineBase):
         if was_allocated:
             await self.start()
 
+    @property
+    def has_display(self) -> bool:
+        """A disk VM has a VGA display to take screenshots of; a kernel booted directly has
+        none (its console is the serial port alone)."""
+        return self.disks is not None
+
     async def screendump(self, path: Path) -> Path:
         """A PNG of the VM's display (QMP ``screendump``), written to ``path``."""
         self._require(
