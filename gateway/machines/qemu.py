@@ -437,10 +437,10 @@ class QemuMachine(MachineBase):
         qmp_path = _socket_path(self.run_dir)
         placeholder = self.run_dir / PASSWORD_FILE if self._password is not None else None
         if self.disks is not None:
-            key = self._warm_key(self._disk_argv(qmp_path, placeholder, None))
+            key = self._warm_key(self._disk_argv(qmp_path, placeholder, None), qmp_path)
         else:
-            key = self._warm_key(self._argv(Path(str(kernel)), Path(str(initrd)), qmp_path,
-                                            placeholder))  # fmt: skip
+            argv = self._argv(Path(str(kernel)), Path(str(initrd)), qmp_path, placeholder)
+            key = self._warm_key(argv, qmp_path)
         saved = self.warm.lookup(key) if self.warm is not None and key is not None else None
         if self.disks is not None:
             try:
@@ -653,14 +653,14 @@ class QemuMachine(MachineBase):
         elif LOGIN_PROMPT in kept[-len(chunk) - len(LOGIN_PROMPT) :]:
             self._up.set()
 
-    def _warm_key(self, argv: list[str]) -> str | None:
+    def _warm_key(self, argv: list[str], qmp_path: Path) -> str | None:
         """The saved-state key of this launch, or None when it cannot start warm: a disk VM
         whose disks were written already (they are its own now), or one with a TPM (its
         state lives in swtpm, not in QEMU's)."""
         if self.warm is None:
             return None
         files = [Path(shutil.which(self._qemu) or self._qemu)]
-        own = {"run": str(self.run_dir), "name": self.name}
+        own = {"run": str(self.run_dir), "name": self.name, "qmp": str(qmp_path)}
         if self.disks is not None and self.disk is not None:
             if self.disk.tpm or self.disks.os_disk.exists():
                 return None

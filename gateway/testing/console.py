@@ -53,7 +53,7 @@ from gateway.testing.client import LabClient, LabClientError
 from gateway.testing.timeouts import scaled
 
 DEFAULT_PROMPT = r"[\w.-]+@[\w.-]+:[^\r\n]*?[#$] "  # busybox ash's PS1: root@linux-1:~#
-LOGIN_PROMPT = r"login: "
+LOGIN_PROMPT = r"(?<!Last )login: "  # not the "Last login: ..." line a login prints
 SAC_PROMPT = "SAC>"
 BOOT = 120.0  # a QEMU guest's boot under TCG on a busy machine
 COMMAND = 60.0  # a console command's answer (a graceful restart waits for the guest)

@@ -94,6 +94,15 @@ ssh_port = 0
 warm_start = false  # these tests are about booting: from the firmware, every time
 [vms.image]
 disk = "debian-12-gen1"
+[[vms]]
+name = "trusted"
+resource_group = "{RG}"
+backend = "qemu"
+warm_start = false
+[vms.image]
+disk = "debian-12-gen2"
+secure_boot = true
+tpm = true
 [[users]]
 name = "{USER}"
 password = "{PASSWORD}"
@@ -390,5 +399,24 @@ def test_reimage_throws_the_overlay_away(
         console.login()
         out, _ = console.run("ls /root/blob 2>&1")
         assert "No such file" in out
+    finally:
+        console.close()
+
+
+# -- Trusted Launch: Secure Boot and a vTPM -------------------------------------------------
+
+
+def test_secure_boot_and_tpm_boot_to_login(client: LabClient) -> None:
+    """OVMF's Secure Boot firmware with Microsoft's keys boots shim, Debian's signed GRUB
+    and the signed kernel; the kernel sees Secure Boot on and a TPM 2.0 (swtpm)."""
+    console = Console.open(client, "trusted", group=RG, password=GUEST_PASSWORD, timeout=BOOT)
+    try:
+        console.wait_for_boot(BOOT)
+        log = console.read_boot_log()
+        assert "secureboot: Secure boot enabled" in log
+        assert "Kernel is locked down from EFI Secure Boot" in log
+        console.login()
+        out, status = console.run("ls /dev/tpm0 /dev/tpmrm0")
+        assert status == 0, out
     finally:
         console.close()

@@ -163,3 +163,29 @@ def test_a_state_is_saved_once_and_whole(tmp_path: Path) -> None:
         failing_save()
     assert store.lookup("j") is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]
+
+
+def test_vms_like_each_other_share_a_state_key_whatever_their_names_and_folders(
+    tmp_path: Path,
+) -> None:
+    """Two VMs of one image and settings, with other names, host names and state folders
+    (long enough that QMP's socket moves to a temporary folder of its own), share a key;
+    another memory size does not."""
+    from gateway.machines.qemu import QemuMachine, _socket_path
+
+    image = tmp_path / "os.qcow2"
+    image.write_bytes(b"QFI\xfb" + b"\0" * 508)
+    store = WarmStore(tmp_path / "warm")
+
+    def key(name: str, memory: int = 512) -> str | None:
+        run = tmp_path / ("a-very-long-folder-name-" * 4) / name
+        run.mkdir(parents=True)
+        vm = QemuMachine(name, run_dir=run, memory_mb=memory, hostname=f"host-{name}",
+                         disk=DiskSpec(image=image, generation=1), warm=store)  # fmt: skip
+        qmp = _socket_path(run)
+        return vm._warm_key(vm._disk_argv(qmp, None, None), qmp)
+
+    first = key("first-vm")
+    assert first is not None
+    assert key("second-vm") == first
+    assert key("third-vm", memory=1024) != first
