@@ -44,6 +44,14 @@ STATE, DISK, BOOT_LOG = "state", "disk.qcow2", "boot.log"
 FORMAT_VERSION = "1"  # bump when what a saved state holds changes
 
 
+def user_cache() -> Path:
+    """Saved states kept for this user across labs: ``$XDG_CACHE_HOME/serial-console-lab/warm``
+    (``~/.cache/...``). The pytest plugin's labs use it, so a suite's guests start warm from
+    its second run on."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "serial-console-lab" / "warm"
+
+
 @dataclass(frozen=True, slots=True)
 class SavedState:
     """A saved booted guest (see the module docstring)."""

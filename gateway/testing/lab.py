@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from gateway.machines.warm import WARM_ENV, user_cache
 from gateway.testing.timeouts import scaled
 
 UP = re.compile(r"Serial Console Lab is up at (https?://\S+)")
@@ -126,8 +127,10 @@ class LabProcess:
         ]  # fmt: skip
         # A session of its own: the terminal's Ctrl+C reaches the test run, whose clean-up
         # then stops the lab once, gracefully (a second SIGINT would force it).
+        # Saved boots outlive the run's temporary state folder: the next run starts warm.
+        env = {WARM_ENV: str(user_cache()), **os.environ}
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
             stderr=subprocess.STDOUT, text=True, start_new_session=True,
             preexec_fn=_terminate_with_parent if die_with_parent else None,
         )  # fmt: skip
