@@ -674,7 +674,10 @@ class QemuMachine(MachineBase):
             files += [Path(str(self._kernel or IMAGE_DIR / KERNEL)),
                       Path(str(self._initrd or IMAGE_DIR / INITRD))]  # fmt: skip
             argv = [*argv, hashlib.sha256((self._password or "").encode()).hexdigest()]
-        files += [Path(a.split("file=", 1)[1]) for a in argv if "if=pflash" in a]
+        # the firmware's code (read only); each VM's variables are its own copy of a template
+        files += [
+            Path(a.split("file=", 1)[1]) for a in argv if "if=pflash" in a and "readonly" in a
+        ]
         return state_key(argv, own, files)
 
     async def _wait_incoming(self) -> None:
