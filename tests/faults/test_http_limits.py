@@ -375,7 +375,9 @@ async def test_idle_connections_past_the_cap_are_refused_and_all_are_closed(
     )
     assert len(busy) + len(closed) == 300
     assert len(busy) >= 300 - limits.max_connections
-    assert all(t < HEADER_TIMEOUT for t in busy)
+    # At once: every 503 came before the header timeout closed the first idle socket (an
+    # order, which a busy machine cannot change; the clock, it can).
+    assert max(busy) < min(closed)
     assert all(HEADER_TIMEOUT - 0.1 < t < HEADER_TIMEOUT + scaled(5) for t in closed)
     reached = [r for r in caplog.records if "connection cap reached" in r.getMessage()]
     assert len(reached) == 1
