@@ -673,7 +673,9 @@ class QemuMachine(MachineBase):
         else:  # no agent to take an identity after a restore: it is part of the key
             files += [Path(str(self._kernel or IMAGE_DIR / KERNEL)),
                       Path(str(self._initrd or IMAGE_DIR / INITRD))]  # fmt: skip
-            argv = [*argv, hashlib.sha256((self._password or "").encode()).hexdigest()]
+            secret = hashlib.sha256((self._password or "").encode()).hexdigest()
+            argv = [*argv, f"hostname={self.hostname}", f"password={secret}"]
+            own.pop("name")  # the host name is the VM's name unless the lab file says
         # the firmware's code (read only); each VM's variables are its own copy of a template
         files += [
             Path(a.split("file=", 1)[1]) for a in argv if "if=pflash" in a and "readonly" in a

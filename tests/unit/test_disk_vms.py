@@ -189,3 +189,26 @@ def test_vms_like_each_other_share_a_state_key_whatever_their_names_and_folders(
     assert first is not None
     assert key("second-vm") == first
     assert key("third-vm", memory=1024) != first
+
+
+def test_initramfs_guests_keep_their_names_in_the_key(tmp_path: Path) -> None:
+    """The initramfs guest has no agent to take a new identity after a restore: a VM of
+    another name (its host name) or password never restores another's boot."""
+    from gateway.machines.qemu import QemuMachine, _socket_path
+
+    kernel, initrd = tmp_path / "vmlinux", tmp_path / "initramfs.cpio"
+    kernel.write_bytes(b"k")
+    initrd.write_bytes(b"i")
+    store = WarmStore(tmp_path / "warm")
+
+    def key(name: str, password: str = "serial-lab") -> str | None:
+        run = tmp_path / name
+        run.mkdir(exist_ok=True)
+        vm = QemuMachine(name, run_dir=run, kernel=kernel, initrd=initrd, password=password,
+                         warm=store)  # fmt: skip
+        qmp = _socket_path(run)
+        return vm._warm_key(vm._argv(kernel, initrd, qmp, None), qmp)
+
+    assert key("linux-1") == key("linux-1")
+    assert key("linux-1") != key("linux-2")
+    assert key("linux-1") != key("linux-1", password="other")
