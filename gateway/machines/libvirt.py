@@ -77,6 +77,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import select
 import shutil
 import socket
@@ -464,8 +465,10 @@ class LibvirtMachine(MachineBase):
                     f"within {LAUNCH_TIMEOUT:.0f} s; see libvirtd's log on that host"
                 ) from None
             except libvirt.libvirtError as err:
+                said = _qemu_said(self.domain_name) if is_local(self.uri) else ""
                 raise MachineLaunchError(
                     f"VM '{self.name}' did not start on {self.uri}: {err.get_error_message()}"
+                    + (f" (QEMU said: {said})" if said else "")
                 ) from err
         finally:
             if secret_dir is not None:
@@ -731,6 +734,24 @@ class LibvirtMachine(MachineBase):
                     await self._release()
 
         asyncio.get_running_loop().create_task(take_over(), name=f"{self.name}-gone")
+
+
+QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")  # where a local libvirtd keeps QEMU's output
+# a line QEMU wrote: "qemu: ...", or "<time> qemu-system-x86_64: ..."
+QEMU_SAID = re.compile(r"(?:^|\s)qemu(?:-system-\w+)?: (.+)$")
+
+
+def _qemu_said(domain: str) -> str:
+    """The last thing QEMU wrote in libvirt's log of ``domain`` on this host: why it exited
+    at once, which libvirt's own error ("failed to connect to monitor socket") may not say
+    when QEMU died before libvirt read its output. Empty when there is no such log."""
+    try:
+        lines = (QEMU_LOG_DIR / f"{domain}.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    said = [m.group(1) for m in map(QEMU_SAID.search, lines) if m]
+    said = [text for text in said if not text.startswith("terminating on signal")]
+    return said[-1].strip() if said else ""
 
 
 def _owner_of(xml: str) -> dict[str, str] | None:

@@ -403,7 +403,7 @@ class QemuMachine(MachineBase):
         try:
             yield
         except MachineError:
-            if self._proc is not None and self._proc.returncode is None:
+            if self._proc is not None and _alive(self._proc.pid):
                 self._set_state(before, "a monitor command failed")
             raise  # QEMU is gone: the watcher deallocates
 
@@ -950,6 +950,16 @@ class QemuMachine(MachineBase):
         except OSError:
             return "no log"
         return text.splitlines()[-1] if text else "no output"
+
+
+def _alive(pid: int) -> bool:
+    """True while process ``pid`` runs: a killed QEMU is a zombie (state Z) until the event
+    loop reaps it, and ``returncode`` stays None until then."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 async def _accel_for(kernel: Path | None, qemu: str) -> str:
