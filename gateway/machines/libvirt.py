@@ -39,7 +39,8 @@ deallocate         ``destroy`` (the transient domain is gone, nothing stays defi
 
 Power state follows libvirt's lifecycle events: ``STOPPED`` (the guest powered off, or the
 domain went away without being asked), ``CRASHED``/``PANICKED`` (pvpanic: the domain is kept
-paused, ``on_crash=preserve``, as ``-action panic=pause`` does for the QEMU backend), and the
+paused, ``on_crash=preserve``; the QEMU backend halts a panicked guest too, once its console
+is quiet, so that a panic in NMI context is written out first), and the
 reboot event is passed on as ``RESET``. libvirt 9.0 knows only the ISA pvpanic device, whose
 driver the guest image does not load, so on a QEMU host the PCI one is added on QEMU's
 command line through libvirt's ``qemu:commandline``; libvirt still sees the panic (QEMU's
