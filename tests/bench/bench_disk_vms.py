@@ -22,6 +22,7 @@ from gateway.machines.disk import DiskSpec
 from gateway.machines.image import IMAGE_DIR, builtin_disk, disk_dir
 from gateway.machines.qemu import QemuMachine
 from gateway.machines.warm import WarmStore
+from tests.bench.bench_qemu_boot import _rss_mib
 
 MARKS = {"first byte": b"", "GRUB": b"GNU GRUB", "login:": b"login: "}
 TIMEOUT = 300.0
@@ -83,15 +84,6 @@ async def one(vm: QemuMachine, marks: list[str]) -> dict[str, float]:
     finally:
         await vm.deallocate()
         watch.close()
-
-
-def _rss_mib(pid: int | None) -> float:
-    if pid is None:
-        return float("nan")
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def measure(runs: int) -> dict[str, list[dict[str, float]]]:
