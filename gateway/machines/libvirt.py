@@ -516,7 +516,7 @@ class LibvirtMachine(MachineBase):
         it; the file is 0600, written with O_EXCL."""
         if self._password is None:
             return None
-        folder = Path(tempfile.mkdtemp(prefix="serial-console-lab-"))
+        folder = Path(tempfile.mkdtemp(prefix="serial-console-lab-secret-"))
         try:
             folder.chmod(0o711)
             path = folder / "guest-password"

@@ -105,7 +105,7 @@ async def test_the_password_reaches_the_guest_but_not_argv_nor_the_boot_log(
     domain's XML, nor in the boot log, and no copy is left on disk."""
     secret = "Fw-cfg-only 7x!"
     vm = LibvirtMachine("guest-1", run_dir=tmp_path / "run", password=secret)
-    before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("serial-console-lab-*"))
+    before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("serial-console-lab-secret-*"))
     async for guest in running(vm):
         console = guest.console
         await console.expect(r"login: ", BOOT)
@@ -119,7 +119,7 @@ async def test_the_password_reaches_the_guest_but_not_argv_nor_the_boot_log(
         await console.expect(r"login: ", BOOT)
         await console.login(secret)
         assert secret.encode() not in console.data
-    after = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("serial-console-lab-*"))
+    after = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("serial-console-lab-secret-*"))
     assert after <= before  # the private folder with the password file is gone
 
 
