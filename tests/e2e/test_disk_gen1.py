@@ -39,6 +39,7 @@ pytestmark = [
     pytest.mark.qemu,
     pytest.mark.e2e,
     pytest.mark.slow,
+    pytest.mark.timeout(900),  # a systemd boot under TCG, with the lab's start, on a busy machine
     pytest.mark.xdist_group("disk-gen1"),
 ]
 

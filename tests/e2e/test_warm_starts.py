@@ -16,7 +16,12 @@ from gateway.testing.client import LabClient
 from gateway.testing.console import Console
 from gateway.testing.lab import LabProcess
 
-pytestmark = [pytest.mark.qemu, pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.qemu,
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.timeout(900),  # two systemd boots under TCG, with the labs' starts
+]
 
 RG = "warm-rg"
 USER, PASSWORD = "carol", "carol-warm-lab"
