@@ -17,7 +17,8 @@ NODE_DEPS  := npm:npm
 IMAGE_DEPS := dpkg-deb:dpkg apt-get:apt lz4:lz4
 # the disk VMs' images (images/disk/build.sh): a Debian root and its disks, with no mount
 DISK_DEPS  := mmdebstrap:mmdebstrap mkfs.ext4:e2fsprogs sfdisk:fdisk mcopy:mtools \
-	mkfs.vfat:dosfstools grub-mkimage:grub-common qemu-img:qemu-utils unshare:util-linux
+	mkfs.vfat:dosfstools grub-mkimage:grub-common qemu-img:qemu-utils unshare:util-linux \
+	arch-test:arch-test /usr/share/perl5/Debian/DistroInfo.pm:libdistro-info-perl gpg:gpg
 BENCH_DEPS := ser2net:ser2net
 # the libvirt backend: the daemon, and what pip needs to build libvirt-python against it
 LIBVIRT_DEPS := libvirtd:libvirt-daemon-system virsh:libvirt-clients pkg-config:pkg-config \
