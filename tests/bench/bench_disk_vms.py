@@ -90,6 +90,11 @@ async def one(vm: QemuMachine, marks: list[str]) -> dict[str, float]:
         watch.close()
 
 
+def disk_vm(name: str, folder: Path, spec: DiskSpec, warm: WarmStore | None = None) -> QemuMachine:
+    return QemuMachine(name, run_dir=folder, memory_mb=512, disk=spec, disk_dir=folder / "disks",
+                       warm=warm)  # fmt: skip
+
+
 async def measure(runs: int) -> dict[str, list[dict[str, float]]]:
     results: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,13 +105,7 @@ async def measure(runs: int) -> dict[str, list[dict[str, float]]]:
             spec = DiskSpec(image=disk.path, generation=gen)
             results[f"Gen{gen} cold"] = [
                 await one(
-                    QemuMachine(
-                        f"gen{gen}",
-                        run_dir=root / f"g{gen}-{i}",
-                        memory_mb=512,
-                        disk=spec,
-                        disk_dir=root / f"g{gen}-{i}" / "disks",
-                    ),
+                    disk_vm(f"gen{gen}", root / f"g{gen}-{i}", spec),
                     ["first byte", "GRUB", "login:"],
                 )
                 for i in range(runs)
@@ -120,8 +119,7 @@ async def measure(runs: int) -> dict[str, list[dict[str, float]]]:
         disk = builtin_disk("debian-12-gen2")
         assert disk is not None
         spec = DiskSpec(image=disk.path, generation=2)
-        saver = QemuMachine("saver", run_dir=root / "saver", memory_mb=512, disk=spec,
-                            disk_dir=root / "saver" / "disks", warm=store)  # fmt: skip
+        saver = disk_vm("saver", root / "saver", spec, store)
         watch = Watch(saver)
         saver.add_port_hook(watch.attach)
         await saver.start()
@@ -131,14 +129,7 @@ async def measure(runs: int) -> dict[str, list[dict[str, float]]]:
         watch.close()
         results["Gen2 warm"] = [
             await one(
-                QemuMachine(
-                    f"warm{i}",
-                    run_dir=root / f"w-{i}",
-                    memory_mb=512,
-                    disk=spec,
-                    disk_dir=root / f"w-{i}" / "disks",
-                    warm=store,
-                ),
+                disk_vm(f"warm{i}", root / f"w-{i}", spec, store),
                 ["login:"],
             )
             for i in range(runs)

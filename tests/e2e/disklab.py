@@ -56,8 +56,9 @@ def image(name: str) -> Path:
     return disk.path
 
 
-def vm_table(name: str, disk: str, **image: object) -> str:
-    """A ``[[vms]]`` entry of a disk VM that boots cold (these tests are about booting)."""
+def vm_table(name: str, disk: str, *, warm: bool = False, **image: object) -> str:
+    """A ``[[vms]]`` entry of a disk VM; it boots cold unless ``warm`` (most of these tests
+    are about booting). ``image`` keys go to its ``[vms.image]``."""
     keys = "".join(f"{key} = {str(v).lower() if isinstance(v, bool) else v}\n"
                    for key, v in image.items())  # fmt: skip
     return f"""
@@ -66,19 +67,20 @@ name = "{name}"
 resource_group = "{RG}"
 backend = "qemu"
 ssh_port = 0
-warm_start = false
+warm_start = {str(warm).lower()}
 [vms.image]
 disk = "{disk}"
 {keys}"""
 
 
-def start_lab(folder: Path, vms: str) -> LabProcess:
-    """A TLS lab of ``vms`` (``vm_table`` entries), up and serving."""
+def start_lab(folder: Path, vms: str, *, password: str = GUEST_PASSWORD) -> LabProcess:
+    """A TLS lab of ``vms`` (``vm_table`` entries), up and serving; ``password`` is its
+    guests' root password."""
     lab_file = folder / "lab.toml"
     lab_file.write_text(f"""
 state_dir = "{folder / "state"}"
 [guest]
-password = "{GUEST_PASSWORD}"
+password = "{password}"
 [gateway]
 host = "127.0.0.1"
 port = 0

@@ -76,7 +76,7 @@ def test_base_image_is_never_written(gen1: Console, lab: LabProcess) -> None:
     base = image("debian-12-gen1")
     before = sha256(base)
     gen1.login()
-    out, status = gen1.run("dd if=/dev/urandom of=/root/blob bs=1M count=16 && sync && echo ok")
+    out, status = gen1.run("dd if=/dev/urandom of=~/blob bs=1M count=16 && sync && echo ok")
     assert status == 0, out
     overlay = lab.state_dir / "disks" / "gen1" / "os.qcow2"
     assert overlay.stat().st_size > 16 << 20
@@ -101,7 +101,7 @@ def test_sysrq_reisub_syncs_remounts_and_reboots(gen1: Console) -> None:
     gen1.expect("Linux version", BOOT)  # the new boot (the guest reset itself: no power event)
     gen1.wait_for_boot(BOOT)
     gen1.login()
-    out, status = gen1.run("ls -l /root/blob | wc -l")
+    out, status = gen1.run("ls -l ~/blob | wc -l")
     assert (out.strip(), status) == ("1", 0), "the synced file was lost"
 
 
@@ -143,7 +143,7 @@ def test_reimage_throws_the_overlay_away(
     try:
         console.wait_for_boot(BOOT)
         console.login()
-        out, _ = console.run("ls /root/blob 2>&1")
+        out, _ = console.run("ls ~/blob 2>&1")
         assert "No such file" in out
     finally:
         console.close()

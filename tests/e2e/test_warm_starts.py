@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.machines.image import builtin_disk
 from gateway.machines.warm import WARM_ENV
 from gateway.testing.client import LabClient
 from gateway.testing.console import Console
 from gateway.testing.lab import LabProcess
+from tests.e2e.disklab import BOOT, PASSWORD, RG, USER, image, start_lab, vm_table
 
 pytestmark = [
     pytest.mark.qemu,
@@ -23,43 +23,11 @@ pytestmark = [
     pytest.mark.timeout(900),  # two systemd boots under TCG, with the labs' starts
 ]
 
-RG = "warm-rg"
-USER, PASSWORD = "carol", "carol-warm-lab"
-BOOT = 300.0
-
-
-def lab_file(folder: Path, vm: str, password: str) -> Path:
-    path = folder / "lab.toml"
-    path.write_text(f"""
-state_dir = "{folder / "state"}"
-[gateway]
-host = "127.0.0.1"
-port = 0
-ssh_port = 0
-[[resource_groups]]
-name = "{RG}"
-[[vms]]
-name = "{vm}"
-resource_group = "{RG}"
-backend = "qemu"
-password = "{password}"
-[vms.image]
-disk = "debian-12-gen2"
-[[users]]
-name = "{USER}"
-password = "{PASSWORD}"
-roles = [{{ role = "Owner", scope = "subscription" }}]
-""")
-    return path
-
 
 @pytest.fixture
 def shared_states(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A folder of saved states that both labs use, as the plugin's runs share one."""
-    disk = builtin_disk("debian-12-gen2")
-    assert disk is not None
-    if not disk.path.is_file():
-        pytest.fail(f"the disk image {disk.path} is not built: make images")
+    image("debian-12-gen2")
     folder = tmp_path / "warm"
     monkeypatch.setenv(WARM_ENV, str(folder))
     return folder
@@ -75,13 +43,13 @@ def labs(tmp_path: Path) -> Iterator[list[LabProcess]]:
 
 def start(labs: list[LabProcess], folder: Path, vm: str, password: str) -> LabProcess:
     folder.mkdir()
-    lab = LabProcess.start(folder, lab=lab_file(folder, vm, password), die_with_parent=True)
+    lab = start_lab(folder, vm_table(vm, "debian-12-gen2", warm=True), password=password)
     labs.append(lab)
     return lab
 
 
 def logged_in(lab: LabProcess, vm: str, password: str) -> tuple[LabClient, Console]:
-    client = LabClient(lab.url, USER, PASSWORD)
+    client = LabClient(lab.url, USER, PASSWORD, ca_path=lab.ca_path)
     console = Console.open(client, vm, group=RG, password=password, timeout=BOOT)
     console.wait_for_boot(BOOT)
     console.login()
