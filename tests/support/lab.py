@@ -47,6 +47,7 @@ name = "linux-1"
 resource_group = "lab-rg"
 os = "linux"
 backend = "qemu"
+warm_start = false  # a test's power actions never wait behind a save of its first boot
 """
 
 
