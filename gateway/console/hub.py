@@ -110,6 +110,7 @@ class ConsoleHub:
         self._port: SerialPort | None = None
         self._installed = False
         self._observe: Callable[[bytes], None] | None = None
+        self._observe_input: Callable[[bytes], None] | None = None
         self._closed = False
         self._log_told = -LOG_TROUBLE_EVERY  # when the boot log's trouble was last logged
         self._sessions: set[ConsoleSession] = set()
@@ -137,9 +138,10 @@ class ConsoleHub:
         if self._installed:
             return
         self.machine.add_port_hook(self._attach)
-        # A machine that watches its guest's output (a QEMU VM saving a boot for warm
-        # starts) is handed every byte as it is read.
+        # A machine that watches its guest's output and input (a QEMU VM saving a boot for
+        # warm starts) is handed every byte as it is read, and every byte before it is sent.
         self._observe = getattr(self.machine, "observe_output", None)
+        self._observe_input = getattr(self.machine, "observe_input", None)
         self._installed = True
         with contextlib.suppress(RuntimeError):  # no running loop: events are not followed
             self._events_task = asyncio.get_running_loop().create_task(
@@ -360,6 +362,8 @@ class ConsoleHub:
         recording = session.recording
         if recording is not None and recording.records_input:
             recording.typed(data)
+        if self._observe_input is not None:
+            self._observe_input(data)
         if not self._queue and not self._pumping and (port := self.port) is not None:
             # The common case, a keystroke with nothing ahead of it: straight to the port,
             # one event-loop turn sooner than through the pump.
@@ -439,6 +443,8 @@ class ConsoleHub:
                 f"VM '{self.machine.name}' has no serial port now (it is "
                 f"{self.machine.power_state}): start it, then type again"
             )
+        if self._observe_input is not None:
+            self._observe_input(data)
         try:
             async with asyncio.timeout(timeout):
                 await port.write(data)

@@ -91,6 +91,7 @@ class MachineSpec:
     output_rate: int | None
     uri: str | None = None  # libvirt's connection URI (backend "libvirt" only)
     warm_start: bool = True  # QEMU: start from a saved boot when there is one (machines.warm)
+    cpus: int = 1  # QEMU and libvirt: virtual CPUs
 
 
 @dataclass(frozen=True, slots=True)
@@ -593,6 +594,7 @@ class _Parser:
             os=t.str("os", "linux", choices=OS_TYPES),
             backend=backend,
             memory_mb=t.int("memory_mb", 512 if disk else 128, 16, 65536),
+            cpus=t.int("cpus", 2 if disk else 1, 1, 16),
             image=image,
             hostname=hostname,
             password=self.guest_password(t, "password", guest_password),

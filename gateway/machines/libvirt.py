@@ -163,6 +163,7 @@ class LibvirtMachine(MachineBase):
         kernel: Path | None = None,
         initrd: Path | None = None,
         memory_mb: int = 128,
+        cpus: int = 1,
         hostname: str | None = None,
         password: str | None = None,
         append: str = "",
@@ -176,6 +177,7 @@ class LibvirtMachine(MachineBase):
         self._kernel = kernel
         self._initrd = initrd
         self.memory_mb = memory_mb
+        self.cpus = cpus
         self.hostname = hostname or name
         self._password = password
         self._append = append
@@ -558,7 +560,7 @@ class LibvirtMachine(MachineBase):
   <name>{escape(self.domain_name)}</name>
   <metadata><lab:owner xmlns:lab='{OWNER_NS}' {owner}/></metadata>
   <memory unit='MiB'>{self.memory_mb}</memory>
-  <vcpu>1</vcpu>
+  <vcpu>{self.cpus}</vcpu>
   <os>
     <type arch='x86_64' machine='q35'>hvm</type>
     <kernel>{escape(str(kernel))}</kernel>

@@ -89,12 +89,15 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import base64
 import contextlib
 import ctypes
 import fcntl
 import hashlib
+import json
 import logging
 import os
+import re
 import select
 import shlex
 import shutil
@@ -104,6 +107,7 @@ import struct
 import tempfile
 import termios
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,7 +129,15 @@ from gateway.machines.base import (
 from gateway.machines.disk import DiskSet, DiskSpec, Swtpm, forwarded_port, network_args
 from gateway.machines.image import IMAGE_DIR, INITRD, KERNEL, not_built
 from gateway.machines.process import die_with_parent, wait_pid_exit
-from gateway.machines.warm import BOOT_LOG, DISK, STATE, SavedState, WarmStore, state_key
+from gateway.machines.warm import (
+    BOOT_LOG,
+    DISK,
+    IDENTITY,
+    STATE,
+    SavedState,
+    WarmStore,
+    state_key,
+)
 
 QEMU = "qemu-system-x86_64"
 LAUNCH_TIMEOUT = 30.0
@@ -135,7 +147,7 @@ PASSWORD_FW_CFG = "opt/serial-console-lab/password"  # the image's init reads th
 HOSTNAME_FW_CFG = "opt/serial-console-lab/hostname"  # disk VMs' lab-identity reads this one
 HOSTNAME_FILE = "guest-hostname"  # in the run folder: the host name for fw_cfg
 IDENTITY_SIZE = 256  # bytes of each fw_cfg identity entry of a disk VM (see _identity_bytes)
-DISK_TB_SIZE_MB = 128  # TCG's translation cache for a disk VM (QEMU's default is 1 GiB)
+DISK_TB_SIZE_MB = 64  # TCG's translation cache for a disk VM (QEMU's default is 1 GiB)
 PANIC_QUIET = 1.0  # a panicked guest's console quiet this long: its panic is written out
 PANIC_HALT_MAX = 15.0  # a panicked guest is halted after this long, quiet or not
 UP_TIMEOUT = 900.0  # a cold boot that is to be saved: how long it may take to come up
@@ -184,6 +196,7 @@ class QemuMachine(MachineBase):
         kernel: Path | None = None,
         initrd: Path | None = None,
         memory_mb: int = 128,
+        cpus: int = 1,
         hostname: str | None = None,
         password: str | None = None,
         append: str = "",
@@ -204,6 +217,7 @@ class QemuMachine(MachineBase):
         self.started_warm = False  # this allocation was restored from a saved state
         self.restored_output: bytes | None = None  # for the port hooks of a restored VM
         self._boot_output: bytearray | None = None  # a cold boot's output, while it is saved
+        self._typed = False  # someone typed on the console of the boot being saved
         self._up: asyncio.Event | None = None
         self._save_task: asyncio.Task[None] | None = None
         self.warm_saved = asyncio.Event()  # set once this VM saved a boot for warm starts
@@ -212,6 +226,7 @@ class QemuMachine(MachineBase):
         self._kernel = kernel
         self._initrd = initrd
         self.memory_mb = memory_mb
+        self.cpus = cpus
         self.hostname = hostname or name
         self._password = password
         self._append = append
@@ -519,6 +534,7 @@ class QemuMachine(MachineBase):
                 self.restored_output = None
             if saved is None and key is not None:
                 self._boot_output, self._up = bytearray(), asyncio.Event()
+                self._typed = False
             await self._command("cont")
         except BaseException:
             await self._terminate(5.0)
@@ -526,7 +542,7 @@ class QemuMachine(MachineBase):
         self.started_warm = saved is not None
         self._set_state(PowerState.RUNNING)
         if saved is not None:
-            await self._take_identity()
+            await self._take_identity(saved)
         elif key is not None:
             self._save_task = asyncio.create_task(
                 self._save_when_up(key), name=f"{self.name}-warm-save"
@@ -595,7 +611,7 @@ class QemuMachine(MachineBase):
             "-name", f"{self.name},debug-threads=off",
             "-S", "-no-shutdown", "-nodefaults", "-no-user-config", "-display", "none",
             "-machine", "q35", "-accel", self.accel or "tcg", *cpu,
-            "-m", str(self.memory_mb), "-smp", "1",
+            "-m", str(self.memory_mb), "-smp", str(self.cpus),
             "-kernel", str(kernel), "-initrd", str(initrd), "-append", self.kernel_cmdline,
             *secret,
             "-chardev", f"pty,id={SERIAL_ID}", "-serial", f"chardev:{SERIAL_ID}",
@@ -624,8 +640,10 @@ class QemuMachine(MachineBase):
             "-S", "-no-shutdown", "-nodefaults", "-no-user-config", "-display", "none",
             *self.disks.qemu_args(self.run_dir, tpm_socket=tpm_socket),
             "-accel", accel, *(["-cpu", "host"] if self.accel == "kvm" else []),
-            "-m", str(self.memory_mb), "-smp", "1",
+            "-m", str(self.memory_mb), "-smp", str(self.cpus),
             "-device", "VGA",
+            # the guest hands the pages it frees back to the host (virtio_balloon's reporting)
+            "-device", "virtio-balloon-pci,free-page-reporting=on",
             *network_args(self.disk.ssh_port),
             *secret, *hostname,
             "-chardev", f"pty,id={SERIAL_ID}", "-serial", f"chardev:{SERIAL_ID}",
@@ -638,6 +656,21 @@ class QemuMachine(MachineBase):
         ]  # fmt: skip
 
     # -- warm starts (gateway.machines.warm) ------------------------------------------------
+
+    async def save_settled(self) -> bool:
+        """Until this boot's save for warm starts has ended (at once when none is under
+        way): whether this VM has saved a boot."""
+        task = self._save_task
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+        return self.warm_saved.is_set()
+
+    def observe_input(self, data: bytes) -> None:
+        """The console hub hands every byte typed here before it is sent: a boot that
+        someone typed on (a login begun, a command run) is not saved for other VMs."""
+        if self._boot_output is not None and data:
+            self._typed = True
 
     def observe_output(self, chunk: bytes) -> None:
         """The console hub hands every byte the guest writes here: a cold boot that is to be
@@ -699,19 +732,64 @@ class QemuMachine(MachineBase):
                 "start the VM with a cold boot (--cold)"
             )
 
-    async def _take_identity(self) -> None:
-        """A restored disk VM takes its own host name, password and machine id (the guest's
-        ``lab-identity --warm``, through its agent) and the host's time."""
+    @property
+    def identity(self) -> dict[str, str]:
+        """Whose boot a saved state is: this VM's name, host name and a hash of its password."""
+        secret = hashlib.sha256((self._password or "").encode()).hexdigest()
+        return {"name": self.name, "hostname": self.hostname, "password": secret}
+
+    async def _take_identity(self, saved: SavedState) -> None:
+        """A restored disk VM takes, unless it is the VM that saved the boot, its own host
+        name, machine id and root password (when it differs), then a fresh login prompt
+        (Enter on the serial port, as a user would press it: the getty reads the host name
+        again); and the host's time. Through its guest agent, writing the files that the
+        image's ``lab-identity`` writes at boot.
+
+        Under TCG each program started in a guest that has just been restored costs
+        tenths of a second (its translation cache starts empty), so no program is waited
+        for but ``chpasswd``, and only when the password differs: not ``lab-identity``,
+        nor a getty restart, nor QGA's ``guest-set-time`` (it also runs ``hwclock``)."""
         if self.disks is None:
             return
+        theirs, mine = saved.identity, self.identity
         try:
             async with GuestAgent.connect(self.run_dir / "qga.sock", 30.0) as agent:
-                await agent.execute("guest-set-time", {"time": time.time_ns()})
-                code, out = await agent.run("/usr/local/sbin/lab-identity", "--warm")
-                if code:
-                    self.log.warning("lab-identity failed in the guest (%d): %s", code, out)
+                if theirs != mine:
+                    await self._write_identity(agent, theirs.get("password") != mine["password"])
+                    self._press_enter()
+                await agent.start("/bin/date", "--set", f"@{time.time():.6f}")
         except AgentError as err:
             self.log.warning("a restored VM kept the saved guest's identity: %s", err)
+
+    async def _write_identity(self, agent: GuestAgent, password: bool) -> None:
+        name = self.hostname
+        await agent.write_file("/proc/sys/kernel/hostname", name.encode())
+        await agent.write_file("/etc/hostname", f"{name}\n".encode())
+        hosts = (await agent.read_file("/etc/hosts")).decode(errors="replace")
+        hosts = re.sub(r"(?m)^127\.0\.1\.1\s.*$", f"127.0.1.1\t{name}", hosts)
+        await agent.write_file("/etc/hosts", hosts.encode())
+        await agent.write_file("/etc/machine-id", f"{uuid.uuid4().hex}\n".encode())
+        if password and self._password is not None:
+            secret = base64.b64encode(self._password.encode()).decode()
+            await agent.execute(
+                "guest-set-user-password",
+                {"username": "root", "password": secret, "crypted": False},
+            )
+
+    def _press_enter(self) -> None:
+        """Enter on the serial port (the guest's getty prints a fresh prompt). QEMU 7.2
+        reads a PTY only once its poll, a second after launch, has seen the other side
+        open: no key typed reaches a guest sooner, this one included."""
+        if not self._port:
+            return
+        try:
+            fd = os.open(self._port, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+            try:
+                os.write(fd, b"\r")
+            finally:
+                os.close(fd)
+        except OSError as err:
+            self.log.warning("no fresh login prompt after the restore: %s", err)
 
     async def _save_when_up(self, key: str) -> None:
         """Save this cold boot for warm starts once the guest is up (see the module
@@ -723,6 +801,12 @@ class QemuMachine(MachineBase):
             if self.disks is not None:  # systemd has finished starting what it starts
                 async with GuestAgent.connect(self.run_dir / "qga.sock", 120.0) as agent:
                     await agent.run("/bin/systemctl", "is-system-running", "--wait", timeout=300)
+            if self._typed:
+                self.log.info(
+                    "not saving this boot for warm starts: its console was typed on before it "
+                    "was up; the next cold boot of a VM like it will be saved"
+                )
+                return
             with self.warm.saving(key) as folder:
                 if folder is not None:
                     await self._save_state(folder)
@@ -740,6 +824,8 @@ class QemuMachine(MachineBase):
         async with self._op_lock:
             if self._state is not PowerState.RUNNING or self._boot_output is None:
                 raise MachineStateError(f"the VM is {self._state} now")
+            if self._typed:  # between the check above and the lock
+                raise MachineStateError("its console was typed on before it was saved")
             transcript = bytes(self._boot_output)
             started = time.monotonic()
             await self._command("stop")
@@ -754,6 +840,7 @@ class QemuMachine(MachineBase):
                         shutil.copyfile(self.disks.uefi_vars, folder / UEFI_VARS_SAVED)
                 (folder / "packer").write_text(packer.split()[0])
                 (folder / BOOT_LOG).write_bytes(transcript)
+                (folder / IDENTITY).write_text(json.dumps(self.identity))
             finally:
                 await self._command("cont")
             self.log.info("saved this boot for warm starts in %.1f s", time.monotonic() - started)

@@ -16,12 +16,15 @@ One saved state (a folder named by its key)::
                 restored VM writes to an overlay of its own on top of it
     boot.log    what the guest wrote on its serial port up to that moment: a restored VM's
                 boot log starts with it, then a line saying the state was restored
+    identity.json  whose boot it is: the VM's name, host name and a hash of its password
 
 It is made from the first VM of its key that boots cold: once that guest is up (its login
 prompt on the serial port; for a systemd guest, ``systemctl is-system-running --wait``
-through its agent) the machine pauses it, saves, and lets it run on. A restored VM then
-takes its own identity (host name, root password, machine id) through its agent, as the
-guest's ``lab-identity`` reads them from QEMU's fw_cfg.
+through its agent) the machine pauses it, saves, and lets it run on. A restored disk VM
+then takes the host's time through its agent and, when it is not the VM that saved the
+boot, its own identity (host name, root password, machine id: the files the guest's
+``lab-identity`` writes at boot) and a fresh login prompt. The VM that saved the boot is at
+its own login prompt the moment it runs again.
 
 Writes are atomic (a temporary folder renamed into place) and one process saves a key at
 a time (an exclusive lock file); a folder without all its files is not a saved state.
@@ -40,8 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 WARM_ENV = "SERIAL_CONSOLE_LAB_WARM_DIR"  # a folder shared by labs (the test suite's)
-STATE, DISK, BOOT_LOG = "state", "disk.qcow2", "boot.log"
-FORMAT_VERSION = "1"  # bump when what a saved state holds changes
+STATE, DISK, BOOT_LOG, IDENTITY = "state", "disk.qcow2", "boot.log", "identity.json"
+FORMAT_VERSION = "2"  # bump when what a saved state holds changes
 
 
 def user_cache() -> Path:
@@ -72,6 +75,15 @@ class SavedState:
         with contextlib.suppress(OSError):
             return (self.folder / BOOT_LOG).read_bytes()
         return b""
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """Whose boot it is (``QemuMachine.identity``), as written when it was saved."""
+        with contextlib.suppress(OSError, ValueError):
+            value = json.loads((self.folder / IDENTITY).read_text())
+            if isinstance(value, dict):
+                return {str(k): str(v) for k, v in value.items()}
+        return {}
 
     @property
     def size(self) -> int:

@@ -1,10 +1,11 @@
 """Warm starts end to end: a Gen2 disk VM's first cold boot is saved once it is up; a VM
-like it, in another lab sharing the saved states, starts from that state, at its login
-prompt at once, with its own host name, password and machine id, and a boot log that says
-it was restored."""
+like it, in another lab sharing the saved states, starts from that state with its own host
+name, password and machine id, the host's time, a fresh login prompt showing its name, and
+a boot log that says it was restored; the VM that saved the boot starts from it as itself."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,11 +62,12 @@ def test_a_vm_like_one_booted_before_starts_warm_as_itself(
 ) -> None:
     first = start(labs, tmp_path / "first", "first-vm", "first-password")
     first.wait_for_output(r"first-vm\s+running \([\d.]+ s\)$")  # cold: no saved boot yet
+    # saved once up, untouched: a console typed on before the save is not saved
+    first.wait_for_output(r"first-vm\s+boot saved", BOOT)
     client, console = logged_in(first, "first-vm", "first-password")
     first_id, _ = console.run("cat /etc/machine-id")
     console.close()
     client.close()
-    first.wait_for_output(r"first-vm\s+boot saved", BOOT)
     first.stop()
 
     second = start(labs, tmp_path / "second", "second-vm", "second-password")
@@ -74,13 +76,31 @@ def test_a_vm_like_one_booted_before_starts_warm_as_itself(
     try:
         log = console.read_boot_log()
         assert "first-vm login:" in log, "the saved boot's output comes first"
-        assert "was restored from a saved boot" in log
-        assert log.index("first-vm login:") < log.index("was restored from a saved boot")
-        out, status = console.run("hostname; cat /etc/machine-id; systemctl is-system-running")
-        name, machine_id, running = out.split()
+        restored = log.index("was restored from a saved boot")
+        assert log.index("first-vm login:") < restored
+        assert "second-vm login:" in log[restored:], "a fresh prompt with the VM's own name"
+        out, status = console.run(
+            "hostname; cat /etc/machine-id; systemctl is-system-running; date +%s; "
+            "grep -c second-vm /etc/hosts"
+        )
+        name, machine_id, running, clock, hosts = out.split()
         assert (name, status) == ("second-vm", 0), out
         assert machine_id != first_id.strip()
         assert running == "running"
+        assert abs(int(clock) - time.time()) < 30, "the guest took the host's time"
+        assert hosts == "1", "127.0.1.1 names the VM in /etc/hosts"
+    finally:
+        console.close()
+        client.close()
+    second.stop()
+
+    # the VM that saved the boot starts from it as itself: its own machine id, its prompt
+    again = start(labs, tmp_path / "again", "first-vm", "first-password")
+    again.wait_for_output(r"first-vm\s+running \([\d.]+ s from a saved boot\)")
+    client, console = logged_in(again, "first-vm", "first-password")
+    try:
+        out, status = console.run("hostname; cat /etc/machine-id")
+        assert out.split() == ["first-vm", first_id.strip()], out
     finally:
         console.close()
         client.close()
