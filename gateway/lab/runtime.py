@@ -117,6 +117,8 @@ def default_machine_factory(spec: MachineSpec, run_dir: Path) -> Machine:
             password=spec.password,
             append=spec.image.append,
             prefix=domain_prefix(run_dir.parent.parent),  # one prefix per state folder
+            disk=spec.image.disk,
+            disk_dir=run_dir.parent.parent / "disks" / spec.name,  # kept across runs
         )
     from emulator.machine import EmulatedMachine
     from emulator.userland import userland_for_lab

@@ -77,6 +77,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import select
@@ -103,6 +104,15 @@ from gateway.machines.base import (
     PowerState,
     RestartOutcome,
 )
+from gateway.machines.disk import (
+    COM1,
+    SERCON_FW_CFG,
+    DiskSet,
+    DiskSpec,
+    firmware_file,
+    forwarded_port,
+    network_args,
+)
 from gateway.machines.libvirt_host import (
     LIFECYCLE,
     HostError,
@@ -114,7 +124,9 @@ from gateway.machines.libvirt_host import (
 from gateway.machines.qemu import (
     _POLL_FIRST,
     _POLL_MAX,
+    DISK_TB_SIZE_MB,
     FIFO_DRAIN,
+    HOSTNAME_FW_CFG,
     PASSWORD_FW_CFG,
     _grab_input_probe,
     _InputProbe,
@@ -129,7 +141,10 @@ REMOTE_RATE = 4000.0  # bytes/s a guest surely takes (TCG here: about 13,000): p
 REMOTE_MOST = 3.0  # at most this much more, so a long paste stays within a SysRq's wait
 OWNER_NS = "urn:serial-console-lab:owner:1"
 SERIAL_CHARDEV = "charserial0"  # libvirt's id for the first <serial>'s chardev
-PVPANIC_ADDR = "0x10"  # a free slot on q35's root bus
+PVPANIC_ADDR = "0x10"  # a free slot on the root bus (q35's pcie.0, pc's pci.0)
+NIC_ADDR = "0x11"  # a disk VM's NIC and balloon, given on QEMU's command line with slots of
+BALLOON_ADDR = "0x12"  # their own (QEMU would take the first free one, which libvirt's are)
+_HMP = 1  # VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
 # libvirt's event numbers (virDomainEventType and its details)
 _STARTED, _SUSPENDED, _RESUMED, _STOPPED, _SHUTDOWN, _CRASHED = 2, 3, 4, 5, 6, 8
 _STOPPED_SHUTDOWN = 0
@@ -170,10 +185,15 @@ class LibvirtMachine(MachineBase):
         accel: str | None = None,
         prefix: str | None = None,
         command_timeout: float = COMMAND_TIMEOUT,
+        disk: DiskSpec | None = None,
+        disk_dir: Path | None = None,
     ) -> None:
         super().__init__(name)
         self.run_dir = Path(run_dir)
         self.uri = uri
+        self.disk = disk
+        self.disks = DiskSet(disk, Path(disk_dir or self.run_dir / "disks")) if disk else None
+        self._ssh_port: int | None = None
         self._kernel = kernel
         self._initrd = initrd
         self.memory_mb = memory_mb
@@ -203,6 +223,61 @@ class LibvirtMachine(MachineBase):
     @property
     def serial_port(self) -> str | None:
         return self._bridge.path if self._bridge is not None else None
+
+    @property
+    def generation(self) -> int | None:
+        """1 (BIOS) or 2 (UEFI) for a disk VM; None for a kernel booted directly."""
+        return self.disk.generation if self.disk else None
+
+    @property
+    def ssh_port(self) -> int | None:
+        """The port on 127.0.0.1 forwarded to the guest's SSH (disk VMs, while running)."""
+        return self._ssh_port
+
+    @property
+    def has_display(self) -> bool:
+        """A disk VM has a VGA display to take screenshots of."""
+        return self.disks is not None
+
+    async def screendump(self, path: Path) -> Path:
+        """A PNG of the VM's display: QMP ``screendump`` through libvirt's monitor
+        passthrough (QEMU writes the file: the host must be this machine)."""
+        self._require(
+            PowerState.STARTING, PowerState.RUNNING, PowerState.STOPPING, PowerState.STOPPED,
+            PowerState.PANICKED, action="take a screenshot of",
+        )  # fmt: skip
+        await self._monitor("screendump", {"filename": str(path), "format": "png"})
+        return path
+
+    async def reimage(self) -> None:
+        """Azure's reimage: the OS disk as the image has it (see QemuMachine.reimage)."""
+        if self.disks is None:
+            raise MachineStateError(
+                f"VM '{self.name}' has no OS disk to reimage: it boots a kernel directly"
+            )
+        was_allocated = self._state is not PowerState.DEALLOCATED
+        await self.deallocate()
+        self.disks.discard()
+        self.log.info("reimaged: its disks are the image's again")
+        if was_allocated:
+            await self.start()
+
+    async def _monitor(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """A QMP command through libvirt (QEMU hosts only); its ``return``."""
+        host = self._host
+        if host is None or host.driver != "QEMU":
+            raise MachineCommandError(
+                f"VM '{self.name}': '{command}' needs QEMU's monitor, which only a QEMU "
+                "libvirt host has"
+            )
+        libvirt_qemu = _libvirt_qemu()
+        message: dict[str, Any] = {"execute": command}
+        if arguments:
+            message["arguments"] = arguments
+        raw = await self._domain_call(
+            command, lambda dom: libvirt_qemu.qemuMonitorCommand(dom, json.dumps(message), 0)
+        )
+        return json.loads(raw).get("return")
 
     @property
     def kernel_cmdline(self) -> str:
@@ -447,7 +522,9 @@ class LibvirtMachine(MachineBase):
         kernel, initrd = self._kernel, self._initrd
         if kernel is None or initrd is None:
             kernel, initrd = default_image()
-        if is_local(self.uri):
+        if self.disks is not None:
+            await self._prepare_disks()
+        elif is_local(self.uri):
             for path in (kernel, initrd):
                 if not Path(path).is_file():
                     raise MachineLaunchError(f"VM '{self.name}': {path} does not exist")
@@ -487,6 +564,12 @@ class LibvirtMachine(MachineBase):
             stream = await self._domain_call("openConsole", open_console)
             bridge.attach(stream)
             self._probe = await self._host_probe()
+            if self.disks is not None:
+                usernet = await self._domain_call(
+                    "info usernet",
+                    lambda dom: _libvirt_qemu().qemuMonitorCommand(dom, "info usernet", _HMP),
+                )
+                self._ssh_port = forwarded_port(usernet)
             if hooks:
                 await self._run_port_hooks(bridge.path)
             await self._domain_call("resume", lambda dom: dom.resume())
@@ -494,6 +577,26 @@ class LibvirtMachine(MachineBase):
             with contextlib.suppress(MachineError):  # no paused domain is left behind
                 await self._destroy(5.0)
             raise
+
+    async def _prepare_disks(self) -> None:
+        """A disk VM's overlays and firmware variables (see ``gateway.machines.disk``), on
+        this machine: its QEMU runs here, as the lab's own user (the domain's DAC label),
+        so it reaches the lab's state folder as the QEMU backend does."""
+        assert self.disks is not None and self.disk is not None
+        if not is_local(self.uri):
+            raise MachineLaunchError(
+                f"VM '{self.name}': a disk VM runs on this machine's libvirt (qemu:///system "
+                f"or qemu:///session), not on {self.uri}: its disks are in the lab's folder"
+            )
+        if self.disk.tpm:
+            raise MachineLaunchError(
+                f"VM '{self.name}': a TPM is not offered on the libvirt backend yet: set "
+                'backend = "qemu" for a Trusted Launch VM, or tpm = false'
+            )
+        try:
+            await self.disks.prepare()
+        except (MachineLaunchError, OSError) as err:
+            raise MachineLaunchError(f"VM '{self.name}': {err}") from err
 
     async def _select_accel(self, host: LibvirtHost, kernel: Path) -> str:
         if self._accel:
@@ -545,31 +648,45 @@ class LibvirtMachine(MachineBase):
             secret = f"<entry name='{PASSWORD_FW_CFG}' file={quoteattr(str(path))}/>"
         elif self._password is not None:
             secret = f"<entry name='{PASSWORD_FW_CFG}'>{escape(self._password)}</entry>"
+        if self.disks is not None:
+            secret += f"<entry name='{HOSTNAME_FW_CFG}'>{escape(self.hostname)}</entry>"
         sysinfo = f"<sysinfo type='fwcfg'>{secret}</sysinfo>" if secret else ""
         cpu = "<cpu mode='host-passthrough'/>" if kind == "kvm" else ""
         # libvirt 9.0's ISA pvpanic needs a driver the image does not load: the PCI one,
         # on QEMU's command line, where the host is QEMU.
-        commandline = (
-            "<qemu:commandline><qemu:arg value='-device'/>"
-            f"<qemu:arg value='pvpanic-pci,bus=pcie.0,addr={PVPANIC_ADDR}'/></qemu:commandline>"
-            if qemu
+        root_bus = "pci.0" if self.generation == 1 else "pcie.0"
+        args = ["-device", f"pvpanic-pci,bus={root_bus},addr={PVPANIC_ADDR}"] if qemu else []
+        panic = "" if qemu else "<panic model='isa'/>"
+        if self.disks is not None:
+            boot, features, devices, more = self._disk_xml(root_bus)
+            args += more
+        else:
+            boot = f"""<type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>{escape(str(kernel))}</kernel>
+    <initrd>{escape(str(initrd))}</initrd>
+    <cmdline>{escape(self.kernel_cmdline)}</cmdline>"""
+            features = devices = ""
+        commandline = "".join(f"<qemu:arg value={quoteattr(arg)}/>" for arg in args)
+        if commandline:
+            commandline = f"<qemu:commandline>{commandline}</qemu:commandline>"
+        # a disk VM's QEMU runs as the lab's own user, nothing relabelled (see _disk_xml)
+        seclabel = (
+            "<seclabel type='static' model='dac' relabel='no'>"
+            f"<label>+{os.getuid()}:+{os.getgid()}</label></seclabel>"
+            if self.disks is not None
             else ""
         )
-        panic = "" if qemu else "<panic model='isa'/>"
         return f"""<domain type='{kind}' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>{escape(self.domain_name)}</name>
   <metadata><lab:owner xmlns:lab='{OWNER_NS}' {owner}/></metadata>
   <memory unit='MiB'>{self.memory_mb}</memory>
   <vcpu>{self.cpus}</vcpu>
   <os>
-    <type arch='x86_64' machine='q35'>hvm</type>
-    <kernel>{escape(str(kernel))}</kernel>
-    <initrd>{escape(str(initrd))}</initrd>
-    <cmdline>{escape(self.kernel_cmdline)}</cmdline>
+    {boot}
   </os>
   {sysinfo}
   {cpu}
-  <features><acpi/></features>
+  <features><acpi/>{features}</features>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
   <on_crash>preserve</on_crash>
@@ -578,9 +695,65 @@ class LibvirtMachine(MachineBase):
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
     {panic}
+    {devices}
   </devices>
+  {seclabel}
   {commandline}
 </domain>"""
+
+    def _disk_xml(self, root_bus: str) -> tuple[str, str, str, list[str]]:
+        """A disk VM's parts of the domain: (``<os>`` contents, ``<features>`` to add,
+        ``<devices>`` to add, QEMU arguments), the same machine as the QEMU backend's
+        (``gateway.machines.disk``). QEMU runs as the lab's own user with no relabelling
+        (the DAC label), so the lab's folders and the image stay as they are; the NIC is
+        QEMU's restricted user network with the SSH forward, which libvirt's XML cannot say
+        (its ``portForward`` needs passt), so it goes on QEMU's command line."""
+        assert self.disks is not None and self.disk is not None
+        disks, spec = self.disks, self.disk
+        more: list[str] = []
+        features = (
+            f"<tcg><tb-cache unit='MiB'>{DISK_TB_SIZE_MB}</tb-cache></tcg>"
+            if self.accel != "kvm"
+            else ""
+        )
+        if spec.generation == 1:
+            sercon = self.run_dir / "sercon-port"
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            sercon.write_bytes(COM1.to_bytes(2, "little"))
+            boot = "<type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/>"
+            more += ["-fw_cfg", f"name={SERCON_FW_CFG},file={sercon}"]
+        else:
+            code = (
+                firmware_file("OVMF_CODE_4M.secboot.fd", "OVMF_CODE_4M.ms.fd")
+                if spec.secure_boot
+                else firmware_file("OVMF_CODE_4M.fd", "OVMF_CODE.fd")
+            )
+            secure = "yes" if spec.secure_boot else "no"
+            boot = (
+                "<type arch='x86_64' machine='q35'>hvm</type>"
+                f"<loader readonly='yes' secure='{secure}' type='pflash'>"
+                f"{escape(str(code))}</loader>"
+                f"<nvram>{escape(str(disks.uefi_vars))}</nvram><boot dev='hd'/>"
+            )
+            if spec.secure_boot:
+                features += "<smm state='on'/>"
+        devices = [
+            _disk_element(disks.os_disk, "vda"),
+            *(
+                _disk_element(disks.data_disk(i), f"vd{chr(ord('b') + i)}")
+                for i in range(len(spec.data_disks))
+            ),
+            "<video><model type='vga'/></video>",
+            "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>",
+        ]
+        nic = network_args(spec.ssh_port)
+        nic[-1] += f",bus={root_bus},addr={NIC_ADDR}"
+        more += [
+            *nic,
+            "-device",
+            f"virtio-balloon-pci,free-page-reporting=on,bus={root_bus},addr={BALLOON_ADDR}",
+        ]
+        return boot, features, "\n    ".join(devices), more
 
     async def _clear_leftover(self, host: LibvirtHost) -> None:
         """Destroy a domain of this machine's name left by an earlier run of this lab; refuse
@@ -692,6 +865,7 @@ class LibvirtMachine(MachineBase):
             self._bridge = None
         host, self._host = self._host, None
         self.accel = None
+        self._ssh_port = None
         self._set_state(PowerState.DEALLOCATED)
         if host is not None:
             host.unwatch(self.domain_name)
@@ -948,3 +1122,11 @@ class _ConsoleBridge:
         with contextlib.suppress(Exception):
             stream.eventUpdateCallback(_READABLE | _ERROR | _HANGUP)
         self._resume_reading()
+
+
+def _disk_element(path: Path, target: str) -> str:
+    """A qcow2 overlay of a disk VM as a virtio disk (discard passes the guest's TRIM on)."""
+    return (
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2' discard='unmap'/>"
+        f"<source file={quoteattr(str(path))}/><target dev='{target}' bus='virtio'/></disk>"
+    )
