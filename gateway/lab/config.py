@@ -609,6 +609,9 @@ class _Parser:
             )
         if disk is not None and spec.backend == "emulated":
             raise t.fail("backend", "qemu or libvirt beside [image] disk", spec.backend)
+        if disk is not None and disk.tpm and spec.backend == "libvirt":
+            raise t.fail("backend", 'qemu beside [image] tpm = true (a vTPM is QEMU\'s only)',
+                         spec.backend)  # fmt: skip
         flags = {
             "provisioning_state": t.str(
                 "provisioning_state", "Succeeded", choices=PROVISIONING_STATES

@@ -37,6 +37,13 @@ def test_a_disk_vm_from_a_file(tmp_path: Path) -> None:
     spec = config.vms[0].machine  # type: ignore[attr-defined]
     assert spec.image.disk == DiskSpec(image=tmp_path / "os.vhd", generation=1, ssh_port=2200)
     assert spec.memory_mb == 512  # a systemd guest's default, not the initramfs guest's 128
+    assert spec.cpus == 2  # two vCPUs boot systemd faster under TCG, given two host cores
+
+
+def test_a_vtpm_is_the_qemu_backends_only(tmp_path: Path) -> None:
+    text = LAB.format(image='disk = "debian-12-gen2"\ntpm = true', extra="")
+    with pytest.raises(LabConfigError, match=r"backend: expected qemu beside \[image\] tpm"):
+        parse_lab(text.replace('"qemu"', '"libvirt"'), source="lab.toml", base=tmp_path)
 
 
 def test_a_built_image_by_name_implies_its_generation(tmp_path: Path) -> None:
