@@ -106,10 +106,12 @@ class LabProcess:
         *,
         lab: Path | None = None,
         die_with_parent: bool = False,
+        ssh_port: int = 0,
     ) -> LabProcess:
         """Run the default lab, or the lab file ``lab`` (state in ``folder/state``, port
-        ``port``, SSH door off; every guest emulated with ``emulated``; https and wss from
-        the lab's CA with ``tls``, see ``ca_path``), and wait until it serves.
+        ``port``, the SSH door on ``ssh_port``, off when 0; every guest emulated with
+        ``emulated``; https and wss from the lab's CA with ``tls``, see ``ca_path``), and
+        wait until it serves.
 
         Raises LabStartError (after stopping it) when it does not come up in ``timeout``
         seconds (scaled) or exits first."""
@@ -122,7 +124,7 @@ class LabProcess:
             raise ValueError("replay_bytes applies to the default lab only")
         command = [
             sys.executable, "-m", "gateway.cli.main", "lab", "run", "--lab", str(lab),
-            "--state-dir", str(state_dir), "--port", str(port), "--ssh-port", "0",
+            "--state-dir", str(state_dir), "--port", str(port), "--ssh-port", str(ssh_port),
             *(["--emulated"] if emulated else []), *(["--tls"] if tls else []),
         ]  # fmt: skip
         # A session of its own: the terminal's Ctrl+C reaches the test run, whose clean-up

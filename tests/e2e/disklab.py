@@ -56,11 +56,15 @@ def image(name: str) -> Path:
     return disk.path
 
 
-def vm_table(name: str, disk: str, *, warm: bool = False, **image: object) -> str:
+def vm_table(
+    name: str, disk: str, *, warm: bool = False, rfc2217_port: int = 0, **image: object
+) -> str:
     """A ``[[vms]]`` entry of a disk VM; it boots cold unless ``warm`` (most of these tests
-    are about booting). ``image`` keys go to its ``[vms.image]``."""
+    are about booting). ``rfc2217_port``: its RFC 2217 door's port (0: none). ``image``
+    keys go to its ``[vms.image]``."""
     keys = "".join(f"{key} = {str(v).lower() if isinstance(v, bool) else v}\n"
                    for key, v in image.items())  # fmt: skip
+    door = f"rfc2217_port = {rfc2217_port}\n" if rfc2217_port else ""
     return f"""
 [[vms]]
 name = "{name}"
@@ -68,14 +72,16 @@ resource_group = "{RG}"
 backend = "qemu"
 ssh_port = 0
 warm_start = {str(warm).lower()}
-[vms.image]
+{door}[vms.image]
 disk = "{disk}"
 {keys}"""
 
 
-def start_lab(folder: Path, vms: str, *, password: str = GUEST_PASSWORD) -> LabProcess:
+def start_lab(
+    folder: Path, vms: str, *, password: str = GUEST_PASSWORD, ssh_door: int = 0
+) -> LabProcess:
     """A TLS lab of ``vms`` (``vm_table`` entries), up and serving; ``password`` is its
-    guests' root password."""
+    guests' root password, ``ssh_door`` its SSH door's port (0: no SSH door)."""
     lab_file = folder / "lab.toml"
     lab_file.write_text(f"""
 state_dir = "{folder / "state"}"
@@ -93,7 +99,9 @@ name = "{USER}"
 password = "{PASSWORD}"
 roles = [{{ role = "Owner", scope = "subscription" }}]
 """)
-    return LabProcess.start(folder, lab=lab_file, tls=True, timeout=120, die_with_parent=True)
+    return LabProcess.start(
+        folder, lab=lab_file, tls=True, timeout=120, die_with_parent=True, ssh_port=ssh_door
+    )
 
 
 @pytest.fixture(scope="module")
