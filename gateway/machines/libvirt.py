@@ -38,13 +38,14 @@ deallocate         ``destroy`` (the transient domain is gone, nothing stays defi
 =================  ==========================================================================
 
 Power state follows libvirt's lifecycle events: ``STOPPED`` (the guest powered off, or the
-domain went away without being asked), ``CRASHED``/``PANICKED`` (pvpanic: the domain is kept
-paused, ``on_crash=preserve``; the QEMU backend halts a panicked guest too, once its console
-is quiet, so that a panic in NMI context is written out first), and the
-reboot event is passed on as ``RESET``. libvirt 9.0 knows only the ISA pvpanic device, whose
-driver the guest image does not load, so on a QEMU host the PCI one is added on QEMU's
-command line through libvirt's ``qemu:commandline``; libvirt still sees the panic (QEMU's
-``GUEST_PANICKED``) and applies ``on_crash``.
+domain went away without being asked), ``CRASHED``/``PANICKED`` (pvpanic), and the reboot event is
+passed on as ``RESET``. libvirt 9.0 knows only the ISA pvpanic device, whose driver the
+guest image does not load, so on a QEMU host the PCI one is added on QEMU's command line
+through libvirt's ``qemu:commandline``; libvirt still sees the panic (QEMU's
+``GUEST_PANICKED``). QEMU is told not to pause a panicked guest (``-action panic=none``):
+libvirt's ``on_crash=preserve`` alone pauses it at once, and a panic in NMI context is then
+never written out. The machine suspends it once its console has been quiet for
+``PANIC_QUIET`` s, as the QEMU backend halts its own.
 
 Domains the lab owns: named ``scl-<digest>-<vm>``, where the digest is of this gateway's host
 name and the lab's state folder, so two labs never share a name, even on one libvirt host;
@@ -86,6 +87,7 @@ import socket
 import struct
 import tempfile
 import termios
+import time
 import tty
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,6 +129,8 @@ from gateway.machines.qemu import (
     DISK_TB_SIZE_MB,
     FIFO_DRAIN,
     HOSTNAME_FW_CFG,
+    PANIC_HALT_MAX,
+    PANIC_QUIET,
     PASSWORD_FW_CFG,
     _grab_input_probe,
     _InputProbe,
@@ -217,6 +221,7 @@ class LibvirtMachine(MachineBase):
         self._expect_gone = False  # the domain ends because the machine ended it
         self._remote_told = False
         self._taken_mark = 0  # bytes the bridge had sent when a wait for them last ended
+        self._halt_task: asyncio.Task[None] | None = None
 
     # -- properties ------------------------------------------------------------------------
 
@@ -353,9 +358,14 @@ class LibvirtMachine(MachineBase):
         async with self._power_operation(
             "reset", "resetting", PowerState.RUNNING, PowerState.PANICKED
         ):
+            if self._halt_task is not None:
+                self._halt_task.cancel()
             await self._domain_call("reset", lambda dom: dom.reset(0))
             if self._state is PowerState.PANICKED:
-                await self._domain_call("resume", lambda dom: dom.resume())
+                paused = require_libvirt().VIR_DOMAIN_PAUSED
+                state = await self._domain_call("state", lambda dom: dom.state()[0])
+                if state == paused:  # halted after its panic (not yet: it runs)
+                    await self._domain_call("resume", lambda dom: dom.resume())
                 self._set_state(PowerState.RUNNING, "reset after a panic")
 
     async def deallocate(self, timeout: float = 10.0) -> None:
@@ -656,6 +666,10 @@ class LibvirtMachine(MachineBase):
         # on QEMU's command line, where the host is QEMU.
         root_bus = "pci.0" if self.generation == 1 else "pcie.0"
         args = ["-device", f"pvpanic-pci,bus={root_bus},addr={PVPANIC_ADDR}"] if qemu else []
+        # A panic does not pause the guest at once (libvirt's on_crash=preserve would: a
+        # panic in NMI context is then never written out); the machine halts it once its
+        # console is quiet, as the QEMU backend does.
+        args += ["-action", "panic=none"] if qemu else []
         panic = "" if qemu else "<panic model='isa'/>"
         if self.disks is not None:
             boot, features, devices, more = self._disk_xml(root_bus)
@@ -880,6 +894,10 @@ class LibvirtMachine(MachineBase):
         if event == _CRASHED:
             self._set_state(PowerState.PANICKED, "pvpanic")
             self._publish(EventKind.PANICKED, "guest panicked")
+            if self._halt_task is None or self._halt_task.done():
+                self._halt_task = asyncio.get_running_loop().create_task(
+                    self._halt_after_panic(), name=f"{self.name}-panic-halt"
+                )
         elif event == _STOPPED:
             if self._expect_gone or self._dom is None:
                 return
@@ -895,6 +913,19 @@ class LibvirtMachine(MachineBase):
                 return
             why = f"VM '{self.name}' went away: its domain on {self.uri} ended (libvirt: {detail})"
             self._gone(why)
+
+    async def _halt_after_panic(self) -> None:
+        """Halt a panicked guest (``suspend``) once its console has been quiet for
+        ``PANIC_QUIET`` s, or after ``PANIC_HALT_MAX`` s (see the QEMU backend's)."""
+        began = time.monotonic()
+        while self._state is PowerState.PANICKED and self._bridge is not None:
+            now = time.monotonic()
+            quiet = now - self._bridge.last_output
+            if quiet >= PANIC_QUIET or now - began >= PANIC_HALT_MAX:
+                with contextlib.suppress(MachineError):
+                    await self._domain_call("suspend", lambda dom: dom.suspend())
+                return
+            await asyncio.sleep(PANIC_QUIET - quiet)  # a debounce: no event says "done"
 
     def _on_lost(self, why: str) -> None:
         if self._host is not None and self._host.closed_reason:
@@ -969,6 +1000,7 @@ class _ConsoleBridge:
         self._pending = b""  # read from the master, not yet taken by the stream
         self.sent = 0  # bytes the stream took, in all
         self._out = bytearray()  # guest output the master had no room for yet
+        self.last_output = 0.0  # when the guest last wrote (monotonic)
         self._reading = False
         self._writing = False
         self._poll = select.poll()
@@ -1057,6 +1089,7 @@ class _ConsoleBridge:
     def _deliver(self, stream: Any, data: bytes) -> None:
         if self.closed:
             return
+        self.last_output = time.monotonic()
         self._out += data
         self._flush_out()
 

@@ -15,7 +15,7 @@ import pexpect
 import pytest
 import pytest_asyncio
 
-from gateway.machines import PowerState
+from gateway.machines import EventKind, PowerState
 from gateway.machines.disk import DiskSpec
 from gateway.machines.libvirt import LibvirtMachine
 from tests.e2e.conftest import Guest, running
@@ -106,6 +106,20 @@ async def test_a_screenshot_is_a_png_of_the_vga_display(gen1: Guest, tmp_path: P
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     assert (width, height) == (720, 400), "VGA text mode"
+
+
+@ON_MODULE_LOOP
+async def test_an_nmi_panics_the_guest_and_its_panic_is_on_the_console(gen1: Guest) -> None:
+    """kernel.panic_on_unrecovered_nmi=1: the panic, printed in NMI context, reaches the
+    console before libvirt keeps the crashed domain (``on_crash = preserve``)."""
+    await booted(gen1)
+    with gen1.vm.events() as events:
+        await gen1.vm.inject_nmi()
+        await gen1.console.expect("Kernel panic - not syncing: NMI", BOOT)
+        await events.wait_for(lambda e: e.kind is EventKind.PANICKED, BOOT)
+    assert gen1.vm.power_state is PowerState.PANICKED
+    await gen1.vm.reset()
+    await gen1.console.expect(r"libvirt-gen1 login: ", BOOT)
 
 
 @ON_MODULE_LOOP
