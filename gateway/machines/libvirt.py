@@ -286,7 +286,7 @@ class LibvirtMachine(MachineBase):
 
     @property
     def kernel_cmdline(self) -> str:
-        parts = ["console=ttyS0,115200", f"lab.hostname={self.hostname}"]
+        parts = ["console=ttyS0,115200", "no_timer_check", f"lab.hostname={self.hostname}"]
         if self._append:
             parts.append(self._append)
         return " ".join(parts)

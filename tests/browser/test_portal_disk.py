@@ -30,6 +30,7 @@ GEN1_VM = """
 name = "gen1"
 resource_group = "lab-rg"
 backend = "qemu"
+cpus = 1
 warm_start = false
 [vms.image]
 disk = "debian-12-gen1"

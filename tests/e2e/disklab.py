@@ -71,6 +71,7 @@ name = "{name}"
 resource_group = "{RG}"
 backend = "qemu"
 ssh_port = 0
+cpus = 1  # the suite runs several VMs at once on two cores: one thread each
 warm_start = {str(warm).lower()}
 {door}[vms.image]
 disk = "{disk}"

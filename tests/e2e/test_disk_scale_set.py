@@ -40,6 +40,7 @@ name = "{SET}"
 resource_group = "{RG}"
 backend = "qemu"
 capacity = 1
+cpus = 1
 ssh_port = 0
 warm_start = false
 [scale_sets.image]

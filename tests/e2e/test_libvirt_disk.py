@@ -41,7 +41,7 @@ async def gen1(
     folder = tmp_path_factory.mktemp("libvirt-gen1")
     spec = DiskSpec(image=image("debian-12-gen1"), generation=1)
     vm = LibvirtMachine(
-        "disk-1", run_dir=folder / "run", memory_mb=512, cpus=2, password=PASSWORD,
+        "disk-1", run_dir=folder / "run", memory_mb=512, cpus=1, password=PASSWORD,
         hostname="libvirt-gen1", disk=spec, disk_dir=folder / "disks",
     )  # fmt: skip
     async for guest in running(vm):
@@ -109,20 +109,6 @@ async def test_a_screenshot_is_a_png_of_the_vga_display(gen1: Guest, tmp_path: P
 
 
 @ON_MODULE_LOOP
-async def test_an_nmi_panics_the_guest_and_its_panic_is_on_the_console(gen1: Guest) -> None:
-    """kernel.panic_on_unrecovered_nmi=1: the panic, printed in NMI context, reaches the
-    console before libvirt keeps the crashed domain (``on_crash = preserve``)."""
-    await booted(gen1)
-    with gen1.vm.events() as events:
-        await gen1.vm.inject_nmi()
-        await gen1.console.expect("Kernel panic - not syncing: NMI", BOOT)
-        await events.wait_for(lambda e: e.kind is EventKind.PANICKED, BOOT)
-    assert gen1.vm.power_state is PowerState.PANICKED
-    await gen1.vm.reset()
-    await gen1.console.expect(r"libvirt-gen1 login: ", BOOT)
-
-
-@ON_MODULE_LOOP
 async def test_the_guest_writes_its_overlay_and_reimage_discards_it(gen1: Guest) -> None:
     vm: LibvirtMachine = gen1.vm  # type: ignore[assignment]
     base = image("debian-12-gen1")
@@ -154,16 +140,32 @@ async def test_the_guest_writes_its_overlay_and_reimage_discards_it(gen1: Guest)
     await console.expect(r"rc-[12]", BOOT)
 
 
+@ON_MODULE_LOOP
+async def test_an_nmi_panics_the_guest_and_its_panic_is_on_the_console(gen1: Guest) -> None:
+    """kernel.panic_on_unrecovered_nmi=1: the panic, printed in NMI context, reaches the
+    console before libvirt keeps the crashed domain (``on_crash = preserve``)."""
+    console = gen1.console
+    console.cursor = 0
+    await console.expect(r"libvirt-gen1 login: ", BOOT)  # this port's boot (after the reimage)
+    console.cursor = len(console.data)
+    with gen1.vm.events() as events:
+        await gen1.vm.inject_nmi()
+        await gen1.console.expect("Kernel panic - not syncing: NMI", BOOT)
+        await events.wait_for(lambda e: e.kind is EventKind.PANICKED, BOOT)
+    assert gen1.vm.power_state is PowerState.PANICKED
+
+
 async def test_a_gen2_disk_vm_boots_from_ovmf(libvirtd: Libvirtd, tmp_path: Path) -> None:
-    """OVMF from libvirt's ``<loader>``, its variables a copy per VM (``<nvram>``)."""
+    """OVMF from libvirt's ``<loader>``, its variables a copy per VM (``<nvram>``), starts
+    GRUB from the ESP (the rest of the boot is the Gen1 VM's and the QEMU backend's)."""
     spec = DiskSpec(image=image("debian-12-gen2"), generation=2)
     vm = LibvirtMachine(
-        "disk-2", run_dir=tmp_path / "run", memory_mb=512, cpus=2, password=PASSWORD,
+        "disk-2", run_dir=tmp_path / "run", memory_mb=512, cpus=1, password=PASSWORD,
         hostname="libvirt-gen2", disk=spec, disk_dir=tmp_path / "disks",
     )  # fmt: skip
     async for guest in running(vm):
-        await guest.console.expect(r"libvirt-gen2 login: ", BOOT)
+        await guest.console.expect(r"Debian GNU/Linux, with Linux", BOOT)  # the menu's 2nd entry
         data = bytes(guest.console.data)
-        assert data.index(b"BdsDxe") < data.index(b"GNU GRUB") < data.index(b"Linux version")
+        assert data.index(b"BdsDxe") < data.index(b"GNU GRUB")
         assert (tmp_path / "disks" / "uefi-vars.fd").is_file()
         assert vm.generation == 2

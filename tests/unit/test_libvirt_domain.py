@@ -27,12 +27,15 @@ def test_the_domain_is_a_paused_q35_guest_with_a_pty_console_and_pvpanic(tmp_pat
     assert root.findtext("name") == vm.domain_name
     assert root.findtext("memory") == "192"
     assert root.find("os/type").get("machine") == "q35"  # type: ignore[union-attr]
-    assert root.findtext("os/cmdline") == "console=ttyS0,115200 lab.hostname=vm-1 loglevel=7"
+    assert root.findtext("os/cmdline") == (
+        "console=ttyS0,115200 no_timer_check lab.hostname=vm-1 loglevel=7"
+    )
     assert root.find("devices/serial").get("type") == "pty"  # type: ignore[union-attr]
     assert (root.findtext("on_poweroff"), root.findtext("on_crash")) == ("destroy", "preserve")
     qemu = "{http://libvirt.org/schemas/domain/qemu/1.0}"
     args = [a.get("value") for a in root.iter(f"{qemu}arg")]
-    assert args == ["-device", "pvpanic-pci,bus=pcie.0,addr=0x10"]
+    # the PCI pvpanic; a panic not paused by QEMU (the machine halts it once it is written)
+    assert args == ["-device", "pvpanic-pci,bus=pcie.0,addr=0x10", "-action", "panic=none"]
     assert _owner_of(ElementTree.tostring(root, encoding="unicode")) == {
         "gateway": vm._owner["gateway"],
         "state": str(tmp_path.resolve()),
