@@ -30,7 +30,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.machines.base import MachineLaunchError
+from gateway.machines.base import MachineBase, MachineLaunchError, MachineStateError, PowerState
 from gateway.machines.process import die_with_parent
 
 OVMF_DIRS = (Path("/usr/share/OVMF"), Path("/usr/share/ovmf"), Path("/usr/share/qemu"))
@@ -159,6 +159,12 @@ class DiskSet:
         if self.spec.tpm:
             self.tpm_state.mkdir(exist_ok=True)
 
+    def firmware_code(self) -> Path:
+        """A Gen2 VM's UEFI code (read only): OVMF's secure-boot build with Secure Boot."""
+        if self.spec.secure_boot:
+            return firmware_file("OVMF_CODE_4M.secboot.fd", "OVMF_CODE_4M.ms.fd")
+        return firmware_file("OVMF_CODE_4M.fd", "OVMF_CODE.fd")
+
     def discard(self) -> None:
         """Reimage: every file of this VM's disks goes; the next ``prepare`` starts anew."""
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -191,11 +197,7 @@ class DiskSet:
             sercon.write_bytes(COM1.to_bytes(2, "little"))
             args += ["-machine", "pc", "-fw_cfg", f"name={SERCON_FW_CFG},file={_q(sercon)}"]
         else:
-            code = (
-                firmware_file("OVMF_CODE_4M.secboot.fd", "OVMF_CODE_4M.ms.fd")
-                if spec.secure_boot
-                else firmware_file("OVMF_CODE_4M.fd", "OVMF_CODE.fd")
-            )
+            code = self.firmware_code()
             machine = "q35,smm=on" if spec.secure_boot else "q35"
             args += ["-machine", machine]
             if spec.secure_boot:
@@ -294,3 +296,56 @@ class Swtpm:
 def _q(path: Path) -> str:
     """A path in a QEMU option value: a comma is doubled."""
     return str(path).replace(",", ",,")
+
+
+class DiskMachine(MachineBase):
+    """A QEMU or libvirt machine that may boot a disk (a disk VM) rather than a kernel: what
+    such a VM shows and does beyond the console. Subclasses set ``disk``, ``disks`` and
+    ``_ssh_port``, and give ``_command``: a QMP command, through whatever reaches QEMU."""
+
+    disk: DiskSpec | None
+    disks: DiskSet | None
+    _ssh_port: int | None
+
+    async def _command(self, cmd: str, args: dict[str, object] | None = None) -> object:
+        raise NotImplementedError
+
+    @property
+    def generation(self) -> int | None:
+        """1 (BIOS) or 2 (UEFI) for a disk VM; None for a kernel booted directly."""
+        return self.disk.generation if self.disk else None
+
+    @property
+    def ssh_port(self) -> int | None:
+        """The port on 127.0.0.1 forwarded to the guest's SSH (disk VMs, while allocated)."""
+        return self._ssh_port
+
+    @property
+    def has_display(self) -> bool:
+        """A disk VM has a VGA display to take screenshots of; a kernel booted directly has
+        none (its console is the serial port alone)."""
+        return self.disks is not None
+
+    async def screendump(self, path: Path) -> Path:
+        """A PNG of the VM's display (QMP ``screendump``; QEMU writes ``path``)."""
+        self._require(
+            PowerState.STARTING, PowerState.RUNNING, PowerState.STOPPING, PowerState.STOPPED,
+            PowerState.PANICKED, action="take a screenshot of",
+        )  # fmt: skip
+        await self._command("screendump", {"filename": str(path), "format": "png"})
+        return path
+
+    async def reimage(self) -> None:
+        """Azure's reimage: the OS disk as the image has it. The VM is deallocated, its
+        overlays and firmware variables are thrown away, and it starts again if it was
+        allocated. MachineStateError for a VM that boots a kernel directly (no disk)."""
+        if self.disks is None:
+            raise MachineStateError(
+                f"VM '{self.name}' has no OS disk to reimage: it boots a kernel directly"
+            )
+        was_allocated = self._state is not PowerState.DEALLOCATED
+        await self.deallocate()
+        self.disks.discard()
+        self.log.info("reimaged: its disks are the image's again")
+        if was_allocated:
+            await self.start()

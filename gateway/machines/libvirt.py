@@ -98,7 +98,6 @@ from xml.sax.saxutils import escape, quoteattr
 from gateway.machines.accel import select_accel
 from gateway.machines.base import (
     EventKind,
-    MachineBase,
     MachineCommandError,
     MachineError,
     MachineLaunchError,
@@ -109,9 +108,9 @@ from gateway.machines.base import (
 from gateway.machines.disk import (
     COM1,
     SERCON_FW_CFG,
+    DiskMachine,
     DiskSet,
     DiskSpec,
-    firmware_file,
     forwarded_port,
     network_args,
 )
@@ -163,7 +162,7 @@ def domain_prefix(state_dir: Path) -> str:
     return "scl-" + hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
-class LibvirtMachine(MachineBase):
+class LibvirtMachine(DiskMachine):
     """A Linux guest on a libvirt host whose ttyS0 the gateway reads as a local PTY.
 
     See the module docstring. Use as ``async with LibvirtMachine(...) as vm:`` or call
@@ -229,46 +228,10 @@ class LibvirtMachine(MachineBase):
     def serial_port(self) -> str | None:
         return self._bridge.path if self._bridge is not None else None
 
-    @property
-    def generation(self) -> int | None:
-        """1 (BIOS) or 2 (UEFI) for a disk VM; None for a kernel booted directly."""
-        return self.disk.generation if self.disk else None
-
-    @property
-    def ssh_port(self) -> int | None:
-        """The port on 127.0.0.1 forwarded to the guest's SSH (disk VMs, while running)."""
-        return self._ssh_port
-
-    @property
-    def has_display(self) -> bool:
-        """A disk VM has a VGA display to take screenshots of."""
-        return self.disks is not None
-
-    async def screendump(self, path: Path) -> Path:
-        """A PNG of the VM's display: QMP ``screendump`` through libvirt's monitor
-        passthrough (QEMU writes the file: the host must be this machine)."""
-        self._require(
-            PowerState.STARTING, PowerState.RUNNING, PowerState.STOPPING, PowerState.STOPPED,
-            PowerState.PANICKED, action="take a screenshot of",
-        )  # fmt: skip
-        await self._monitor("screendump", {"filename": str(path), "format": "png"})
-        return path
-
-    async def reimage(self) -> None:
-        """Azure's reimage: the OS disk as the image has it (see QemuMachine.reimage)."""
-        if self.disks is None:
-            raise MachineStateError(
-                f"VM '{self.name}' has no OS disk to reimage: it boots a kernel directly"
-            )
-        was_allocated = self._state is not PowerState.DEALLOCATED
-        await self.deallocate()
-        self.disks.discard()
-        self.log.info("reimaged: its disks are the image's again")
-        if was_allocated:
-            await self.start()
-
-    async def _monitor(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        """A QMP command through libvirt (QEMU hosts only); its ``return``."""
+    async def _command(self, cmd: str, args: dict[str, object] | None = None) -> object:
+        """A QMP command through libvirt's monitor passthrough (QEMU hosts only; a file it
+        writes is on that host: this machine for a disk VM); its ``return``."""
+        command, arguments = cmd, args
         host = self._host
         if host is None or host.driver != "QEMU":
             raise MachineCommandError(
@@ -276,7 +239,7 @@ class LibvirtMachine(MachineBase):
                 "libvirt host has"
             )
         libvirt_qemu = _libvirt_qemu()
-        message: dict[str, Any] = {"execute": command}
+        message: dict[str, object] = {"execute": command}
         if arguments:
             message["arguments"] = arguments
         raw = await self._domain_call(
@@ -737,11 +700,7 @@ class LibvirtMachine(MachineBase):
             boot = "<type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/>"
             more += ["-fw_cfg", f"name={SERCON_FW_CFG},file={sercon}"]
         else:
-            code = (
-                firmware_file("OVMF_CODE_4M.secboot.fd", "OVMF_CODE_4M.ms.fd")
-                if spec.secure_boot
-                else firmware_file("OVMF_CODE_4M.fd", "OVMF_CODE.fd")
-            )
+            code = disks.firmware_code()
             secure = "yes" if spec.secure_boot else "no"
             boot = (
                 "<type arch='x86_64' machine='q35'>hvm</type>"

@@ -118,7 +118,6 @@ from gateway.machines.accel import select_accel
 from gateway.machines.agent import AgentError, GuestAgent
 from gateway.machines.base import (
     EventKind,
-    MachineBase,
     MachineCommandError,
     MachineError,
     MachineLaunchError,
@@ -126,7 +125,14 @@ from gateway.machines.base import (
     PowerState,
     RestartOutcome,
 )
-from gateway.machines.disk import DiskSet, DiskSpec, Swtpm, forwarded_port, network_args
+from gateway.machines.disk import (
+    DiskMachine,
+    DiskSet,
+    DiskSpec,
+    Swtpm,
+    forwarded_port,
+    network_args,
+)
 from gateway.machines.image import IMAGE_DIR, INITRD, KERNEL, not_built
 from gateway.machines.process import die_with_parent, wait_pid_exit
 from gateway.machines.warm import (
@@ -178,7 +184,7 @@ def _kill_leftovers() -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-class QemuMachine(MachineBase):
+class QemuMachine(DiskMachine):
     """A Linux guest under QEMU whose ttyS0 is a PTY. See the module docstring.
 
     Use as ``async with QemuMachine(...) as vm:`` (started on entry, deallocated on exit) or
@@ -251,16 +257,6 @@ class QemuMachine(MachineBase):
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc and self._proc.returncode is None else None
-
-    @property
-    def generation(self) -> int | None:
-        """1 (BIOS) or 2 (UEFI) for a disk VM; None for a kernel booted directly."""
-        return self.disk.generation if self.disk else None
-
-    @property
-    def ssh_port(self) -> int | None:
-        """The port on 127.0.0.1 forwarded to the guest's SSH (disk VMs, while allocated)."""
-        return self._ssh_port
 
     @property
     def kernel_cmdline(self) -> str:
@@ -338,36 +334,6 @@ class QemuMachine(MachineBase):
             if self._proc is None:
                 return
             await self._terminate(timeout)
-
-    async def reimage(self) -> None:
-        """Azure's reimage: the OS disk as the image has it. The VM is deallocated, its
-        overlays and firmware variables are thrown away, and it starts again if it was
-        allocated. MachineStateError for a VM that boots a kernel directly (no disk)."""
-        if self.disks is None:
-            raise MachineStateError(
-                f"VM '{self.name}' has no OS disk to reimage: it boots a kernel directly"
-            )
-        was_allocated = self._state is not PowerState.DEALLOCATED
-        await self.deallocate()
-        self.disks.discard()
-        self.log.info("reimaged: its disks are the image's again")
-        if was_allocated:
-            await self.start()
-
-    @property
-    def has_display(self) -> bool:
-        """A disk VM has a VGA display to take screenshots of; a kernel booted directly has
-        none (its console is the serial port alone)."""
-        return self.disks is not None
-
-    async def screendump(self, path: Path) -> Path:
-        """A PNG of the VM's display (QMP ``screendump``), written to ``path``."""
-        self._require(
-            PowerState.STARTING, PowerState.RUNNING, PowerState.STOPPING, PowerState.STOPPED,
-            PowerState.PANICKED, action="take a screenshot of",
-        )  # fmt: skip
-        await self._command("screendump", {"filename": str(path), "format": "png"})
-        return path
 
     async def send_break(self) -> None:
         self._require_guest_running("send a break to")
