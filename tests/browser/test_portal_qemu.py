@@ -51,7 +51,7 @@ async def test_a_qemu_guest_in_the_pane_login_command_sysrq_nmi_and_reset(
 
     await person.menu("Power", "Reset VM")
     await page.get_by_role("dialog").get_by_role("button", name="Reset").click()
-    await person.status(texts.SUCCESS["reset"])
+    await person.status(texts.SUCCESS["reset"], 60)  # behind the NMI's turn, on a busy machine
     # The same pane shows the new boot from its first line to the login prompt.
     await person.screen(
         r"NMI received[\s\S]*\[    0\.000000\] Linux version[\s\S]*login: " + AT_END, 90
