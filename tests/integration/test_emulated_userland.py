@@ -137,8 +137,10 @@ async def test_files_stay_between_sessions_until_the_guest_reboots(lab: LabHandl
     assert (await client.event("result"))["ok"] is True
     await client.expect(r"sysrq: Resetting\r\n")
     await client.expect(r"Linux version 6\.1")
-    await client.expect(r"lab guest web-vmss000000 is up", 30)
-    await client.expect(r"web-vmss000000 login: ", 30)
+    # the userland starts anew in fresh namespaces: seconds, or a minute on a machine
+    # busy with the suite's QEMU guests
+    await client.expect(r"lab guest web-vmss000000 is up", 90)
+    await client.expect(r"web-vmss000000 login: ", 90)
     await login(client)
     gone = await run(client, "cat ~/note")
     assert re.search(r"can't open '\S*/note': No such file or directory", gone)
