@@ -58,6 +58,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
+# Every text the pane's status line (#console-status) shows, in order, from the page's
+# load: a page script run before the portal's own.
+STATUS_WATCH = """
+window.__statusSaid = [];
+new MutationObserver(() => {
+    const status = document.getElementById("console-status");
+    const text = status?.textContent ?? "";
+    const said = window.__statusSaid;
+    if (text && said[said.length - 1] !== text) said.push(text);
+}).observe(document, { childList: true, characterData: true, subtree: true });
+"""
+
+
 class Portal:
     """One person's browser tab on the lab's portal."""
 
@@ -138,9 +151,20 @@ class Portal:
         await self.menu("Keyboard", "Send Non-Maskable Interrupt (NMI)")
 
     async def status(self, pattern: str, timeout: float = 10) -> None:
-        """Wait until the pane's status line says ``pattern`` (a regular expression)."""
-        status = self.page.locator("#console-status")
-        await status.filter(has_text=re.compile(pattern)).wait_for(timeout=scaled(timeout) * 1000)
+        """Wait until the pane's status line says ``pattern`` (a regular expression), now
+        or since the last status waited for: a status may be replaced by the next one
+        (a reset's power notes) sooner than Playwright polls (see ``STATUS_WATCH``)."""
+        await self.page.wait_for_function(
+            """(re) => {
+                const said = window.__statusSaid ?? [];
+                const at = said.findIndex((text) => new RegExp(re).test(text));
+                if (at < 0) return false;
+                said.splice(0, at + 1);
+                return true;
+            }""",
+            arg=pattern,
+            timeout=scaled(timeout) * 1000,
+        )
 
     async def notice(self, pattern: str, timeout: float = 10) -> str:
         """Wait until the pane's notice (refusals, takeover) says ``pattern``; its text."""
@@ -197,6 +221,7 @@ async def portal(browser: Browser, request: pytest.FixtureRequest) -> AsyncItera
 
     async def new(url: str, **options: object) -> Portal:
         context = await browser.new_context(viewport={"width": 1280, "height": 800}, **options)
+        await context.add_init_script(STATUS_WATCH)
         contexts.append(context)
         return Portal(await context.new_page(), url)
 
