@@ -71,7 +71,7 @@ def test_an_instance_boots_its_disk_and_reimage_gives_the_image_back(
         log = strip_ansi(console.read_boot_log())
         in_order(log, "SeaBIOS", GRUB_MENU, "Linux version", f"{SET}000000 login:")
         console.login()
-        out, status = console.run("hostname && echo kept > /root/mark && sync")
+        out, status = console.run("hostname && echo kept > ~/mark && sync")
         assert (out.strip(), status) == (f"{SET}000000", 0)
     finally:
         console.close()
@@ -79,7 +79,7 @@ def test_an_instance_boots_its_disk_and_reimage_gives_the_image_back(
     console = instance_console(client)
     try:
         console.login()
-        out, status = console.run("cat /root/mark")
+        out, status = console.run("cat ~/mark")
         assert status == 1, "the overlay was thrown away"
         assert "No such file" in out
     finally:

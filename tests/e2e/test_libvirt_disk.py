@@ -121,7 +121,7 @@ async def test_the_guest_writes_its_overlay_and_reimage_discards_it(gen1: Guest)
     await console.expect("Password: ", BOOT)
     await console.send(f"{PASSWORD}\r")
     await console.expect(r"# ", BOOT)
-    await console.send("echo written > /root/mark && sync && echo done-$((6*7))\r")
+    await console.send("echo written > ~/mark && sync && echo done-$((6*7))\r")
     await console.expect("done-42", BOOT)
     assert await asyncio.to_thread(_sha256, base) == before, "the image is never written"
     info = await asyncio.to_thread(
@@ -136,7 +136,7 @@ async def test_the_guest_writes_its_overlay_and_reimage_discards_it(gen1: Guest)
     await console.expect("Password: ", BOOT)
     await console.send(f"{PASSWORD}\r")
     await console.expect(r"# ", BOOT)
-    await console.send("ls /root/mark; echo rc-$?\r")
+    await console.send("ls ~/mark; echo rc-$?\r")
     await console.expect(r"rc-[12]", BOOT)
 
 
