@@ -1,6 +1,6 @@
 """The emulated UART: a PTY pair in the event loop, between the gateway and a personality.
 
-The gateway opens the SLAVE path with pyserial, exactly as it opens QEMU's ``-chardev pty``;
+The gateway opens the SLAVE path with pyserial, exactly as it opens a QEMU guest's port;
 the guest side is the MASTER fd, watched with ``loop.add_reader``/``add_writer`` (no
 polling: an idle guest costs no CPU). This is a thin adapter: it parses nothing, it moves
 bytes, applies backpressure and runs the personality's timer.

@@ -1,10 +1,22 @@
 """QemuMachine: a real Linux guest under QEMU, driven through its monitor (QMP).
 
-Launch: ``qemu-system-x86_64 -S -no-shutdown`` with ttyS0 on a PTY chardev (``ser0``), QMP
-on a Unix socket in the VM's run folder, and a pvpanic device with ``-action panic=none``.
-The PTY path comes from ``query-chardev``; the port hooks run with it while the CPU is still
-held by ``-S``, then ``cont`` lets the guest run, so a reader attached in a hook sees the
-boot from its first byte.
+Launch: ``qemu-system-x86_64 -S -no-shutdown`` with ttyS0 on a PTY (``ser0``), QMP on a Unix
+socket in the VM's run folder, and a pvpanic device with ``-action panic=none``. The port
+hooks run with the PTY's path while the CPU is still held by ``-S``, then ``cont`` lets the
+guest run, so a reader attached in a hook sees the boot from its first byte.
+
+The machine makes the PTY itself and hands QEMU its master as the ``stdio`` chardev's
+descriptors (``-chardev stdio``, QEMU's standard input and output). QEMU's own ``pty``
+chardev would do the same with one flaw: it reads nothing until it has seen the PTY's other
+side open, and it looks once a second (``pty_chr_timer``), so what is typed in the first
+second after a launch waits for that look; a warm start, whose guest is up 0.4 s after the
+launch, would wait on it. On the stdio chardev QEMU reads at once, and the machine holds
+the PTY's path, so no monitor query is needed to find it. The machine keeps one descriptor
+of the PTY's side open while QEMU runs (with no side open, QEMU's reads would fail and be
+retried without end, a core at 100%), and its copy of the master, which counts the typed
+bytes QEMU has not read (below); both close when QEMU goes. The ``serial`` chardev on a PTY
+would not do: it answers the guest's modem-status reads from ``TIOCMGET``, which a PTY does
+not support, so the guest would see carrier and CTS drop.
 
 Out-of-band actions, all through QMP (the ``qemu.qmp`` library):
 
@@ -43,16 +55,11 @@ Typed input and BREAK order (``wait_input_taken``): typed bytes reach the guest 
 steps, and a BREAK sent by ``chardev-send-break`` overtakes both, so the gateway waits for
 both to be empty before a BREAK:
 
-1. The PTY. QEMU holds the PTY's master (``-chardev pty``), so the bytes the gateway wrote
-   and QEMU has not read yet are counted on the master: the machine takes a copy of
-   QEMU's master descriptor with ``pidfd_getfd`` (found by its ``tty-index`` in
-   ``/proc/<pid>/fdinfo``) and reads its unread count (``FIONREAD``), after a ``poll``
-   with no timeout, which makes the kernel push bytes still in the tty's flip buffer
-   (``FIONREAD`` alone lags a write by up to a millisecond). No event says "QEMU read",
-   so this is a short poll with back-off. (Handing QEMU a PTY we make,
-   ``-chardev serial,path=...``, would show the count as well, but that backend answers
-   the guest's modem-status reads from ``TIOCMGET``, which a PTY does not support: the
-   guest would see carrier and CTS drop.)
+1. The PTY. QEMU reads the PTY's master, so the bytes the gateway wrote and QEMU has not
+   read yet are counted on the master: the machine reads its copy's unread count
+   (``FIONREAD``), after a ``poll`` with no timeout, which makes the kernel push bytes
+   still in the tty's flip buffer (``FIONREAD`` alone lags a write by up to a
+   millisecond). No event says "QEMU read", so this is a short poll with back-off.
 2. The 16550's receive FIFO (QEMU ``hw/char/serial.c``). QEMU reads from the PTY only
    what the FIFO has room for below the guest's trigger level (``serial_can_receive``:
    at most 14 bytes, 8 as Linux sets it), so once the PTY is empty at most that many
@@ -107,6 +114,7 @@ import struct
 import tempfile
 import termios
 import time
+import tty
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,8 +252,7 @@ class QemuMachine(DiskMachine):
         self._qmp: QMPClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._port: str | None = None
-        self._input_probe: _InputProbe | None = None
-        self._probe_error = "it has no serial port now"
+        self._pty: _SerialPty | None = None
         self._expect_exit = False
 
     # -- properties ------------------------------------------------------------------------
@@ -352,13 +359,9 @@ class QemuMachine(DiskMachine):
         queue is full), or at once when the machine dies meanwhile.
         """
         self._require_guest_running("wait for typed input on")
-        probe = self._input_probe
+        probe = self._pty
         if probe is None:
-            raise MachineError(
-                f"VM '{self.name}': cannot see whether the guest took its input "
-                f"({self._probe_error}): send the break without waiting, or deallocate and "
-                "start the VM again"
-            )
+            raise MachineStateError(f"VM '{self.name}' has no serial port now: start it")
         try:
             await self._wait(self._input_drained(probe), timeout)
         except TimeoutError:
@@ -369,7 +372,7 @@ class QemuMachine(DiskMachine):
                 "wait for it, or reset or restart the VM"
             ) from None
 
-    async def _input_drained(self, probe: _InputProbe) -> None:
+    async def _input_drained(self, probe: _SerialPty) -> None:
         pause = _POLL_FIRST
         while not probe.closed and probe.unread():
             await asyncio.sleep(pause)  # nothing signals a read by QEMU: poll, backing off
@@ -453,14 +456,18 @@ class QemuMachine(DiskMachine):
                 argv = self._argv(Path(str(kernel)), Path(str(initrd)), qmp_path, password_file)
             if saved is not None:
                 argv += self._incoming(saved)
+            self._pty = _SerialPty()
             self._proc = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_file,
+                stdin=self._pty.master,
+                stdout=self._pty.master,
                 stderr=log_file,
                 preexec_fn=die_with_parent,
             )
         except (OSError, MachineLaunchError) as err:
+            if self._pty is not None:
+                self._pty.close()
+                self._pty = None
             self._remove_password_file()
             await qmp.disconnect()
             await self._stop_tpm()
@@ -483,13 +490,11 @@ class QemuMachine(DiskMachine):
                 asyncio.create_task(self._watch_events(qmp), name=f"{self.name}-qmp-events"),
                 asyncio.create_task(self._watch_process(self._proc), name=f"{self.name}-proc"),
             ]
-            self._port = await self._query_port()
+            assert self._pty is not None
+            self._port = self._pty.path
             if self.disks is not None:
                 self._ssh_port = await self._query_ssh_port()
             self.log.info("serial port %s on %s (pid %d)", SERIAL_ID, self._port, self._proc.pid)
-            self._input_probe, self._probe_error = _grab_input_probe(self._proc.pid, self._port)
-            if self._input_probe is None:
-                self.log.warning("typed input cannot be tracked: %s", self._probe_error)
             if saved is not None:
                 note = (
                     f"\r\n[Serial Console Lab: VM '{self.name}' was restored from a saved boot "
@@ -582,7 +587,7 @@ class QemuMachine(DiskMachine):
             "-m", str(self.memory_mb), "-smp", str(self.cpus),
             "-kernel", str(kernel), "-initrd", str(initrd), "-append", self.kernel_cmdline,
             *secret,
-            "-chardev", f"pty,id={SERIAL_ID}", "-serial", f"chardev:{SERIAL_ID}",
+            "-chardev", f"stdio,id={SERIAL_ID},signal=off", "-serial", f"chardev:{SERIAL_ID}",
             "-qmp", f"unix:{qmp_path}",
             "-device", "pvpanic-pci", "-action", "panic=none",
             "-pidfile", str(self.run_dir / "qemu.pid"),
@@ -614,7 +619,7 @@ class QemuMachine(DiskMachine):
             "-device", "virtio-balloon-pci,free-page-reporting=on",
             *network_args(self.disk.ssh_port),
             *secret, *hostname,
-            "-chardev", f"pty,id={SERIAL_ID}", "-serial", f"chardev:{SERIAL_ID}",
+            "-chardev", f"stdio,id={SERIAL_ID},signal=off", "-serial", f"chardev:{SERIAL_ID}",
             "-chardev", f"socket,id=qga0,path={_q(qga)},server=on,wait=off",
             "-device", "virtio-serial-pci",
             "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
@@ -745,17 +750,11 @@ class QemuMachine(DiskMachine):
             )
 
     def _press_enter(self) -> None:
-        """Enter on the serial port (the guest's getty prints a fresh prompt). QEMU 7.2
-        reads a PTY only once its poll, a second after launch, has seen the other side
-        open: no key typed reaches a guest sooner, this one included."""
-        if not self._port:
+        """Enter on the serial port (the guest's getty prints a fresh prompt)."""
+        if self._pty is None:
             return
         try:
-            fd = os.open(self._port, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
-            try:
-                os.write(fd, b"\r")
-            finally:
-                os.close(fd)
+            self._pty.type(b"\r")
         except OSError as err:
             self.log.warning("no fresh login prompt after the restore: %s", err)
 
@@ -874,15 +873,6 @@ class QemuMachine(DiskMachine):
         why = "QEMU exited" if exited in done else f"no monitor after {LAUNCH_TIMEOUT:.0f} s"
         raise MachineLaunchError(f"VM '{self.name}' did not start: {why}: {self._qemu_log()}")
 
-    async def _query_port(self) -> str:
-        chardevs: Any = await self._command("query-chardev")
-        for chardev in chardevs:
-            if chardev.get("label") == SERIAL_ID:
-                filename = str(chardev.get("filename", ""))
-                if filename.startswith("pty:"):
-                    return filename.removeprefix("pty:")
-        raise MachineLaunchError(f"VM '{self.name}': QEMU reported no PTY for {SERIAL_ID}")
-
     async def _terminate(self, timeout: float) -> None:
         """Quit QEMU (then kill it after ``timeout``) and forget the process."""
         proc, qmp = self._proc, self._qmp
@@ -917,9 +907,9 @@ class QemuMachine(DiskMachine):
         if save is not None and save is not asyncio.current_task():
             save.cancel()
         self._boot_output = self._up = None
-        if self._input_probe is not None:
-            self._input_probe.close()
-            self._input_probe = None
+        if self._pty is not None:
+            self._pty.close()  # after QEMU: readers of the port see it hang up now
+            self._pty = None
         with contextlib.suppress(FileNotFoundError):
             (self.run_dir / "qemu.pid").unlink()
         self._set_state(PowerState.DEALLOCATED)
@@ -1077,7 +1067,7 @@ async def kill_stale(run_dir: Path) -> bool:
 
 
 class _InputProbe:
-    """A copy of QEMU's PTY master: how many typed bytes QEMU has not read yet."""
+    """A PTY master that QEMU reads: how many typed bytes QEMU has not read yet."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -1131,3 +1121,27 @@ def _pidfd_getfd(pid: int, fd: int) -> int:
         return int(copy)
     finally:
         os.close(pidfd)
+
+
+class _SerialPty(_InputProbe):
+    """The PTY that carries ttyS0 (see the module docstring): ``master`` goes to QEMU as its
+    standard input and output, ``path`` is the side the gateway opens."""
+
+    def __init__(self) -> None:
+        master, self._side = os.openpty()
+        tty.setraw(self._side)  # QEMU makes it raw as well, but only once it has started
+        self.path = os.ttyname(self._side)
+        super().__init__(master)
+
+    @property
+    def master(self) -> int:
+        return self.fd
+
+    def type(self, data: bytes) -> None:
+        """Write to the port as a user would type."""
+        os.write(self._side, data)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._side)
+        super().close()
