@@ -90,7 +90,7 @@ class MachineSpec:
     boot_delay: float
     output_rate: int | None
     uri: str | None = None  # libvirt's connection URI (backend "libvirt" only)
-    warm_start: bool = True  # QEMU: start from a saved boot when there is one (machines.warm)
+    warm_start: bool = True  # QEMU, libvirt: start from a saved boot (machines.warm)
     cpus: int = 1  # QEMU and libvirt: virtual CPUs
 
 

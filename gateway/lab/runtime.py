@@ -104,6 +104,7 @@ def default_machine_factory(spec: MachineSpec, run_dir: Path) -> Machine:
         )
     if spec.backend == "libvirt":
         from gateway.machines.libvirt import LibvirtMachine, domain_prefix
+        from gateway.machines.warm import WarmStore
 
         return LibvirtMachine(
             spec.name,
@@ -119,6 +120,7 @@ def default_machine_factory(spec: MachineSpec, run_dir: Path) -> Machine:
             prefix=domain_prefix(run_dir.parent.parent),  # one prefix per state folder
             disk=spec.image.disk,
             disk_dir=run_dir.parent.parent / "disks" / spec.name,  # kept across runs
+            warm=WarmStore.for_lab(run_dir.parent.parent) if spec.warm_start else None,
         )
     from emulator.machine import EmulatedMachine
     from emulator.userland import userland_for_lab

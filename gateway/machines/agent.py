@@ -1,10 +1,13 @@
 """The QEMU guest agent (qemu-ga in a disk VM) over its virtio-serial channel.
 
-QEMU serves the channel as a Unix socket in the VM's run folder (``qga.sock``). The agent
-speaks QMP's JSON without a greeting or capabilities, which ``qemu.qmp`` expects, so this is
-a small client of its own: ``guest-sync-delimited`` first (the agent may hold half a
-request from an earlier client; its 0xFF byte marks where the answer starts), then one
-command at a time, each timed.
+``AgentCommands`` is what the lab asks of an agent (files, programs), over any way of
+reaching it: a machine gives ``execute``. ``GuestAgent`` reaches it directly: QEMU serves
+the channel as a Unix socket in the VM's run folder (``qga.sock``). The agent speaks QMP's
+JSON without a greeting or capabilities, which ``qemu.qmp`` expects, so this is a small
+client of its own: ``guest-sync-delimited`` first (the agent may hold half a request from
+an earlier client; its 0xFF byte marks where the answer starts), then one command at a
+time, each timed. (On libvirt, libvirtd holds the channel and passes commands on:
+``gateway.machines.libvirt``.)
 
 Exceptions::
 
@@ -28,7 +31,61 @@ class AgentError(MachineError):
     """The guest agent is not there, did not answer in time, or refused a command."""
 
 
-class GuestAgent:
+class AgentCommands:
+    """What the lab asks of a guest agent, built on ``execute`` (one command, its return)."""
+
+    async def execute(self, command: str, args: dict[str, Any] | None = None,
+                      timeout: float = 10.0) -> Any:  # fmt: skip
+        """Run ``command``; its ``return``. AgentError on an error reply or no reply."""
+        raise NotImplementedError
+
+    async def read_file(self, path: str, limit: int = 1 << 20) -> bytes:
+        """The first ``limit`` bytes of a guest file (``guest-file-open``/``read``/``close``:
+        no program started in the guest)."""
+        handle = await self.execute("guest-file-open", {"path": path, "mode": "r"})
+        try:
+            answer = await self.execute("guest-file-read", {"handle": handle, "count": limit})
+        finally:
+            await self.execute("guest-file-close", {"handle": handle})
+        return base64.b64decode(answer.get("buf-b64", ""))
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        """Replace a guest file's contents (it keeps its owner and mode)."""
+        handle = await self.execute("guest-file-open", {"path": path, "mode": "w"})
+        try:
+            await self.execute(
+                "guest-file-write", {"handle": handle, "buf-b64": base64.b64encode(data).decode()}
+            )
+        finally:
+            await self.execute("guest-file-close", {"handle": handle})
+
+    async def start(self, path: str, *args: str) -> None:
+        """Start a program in the guest and do not wait for it."""
+        await self.execute("guest-exec", {"path": path, "arg": list(args)})
+
+    async def run(self, path: str, *args: str, timeout: float = 60.0) -> tuple[int, str]:
+        """Run a program in the guest (``guest-exec``) and wait for it: (exit code, output)."""
+        started = await self.execute(
+            "guest-exec", {"path": path, "arg": list(args), "capture-output": True}
+        )
+        pid = started["pid"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pause = 0.005
+        while True:
+            status = await self.execute("guest-exec-status", {"pid": pid})
+            if status.get("exited"):
+                out = base64.b64decode(status.get("out-data", "")) + base64.b64decode(
+                    status.get("err-data", "")
+                )
+                return int(status.get("exitcode", -1)), out.decode(errors="replace")
+            if loop.time() >= deadline:
+                raise AgentError(f"{path} did not end in the guest within {timeout:.0f} s")
+            await asyncio.sleep(pause)  # the agent has no event for an exit: poll it
+            pause = min(pause * 1.5, 0.05)  # a status costs the guest little
+
+
+class GuestAgent(AgentCommands):
     """A connection to one VM's guest agent. Use ``async with GuestAgent.connect(path)``."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -98,51 +155,6 @@ class GuestAgent:
         if "error" in reply:
             raise AgentError(f"the guest agent refused {command}: {reply['error'].get('desc')}")
         return reply.get("return")
-
-    async def read_file(self, path: str, limit: int = 1 << 20) -> bytes:
-        """The first ``limit`` bytes of a guest file (``guest-file-open``/``read``/``close``:
-        no program started in the guest)."""
-        handle = await self.execute("guest-file-open", {"path": path, "mode": "r"})
-        try:
-            answer = await self.execute("guest-file-read", {"handle": handle, "count": limit})
-        finally:
-            await self.execute("guest-file-close", {"handle": handle})
-        return base64.b64decode(answer.get("buf-b64", ""))
-
-    async def write_file(self, path: str, data: bytes) -> None:
-        """Replace a guest file's contents (it keeps its owner and mode)."""
-        handle = await self.execute("guest-file-open", {"path": path, "mode": "w"})
-        try:
-            await self.execute(
-                "guest-file-write", {"handle": handle, "buf-b64": base64.b64encode(data).decode()}
-            )
-        finally:
-            await self.execute("guest-file-close", {"handle": handle})
-
-    async def start(self, path: str, *args: str) -> None:
-        """Start a program in the guest and do not wait for it."""
-        await self.execute("guest-exec", {"path": path, "arg": list(args)})
-
-    async def run(self, path: str, *args: str, timeout: float = 60.0) -> tuple[int, str]:
-        """Run a program in the guest (``guest-exec``) and wait for it: (exit code, output)."""
-        started = await self.execute(
-            "guest-exec", {"path": path, "arg": list(args), "capture-output": True}
-        )
-        pid = started["pid"]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        pause = 0.005
-        while True:
-            status = await self.execute("guest-exec-status", {"pid": pid})
-            if status.get("exited"):
-                out = base64.b64decode(status.get("out-data", "")) + base64.b64decode(
-                    status.get("err-data", "")
-                )
-                return int(status.get("exitcode", -1)), out.decode(errors="replace")
-            if loop.time() >= deadline:
-                raise AgentError(f"{path} did not end in the guest within {timeout:.0f} s")
-            await asyncio.sleep(pause)  # the agent has no event for an exit: poll it
-            pause = min(pause * 1.5, 0.05)  # a status costs the guest little
 
 
 def _line(command: str, args: dict[str, Any] | None = None) -> bytes:

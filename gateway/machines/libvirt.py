@@ -89,13 +89,14 @@ import tempfile
 import termios
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape, quoteattr
 
 from gateway.machines.accel import select_accel
+from gateway.machines.agent import AgentCommands, AgentError
 from gateway.machines.base import (
     EventKind,
     MachineCommandError,
@@ -135,6 +136,7 @@ from gateway.machines.qemu import (
     _InputProbe,
     default_image,
 )
+from gateway.machines.warm import SavedState, WarmStarts, WarmStore, state_key
 
 DEFAULT_URI = "qemu:///system"
 COMMAND_TIMEOUT = 10.0  # a libvirt call the host does not answer in this time fails
@@ -162,7 +164,7 @@ def domain_prefix(state_dir: Path) -> str:
     return "scl-" + hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
-class LibvirtMachine(DiskMachine):
+class LibvirtMachine(WarmStarts, DiskMachine):
     """A Linux guest on a libvirt host whose ttyS0 the gateway reads as a local PTY.
 
     See the module docstring. Use as ``async with LibvirtMachine(...) as vm:`` or call
@@ -190,9 +192,11 @@ class LibvirtMachine(DiskMachine):
         command_timeout: float = COMMAND_TIMEOUT,
         disk: DiskSpec | None = None,
         disk_dir: Path | None = None,
+        warm: WarmStore | None = None,
     ) -> None:
         super().__init__(name)
         self.run_dir = Path(run_dir)
+        self._init_warm(warm)
         self.uri = uri
         self.disk = disk
         self.disks = DiskSet(disk, Path(disk_dir or self.run_dir / "disks")) if disk else None
@@ -478,16 +482,19 @@ class LibvirtMachine(DiskMachine):
                 raise MachineLaunchError(
                     f"VM '{self.name}': cannot make its serial port (a PTY): {err}"
                 ) from err
-            await self._create(hooks=True)
+            saved, key = await self._create(hooks=True)
         except BaseException:
             with contextlib.suppress(MachineError):
                 await self._destroy(5.0)
             await self._release()
             raise
         self._set_state(PowerState.RUNNING)
+        await self._after_start(saved, key)
 
-    async def _create(self, hooks: bool = False) -> None:
-        """A new paused domain, its console on the bridge, the port hooks, then ``resume``."""
+    async def _create(self, hooks: bool = False) -> tuple[SavedState | None, str | None]:
+        """A new paused domain, its console on the bridge, the port hooks, then ``resume``.
+        A new allocation (``hooks``) may start warm: then the saved state is loaded before
+        the hooks. (The saved state and the warm-start key of this launch.)"""
         libvirt = require_libvirt()
         host, bridge = self._host, self._bridge
         assert host is not None and bridge is not None
@@ -495,17 +502,19 @@ class LibvirtMachine(DiskMachine):
         kernel, initrd = self._kernel, self._initrd
         if kernel is None or initrd is None:
             kernel, initrd = default_image()
+        if self.accel is None:
+            self.accel = await self._select_accel(host, Path(kernel))
+        key = self._warm_key(host, Path(kernel), Path(initrd)) if hooks else None
+        saved = self._warm_saved(key)
         if self.disks is not None:
-            await self._prepare_disks()
+            await self._prepare_disks(saved)
         elif is_local(self.uri):
             for path in (kernel, initrd):
                 if not Path(path).is_file():
                     raise MachineLaunchError(f"VM '{self.name}': {path} does not exist")
-        if self.accel is None:
-            self.accel = await self._select_accel(host, Path(kernel))
         secret_dir = self._password_folder() if is_local(self.uri) else None
         try:
-            xml = self._domain_xml(host, Path(kernel), Path(initrd), secret_dir)
+            xml = self._domain_xml(host, Path(kernel), Path(initrd), secret_dir, saved is not None)
             flags = libvirt.VIR_DOMAIN_START_PAUSED | libvirt.VIR_DOMAIN_START_AUTODESTROY
             self._expect_gone = False
             try:
@@ -526,7 +535,8 @@ class LibvirtMachine(DiskMachine):
         finally:
             if secret_dir is not None:
                 shutil.rmtree(secret_dir, ignore_errors=True)  # QEMU read it before it ran
-        self.log.info("domain %s created on %s (paused)", self.domain_name, self.uri)
+        warm = ", warm" if saved else ""
+        self.log.info("domain %s created on %s (paused%s)", self.domain_name, self.uri, warm)
 
         def open_console(dom: Any) -> Any:
             stream = host.conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
@@ -536,6 +546,8 @@ class LibvirtMachine(DiskMachine):
         try:
             stream = await self._domain_call("openConsole", open_console)
             bridge.attach(stream)
+            if saved is not None:
+                await self._load_state(saved)
             self._probe = await self._host_probe()
             if self.disks is not None:
                 usernet = await self._domain_call(
@@ -544,14 +556,19 @@ class LibvirtMachine(DiskMachine):
                 )
                 self._ssh_port = forwarded_port(usernet)
             if hooks:
-                await self._run_port_hooks(bridge.path)
+                try:
+                    await self._run_port_hooks(bridge.path)
+                finally:
+                    self.restored_output = None
+            self._watch_boot(saved, key)
             await self._domain_call("resume", lambda dom: dom.resume())
         except BaseException:
             with contextlib.suppress(MachineError):  # no paused domain is left behind
                 await self._destroy(5.0)
             raise
+        return saved, key
 
-    async def _prepare_disks(self) -> None:
+    async def _prepare_disks(self, saved: SavedState | None) -> None:
         """A disk VM's overlays and firmware variables (see ``gateway.machines.disk``), on
         this machine: its QEMU runs here, as the lab's own user (the domain's DAC label),
         so it reaches the lab's state folder as the QEMU backend does."""
@@ -566,10 +583,7 @@ class LibvirtMachine(DiskMachine):
                 f"VM '{self.name}': a TPM is not offered on the libvirt backend yet: set "
                 'backend = "qemu" for a Trusted Launch VM, or tpm = false'
             )
-        try:
-            await self.disks.prepare()
-        except (MachineLaunchError, OSError) as err:
-            raise MachineLaunchError(f"VM '{self.name}': {err}") from err
+        await self._restore_disks(saved)
 
     async def _select_accel(self, host: LibvirtHost, kernel: Path) -> str:
         if self._accel:
@@ -610,8 +624,15 @@ class LibvirtMachine(DiskMachine):
         return folder
 
     def _domain_xml(
-        self, host: LibvirtHost, kernel: Path, initrd: Path, secret_dir: Path | None
+        self,
+        host: LibvirtHost,
+        kernel: Path,
+        initrd: Path,
+        secret_dir: Path | None,
+        incoming: bool = False,
     ) -> str:
+        """The domain's definition; ``incoming``: QEMU waits for a saved state to load
+        (``-incoming defer``, a warm start)."""
         qemu = host.driver == "QEMU"
         kind = "kvm" if self.accel == "kvm" else "qemu"
         owner = " ".join(f"{key}={quoteattr(value)}" for key, value in self._owner.items())
@@ -643,6 +664,8 @@ class LibvirtMachine(DiskMachine):
     <initrd>{escape(str(initrd))}</initrd>
     <cmdline>{escape(self.kernel_cmdline)}</cmdline>"""
             features = devices = ""
+        if incoming:
+            args += ["-incoming", "defer"]
         commandline = "".join(f"<qemu:arg value={quoteattr(arg)}/>" for arg in args)
         if commandline:
             commandline = f"<qemu:commandline>{commandline}</qemu:commandline>"
@@ -728,6 +751,72 @@ class LibvirtMachine(DiskMachine):
         ]
         return boot, features, "\n    ".join(devices), more
 
+    # -- warm starts (gateway.machines.warm.WarmStarts) -------------------------------------
+
+    def _warm_key(self, host: LibvirtHost, kernel: Path, initrd: Path) -> str | None:
+        """The saved-state key of this launch (the domain's definition with what is the
+        VM's own taken out), or None when it cannot start warm: another host (the state is
+        a file here, handed to QEMU as a descriptor), a host whose driver is not QEMU, or
+        a disk VM whose disks were written already (they are its own now)."""
+        if self.warm is None or not is_local(self.uri) or host.driver != "QEMU":
+            return None
+        xml = self._domain_xml(host, kernel, initrd, None)
+        xml = re.sub(r"<metadata>.*?</metadata>", "", xml, flags=re.S)  # the owner's
+        own = {"domain": self.domain_name, "run": str(self.run_dir)}
+        files = [Path(shutil.which("qemu-system-x86_64") or "qemu-system-x86_64")]
+        if self.disks is not None and self.disk is not None:
+            if self.disks.os_disk.exists():
+                return None
+            if any(self.disks.data_disk(i).exists() for i in range(len(self.disk.data_disks))):
+                return None
+            own |= {"disks": str(self.disks.folder), "host": escape(self.hostname)}
+            if self._password is not None:
+                own["password"] = escape(self._password)
+            if self.disk.ssh_port:
+                own["ssh"] = f"127.0.0.1:{self.disk.ssh_port}-:22"
+            files += [self.disk.image, *(d.file for d in self.disk.data_disks if d.file)]
+            if self.generation == 2:
+                files.append(self.disks.firmware_code())
+        else:  # no agent to take an identity after a restore: it is part of the key
+            files += [kernel, initrd]
+            own.pop("run")
+        return state_key(xml.splitlines(), own, files)
+
+    async def _send_fd(self, fd: int, name: str) -> None:
+        message = json.dumps({"execute": "getfd", "arguments": {"fdname": name}})
+        raw = await self._domain_call(
+            "getfd",
+            lambda dom: _libvirt_qemu().qemuMonitorCommandWithFiles(dom, message, [fd], 0)[0],
+        )
+        reply = json.loads(raw)
+        if "error" in reply:
+            raise MachineCommandError(f"QEMU refused getfd: {reply['error'].get('desc')}")
+
+    @contextlib.asynccontextmanager
+    async def _agent(self, timeout: float) -> AsyncIterator[AgentCommands]:
+        """The guest agent through libvirtd (which holds its channel), once it answers."""
+        agent = _LibvirtAgent(self)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                await agent.execute("guest-ping", timeout=2.0)
+                break
+            except AgentError:
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.5)  # libvirt says nothing when the agent connects
+        yield agent
+
+    def _press_enter(self) -> None:
+        """Enter on the serial port (the guest's getty prints a fresh prompt)."""
+        if self._bridge is None:
+            return
+        try:
+            self._bridge.type(b"\r")
+        except OSError as err:
+            self.log.warning("no fresh login prompt after the restore: %s", err)
+
     async def _clear_leftover(self, host: LibvirtHost) -> None:
         """Destroy a domain of this machine's name left by an earlier run of this lab; refuse
         (MachineLaunchError) when one of that name was not made by this lab."""
@@ -808,6 +897,7 @@ class LibvirtMachine(DiskMachine):
         libvirt = require_libvirt()
         dom, self._dom = self._dom, None
         self._expect_gone = True
+        self._forget_boot()
         if self._bridge is not None:
             self._bridge.detach()
         if self._probe is not None:
@@ -830,6 +920,7 @@ class LibvirtMachine(DiskMachine):
     async def _release(self) -> None:
         """Forget the domain, close the port, let the connection go: deallocated."""
         self._dom = None
+        self._forget_boot()
         if self._probe is not None:
             self._probe.close()
             self._probe = None
@@ -937,6 +1028,30 @@ def _libvirt_qemu() -> Any:
     return libvirt_qemu
 
 
+class _LibvirtAgent(AgentCommands):
+    """A guest agent's commands through libvirtd (``virDomainQemuAgentCommand``)."""
+
+    def __init__(self, machine: LibvirtMachine) -> None:
+        self._machine = machine
+
+    async def execute(self, command: str, args: dict[str, Any] | None = None,
+                      timeout: float = 10.0) -> Any:  # fmt: skip
+        message: dict[str, Any] = {"execute": command}
+        if args is not None:
+            message["arguments"] = args
+        text, wait = json.dumps(message), max(int(timeout), 1)
+        try:
+            raw = await self._machine._domain_call(
+                command, lambda dom: _libvirt_qemu().qemuAgentCommand(dom, text, wait, 0)
+            )
+        except MachineError as err:
+            raise AgentError(f"the guest agent did not answer {command}: {err}") from err
+        reply = json.loads(raw)
+        if "error" in reply:
+            raise AgentError(f"the guest agent refused {command}: {reply['error'].get('desc')}")
+        return reply.get("return")
+
+
 class _ConsoleBridge:
     """A PTY pair of the machine's, whose master is bridged to a libvirt console stream.
 
@@ -994,6 +1109,10 @@ class _ConsoleBridge:
             self._loop.remove_writer(self.master)
         os.close(self.master)
         os.close(self._slave)
+
+    def type(self, data: bytes) -> None:
+        """Write to the port as a user would type."""
+        os.write(self._slave, data)
 
     def unread(self) -> int:
         """Typed bytes not yet taken by the stream (in the PTY, or read but not sent)."""

@@ -96,15 +96,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import base64
 import contextlib
 import ctypes
 import fcntl
 import hashlib
-import json
 import logging
 import os
-import re
 import select
 import shlex
 import shutil
@@ -115,7 +112,6 @@ import tempfile
 import termios
 import time
 import tty
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,7 +119,7 @@ from typing import Any
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
 from gateway.machines.accel import select_accel
-from gateway.machines.agent import AgentError, GuestAgent
+from gateway.machines.agent import AgentCommands, GuestAgent
 from gateway.machines.base import (
     EventKind,
     MachineCommandError,
@@ -143,15 +139,7 @@ from gateway.machines.disk import (
 )
 from gateway.machines.image import IMAGE_DIR, INITRD, KERNEL, not_built
 from gateway.machines.process import die_with_parent, wait_pid_exit
-from gateway.machines.warm import (
-    BOOT_LOG,
-    DISK,
-    IDENTITY,
-    STATE,
-    SavedState,
-    WarmStore,
-    state_key,
-)
+from gateway.machines.warm import SavedState, WarmStarts, WarmStore, packer_of, state_key
 
 QEMU = "qemu-system-x86_64"
 LAUNCH_TIMEOUT = 30.0
@@ -164,10 +152,6 @@ IDENTITY_SIZE = 256  # bytes of each fw_cfg identity entry of a disk VM (see _id
 DISK_TB_SIZE_MB = 64  # TCG's translation cache for a disk VM (QEMU's default is 1 GiB)
 PANIC_QUIET = 1.0  # a panicked guest's console quiet this long: its panic is written out
 PANIC_HALT_MAX = 15.0  # a panicked guest is halted after this long, quiet or not
-UP_TIMEOUT = 900.0  # a cold boot that is to be saved: how long it may take to come up
-SAVE_OUTPUT_LIMIT = 4 << 20  # a boot printing more than this is not saved (not a login wait)
-LOGIN_PROMPT = b"login: "
-UEFI_VARS_SAVED = "uefi-vars.fd"
 PASSWORD_FILE = "guest-password"  # in the run folder, only while QEMU starts
 FIFO_DRAIN = 0.05  # after the PTY is empty: the guest has emptied the 16550's FIFO
 _POLL_FIRST, _POLL_MAX = 0.001, 0.02  # back-off while QEMU reads the PTY
@@ -192,7 +176,7 @@ def _kill_leftovers() -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-class QemuMachine(DiskMachine):
+class QemuMachine(WarmStarts, DiskMachine):
     """A Linux guest under QEMU whose ttyS0 is a PTY. See the module docstring.
 
     Use as ``async with QemuMachine(...) as vm:`` (started on entry, deallocated on exit) or
@@ -227,14 +211,7 @@ class QemuMachine(DiskMachine):
         self.disks = DiskSet(disk, Path(disk_dir or self.run_dir / "disks")) if disk else None
         self._swtpm: Swtpm | None = None
         self._ssh_port: int | None = None
-        self.warm = warm
-        self.started_warm = False  # this allocation was restored from a saved state
-        self.restored_output: bytes | None = None  # for the port hooks of a restored VM
-        self._boot_output: bytearray | None = None  # a cold boot's output, while it is saved
-        self._typed = False  # someone typed on the console of the boot being saved
-        self._up: asyncio.Event | None = None
-        self._save_task: asyncio.Task[None] | None = None
-        self.warm_saved = asyncio.Event()  # set once this VM saved a boot for warm starts
+        self._init_warm(warm)
         self._last_output = 0.0  # when the guest last wrote to its serial port (monotonic)
         self._halt_task: asyncio.Task[None] | None = None
         self._kernel = kernel
@@ -427,14 +404,8 @@ class QemuMachine(DiskMachine):
         else:
             argv = self._argv(Path(str(kernel)), Path(str(initrd)), qmp_path, placeholder)
             key = self._warm_key(argv, qmp_path)
-        saved = self.warm.lookup(key) if self.warm is not None and key is not None else None
-        if self.disks is not None:
-            try:
-                await self.disks.prepare(os_backing=saved.disk if saved else None)
-                if saved is not None and (saved.folder / UEFI_VARS_SAVED).is_file():
-                    shutil.copyfile(saved.folder / UEFI_VARS_SAVED, self.disks.uefi_vars)
-            except (MachineLaunchError, OSError) as err:
-                raise MachineLaunchError(f"VM '{self.name}': {err}") from err
+        saved = self._warm_saved(key)
+        await self._restore_disks(saved)
         self.log.info("launching under %s%s", self.accel.upper(), ", warm" if saved else "")
         with contextlib.suppress(FileNotFoundError):
             qmp_path.unlink()
@@ -485,7 +456,7 @@ class QemuMachine(DiskMachine):
             finally:
                 self._remove_password_file()  # QEMU read it before its monitor answered
             if saved is not None:
-                await self._wait_incoming()
+                await self._load_state(saved)
             self._tasks = [
                 asyncio.create_task(self._watch_events(qmp), name=f"{self.name}-qmp-events"),
                 asyncio.create_task(self._watch_process(self._proc), name=f"{self.name}-proc"),
@@ -495,31 +466,17 @@ class QemuMachine(DiskMachine):
             if self.disks is not None:
                 self._ssh_port = await self._query_ssh_port()
             self.log.info("serial port %s on %s (pid %d)", SERIAL_ID, self._port, self._proc.pid)
-            if saved is not None:
-                note = (
-                    f"\r\n[Serial Console Lab: VM '{self.name}' was restored from a saved boot "
-                    "(a warm start); what follows is live]\r\n"
-                )
-                self.restored_output = saved.boot_log + note.encode()
             try:
                 await self._run_port_hooks(self._port)
             finally:
                 self.restored_output = None
-            if saved is None and key is not None:
-                self._boot_output, self._up = bytearray(), asyncio.Event()
-                self._typed = False
+            self._watch_boot(saved, key)
             await self._command("cont")
         except BaseException:
             await self._terminate(5.0)
             raise
-        self.started_warm = saved is not None
         self._set_state(PowerState.RUNNING)
-        if saved is not None:
-            await self._take_identity(saved)
-        elif key is not None:
-            self._save_task = asyncio.create_task(
-                self._save_when_up(key), name=f"{self.name}-warm-save"
-            )
+        await self._after_start(saved, key)
 
     def _write_password_file(self) -> Path | None:
         """The password in a fresh file of mode 0600 in the run folder (None without one).
@@ -628,36 +585,7 @@ class QemuMachine(DiskMachine):
             "-pidfile", str(self.run_dir / "qemu.pid"),
         ]  # fmt: skip
 
-    # -- warm starts (gateway.machines.warm) ------------------------------------------------
-
-    async def save_settled(self) -> bool:
-        """Until this boot's save for warm starts has ended (at once when none is under
-        way): whether this VM has saved a boot."""
-        task = self._save_task
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(task)
-        return self.warm_saved.is_set()
-
-    def observe_input(self, data: bytes) -> None:
-        """The console hub hands every byte typed here before it is sent: a boot that
-        someone typed on (a login begun, a command run) is not saved for other VMs."""
-        if self._boot_output is not None and data:
-            self._typed = True
-
-    def observe_output(self, chunk: bytes) -> None:
-        """The console hub hands every byte the guest writes here: a cold boot that is to be
-        saved is kept until the guest is up (its login prompt)."""
-        self._last_output = time.monotonic()
-        kept = self._boot_output
-        if kept is None or self._up is None:
-            return
-        kept += chunk
-        if len(kept) > SAVE_OUTPUT_LIMIT:
-            self._boot_output = None
-            self.log.info("not saving this boot: it printed over %d bytes", SAVE_OUTPUT_LIMIT)
-        elif LOGIN_PROMPT in kept[-len(chunk) - len(LOGIN_PROMPT) :]:
-            self._up.set()
+    # -- warm starts (gateway.machines.warm.WarmStarts) -------------------------------------
 
     def _warm_key(self, argv: list[str], qmp_path: Path) -> str | None:
         """The saved-state key of this launch, or None when it cannot start warm: a disk VM
@@ -688,66 +616,25 @@ class QemuMachine(DiskMachine):
         ]
         return state_key(argv, own, files)
 
-    async def _wait_incoming(self) -> None:
-        """Until QEMU has loaded the saved state (``-incoming``): its run state leaves
-        ``inmigrate``. MachineLaunchError if the state could not be loaded."""
-        pause = 0.005
-        while True:
-            status: Any = await self._command("query-status")
-            if status.get("status") != "inmigrate":
-                break
-            await asyncio.sleep(pause)  # QEMU sends no event to a destination without
-            pause = min(pause * 2, 0.1)  # migration events on: a short poll
-        info: Any = await self._command("query-migrate")
-        if info.get("status") == "failed" or status.get("status") == "internal-error":
-            raise MachineLaunchError(
-                f"the saved state did not load ({info.get('error-desc', status)}): "
-                "start the VM with a cold boot (--cold)"
-            )
+    def observe_output(self, chunk: bytes) -> None:
+        self._last_output = time.monotonic()  # a panicked guest's console: quiet yet?
+        super().observe_output(chunk)
 
-    @property
-    def identity(self) -> dict[str, str]:
-        """Whose boot a saved state is: this VM's name, host name and a hash of its password."""
-        secret = hashlib.sha256((self._password or "").encode()).hexdigest()
-        return {"name": self.name, "hostname": self.hostname, "password": secret}
+    def _incoming(self, saved: SavedState) -> list[str]:
+        reader = "zstd -q -dc" if packer_of(saved.folder) == "zstd" else "cat"
+        return ["-incoming", f"exec:{reader} {shlex.quote(str(saved.state))}"]
 
-    async def _take_identity(self, saved: SavedState) -> None:
-        """A restored disk VM takes, unless it is the VM that saved the boot, its own host
-        name, machine id and root password (when it differs), then a fresh login prompt
-        (Enter on the serial port, as a user would press it: the getty reads the host name
-        again); and the host's time. Through its guest agent, writing the files that the
-        image's ``lab-identity`` writes at boot.
+    async def _hand_over_state(self, saved: SavedState) -> None:
+        """Nothing: QEMU reads the state itself (``_incoming``)."""
 
-        Under TCG each program started in a guest that has just been restored costs
-        tenths of a second (its translation cache starts empty), so no program is waited
-        for but ``chpasswd``, and only when the password differs: not ``lab-identity``,
-        nor a getty restart, nor QGA's ``guest-set-time`` (it also runs ``hwclock``)."""
-        if self.disks is None:
-            return
-        theirs, mine = saved.identity, self.identity
-        try:
-            async with GuestAgent.connect(self.run_dir / "qga.sock", 30.0) as agent:
-                if theirs != mine:
-                    await self._write_identity(agent, theirs.get("password") != mine["password"])
-                    self._press_enter()
-                await agent.start("/bin/date", "--set", f"@{time.time():.6f}")
-        except AgentError as err:
-            self.log.warning("a restored VM kept the saved guest's identity: %s", err)
+    async def _migrate_to(self, path: Path) -> str:
+        packer = "zstd -q -1 -T0" if shutil.which("zstd") else "cat"
+        await self._command("migrate", {"uri": f"exec:{packer} > {shlex.quote(str(path))}"})
+        await self._wait_migrated()
+        return packer.split()[0]
 
-    async def _write_identity(self, agent: GuestAgent, password: bool) -> None:
-        name = self.hostname
-        await agent.write_file("/proc/sys/kernel/hostname", name.encode())
-        await agent.write_file("/etc/hostname", f"{name}\n".encode())
-        hosts = (await agent.read_file("/etc/hosts")).decode(errors="replace")
-        hosts = re.sub(r"(?m)^127\.0\.1\.1\s.*$", f"127.0.1.1\t{name}", hosts)
-        await agent.write_file("/etc/hosts", hosts.encode())
-        await agent.write_file("/etc/machine-id", f"{uuid.uuid4().hex}\n".encode())
-        if password and self._password is not None:
-            secret = base64.b64encode(self._password.encode()).decode()
-            await agent.execute(
-                "guest-set-user-password",
-                {"username": "root", "password": secret, "crypted": False},
-            )
+    def _agent(self, timeout: float) -> contextlib.AbstractAsyncContextManager[AgentCommands]:
+        return GuestAgent.connect(self.run_dir / "qga.sock", timeout)
 
     def _press_enter(self) -> None:
         """Enter on the serial port (the guest's getty prints a fresh prompt)."""
@@ -757,79 +644,6 @@ class QemuMachine(DiskMachine):
             self._pty.type(b"\r")
         except OSError as err:
             self.log.warning("no fresh login prompt after the restore: %s", err)
-
-    async def _save_when_up(self, key: str) -> None:
-        """Save this cold boot for warm starts once the guest is up (see the module
-        docstring of gateway.machines.warm). Logs and gives up on any trouble: a VM that
-        is not saved only boots cold next time."""
-        assert self.warm is not None and self._up is not None
-        try:
-            await self._wait(self._up.wait(), UP_TIMEOUT)
-            if self.disks is not None:  # systemd has finished starting what it starts
-                async with GuestAgent.connect(self.run_dir / "qga.sock", 120.0) as agent:
-                    await agent.run("/bin/systemctl", "is-system-running", "--wait", timeout=300)
-            if self._typed:
-                self.log.info(
-                    "not saving this boot for warm starts: its console was typed on before it "
-                    "was up; the next cold boot of a VM like it will be saved"
-                )
-                return
-            with self.warm.saving(key) as folder:
-                if folder is not None:
-                    await self._save_state(folder)
-        except (MachineError, TimeoutError, OSError) as err:
-            self.log.warning("this boot was not saved for warm starts: %s", err)
-        finally:
-            self._boot_output = None
-            self._up = None
-
-    async def _save_state(self, folder: Path) -> None:
-        """Pause, save (RAM and devices, the OS disk's overlay, the boot's output), go on.
-        Power operations asked for meanwhile wait for it (a few seconds) rather than fail."""
-        if self._operation is not None or self._state is not PowerState.RUNNING:
-            raise MachineStateError(f"the VM is {self._operation or self._state}")
-        async with self._op_lock:
-            if self._state is not PowerState.RUNNING or self._boot_output is None:
-                raise MachineStateError(f"the VM is {self._state} now")
-            if self._typed:  # between the check above and the lock
-                raise MachineStateError("its console was typed on before it was saved")
-            transcript = bytes(self._boot_output)
-            started = time.monotonic()
-            await self._command("stop")
-            try:
-                packer = "zstd -q -1 -T0" if shutil.which("zstd") else "cat"
-                target = shlex.quote(str(folder / STATE))
-                await self._command("migrate", {"uri": f"exec:{packer} > {target}"})
-                await self._wait_migrated()
-                if self.disks is not None:  # stopped: the overlay is flushed and still
-                    await asyncio.to_thread(shutil.copyfile, self.disks.os_disk, folder / DISK)
-                    if self.disks.uefi_vars.exists():
-                        shutil.copyfile(self.disks.uefi_vars, folder / UEFI_VARS_SAVED)
-                (folder / "packer").write_text(packer.split()[0])
-                (folder / BOOT_LOG).write_bytes(transcript)
-                (folder / IDENTITY).write_text(json.dumps(self.identity))
-            finally:
-                await self._command("cont")
-            self.log.info("saved this boot for warm starts in %.1f s", time.monotonic() - started)
-            self.warm_saved.set()
-
-    async def _wait_migrated(self) -> None:
-        pause = 0.01
-        while True:
-            info: Any = await self._command("query-migrate")
-            status = info.get("status")
-            if status == "completed":
-                return
-            if status in ("failed", "cancelled"):
-                raise MachineError(f"saving the state failed: {info.get('error-desc', status)}")
-            await asyncio.sleep(pause)  # no migration events asked for: a short poll
-            pause = min(pause * 2, 0.2)
-
-    def _incoming(self, saved: SavedState) -> list[str]:
-        packer = (saved.folder / "packer").read_text().strip() if (
-            saved.folder / "packer").is_file() else "cat"  # fmt: skip
-        reader = "zstd -q -dc" if packer == "zstd" else "cat"
-        return ["-incoming", f"exec:{reader} {shlex.quote(str(saved.state))}"]
 
     async def _start_tpm(self) -> Path | None:
         if self.disk is None or not self.disk.tpm or self.disks is None:
@@ -903,10 +717,7 @@ class QemuMachine(DiskMachine):
         self._port = None
         self._ssh_port = None
         await self._stop_tpm()
-        save, self._save_task = self._save_task, None
-        if save is not None and save is not asyncio.current_task():
-            save.cancel()
-        self._boot_output = self._up = None
+        self._forget_boot()
         if self._pty is not None:
             self._pty.close()  # after QEMU: readers of the port see it hang up now
             self._pty = None

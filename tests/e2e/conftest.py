@@ -56,9 +56,10 @@ async def running(vm: MachineBase) -> AsyncIterator[Guest]:
     """``vm`` started, with a console opened on its serial port each time it gets one
     (before its CPU runs); stopped, consoles closed, on the way out."""
     guest = Guest(vm)  # type: ignore[arg-type]
+    observe = getattr(vm, "observe_output", None)  # as the lab's hub does: a warm store's
 
     async def attach(path: str) -> None:
-        guest.consoles.append(await PortConsole.open(path))
+        guest.consoles.append(await PortConsole.open(path, observe))
 
     vm.add_port_hook(attach)
     async with vm:

@@ -18,6 +18,7 @@ import pytest_asyncio
 from gateway.machines import EventKind, PowerState
 from gateway.machines.disk import DiskSpec
 from gateway.machines.libvirt import LibvirtMachine
+from gateway.machines.warm import WarmStore
 from tests.e2e.conftest import Guest, running
 from tests.e2e.disklab import BOOT, image
 from tests.support.libvirtd import Libvirtd
@@ -33,16 +34,20 @@ ON_MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")
 PASSWORD = "libvirt-disk-pw"
 
 
+def gen1_spec() -> DiskSpec:
+    return DiskSpec(image=image("debian-12-gen1"), generation=1)
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def gen1(
     libvirtd: Libvirtd, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Guest]:
     """A Gen1 disk VM on libvirt, its console read from before its CPU runs."""
     folder = tmp_path_factory.mktemp("libvirt-gen1")
-    spec = DiskSpec(image=image("debian-12-gen1"), generation=1)
     vm = LibvirtMachine(
         "disk-1", run_dir=folder / "run", memory_mb=512, cpus=1, password=PASSWORD,
-        hostname="libvirt-gen1", disk=spec, disk_dir=folder / "disks",
+        hostname="libvirt-gen1", disk=gen1_spec(), disk_dir=folder / "disks",
+        warm=WarmStore(folder / "warm"),  # its cold boot is saved once it is up
     )  # fmt: skip
     async for guest in running(vm):
         yield guest
@@ -109,6 +114,35 @@ async def test_a_screenshot_is_a_png_of_the_vga_display(gen1: Guest, tmp_path: P
 
 
 @ON_MODULE_LOOP
+async def test_another_vm_starts_warm_from_its_saved_boot_with_its_own_name(
+    gen1: Guest, tmp_path: Path
+) -> None:
+    """The first VM's untouched boot was saved; a VM like it starts from that state on an
+    overlay of its own, takes its own host name and password through its agent (libvirt's
+    channel), and shows a fresh prompt with its name."""
+    vm: LibvirtMachine = gen1.vm  # type: ignore[assignment]
+    assert await vm.save_settled(), "the first VM's untouched boot is saved"
+    other = LibvirtMachine(
+        "disk-2", run_dir=tmp_path / "run", memory_mb=512, cpus=1, password="other-pw-2",
+        hostname="libvirt-warm", disk=gen1_spec(), disk_dir=tmp_path / "disks", warm=vm.warm,
+    )  # fmt: skip
+    guests = running(other)
+    guest = await anext(guests)
+    try:
+        assert other.started_warm
+        console = guest.console
+        await console.expect(r"libvirt-warm login: ", BOOT)
+        await console.send("root\r")
+        await console.expect("Password: ", BOOT)
+        await console.send("other-pw-2\r")
+        await console.expect(r"# ", BOOT)
+        # (bash may put its bracketed-paste switch before the output)
+        assert (await console.run("hostname")).strip().endswith("libvirt-warm")
+    finally:
+        await guests.aclose()  # deallocated in this loop
+
+
+@ON_MODULE_LOOP
 async def test_the_guest_writes_its_overlay_and_reimage_discards_it(gen1: Guest) -> None:
     vm: LibvirtMachine = gen1.vm  # type: ignore[assignment]
     base = image("debian-12-gen1")
@@ -129,8 +163,10 @@ async def test_the_guest_writes_its_overlay_and_reimage_discards_it(gen1: Guest)
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert str(base) in info.stdout, "the OS disk is an overlay on the image"
-    await vm.reimage()  # deallocated and started again: a new port, read from its first byte
+    await vm.reimage()  # a new disk, so a warm start from the saved boot: a new port
+    assert vm.started_warm
     console = gen1.console
+    await console.send("\r")  # the restored getty prints its prompt again
     await console.expect(r"libvirt-gen1 login: ", BOOT)
     await console.send("root\r")
     await console.expect("Password: ", BOOT)

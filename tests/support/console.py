@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 
 from gateway.console.port import SerialPort
 from gateway.testing.patterns import AT_END, KERNEL_LINES, echoed, without_kernel_lines
@@ -101,9 +102,17 @@ class PortConsole(Transcript):
     port: SerialPort
 
     @classmethod
-    async def open(cls, path: str) -> PortConsole:
+    async def open(cls, path: str, observe: Callable[[bytes], None] | None = None) -> PortConsole:
+        """The console of the port at ``path``; ``observe`` is handed every byte read, as
+        the lab's console hub hands them to the machine (which keeps a boot to save)."""
         console = cls()
-        console.port = await SerialPort.open(path, on_data=console.feed, on_close=console.ended)
+
+        def feed(data: bytes) -> None:
+            console.feed(data)
+            if observe is not None:
+                observe(data)
+
+        console.port = await SerialPort.open(path, on_data=feed, on_close=console.ended)
         return console
 
     async def send(self, text: str | bytes) -> None:
