@@ -805,7 +805,7 @@ class LibvirtMachine(WarmStarts, DiskMachine):
             except AgentError:
                 if loop.time() >= deadline:
                     raise
-                await asyncio.sleep(0.5)  # libvirt says nothing when the agent connects
+                await asyncio.sleep(0.1)  # libvirt says nothing when the agent connects
         yield agent
 
     def _press_enter(self) -> None:

@@ -227,6 +227,7 @@ class WarmStarts:
         self._typed = False  # someone typed on the console of the boot being saved
         self._up: asyncio.Event | None = None
         self._save_task: asyncio.Task[None] | None = None
+        self._clock_task: asyncio.Task[None] | None = None
 
     # -- what the machine gives -------------------------------------------------------------
 
@@ -379,9 +380,10 @@ class WarmStarts:
 
     def _forget_boot(self) -> None:
         """QEMU went: no save of its boot is under way any more."""
-        save, self._save_task = self._save_task, None
-        if save is not None and save is not asyncio.current_task():
-            save.cancel()
+        for task in (self._save_task, self._clock_task):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        self._save_task = self._clock_task = None
         self._boot_output = self._up = None
 
     # -- a restored VM's identity -----------------------------------------------------------
@@ -400,14 +402,23 @@ class WarmStarts:
         if self.disks is None:
             return
         theirs, mine = saved.identity, self.identity
+        if theirs == mine:  # at its own prompt already: the clock needs no waiting for
+            self._clock_task = asyncio.create_task(self._set_clock(), name=f"{self.name}-clock")
+            return
         try:
             async with self._agent(30.0) as agent:
-                if theirs != mine:
-                    await self._write_identity(agent, theirs.get("password") != mine["password"])
-                    self._press_enter()
+                await self._write_identity(agent, theirs.get("password") != mine["password"])
+                self._press_enter()
                 await agent.start("/bin/date", "--set", f"@{time.time():.6f}")
         except AgentError as err:
             self.log.warning("a restored VM kept the saved guest's identity: %s", err)
+
+    async def _set_clock(self) -> None:
+        try:
+            async with self._agent(30.0) as agent:
+                await agent.start("/bin/date", "--set", f"@{time.time():.6f}")
+        except AgentError as err:
+            self.log.warning("a restored VM kept the saved guest's clock: %s", err)
 
     async def _write_identity(self, agent: AgentCommands, password: bool) -> None:
         name = self.hostname
