@@ -69,7 +69,10 @@ async def admin_command(
     opened = next((s for s in vm.hub.sessions if s.id == grant.session_id), None)
     role = opened.role if opened is not None else Role.WRITER
     active = opened is None or opened.is_open
-    actor = Actor(user.name, user.roles, client_address(request), "adminCommand", role, active)
+    actor = Actor(
+        user.name, user.roles, client_address(request), "adminCommand", role, active,
+        opened.id if opened is not None else "",
+    )  # fmt: skip
     try:
         message = await policy_of(ctx).run(actor, Target(vm.id, vm.name, vm.hub), command, keys)
     except CommandRefused as err:

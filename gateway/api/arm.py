@@ -37,16 +37,11 @@ from gateway.api.auth import (
 )
 from gateway.api.context import ApiContext, Caller, context_of
 from gateway.api.errors import (
-    BOOT_DIAGNOSTICS_OFF,
-    CONSOLE_DISABLED,
     NO_PERMISSION,
-    NOT_PROVISIONED,
-    NOT_RUNNING,
-    PORT_DISABLED,
     ArmError,
 )
 from gateway.api.resources import PORT_NAME, PORT_TYPE, VmResource
-from gateway.machines.base import PowerState
+from gateway.console.opening import ConsoleUnavailable, check_console_enabled, check_open
 
 router = APIRouter()
 
@@ -376,20 +371,23 @@ def _port_routes(prefix: str, scope_of: Any, tag: str) -> None:
 
 
 def _console_enabled(ctx: ApiContext, caller: Caller) -> None:
-    if ctx.console.disabled:
-        raise ArmError(409, "SerialConsoleDisabled", CONSOLE_DISABLED)
+    try:
+        check_console_enabled(ctx.console.disabled)
+    except ConsoleUnavailable as err:
+        raise _arm_error(err) from None
 
 
 def check_prerequisites(ctx: ApiContext, vm: VmResource) -> None:
-    """Azure's checks after the role, in Azure's order; ArmError 409 with Azure's text."""
-    if vm.provisioning_state != "Succeeded":
-        raise ArmError(409, "ProvisioningNotSucceeded", NOT_PROVISIONED)
-    if vm.machine.power_state not in (PowerState.RUNNING, PowerState.PANICKED):
-        raise ArmError(409, "VMNotRunning", NOT_RUNNING)
-    if not vm.boot_diagnostics or not vm.latest_model:
-        raise ArmError(409, "BootDiagnosticsNotEnabled", BOOT_DIAGNOSTICS_OFF)
-    if not ctx.console.port_enabled(vm):
-        raise ArmError(409, "SerialPortDisabled", PORT_DISABLED)
+    """Azure's checks after the role, in Azure's order (``gateway.console.opening``, which
+    every door asks); ArmError 409 with Azure's text."""
+    try:
+        check_open(vm, port_enabled=ctx.console.port_enabled(vm))
+    except ConsoleUnavailable as err:
+        raise _arm_error(err) from None
+
+
+def _arm_error(err: ConsoleUnavailable) -> ArmError:
+    return ArmError(err.rule.status, err.rule.code, err.message)
 
 
 _port_routes(VM, vm_scope, "serial ports (VM)")

@@ -45,6 +45,7 @@ from gateway.console.connection import (
     Resume,
     RunCommand,
     SendBinary,
+    SendClose,
     SendText,
     TypeInput,
 )
@@ -87,6 +88,12 @@ _SECRET_IN_URL = re.compile(r"((?:[?&]authorization=|/sessions/))[^&\s\"/]+", re
 logging.getLogger("uvicorn.error").addFilter(_ServerLines())
 # What sending to or reading from a client that went away raises, depending on the moment.
 _CLIENT_GONE = (WebSocketDisconnect, ClientDisconnected, ConnectionError, RuntimeError)
+
+
+class ClientGone(Exception):
+    """The client went away while frames were being sent to it."""
+
+
 CLOSE_BOUND = 5.0  # seconds to deliver the last frames and the close frame to a slow client
 
 
@@ -118,15 +125,19 @@ class _Door:
     # -- sending -----------------------------------------------------------------------------
 
     async def send(self, frames: list[Frame]) -> bool:
-        """Send ``frames`` in order; False once the close frame went (or the client left)."""
-        for frame in frames:
-            if isinstance(frame, SendBinary):
-                await self.websocket.send_bytes(frame.data)
-            elif isinstance(frame, SendText):
-                await self.websocket.send_text(frame.text)
-            else:
-                await self.websocket.close(frame.code, frame.reason)
-                return False
+        """Send ``frames`` in order; False once the close frame went. ClientGone when the
+        transport fails (the peer vanished): only sending is caught as that."""
+        try:
+            for frame in frames:
+                if isinstance(frame, SendBinary):
+                    await self.websocket.send_bytes(frame.data)
+                elif isinstance(frame, SendText):
+                    await self.websocket.send_text(frame.text)
+                else:
+                    await self.websocket.close(frame.code, frame.reason)
+                    return False
+        except _CLIENT_GONE as err:
+            raise ClientGone(str(err) or type(err).__name__) from err
         return True
 
     async def finish(self, frames: list[Frame]) -> None:
@@ -196,7 +207,10 @@ class _Door:
         session = self.session
         role = session.role if session is not None else self.core.options.role
         active = session is None or session.is_open
-        return Actor(self.user.name, self.user.roles, self.address, "websocket", role, active)
+        return Actor(
+            self.user.name, self.user.roles, self.address, "websocket", role, active,
+            session.id if session is not None else "",
+        )  # fmt: skip
 
     def target(self) -> Target:
         assert self.vm is not None and self.hub is not None
@@ -217,7 +231,7 @@ async def console(websocket: WebSocket, container: str, session_id: str) -> None
         door.audit("console.connect", audit.DENIED, refused.message)
         await door.finish(door.core.refuse(refused))
         return
-    except WebSocketDisconnect:
+    except (WebSocketDisconnect, ClientGone):
         return
     try:
         await _serve(door, greeting)
@@ -263,7 +277,9 @@ async def _serve(door: _Door, greeting: list[Frame]) -> None:
         for task in helpers:
             task.cancel()
         for outcome in await asyncio.gather(writer, *helpers, return_exceptions=True):
-            if isinstance(outcome, Exception) and not isinstance(outcome, _CLIENT_GONE):
+            if isinstance(outcome, Exception) and not isinstance(
+                outcome, _CLIENT_GONE | ClientGone
+            ):
                 log.error("console of %s: %r", door.vm.name if door.vm else "?", outcome,
                           exc_info=outcome)  # fmt: skip
         if door.commands:  # commands under way finish (a reset half done helps nobody)
@@ -274,15 +290,21 @@ async def _serve(door: _Door, greeting: list[Frame]) -> None:
 
 async def _write_loop(door: _Door, greeting: list[Frame]) -> None:
     """The only sender while serving: the session's queue, then its close. A client gone
-    mid-send ends the session: there is nobody left to deliver to."""
+    mid-send ends the session: there is nobody left to deliver to. Any other failure is
+    the gateway's own: logged at ERROR with its traceback, and the client is closed with
+    1011 and told so."""
+    name = door.vm.name if door.vm else "?"
     try:
         await _write_all(door, greeting)
-    except Exception as err:  # the transport's error when the peer vanished
-        log.debug(
-            "console of %s: client gone while sending: %r", door.vm.name if door.vm else "?", err
-        )
+    except ClientGone as err:  # the transport's error when the peer vanished
+        log.debug("console of %s: client gone while sending: %s", name, err)
         if door.session is not None:
             door.session.close(Closing(CloseCode.NORMAL, "client left"), drain=False)
+    except Exception:
+        log.exception("console of %s: the gateway failed while serving it", name)
+        if door.session is not None:
+            door.session.close(Closing(CloseCode.INTERNAL, "gateway error"), drain=False)
+        await door.finish([SendClose(int(CloseCode.INTERNAL), "gateway error: see the lab's log")])
 
 
 async def _write_all(door: _Door, greeting: list[Frame]) -> None:

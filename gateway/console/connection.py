@@ -23,7 +23,10 @@ lab's services; this class owns every decision::
 - ``closing(closing)`` / ``refuse(code, message)``: the last frames, then the close frame
   with its code and a reason that fits (123 bytes).
 
-Raises nothing for any client input: every bad frame is a ``Refused`` result.
+Raises nothing for any client input: every bad frame is a ``Refused`` result. An event the
+diagram does not allow in the current phase (``receive`` before ``attached`` or after
+``closing``, ``attached`` twice...) raises ``PhaseError`` and does nothing: a door cannot
+type a frame into a guest before its client is authorized, or after it was closed.
 """
 
 from __future__ import annotations
@@ -36,10 +39,12 @@ from urllib.parse import urlsplit
 
 from gateway.console import texts
 from gateway.console.frames import CloseCode, Command, FrameError, encode_event, parse_command
+from gateway.console.render import framed_line, line_of
 from gateway.console.sessions import (
     Closing,
     Event,
     Gap,
+    Happening,
     IdleWarning,
     Item,
     Notice,
@@ -108,6 +113,12 @@ class Resume:
 Action = TypeInput | RunCommand | Resume
 
 
+class PhaseError(RuntimeError):
+    """A door fed the connection an event its state diagram does not allow in its phase
+    (typing before the token, a frame after the close): a fault of the door's, refused with
+    nothing done."""
+
+
 class Refused(Exception):
     """The connection cannot go on: close with ``code``; ``message`` is for the user."""
 
@@ -153,6 +164,7 @@ class ConsoleConnection:
     def open(self) -> list[Frame]:
         """Check the Origin and the query. Returns the frames to send first (raw mode
         without a token in the URL: the challenge). Raises Refused."""
+        self._expect("open()", Phase.OPENING)
         self._check_origin()
         self.options = self._parse_options()
         token = self._query.get("authorization")
@@ -162,6 +174,11 @@ class ConsoleConnection:
             return []
         self.phase = Phase.AWAITING_TOKEN
         return [] if self.framed else [SendText(texts.TOKEN_CHALLENGE + "\r\n")]
+
+    def _expect(self, event: str, *phases: Phase) -> None:
+        if self.phase not in phases:
+            allowed = ", ".join(p.value for p in phases)
+            raise PhaseError(f"{event} in phase {self.phase.value} (only in {allowed})")
 
     def _check_origin(self) -> None:
         """No Origin (not a browser), the gateway's own origin, or one of the allowed ones."""
@@ -191,6 +208,7 @@ class ConsoleConnection:
     def token_received(self, frame: str | bytes | None) -> str:
         """The client's first frame while ``awaiting_token`` (None: none came in time).
         Returns the token; raises Refused."""
+        self._expect("token_received()", Phase.AWAITING_TOKEN)
         if frame is None:
             raise Refused(
                 CloseCode.UNAUTHORIZED,
@@ -226,6 +244,7 @@ class ConsoleConnection:
     ) -> list[Frame]:  # fmt: skip
         """The session is attached (the replay ``[start, offset)`` is queued in it). The
         greeting: the connected event (framed) or Azure's banner (raw)."""
+        self._expect("attached()", Phase.AUTHORIZING)
         self.phase = Phase.SERVING
         frames: list[Frame] = []
         if self.framed:
@@ -246,6 +265,7 @@ class ConsoleConnection:
     def receive(self, frame: str | bytes) -> list[Action]:
         """A client frame while serving: the actions it asks for. Raises Refused (4007) for a
         framed text frame that is not a command."""
+        self._expect("receive()", Phase.SERVING)
         if isinstance(frame, bytes):
             return [] if self._is_token(frame) else [TypeInput(frame)]
         if not self.framed:
@@ -283,7 +303,9 @@ class ConsoleConnection:
         return None if ok else Notice(command, message)
 
     def render(self, items: list[Item]) -> list[Frame]:
-        """A session's items as frames for this client."""
+        """A session's items as frames for this client: serial bytes as they are; the rest
+        as events (framed) or as the lines every text door shows (``gateway.console.render``)."""
+        self._expect("render()", Phase.SERVING)
         frames: list[Frame] = []
         for item in items:
             if isinstance(item, Output):
@@ -291,49 +313,17 @@ class ConsoleConnection:
                     frames.append(SendBinary(item.data))
                 else:
                     frames += _as_frames(self._text.feed(item.data))
-            elif isinstance(item, Event):
-                if self.framed:
-                    frames.append(SendText(item.text))
-            elif isinstance(item, Power):
-                if self.framed:
-                    frames.append(SendText(encode_event(
-                        "power", state=item.state, event=item.event, detail=item.detail
-                    )))  # fmt: skip
-            elif isinstance(item, TakenOver):
-                if self.framed:
-                    frames.append(SendText(encode_event("taken_over", by=item.by)))
-            elif isinstance(item, Resumed):
-                if self.framed:
-                    frames.append(SendText(encode_event(
-                        "resumed", requested=item.requested, start=item.start,
-                        rotated=item.rotated,
-                    )))  # fmt: skip
-            elif isinstance(item, IdleWarning):
-                if self.framed:
-                    frames.append(SendText(encode_event("idle_warning", seconds=item.seconds)))
-                else:
-                    frames += self._message(texts.idle_warning(item.seconds))
-            elif isinstance(item, Gap):
-                text = texts.gone(item.start, item.end)
-                if self.framed:
-                    frames.append(SendText(encode_event(
-                        "lost", start=item.start, end=item.end, message=text
-                    )))  # fmt: skip
-                else:
-                    frames += self._message(text)
             elif self.framed:
-                frames.append(SendText(encode_event(
-                    "result", id=None, command=item.command, ok=item.ok, message=item.text
-                )))  # fmt: skip
-            else:
-                frames += self._message(item.text)
+                frames.append(SendText(_event_of(item)))
+            elif (text := line_of(item)) is not None:
+                frames += self._message(text)
         return frames
 
     def _message(self, text: str) -> list[Frame]:
         """A gateway message as the user sees it: an event (framed) or a line (raw)."""
         if self.framed:
             return [SendText(encode_event("message", text=text))]
-        return [*_as_frames(self._text.flush()), SendText(f"\r\n{text}\r\n")]
+        return [*_as_frames(self._text.flush()), SendText(framed_line(text))]
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -360,6 +350,26 @@ class ConsoleConnection:
 
 _YES = ("1", "true", "yes", "on")  # "on": what an HTML checkbox sends
 _NO = ("", "0", "false", "no", "off")
+
+
+def _event_of(item: Happening | Gap) -> str:
+    """A framed client's JSON event for a session item that is not serial output."""
+    if isinstance(item, Event):
+        return item.text
+    if isinstance(item, Power):
+        return encode_event("power", state=item.state, event=item.event, detail=item.detail)
+    if isinstance(item, TakenOver):
+        return encode_event("taken_over", by=item.by)
+    if isinstance(item, Resumed):
+        return encode_event(
+            "resumed", requested=item.requested, start=item.start, rotated=item.rotated
+        )
+    if isinstance(item, IdleWarning):
+        return encode_event("idle_warning", seconds=item.seconds)
+    if isinstance(item, Gap):
+        text = texts.gone(item.start, item.end)
+        return encode_event("lost", start=item.start, end=item.end, message=text)
+    return encode_event("result", id=None, command=item.command, ok=item.ok, message=item.text)
 
 
 def _bare(token: str) -> str:

@@ -26,6 +26,7 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001  # the gateway is shutting down
+    INTERNAL = 1011  # the gateway failed (a fault of its own, in its log)
     TAKEN_OVER = 4001  # another writer connected to this VM's console
     FELL_BEHIND = 4002  # the client read too slowly; resume from the offset given
     DEALLOCATED = 4003  # the VM was deallocated: its serial port is gone

@@ -210,7 +210,7 @@ class CommandPolicy:
             target=target.id,
             outcome=outcome,
             detail=f"{actor.door}: {detail}" if detail else actor.door,
-            session=_session_of(actor, target.hub),
+            session=actor.session,  # as its door knows it: never guessed from a name
         )
 
     def _mark(self, actor: Actor, target: Target, label: str, *, everyone: bool = True) -> None:
@@ -219,7 +219,7 @@ class CommandPolicy:
         if everyone:
             target.hub.mark(label)
             return
-        own = _session_of(actor, target.hub)
+        own = actor.session
         for session in target.hub.sessions:
             if session.recording is not None and session.id == own:
                 session.recording.marker(label)
@@ -229,16 +229,3 @@ def _label(command: str, keys: Sequence[str]) -> str:
     names = {"sysrq": "SysRq", "nmi": "NMI", "reset": "hard reset", "restart": "restart"}
     name = names.get(command, command)
     return f"{name} {''.join(keys)}" if keys else name
-
-
-def _session_of(actor: Actor, hub: ConsoleHub) -> str:
-    """The id of the caller's console session on ``hub``: its writer's when that is the
-    caller, else one of the caller's open sessions there; empty when it has none (a REST
-    command with no console open)."""
-    if actor.session:
-        return actor.session
-    writer = hub.writer
-    if writer is not None and writer.user == actor.user:
-        return writer.id
-    own = [s for s in hub.sessions if s.user == actor.user]
-    return own[-1].id if own else ""

@@ -9,8 +9,9 @@ plain ``telnet``) then reads and types on the console, as any other door does:
   role: Azure's one-writer rule holds (a writer takes the console over from the writer
   before it, whichever door it came by), the per-user bound counts every RFC 2217 client,
   and the connect, takeover and disconnect are audited with the client's address;
-- the console's switches are read at the connect (the subscription's console, the VM's
-  serial port): a console the lab turned off is refused with Azure's text on a line;
+- Azure's checks run at the connect, as at every door (``gateway.console.opening``: the
+  subscription's console, the VM provisioned and running, boot diagnostics, its serial
+  port): a console that cannot be opened is refused with Azure's text on a line;
 - typed bytes go to the hub (``ConsoleHub.submit``); a watcher's are refused, and the
   client is told once on a line of its own;
 - a BREAK (RFC 2217's break condition set then cleared, as ``send_break`` does, or
@@ -41,19 +42,17 @@ from gateway.access import audit
 from gateway.access.rbac import RoleAssignment
 from gateway.api.context import ApiContext, service_of
 from gateway.api.resources import VmResource
-from gateway.console import texts
 from gateway.console.connection import Refused
 from gateway.console.frames import CloseCode
 from gateway.console.hub import ConsoleError, ConsoleHub
 from gateway.console.idle import watch_idle
+from gateway.console.opening import ConsoleUnavailable, check_console_enabled, check_open
 from gateway.console.policy import Actor, Target
+from gateway.console.render import framed_line, line_of
 from gateway.console.service import ConsoleService
 from gateway.console.sessions import (
     Closing,
     ConsoleSession,
-    Gap,
-    IdleWarning,
-    Notice,
     Output,
     Role,
 )
@@ -258,18 +257,21 @@ class _Client:
             DOOR,
             self.spec.role,
             session is None or session.is_open,
+            session.id if session is not None else "",
         )
 
     def target(self) -> Target:
         return Target(self.vm.id, self.vm.name, self.hub)
 
     def refusal(self) -> str | None:
-        """Azure's text when the lab turned this console off, else None."""
+        """Azure's text when the console cannot be opened now (``gateway.console.opening``:
+        the lab turned it off, the VM is not running, ...), else None."""
         console = self.doors.ctx.console
-        if console.disabled:
-            return texts.CONSOLE_DISABLED
-        if not console.port_enabled(self.vm):
-            return texts.PORT_DISABLED
+        try:
+            check_console_enabled(console.disabled)
+            check_open(self.vm, port_enabled=console.port_enabled(self.vm))
+        except ConsoleUnavailable as err:
+            return err.message
         return None
 
     # -- serving ----------------------------------------------------------------------------
@@ -326,14 +328,8 @@ class _Client:
                 for item in items:
                     if isinstance(item, Output):
                         out += item.data.replace(b"\xff", b"\xff\xff")
-                    elif isinstance(item, Notice):
-                        out += _line(item.text)
-                    elif isinstance(item, Gap):
-                        out += _line(texts.gone(item.start, item.end))
-                    elif isinstance(item, IdleWarning):
-                        out += _line(texts.idle_warning(item.seconds))
-                    else:  # power changes, takeovers, resumes: the closing text says enough
-                        self.log.debug("not shown to an RFC 2217 client: %r", item)
+                    elif (text := line_of(item)) is not None:
+                        out += _line(text)
                 if out:
                     self.writer.write(bytes(out))
                     async with asyncio.timeout(STALL_BOUND):
@@ -443,4 +439,4 @@ async def _hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
 
 
 def _line(text: str) -> bytes:
-    return f"\r\n{text}\r\n".encode().replace(b"\xff", b"\xff\xff")
+    return framed_line(text).encode().replace(b"\xff", b"\xff\xff")

@@ -43,7 +43,6 @@ import asyncssh
 from gateway.access import audit, rbac
 from gateway.access.errors import AccountLocked, AuthorizationError, InvalidCredentials
 from gateway.access.users import User
-from gateway.api.arm import check_prerequisites
 from gateway.api.auth import audit_refusal, sign_in
 from gateway.api.context import ApiContext, service_of
 from gateway.api.errors import ArmError
@@ -63,17 +62,14 @@ from gateway.console.connection import Refused
 from gateway.console.frames import CloseCode
 from gateway.console.hub import ConsoleError
 from gateway.console.idle import watch_idle
+from gateway.console.opening import ConsoleUnavailable, check_console_enabled, check_open
 from gateway.console.policy import Actor, Target
+from gateway.console.render import framed_line, line_of
 from gateway.console.sessions import (
     Closing,
     ConsoleSession,
-    Gap,
-    IdleWarning,
     Item,
-    Notice,
     Output,
-    Power,
-    Resumed,
     Role,
 )
 from gateway.ssh.address import AddressError, ConsoleAddress, parse, user_of
@@ -362,8 +358,7 @@ class _Console:
         ctx = self.ctx
         inventory = ctx.inventory
         try:
-            if ctx.console.disabled:
-                raise Refused(CloseCode.SESSION_REFUSED, texts.CONSOLE_DISABLED)
+            check_console_enabled(ctx.console.disabled)
             group = check_name("resource group", address.group)
             if address.instance is None:
                 name = check_name("virtual machine", address.vm)
@@ -382,8 +377,8 @@ class _Console:
                 vm = inventory.vm(group, name)
             else:
                 vm = inventory.instance(group, name, instance)
-            check_prerequisites(ctx, vm)
-        except ArmError as err:
+            check_open(vm, port_enabled=ctx.console.port_enabled(vm))
+        except (ArmError, ConsoleUnavailable) as err:
             raise Refused(CloseCode.SESSION_REFUSED, err.message) from None
         if vm.hub is None:
             raise Refused(CloseCode.PORT_LOST, f"VM '{vm.name}' has no console in this lab")
@@ -396,7 +391,10 @@ class _Console:
     def actor(self) -> Actor:
         session = self.session
         active = session is None or session.is_open
-        return Actor(self.user.name, self.user.roles, self.address, "ssh", self.role, active)
+        return Actor(
+            self.user.name, self.user.roles, self.address, "ssh", self.role, active,
+            session.id if session is not None else "",
+        )  # fmt: skip
 
     def target(self) -> Target:
         assert self.vm is not None and self.vm.hub is not None
@@ -439,7 +437,7 @@ class _Console:
 
     def _hint(self, text: str) -> None:
         if self.session is not None and self.session.is_open:  # not on a closed console
-            self._line(text)
+            self.session.push_notice("size", text, ok=True)
 
     async def _serve(self, reader: asyncio.Task[None]) -> None:
         """One session, until it closes (the user left, or the lab closed it); then it is
@@ -492,21 +490,11 @@ class _Console:
             data = self.menu.output(item.data)
             if data:
                 self.process.stdout.write(data)
-        elif isinstance(item, Notice):
-            self._line(item.text)
-        elif isinstance(item, IdleWarning):
-            self._line(texts.idle_warning(item.seconds))
-        elif isinstance(item, Gap):
-            self._line(texts.gone(item.start, item.end))
-        elif isinstance(item, Power):
-            self._line(f"[VM {item.event}: {item.detail}]" if item.detail else
-                       f"[VM {item.event}: {item.state}]")  # fmt: skip
-        elif isinstance(item, Resumed) and item.rotated:
-            self._line(f"[bytes before {item.start} are gone from the boot log]")
-        # Event (framed clients' JSON) and TakenOver (its close text follows) show nothing.
+        elif (text := line_of(item)) is not None:
+            self._line(text)
 
     def _line(self, text: str) -> None:
-        self._show(f"\r\n{text}\r\n")
+        self._show(framed_line(text))
 
     async def _read_loop(self) -> None:
         """Keys, breaks and window sizes from the client, in order. A command runs before
@@ -569,16 +557,19 @@ class _Console:
         try:
             self.vm.hub.submit(self.session, data)
         except ConsoleError as err:
-            self._line(str(err))
+            self.session.push_notice("input", str(err))
 
     async def _command(self, command: str, keys: list[str] | None = None) -> None:
         """``command`` through the lab's policy; its outcome on a line of its own."""
+        ok = True
         try:
             message = await self.door.service.policy.run(
                 self.actor(), self.target(), command, keys or []
             )
         except ConsoleError as err:
-            message = str(err)
-        if command == "break" and message == texts.SUCCESS["break"]:
+            message, ok = str(err), False
+        if command == "break" and ok:
             return  # silent, as on a serial line: the next key (a SysRq) answers for it
-        self._line(f"[{message}]")
+        assert self.session is not None
+        # through the session, as every item the user sees: in order, and recorded
+        self.session.push_notice(command, f"[{message}]", ok=ok)

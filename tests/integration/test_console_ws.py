@@ -369,3 +369,24 @@ async def test_a_raw_client_hears_every_refused_input_not_only_the_first(lab: La
         await client.ws.send("x")
         await client.expect("this console is read-only")
     await client.ws.close()
+
+
+async def test_a_fault_of_the_gateways_own_is_an_error_in_its_log_not_a_client_leaving(
+    lab: LabHandle, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug while rendering the console (here, made to fail) is logged at ERROR with its
+    traceback, and the client is closed with 1011, not left waiting or told it left."""
+    from gateway.console.connection import ConsoleConnection
+
+    def broken(self: ConsoleConnection, items: list[Any]) -> list[Any]:
+        raise ValueError("a renderer bug")
+
+    url, token = await lab.session_url("alice")
+    monkeypatch.setattr(ConsoleConnection, "render", broken)
+    client = await open_console(url, token)
+    code, reason = await client.closed()
+    assert code == CloseCode.INTERNAL
+    assert "see the lab's log" in reason
+    faults = [r for r in caplog.records if r.levelname == "ERROR" and r.exc_info]
+    assert faults, "the fault is in the log"
+    assert "a renderer bug" in str(faults[0].exc_info[1])  # type: ignore[index]

@@ -429,3 +429,54 @@ async def test_a_power_action_through_the_api_is_marked_with_who_did_it(lab: Lab
     labels = [label for _, label in recording.markers()]
     assert labels[0] == "power: restart by carol (REST)"
     assert any(label.startswith("power: ") for label in labels[1:])  # the guest's own change
+
+
+async def test_a_watchers_refused_nmi_is_on_its_own_session_not_its_writers(
+    tmp_path: Path,
+) -> None:
+    """alice writes by the websocket and watches by SSH; the watcher's NMI is refused. The
+    audit row names the watcher's session, and only the watcher's recording has the
+    refusal, as its user read it: the writer did nothing, and saw nothing of it."""
+    ssh_port = free_port()
+    async with running_lab(tmp_path, vms=EMULATED_VMS, gateway=f"ssh_port = {ssh_port}") as lab:
+        url, token = await lab.session_url("alice")
+        writer = await open_console(url, token, framed=True)
+        await writer.event("connected")
+        async with asyncio.timeout(scaled(30)):
+            conn = await asyncssh.connect(
+                "127.0.0.1", ssh_port, username="alice+lab-rg+linux-1", password="alice",
+                known_hosts=None, client_keys=None, agent_path=None,
+            )  # fmt: skip
+        async with conn:
+            process = await conn.create_process("watch", term_type="xterm", encoding=None)
+            seen = b""
+            async with asyncio.timeout(scaled(15)):
+                while b"Connected to the serial port" not in seen:
+                    seen += await process.stdout.read(4096)
+                process.stdin.write(b"\x1dn")  # Ctrl+] n: the menu's NMI
+                while b"(Y/n)" not in seen:
+                    seen += await process.stdout.read(4096)
+                process.stdin.write(b"Y")
+                while texts.READ_ONLY.encode() not in seen:
+                    seen += await process.stdout.read(4096)
+        await writer.ws.close()
+        writer_id = _session_id(url)
+        await _ended(lab, writer_id)
+
+        async def ended_ssh() -> list[Any]:
+            return [s for s in await _sessions(lab) if s["properties"]["door"] == "ssh"
+                    and s["properties"]["state"] == "ended"]  # fmt: skip
+
+        async with asyncio.timeout(scaled(10)):
+            while not await ended_ssh():  # noqa: ASYNC110 - no event: the index
+                await asyncio.sleep(0.05)
+        watcher_id = (await ended_ssh())[0]["name"]
+        assert lab.runtime.context is not None
+        rows = lab.runtime.context.audit.query(user="alice", action="console.nmi")
+        assert [(r.outcome, r.session) for r in rows] == [("denied", watcher_id)]
+        watched = cast.parse((await _recording(lab, watcher_id)).decode())
+        written = cast.parse((await _recording(lab, writer_id)).decode())
+        assert any("NMI by alice refused" in label for _, label in watched.markers())
+        assert not any("NMI" in label for _, label in written.markers())
+        # what the SSH user read is in their recording: the refusal's line too
+        assert texts.READ_ONLY in watched.output()

@@ -236,6 +236,43 @@ async def test_a_console_the_lab_turned_off_is_refused_in_azures_words(
     assert [(r.outcome, r.address) for r in rows] == [("denied", "127.0.0.1")]
 
 
+async def test_a_vm_that_is_not_running_is_refused_as_the_other_doors_refuse_it(
+    lab: tuple[LabHandle, int, int],
+) -> None:
+    """Azure's checks are every door's: a stopped VM's port says Azure's "requires a
+    virtual machine to be running", as the websocket's connect and SSH do."""
+    handle, port, _ = lab
+    await handle.runtime.machines["linux-1"].stop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        async with asyncio.timeout(scaled(10)):
+            said = await reader.readuntil(texts.NOT_RUNNING.encode() + b"\r\n")
+    finally:
+        writer.close()
+    assert said.endswith(texts.NOT_RUNNING.encode() + b"\r\n")
+    assert handle.runtime.context is not None
+    rows = handle.runtime.context.audit.query(user="rfc2217", action="console.connect")
+    assert [r.outcome for r in rows] == ["denied"]
+    assert texts.NOT_RUNNING in rows[0].detail
+
+
+async def test_a_power_change_is_a_line_as_on_every_text_door(
+    lab: tuple[LabHandle, int, int],
+) -> None:
+    """A hard reset while the client reads: the line SSH and az's raw client show too."""
+    handle, port, _ = lab
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"\r")
+        async with asyncio.timeout(scaled(10)):
+            await reader.readuntil(b"login: ")
+            await handle.runtime.machines["linux-1"].reset()
+            said = await reader.readuntil(b"[VM reset: hard reset]\r\n")
+    finally:
+        writer.close()
+    assert said.endswith(b"\r\n[VM reset: hard reset]\r\n")  # a line of its own
+
+
 async def test_telnets_own_break_is_the_guests_sysrq(lab: tuple[LabHandle, int, int]) -> None:
     """A plain telnet client (no RFC 2217): ``IAC BRK`` then ``h`` is SysRq help."""
     _, port, _ = lab

@@ -10,6 +10,7 @@ from gateway.console import texts
 from gateway.console.connection import (
     ConsoleConnection,
     Phase,
+    PhaseError,
     Refused,
     Resume,
     RunCommand,
@@ -202,14 +203,18 @@ def test_a_gap_in_the_replay_is_an_event_or_a_line() -> None:
     ]
 
 
-def test_what_happens_beside_the_bytes_is_events_for_framed_and_quiet_for_raw() -> None:
+def test_what_happens_beside_the_bytes_is_events_for_framed_and_lines_for_raw() -> None:
     """Power changes, a takeover and a resume are structured items every door shows its
-    own way: JSON events here for framed clients; raw clients (az) see only the bytes."""
+    own way: JSON events for framed clients; raw clients (az) get the lines every text door
+    shows (SSH, RFC 2217), and nothing for the takeover, whose close text follows."""
     items = [Power("stopped", "state", ""), TakenOver("carol"), Resumed(10, 12, True)]
     framed = _serving(_framed(authorization=TOKEN))
     kinds = [json.loads(f.text)["type"] for f in framed.render(items)]  # type: ignore[union-attr]
     assert kinds == ["power", "taken_over", "resumed"]
-    assert _serving(_raw(authorization=TOKEN)).render(items) == []
+    assert _serving(_raw(authorization=TOKEN)).render(items) == [
+        SendText("\r\n[VM state: stopped]\r\n"),
+        SendText("\r\n[bytes before 12 are gone from the boot log]\r\n"),
+    ]
 
 
 def test_closing_says_why_then_closes_with_a_reason_that_fits() -> None:
@@ -235,3 +240,25 @@ def test_raw_closing_flushes_a_held_tail_before_the_text() -> None:
         SendText("\r\nThe VM was deallocated.\r\n"),
         SendClose(4003, "gone"),
     ]
+
+
+def test_typing_before_the_token_or_after_the_close_is_refused_and_does_nothing() -> None:
+    """The diagram holds whatever a door does: no frame becomes input before the client is
+    authorized, nor after its connection was closed; nothing is attached twice."""
+    early = _raw()
+    with pytest.raises(PhaseError, match=r"receive\(\) in phase opening"):
+        early.receive("rm -rf /\r")
+    early.open()  # no token in the URL: the challenge
+    with pytest.raises(PhaseError, match="awaiting_token"):
+        early.receive(b"typed before the token")
+    with pytest.raises(PhaseError):
+        early.attached(vm="linux-1", user="alice", os="linux", power_state="running",
+                       start=0, offset=0, rotated=False)  # fmt: skip
+    served = _serving(_raw(authorization=TOKEN))
+    with pytest.raises(PhaseError):
+        served.open()
+    served.closing(Closing(CloseCode.NORMAL, "client left"))
+    with pytest.raises(PhaseError, match="closed"):
+        served.receive("late\r")
+    with pytest.raises(PhaseError):
+        served.render([Output(0, b"late output")])
