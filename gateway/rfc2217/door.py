@@ -67,6 +67,12 @@ DOOR = "rfc2217"
 CLOSE_BOUND = 5.0  # seconds to deliver the last words to a client, then it is cut
 READ_SIZE = 4096
 STALL_BOUND = 60.0  # seconds a client may leave sent bytes unread before it is let go
+ANSWERS_BOUND = 64 << 10  # unsent negotiation answers before the reader waits for the client
+# pyserial's PortManager logs each telnet option it rejects at WARNING: any client could
+# fill the lab's log at will, so its negotiation speaks only of errors (lower this logger's
+# level to follow a negotiation).
+NEGOTIATION_LOG = logging.getLogger("serial_console_lab.rfc2217.negotiation")
+NEGOTIATION_LOG.setLevel(logging.ERROR)
 LINGER = 3.0  # seconds a client has to read the last words before the door hangs up
 # What a client's malformed negotiation makes pyserial's PortManager raise.
 _BAD_NEGOTIATION = (struct.error, KeyError, IndexError, TypeError, ValueError)
@@ -292,7 +298,7 @@ class _Client:
             await self._last_words(refused)
             return
         self.session = session = attached.session
-        manager = _Manager(self.line, _Sink(self.writer), self.log)
+        manager = _Manager(self.line, _Sink(self.writer), NEGOTIATION_LOG)
         sender = asyncio.create_task(self._send(session))
         helpers = [asyncio.create_task(self._receive(manager, session))]
         if idle := self.doors.ctx.idle_timeout:
@@ -374,6 +380,26 @@ class _Client:
                     await self._break()
                 else:
                     self._type(piece)
+            if not await self._answers_taken(session):
+                return
+
+    async def _answers_taken(self, session: ConsoleSession) -> bool:
+        """The negotiation answers are bounded: past ``ANSWERS_BOUND`` unsent bytes, the
+        reader reads no more until the client takes them (so a client that asks and never
+        reads holds the gateway's memory flat); after ``STALL_BOUND`` it is let go."""
+        if self.writer.transport.get_write_buffer_size() <= ANSWERS_BOUND:
+            return True
+        try:
+            async with asyncio.timeout(STALL_BOUND):
+                await self.writer.drain()
+        except TimeoutError:
+            self.log.info("RFC 2217 client %s stopped reading its answers: closed", self.address)
+            session.close(Closing(CloseCode.FELL_BEHIND, "client stopped reading"), drain=False)
+            return False
+        except (ConnectionError, OSError):
+            session.close(Closing(CloseCode.NORMAL, "client left"), drain=False)
+            return False
+        return True
 
     def _on_break(self) -> None:
         self._breaks += 1
@@ -435,7 +461,10 @@ async def _hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
                 while await reader.read(READ_SIZE):
                     pass
     finally:  # cancelled while lingering (the lab stopping): closed all the same
-        writer.close()
+        if writer.transport.get_write_buffer_size():
+            writer.transport.abort()  # a client that stopped reading: no flush to wait for
+        else:
+            writer.close()
 
 
 def _line(text: str) -> bytes:

@@ -9,6 +9,7 @@ log; and a lab file that asks for a wrong door is told what to write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from gateway.console.frames import CloseCode
 from gateway.console.sessions import TAKEOVER_TEXT
 from gateway.lab.config import LabConfigError, parse_lab
 from gateway.lab.runtime import LabRuntimeError
+from gateway.rfc2217 import door
 from gateway.testing.timeouts import scaled
 from tests.support.console import Transcript
 from tests.support.lab import LabHandle, lab_toml, running_lab
@@ -395,3 +397,39 @@ async def test_the_labs_idle_timeout_warns_then_closes_a_silent_client(
         await doors.wait_idle()
     rows = handle.runtime.context.audit.query(user="rfc2217", action="console.disconnect")
     assert [r.detail for r in rows] == ["idle for 0.0333333 minutes"]
+
+
+async def test_a_client_that_asks_and_never_reads_is_held_then_let_go(
+    lab: tuple[LabHandle, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Telnet option requests, each answered, sent by the megabyte and never read: the
+    gateway (in this process) does not grow by the answers it cannot send, and lets the
+    client go after the stall bound (made short here)."""
+    for bound in ("STALL_BOUND", "CLOSE_BOUND", "LINGER"):
+        monkeypatch.setattr(door, bound, 1.0)
+    handle, port, _ = lab
+    request = b"\xff\xfd\x63" * 4096  # IAC DO <an option nobody offers>: each gets a WONT
+    total = 96 << 20
+
+    def flood() -> None:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(scaled(30))
+            with contextlib.suppress(OSError):  # let go: reset
+                for _ in range(total // len(request)):
+                    sock.sendall(request)
+
+    def rss() -> int:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) << 10  # type: ignore[union-attr]
+
+    before, peak = rss(), 0
+    sender = asyncio.ensure_future(asyncio.to_thread(flood))
+    while not sender.done():
+        peak = max(peak, rss())
+        await asyncio.sleep(0.02)
+    await sender
+    assert peak - before < 32 << 20, f"grew by {(peak - before) >> 20} MiB of {total >> 20} MiB"
+    assert handle.runtime.context is not None
+    rows = handle.runtime.context.audit.query(user="rfc2217", action="console.disconnect")
+    assert any("client stopped reading" in r.detail for r in rows), [r.detail for r in rows]
