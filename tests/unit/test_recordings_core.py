@@ -110,8 +110,9 @@ def _service(audit: AuditLog, recorder: KeepingRecorder, hub: Hub) -> ConsoleSer
     return ConsoleService(audit, policy, lambda: [hub], recorder=recorder)  # type: ignore[list-item]
 
 
-def _actor(user: str) -> Actor:
-    return Actor(user, CONTRIBUTOR, "127.0.0.1:1", "ssh")
+def _actor(user: str, session: str = "") -> Actor:
+    """``user`` at the SSH door; ``session``: the console session its door gives it."""
+    return Actor(user, CONTRIBUTOR, "127.0.0.1:1", "ssh", session=session)
 
 
 async def test_a_session_is_recorded_from_banner_to_end_with_the_takeover(
@@ -123,10 +124,10 @@ async def test_a_session_is_recorded_from_banner_to_end_with_the_takeover(
     first = service.attach(target, _actor("alice"), "s-alice").session
     first.push_output(0, b"login: ")
     assert await first.take() == [Output(0, b"login: ")]
-    await service.policy.run(_actor("alice"), target, "sysrq", ["h"])
+    await service.policy.run(_actor("alice", "s-alice"), target, "sysrq", ["h"])
     service.attach(target, _actor("carol"), "s-carol")
     await first.take()  # the door takes what is left: the takeover
-    service.detach(target, _actor("alice"), first)
+    service.detach(target, _actor("alice", "s-alice"), first)
 
     alice = recorder.started["s-alice"].calls
     assert recorder.doors["s-alice"] == "ssh"
