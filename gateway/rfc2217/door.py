@@ -310,7 +310,10 @@ class _Client:
         finally:
             for task in (sender, *helpers):
                 task.cancel()
-            await asyncio.gather(sender, *helpers, return_exceptions=True)
+            for outcome in await asyncio.gather(sender, *helpers, return_exceptions=True):
+                if isinstance(outcome, Exception) and not isinstance(outcome, ConnectionError):
+                    self.log.error("RFC 2217 client %s: the gateway failed: %r", self.address,
+                                   outcome, exc_info=outcome)  # fmt: skip
             self.service.detach(self.target(), self.actor(), session)
             self.log.debug("RFC 2217 client %s left the line at %s (recorded, not applied)",
                            self.address, self.line.describe())  # fmt: skip

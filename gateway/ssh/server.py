@@ -75,6 +75,7 @@ from gateway.console.sessions import (
 from gateway.ssh.address import AddressError, ConsoleAddress, parse, user_of
 from gateway.ssh.size import SizeHints
 
+STALL_BOUND = 60.0  # seconds a client may leave sent bytes unread before it is let go
 log = logging.getLogger("serial_console_lab.ssh")
 
 HOST_KEY_FILE = "ssh_host_key"
@@ -477,7 +478,14 @@ class _Console:
         while items := await session.take():
             for item in items:
                 self._render(item)
-            await self.process.stdout.drain()
+            try:
+                async with asyncio.timeout(STALL_BOUND):
+                    await self.process.stdout.drain()
+            except TimeoutError:  # a client that stopped reading holds nothing for ever
+                log.info("SSH console of %s stopped reading: closed", self.user_name)
+                session.close(Closing(CloseCode.FELL_BEHIND, "client stopped reading"),
+                              drain=False)  # fmt: skip
+                return
         closing = session.closing
         if closing is not None and closing.message and not self.left:
             self._show(f"\r\n{closing.message}\r\n")
