@@ -26,22 +26,27 @@ from gateway.console.hub import ConsoleError
 from gateway.machines.base import Machine, PowerState
 
 
-class Unavailable(enum.Enum):
-    """Why a console cannot be opened: ARM's error code and HTTP status for each rule."""
+class ArmRule(enum.Enum):
+    """A rule the console keeps, as ARM reports it: each member's value is (error code,
+    HTTP status). The base of ``Unavailable`` here and of the command policy's ``Refusal``."""
+
+    @property
+    def code(self) -> str:
+        return str(self.value[0])
+
+    @property
+    def status(self) -> int:
+        return int(self.value[1])
+
+
+class Unavailable(ArmRule):
+    """Why a console cannot be opened."""
 
     CONSOLE_DISABLED = ("SerialConsoleDisabled", 409)
     NOT_PROVISIONED = ("ProvisioningNotSucceeded", 409)
     NOT_RUNNING = ("VMNotRunning", 409)
     BOOT_DIAGNOSTICS_OFF = ("BootDiagnosticsNotEnabled", 409)
     PORT_DISABLED = ("SerialPortDisabled", 409)
-
-    @property
-    def code(self) -> str:
-        return self.value[0]
-
-    @property
-    def status(self) -> int:
-        return self.value[1]
 
 
 class ConsoleUnavailable(ConsoleError):

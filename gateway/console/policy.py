@@ -33,7 +33,6 @@ Exceptions::
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -41,11 +40,12 @@ from gateway.access import audit, rbac
 from gateway.access.errors import AccessError, AuthorizationError, StorageFull
 from gateway.console import texts
 from gateway.console.hub import COMMANDS, ConsoleError, ConsoleHub, SysRqNotSupported
+from gateway.console.opening import ArmRule
 from gateway.console.sessions import Role
 from gateway.machines.base import MachineError, MachineStateError
 
 
-class Refusal(enum.Enum):
+class Refusal(ArmRule):
     """Why a command was refused: ARM's error code and HTTP status for each rule."""
 
     CONSOLE_DISABLED = ("SerialConsoleDisabled", 409)
@@ -58,14 +58,6 @@ class Refusal(enum.Enum):
     WRONG_STATE = ("OperationNotAllowed", 409)
     STORAGE_FULL = ("InsufficientStorage", 507)
     STORAGE_FAILED = ("ServiceUnavailable", 503)
-
-    @property
-    def code(self) -> str:
-        return self.value[0]
-
-    @property
-    def status(self) -> int:
-        return self.value[1]
 
 
 class CommandRefused(ConsoleError):

@@ -136,7 +136,7 @@ from gateway.machines.qemu import (
     _InputProbe,
     default_image,
 )
-from gateway.machines.warm import SavedState, WarmStarts, WarmStore, state_key
+from gateway.machines.warm import SavedState, TypingPort, WarmStarts, WarmStore, state_key
 
 DEFAULT_URI = "qemu:///system"
 COMMAND_TIMEOUT = 10.0  # a libvirt call the host does not answer in this time fails
@@ -808,14 +808,8 @@ class LibvirtMachine(WarmStarts, DiskMachine):
                 await asyncio.sleep(0.1)  # libvirt says nothing when the agent connects
         yield agent
 
-    def _press_enter(self) -> None:
-        """Enter on the serial port (the guest's getty prints a fresh prompt)."""
-        if self._bridge is None:
-            return
-        try:
-            self._bridge.type(b"\r")
-        except OSError as err:
-            self.log.warning("no fresh login prompt after the restore: %s", err)
+    def _typing_port(self) -> TypingPort | None:
+        return self._bridge
 
     async def _clear_leftover(self, host: LibvirtHost) -> None:
         """Destroy a domain of this machine's name left by an earlier run of this lab; refuse

@@ -139,7 +139,14 @@ from gateway.machines.disk import (
 )
 from gateway.machines.image import IMAGE_DIR, INITRD, KERNEL, not_built
 from gateway.machines.process import die_with_parent, wait_pid_exit
-from gateway.machines.warm import SavedState, WarmStarts, WarmStore, packer_of, state_key
+from gateway.machines.warm import (
+    SavedState,
+    TypingPort,
+    WarmStarts,
+    WarmStore,
+    packer_of,
+    state_key,
+)
 
 QEMU = "qemu-system-x86_64"
 LAUNCH_TIMEOUT = 30.0
@@ -636,14 +643,8 @@ class QemuMachine(WarmStarts, DiskMachine):
     def _agent(self, timeout: float) -> contextlib.AbstractAsyncContextManager[AgentCommands]:
         return GuestAgent.connect(self.run_dir / "qga.sock", timeout)
 
-    def _press_enter(self) -> None:
-        """Enter on the serial port (the guest's getty prints a fresh prompt)."""
-        if self._pty is None:
-            return
-        try:
-            self._pty.type(b"\r")
-        except OSError as err:
-            self.log.warning("no fresh login prompt after the restore: %s", err)
+    def _typing_port(self) -> TypingPort | None:
+        return self._pty
 
     async def _start_tpm(self) -> Path | None:
         if self.disk is None or not self.disk.tpm or self.disks is None:

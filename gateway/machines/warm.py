@@ -55,7 +55,7 @@ import uuid
 from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gateway.machines.agent import AgentCommands, AgentError
 from gateway.machines.base import (
@@ -197,12 +197,16 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
+class TypingPort(Protocol):
+    def type(self, data: bytes) -> None: ...
+
+
 class WarmStarts:
     """Warm starts on a machine whose QEMU the lab drives (see the module docstring).
 
     The machine gives: ``_command`` (a QMP command), ``_send_fd`` (a descriptor for QEMU's
-    monitor, as ``getfd`` names it), ``_agent`` (its guest agent), ``_press_enter`` (Enter
-    typed on its serial port), and its ``disks`` (None for the initramfs guest), host name
+    monitor, as ``getfd`` names it), ``_agent`` (its guest agent), ``_typing_port`` (its
+    serial port, to press Enter on), and its ``disks`` (None for the initramfs guest), host name
     and password. It calls ``_init_warm`` in its constructor; at a launch, ``_warm_saved``
     for the state to restore, ``_restore_disks`` before QEMU starts (with ``-incoming
     defer`` when restoring), ``_load_state`` once the monitor answers, ``_watch_boot``
@@ -243,8 +247,19 @@ class WarmStarts:
     def _agent(self, timeout: float) -> contextlib.AbstractAsyncContextManager[AgentCommands]:
         raise NotImplementedError
 
-    def _press_enter(self) -> None:
+    def _typing_port(self) -> TypingPort | None:
+        """The serial port as a user types on it (None: it has none now)."""
         raise NotImplementedError
+
+    def _press_enter(self) -> None:
+        """Enter on the serial port (the guest's getty prints a fresh prompt)."""
+        port = self._typing_port()
+        if port is None:
+            return
+        try:
+            port.type(b"\r")
+        except OSError as err:
+            self.log.warning("no fresh login prompt after the restore: %s", err)
 
     # -- what the console hub calls ---------------------------------------------------------
 

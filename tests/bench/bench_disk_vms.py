@@ -92,6 +92,17 @@ async def one(vm: QemuMachine, marks: list[str]) -> dict[str, float]:
         watch.close()
 
 
+async def save_first_boot(saver: QemuMachine) -> None:
+    """A first cold boot, read as the console hub reads it, until it is saved."""
+    watch = Watch(saver)
+    saver.add_port_hook(watch.attach)
+    await saver.start()
+    async with asyncio.timeout(TIMEOUT * 2):
+        await saver.warm_saved.wait()
+    await saver.deallocate()
+    watch.close()
+
+
 def disk_vm(name: str, folder: Path, spec: DiskSpec, warm: WarmStore | None = None) -> QemuMachine:
     return QemuMachine(name, run_dir=folder, memory_mb=512, cpus=2, disk=spec,
                        disk_dir=folder / "disks", warm=warm)  # fmt: skip
@@ -121,14 +132,7 @@ async def measure(runs: int) -> dict[str, list[dict[str, float]]]:
         disk = builtin_disk("debian-12-gen2")
         assert disk is not None
         spec = DiskSpec(image=disk.path, generation=2)
-        saver = disk_vm("saver", root / "saver", spec, store)
-        watch = Watch(saver)
-        saver.add_port_hook(watch.attach)
-        await saver.start()
-        async with asyncio.timeout(TIMEOUT * 2):
-            await saver.warm_saved.wait()
-        await saver.deallocate()
-        watch.close()
+        await save_first_boot(disk_vm("saver", root / "saver", spec, store))
         results["Gen2 warm"] = [
             await one(
                 disk_vm(f"warm{i}", root / f"w-{i}", spec, store),
@@ -168,14 +172,7 @@ async def _libvirt_warm(root: Path, spec: DiskSpec, runs: int) -> dict[str, list
                               disk_dir=folder / "disks", warm=store)  # fmt: skip
 
     try:
-        saver = vm("saver", root / "lv-saver")
-        watch = Watch(saver)  # type: ignore[arg-type]
-        saver.add_port_hook(watch.attach)
-        await saver.start()
-        async with asyncio.timeout(TIMEOUT * 2):
-            await saver.warm_saved.wait()
-        await saver.deallocate()
-        watch.close()
+        await save_first_boot(vm("saver", root / "lv-saver"))  # type: ignore[arg-type]
         return {
             "libvirt warm": [
                 await one(vm(f"warm{i}", root / f"lw-{i}"), ["login:"])  # type: ignore[arg-type]

@@ -370,17 +370,22 @@ async def test_cli_play_stops_on_ctrl_c_and_gives_the_terminal_back(tmp_path: Pa
 # -- every door --------------------------------------------------------------------------------
 
 
+async def _ssh_as_alice(port: int) -> asyncssh.SSHClientConnection:
+    """alice on linux-1's console through the SSH door (asyncssh as the client)."""
+    async with asyncio.timeout(scaled(30)):
+        return await asyncssh.connect(
+            "127.0.0.1", port, username="alice+lab-rg+linux-1", password="alice",
+            known_hosts=None, client_keys=None, agent_path=None,
+        )  # fmt: skip
+
+
 async def test_the_ssh_and_rfc2217_doors_are_recorded_too(tmp_path: Path) -> None:
     ssh_port, rfc_port = free_port(), free_port()
     vms = EMULATED_VMS.replace(
         'name = "linux-1"\n', f'name = "linux-1"\nrfc2217_port = {rfc_port}\n'
     )
     async with running_lab(tmp_path, vms=vms, gateway=f"ssh_port = {ssh_port}") as lab:
-        async with asyncio.timeout(scaled(30)):
-            conn = await asyncssh.connect(
-                "127.0.0.1", ssh_port, username="alice+lab-rg+linux-1", password="alice",
-                known_hosts=None, client_keys=None, agent_path=None,
-            )  # fmt: skip
+        conn = await _ssh_as_alice(ssh_port)
         async with conn:
             process = await conn.create_process(term_type="xterm", encoding=None)
             seen = b""
@@ -442,11 +447,7 @@ async def test_a_watchers_refused_nmi_is_on_its_own_session_not_its_writers(
         url, token = await lab.session_url("alice")
         writer = await open_console(url, token, framed=True)
         await writer.event("connected")
-        async with asyncio.timeout(scaled(30)):
-            conn = await asyncssh.connect(
-                "127.0.0.1", ssh_port, username="alice+lab-rg+linux-1", password="alice",
-                known_hosts=None, client_keys=None, agent_path=None,
-            )  # fmt: skip
+        conn = await _ssh_as_alice(ssh_port)
         async with conn:
             process = await conn.create_process("watch", term_type="xterm", encoding=None)
             seen = b""
