@@ -91,6 +91,7 @@ run-lab-emulated: $(STAMP) $(PORTAL)
 check: $(STAMP)
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
+	@$(BIN)/lint-imports --no-cache
 	@$(BIN)/python -m pytest -n $(CHECK_WORKERS) --dist loadgroup -m "$(CHECK_MARKERS)" \
 		-p no:schemathesis tests/unit tests/integration $(PYTEST_ARGS)
 
@@ -106,6 +107,7 @@ bench: $(STAMP) $(LIBVIRT_STAMP) images
 lint: $(STAMP)
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
+	@$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .venv-labgrid images/build .pytest_cache .ruff_cache web/node_modules gateway/portal/dist

@@ -6,7 +6,8 @@ Modules: ``rbac`` (Azure's roles, actions, scopes), ``users`` (lab users and pas
 ``store`` (the SQLite database ``lab.db``), ``tokens`` (bearer tokens, stored hashed),
 ``audit`` (who did what, from where, with which outcome), ``connect_sessions`` (the
 one-time session ids that ``connect`` hands out and the websocket door claims),
-``lockout`` (Entra ID's smart lockout of a user after repeated failed sign-ins).
+``lockout`` (Entra ID's smart lockout of a user after repeated failed sign-ins),
+``signing`` (signed, expiring URLs: the boot diagnostics blobs').
 
 Exceptions (``gateway.access.errors``)::
 
@@ -21,8 +22,9 @@ Exceptions (``gateway.access.errors``)::
      +-- StoreError                  the lab database (lab.db) cannot be opened or used
      |    +-- StorageFull            its disk is full: the write was refused, nothing done
      +-- ConnectSessionError         a connect session cannot be claimed
-          +-- UnknownSession         no such session id
-          +-- SessionExpired         older than its lifetime (60 s)
-          +-- SessionUsed            already claimed once
-          +-- SessionWrongUser       claimed by another user than the one it was made for
+     |    +-- UnknownSession         no such session id
+     |    +-- SessionExpired         older than its lifetime (60 s)
+     |    +-- SessionUsed            already claimed once
+     |    +-- SessionWrongUser       claimed by another user than the one it was made for
+     +-- SignatureRefused            a signed URL that is forged, unsigned or expired
 """

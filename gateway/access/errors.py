@@ -85,3 +85,7 @@ class SessionUsed(ConnectSessionError):
 
 class SessionWrongUser(ConnectSessionError):
     """The session was made for another user."""
+
+
+class SignatureRefused(AccessError):
+    """A signed URL that is not genuine, or expired; the message says which and what to do."""

@@ -40,8 +40,8 @@ from gateway.api.errors import (
     NO_PERMISSION,
     ArmError,
 )
-from gateway.api.resources import PORT_NAME, PORT_TYPE, VmResource
 from gateway.console.opening import ConsoleUnavailable, check_console_enabled, check_open
+from gateway.lab.inventory import PORT_NAME, PORT_TYPE, VmResource
 
 router = APIRouter()
 

@@ -41,7 +41,8 @@ from gateway.access.tokens import IssuedToken
 from gateway.access.users import User
 from gateway.api.context import ApiContext, Caller, client_address, context_of
 from gateway.api.errors import TOKEN_HINT, ArmError, entra_error
-from gateway.api.resources import check_instance, check_name
+from gateway.lab.inventory import check_instance, check_name
+from gateway.lab.signin import audit_refusal, sign_in
 
 router = APIRouter(tags=["authentication"])
 bearer = OAuth2PasswordBearer(tokenUrl="/oauth2/token", auto_error=False)
@@ -112,24 +113,6 @@ def _oauth_error(code: str, description: str) -> JSONResponse:
     return JSONResponse({"error": code, "error_description": description}, status_code=400)
 
 
-def sign_in(ctx: ApiContext, name: str, password: str, address: str, grant: str = "") -> User:
-    """The lab user of ``name`` and ``password``. A refusal is audited (best effort: a
-    full disk does not turn a wrong password into a 507) and raised: AccountLocked while
-    the name is locked (even for the right password), InvalidCredentials otherwise."""
-    prefix = f"{grant}: " if grant else ""
-    try:
-        return ctx.directory.authenticate(name, password)
-    except AccountLocked as err:
-        audit_refusal(ctx, "token", name[:64], address,
-                      f"{prefix}locked for {err.retry_after:.0f} s more")  # fmt: skip
-        raise
-    except InvalidCredentials as err:
-        locked = ctx.directory.lockout.locked_for(name)
-        more = f"; locked for {locked:.0f} s after too many failures" if locked else ""
-        audit_refusal(ctx, "token", name[:64], address, f"{prefix}{err}{more}")
-        raise
-
-
 def issue_token(ctx: ApiContext, user: User, address: str, grant: str = "") -> IssuedToken:
     """A new token for ``user``, stored and audited in one write: a full disk raises
     StorageFull (answered 507) and no token exists."""
@@ -147,15 +130,6 @@ def locked_response(err: AccountLocked) -> JSONResponse:
     the seconds left in ``Retry-After``."""
     wait = str(max(1, round(err.retry_after)))
     return entra_error(400, "invalid_grant", 50053, str(err), headers={"Retry-After": wait})
-
-
-def audit_refusal(ctx: ApiContext, action: str, who: str, address: str, detail: str) -> None:
-    """Audit a refused request; a database that cannot take the row (a full disk, logged
-    by the store once a minute) does not change the refusal."""
-    with contextlib.suppress(StoreError):
-        ctx.audit.record(
-            action, user=who, address=address, target=who, outcome=audit.DENIED, detail=detail
-        )
 
 
 def authenticate(ctx: ApiContext, token: str | None) -> User:

@@ -17,83 +17,24 @@ rotated out of the ring): what ``serial-console boot-log`` follows.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
-import secrets
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
-from email.utils import formatdate
 from typing import Annotated, Any
 from xml.sax.saxutils import escape
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from gateway.access.store import LabDatabase
+from gateway.access.errors import SignatureRefused
+from gateway.api.context import context_of
 from gateway.api.errors import ArmError
 from gateway.console.bootlog import BootLogError
 
-KEY_SETTING = "bootdiag_signing_key"
 LOG_NAME = "serialconsole.log"
 SCREENSHOT_NAME = "screenshot.png"
 MAX_READ = 1 << 20
 
 router = APIRouter(tags=["boot diagnostics"])
-
-
-class UrlSigner:
-    """Signs and checks expiring URLs. The key lives in ``lab.db``: URLs survive a restart."""
-
-    def __init__(self, key: bytes, clock: Callable[[], float] = time.time) -> None:
-        self._key = key
-        self.clock = clock
-
-    @classmethod
-    def from_db(cls, db: LabDatabase) -> UrlSigner:
-        """The lab's signer; makes and stores its key on first use."""
-        stored = db.setting(KEY_SETTING)
-        if stored is None:
-            stored = secrets.token_hex(32)
-            db.set_setting(KEY_SETTING, stored)
-        return cls(bytes.fromhex(stored))
-
-    def signature(self, path: str, expires: int) -> str:
-        message = f"{path}\n{expires}".encode()
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
-
-    def sign(self, path: str, lifetime: float) -> str:
-        """``path`` with ``se`` (expiry, Unix seconds) and ``sig`` appended."""
-        expires = int(self.clock() + lifetime)
-        return f"{path}?se={expires}&sp=r&sig={self.signature(path, expires)}"
-
-    def verify(self, path: str, expires: int | None, signature: str | None) -> None:
-        """Return when the URL is genuine and not expired; ArmError 403 otherwise."""
-        if expires is None or not signature:
-            raise ArmError(
-                403,
-                "AuthenticationFailed",
-                "Server failed to authenticate the request: the URL is not signed (se and sig "
-                "are missing). Get one from retrieveBootDiagnosticsData.",
-            )
-        expected = self.signature(path, expires).encode()
-        # Bytes, not str: compare_digest refuses non-ASCII strings, and a forged URL may hold any.
-        if not hmac.compare_digest(expected, signature.encode("utf-8", "surrogateescape")):
-            raise ArmError(
-                403,
-                "AuthenticationFailed",
-                "Server failed to authenticate the request: the signature does not match. "
-                "Get a new URL from retrieveBootDiagnosticsData.",
-            )
-        if self.clock() >= expires:
-            when = datetime.fromtimestamp(expires, UTC).isoformat().replace("+00:00", "Z")
-            raise ArmError(
-                403,
-                "AuthenticationFailed",
-                f"Server failed to authenticate the request: the URL expired at {when}. "
-                "Get a new URL from retrieveBootDiagnosticsData.",
-            )
 
 
 def log_path(machine_name: str) -> str:
@@ -149,15 +90,12 @@ async def read_serial_log_blob(
     """The kept bytes of the serial log, as Azure Storage serves a block blob: ``ETag``,
     ``Last-Modified``, ``Content-Length``; ``Range`` (or ``x-ms-range``) for a 206; errors
     in the blob service's XML (``AuthenticationFailed``, ``BlobNotFound``, ``InvalidRange``)."""
-    from gateway.api.context import context_of  # the context imports this module
-
     ctx = context_of(request)
     head = request.method == "HEAD"
     try:
         ctx.signer.verify(log_path(machine), se, sig)
-    except ArmError as err:
-        detail = err.message.removeprefix(_AUTH_PREFIX)
-        return blob_error(403, "AuthenticationFailed", AUTH_FAILED, head, detail)
+    except SignatureRefused as err:
+        return blob_error(403, "AuthenticationFailed", AUTH_FAILED, head, str(err))
     vm = ctx.inventory.by_machine_name(machine)
     if vm is None or vm.bootlog is None:
         return blob_error(404, "BlobNotFound", "The specified blob does not exist.", head)
@@ -206,15 +144,13 @@ async def read_console_screenshot_blob(
     import tempfile
     from pathlib import Path
 
-    from gateway.api.context import context_of  # the context imports this module
     from gateway.machines.base import MachineError
 
     ctx = context_of(request)
     try:
         ctx.signer.verify(screenshot_path(machine), se, sig)
-    except ArmError as err:
-        detail = err.message.removeprefix(_AUTH_PREFIX)
-        return blob_error(403, "AuthenticationFailed", AUTH_FAILED, detail=detail)
+    except SignatureRefused as err:
+        return blob_error(403, "AuthenticationFailed", AUTH_FAILED, detail=str(err))
     vm = ctx.inventory.by_machine_name(machine)
     screendump = getattr(vm.machine, "screendump", None) if vm is not None else None
     if vm is None or screendump is None or not getattr(vm.machine, "has_display", False):
@@ -293,23 +229,6 @@ def blob_error(
     )
 
 
-class BlobVersions:
-    """ETag and Last-Modified of each serial log blob: a new version whenever the kept
-    bytes change; Last-Modified is when the gateway first served that version."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock
-        self._seen: dict[str, tuple[int, int, float]] = {}
-
-    def version(self, machine: str, first: int, end: int) -> tuple[str, str]:
-        seen = self._seen.get(machine)
-        if seen is None or seen[:2] != (first, end):
-            seen = (first, end, self.clock())
-            self._seen[machine] = seen
-        etag = f'"0x{first:X}{end:012X}"'
-        return etag, formatdate(seen[2], usegmt=True)
-
-
 # -- the paged JSON reading (serial-console boot-log) ---------------------------------------
 
 
@@ -327,10 +246,11 @@ async def read_serial_log(
 ) -> JSONResponse:
     """GCP's getSerialPortOutput shape: ``contents``, ``contentsBase64``, ``start``,
     ``next``, ``rotated`` (and a ``warning`` when bytes asked for have rotated out)."""
-    from gateway.api.context import context_of  # the context imports this module
-
     ctx = context_of(request)
-    ctx.signer.verify(log_path(machine), se, sig)
+    try:
+        ctx.signer.verify(log_path(machine), se, sig)
+    except SignatureRefused as err:
+        raise ArmError(403, "AuthenticationFailed", _AUTH_PREFIX + str(err)) from None
     vm = ctx.inventory.by_machine_name(machine)
     if vm is None or vm.bootlog is None:
         raise ArmError(404, "BlobNotFound", "The specified blob does not exist.")

@@ -37,7 +37,7 @@ from gateway.api.bootdiag import log_path, screenshot_path
 from gateway.api.context import ApiContext, Caller, context_of
 from gateway.api.errors import ArmError, error_response
 from gateway.api.operations import FAILED, SUCCEEDED
-from gateway.api.resources import VMSS_TYPE, ScaleSetResource, VmResource
+from gateway.lab.inventory import VMSS_TYPE, ScaleSetResource, VmResource
 from gateway.machines.base import Machine, MachineError, MachineStateError, PowerState
 
 router = APIRouter()

@@ -36,7 +36,6 @@ from gateway.access.errors import (
 )
 from gateway.access.users import User
 from gateway.api.context import ApiContext, client_address, context_of, service_of
-from gateway.api.resources import VmResource
 from gateway.console.connection import (
     TOKEN_WAIT,
     ConsoleConnection,
@@ -54,6 +53,7 @@ from gateway.console.hub import ConsoleError, ConsoleHub
 from gateway.console.idle import watch_idle
 from gateway.console.policy import Actor, CommandPolicy, Target
 from gateway.console.sessions import Closing, ConsoleSession
+from gateway.lab.inventory import VmResource
 
 log = logging.getLogger("serial_console_lab.api.console")
 router = APIRouter()

@@ -45,6 +45,7 @@ from gateway.console.texts import (
     NOT_RUNNING,
     PORT_DISABLED,
 )
+from gateway.lab.errors import ArmError, not_found
 
 log = logging.getLogger("serial_console_lab.api")
 
@@ -60,6 +61,7 @@ __all__ = [
     "ArmError",
     "entra_error",
     "install_handlers",
+    "not_found",
 ]
 
 # ENOSPC from writes outside lab.db (a request's own files): one log line a minute too.
@@ -69,30 +71,6 @@ TOKEN_HINT = (
     " Get a token with POST /oauth2/token (form fields grant_type=password, username, "
     "password) and send it as 'Authorization: Bearer <access_token>'."
 )
-
-
-class ArmError(Exception):
-    """An error response in ARM's shape. ``message`` is what the user reads.
-
-    ``flat`` answers ``{"code", "message"}`` without the ``error`` wrapper: the shape the
-    Microsoft.SerialConsole spec gives its console service's ``SubscriptionNotFound``.
-    """
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        headers: dict[str, str] | None = None,
-        *,
-        flat: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
-        self.flat = flat
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -106,17 +84,6 @@ def error_response(err: ArmError) -> JSONResponse:
         else error_body(err.code, err.message)
     )
     return JSONResponse(body, err.status, headers=err.headers)
-
-
-def not_found(kind: str, name: str, group: str | None = None) -> ArmError:
-    """ARM's ResourceNotFound for ``kind`` (``Microsoft.Compute/virtualMachines``) ``name``."""
-    where = f" under resource group '{group}'" if group else ""
-    return ArmError(
-        404,
-        "ResourceNotFound",
-        f"The Resource '{kind}/{name}'{where} was not found. For more details please go to "
-        "https://aka.ms/ARMResourceNotFoundFix",
-    )
 
 
 def storage_error(err: StoreError) -> ArmError:

@@ -30,7 +30,7 @@ from gateway.access.errors import StoreError
 from gateway.api.auth import instance_scope, require, vm_scope
 from gateway.api.context import ApiContext, Caller, context_of
 from gateway.api.errors import NO_PERMISSION, ArmError
-from gateway.api.resources import PORT_NAME, VmResource
+from gateway.lab.inventory import PORT_NAME, VmResource
 from gateway.recordings import RecordingNotFound
 from gateway.recordings.cast import CONTENT_TYPE
 from gateway.recordings.index import RecordingRow

@@ -8,7 +8,7 @@ console disabled...) ends the command there with the gateway's text and exit sta
 websocket with the framed subprotocol ``serial-console.v1`` and ``?authorization=<token>``
 (``&watch=1`` for a read-only watcher; ``wss://`` verified as the REST calls are) -> show
 the banner and the guest's bytes, send the keys -> on close, say why and wait for Enter
-(reconnect) or q (quit). Ctrl+] opens az's menu (``gateway.cli.escape``); its NMI, reset
+(reconnect) or q (quit). Ctrl+] opens az's menu (``gateway.console.escape``); its NMI, reset
 and SysRq go as framed commands and their results are shown when they come back. A
 session closed because the client fell behind reconnects by itself from the byte it had
 reached, so nothing is lost.
@@ -41,7 +41,10 @@ from websockets.typing import Subprotocol
 from gateway.cli.advice import recommendation
 from gateway.cli.client import GatewayClient
 from gateway.cli.errors import CliError, GatewayError, GatewayUnreachable
-from gateway.cli.escape import (
+from gateway.cli.terminal import RawTerminal
+from gateway.cli.trust import untrusted_hint
+from gateway.console import texts
+from gateway.console.escape import (
     EscapeMenu,
     Forward,
     Quit,
@@ -51,9 +54,6 @@ from gateway.cli.escape import (
     SendSysRq,
     Show,
 )
-from gateway.cli.terminal import RawTerminal
-from gateway.cli.trust import untrusted_hint
-from gateway.console import texts
 from gateway.console.frames import SUBPROTOCOL as FRAMED_SUBPROTOCOL
 from gateway.console.frames import CloseCode
 

@@ -50,17 +50,17 @@ from gateway.access.audit import AuditLog
 from gateway.access.connect_sessions import ConnectSessions
 from gateway.access.errors import StoreError
 from gateway.access.lockout import SignInLockout
+from gateway.access.signing import UrlSigner
 from gateway.access.store import LabDatabase
 from gateway.access.tokens import TokenService
 from gateway.access.users import Directory
 from gateway.api.app import create_app
-from gateway.api.bootdiag import UrlSigner
 from gateway.api.context import ApiContext
-from gateway.api.resources import ConsoleState, Inventory, ScaleSetResource, VmResource
 from gateway.console.bootlog import BootLog, BootLogError
 from gateway.console.hub import ConsoleHub
 from gateway.lab import connections
 from gateway.lab.config import LabConfig, MachineSpec
+from gateway.lab.inventory import ConsoleState, Inventory, ScaleSetResource, VmResource
 from gateway.lab.tls import TlsError, TlsFiles, ensure_lab_certificate, server_hosts
 from gateway.machines.base import Machine, MachineError, PowerState
 from gateway.recordings.recorder import Recorder

@@ -40,8 +40,6 @@ from serial.rfc2217 import BRK, PortManager
 
 from gateway.access import audit
 from gateway.access.rbac import RoleAssignment
-from gateway.api.context import ApiContext, service_of
-from gateway.api.resources import VmResource
 from gateway.console.connection import Refused
 from gateway.console.frames import CloseCode
 from gateway.console.hub import ConsoleError, ConsoleHub
@@ -57,6 +55,8 @@ from gateway.console.sessions import (
     Role,
 )
 from gateway.lab.config import LabConfig, Rfc2217Door
+from gateway.lab.context import LabContext, service_of
+from gateway.lab.inventory import VmResource
 from gateway.rfc2217.line import RecordedLine
 
 log = logging.getLogger("serial_console_lab.rfc2217")
@@ -91,7 +91,7 @@ class DoorSpec:
     role: Role
 
 
-def doors_of(config: LabConfig, ctx: ApiContext) -> list[DoorSpec]:
+def doors_of(config: LabConfig, ctx: LabContext) -> list[DoorSpec]:
     """The doors the lab file opens: each VM's ``rfc2217_port``, and each scale-set
     instance's (the set's port plus the instance number)."""
     wanted: list[tuple[str, Rfc2217Door | None]] = [
@@ -112,7 +112,7 @@ class Rfc2217Doors:
     ``listening`` names the doors open; ``clients`` the connections, each with its ``line``
     (the settings its client set)."""
 
-    def __init__(self, ctx: ApiContext) -> None:
+    def __init__(self, ctx: LabContext) -> None:
         self.ctx = ctx
         self.service = service_of(ctx)
         self.servers: dict[str, asyncio.Server] = {}  # machine name -> its server
@@ -123,7 +123,7 @@ class Rfc2217Doors:
         self._idle.set()
 
     @classmethod
-    async def open(cls, config: LabConfig, ctx: ApiContext) -> Rfc2217Doors:
+    async def open(cls, config: LabConfig, ctx: LabContext) -> Rfc2217Doors:
         """Listen on every door of ``config``. Raises Rfc2217Error (nothing left open) when
         a port cannot be had."""
         doors = cls(ctx)

@@ -12,7 +12,7 @@ Then the session is a console, as ``az serial-console connect`` gives one:
   text on stderr and exit status 1;
 - Azure's banner, the replay, then live bytes; typed bytes go to the guest;
 - an SSH break request (OpenSSH's ``~B``) is a serial BREAK, so ``~B`` then a key is a
-  SysRq; Ctrl+] opens az's menu (``gateway.cli.escape``: NMI, SysRq, reset, quit, Ctrl+]
+  SysRq; Ctrl+] opens az's menu (``gateway.console.escape``: NMI, SysRq, reset, quit, Ctrl+]
   twice types 0x1d); every command goes through the lab's ``CommandPolicy``, and its
   outcome is shown on a line of its own;
 - the command ``watch`` (``ssh ... watch``) is a read-only session; a writer takes the
@@ -43,11 +43,9 @@ import asyncssh
 from gateway.access import audit, rbac
 from gateway.access.errors import AccountLocked, AuthorizationError, InvalidCredentials
 from gateway.access.users import User
-from gateway.api.auth import audit_refusal, sign_in
-from gateway.api.context import ApiContext, service_of
-from gateway.api.errors import ArmError
-from gateway.api.resources import VmResource, check_instance, check_name
-from gateway.cli.escape import (
+from gateway.console import texts
+from gateway.console.connection import Refused
+from gateway.console.escape import (
     EscapeMenu,
     Forward,
     Quit,
@@ -57,8 +55,6 @@ from gateway.cli.escape import (
     SendSysRq,
     Show,
 )
-from gateway.console import texts
-from gateway.console.connection import Refused
 from gateway.console.frames import CloseCode
 from gateway.console.hub import ConsoleError
 from gateway.console.idle import watch_idle
@@ -72,6 +68,10 @@ from gateway.console.sessions import (
     Output,
     Role,
 )
+from gateway.lab.context import LabContext, service_of
+from gateway.lab.errors import ArmError
+from gateway.lab.inventory import VmResource, check_instance, check_name
+from gateway.lab.signin import audit_refusal, sign_in
 from gateway.ssh.address import AddressError, ConsoleAddress, parse, user_of
 from gateway.ssh.size import SizeHints
 
@@ -116,7 +116,7 @@ def fingerprint(key: asyncssh.SSHKey) -> str:
 class SshDoor:
     """The lab's SSH server: ``start(host, port)``, ``port``, ``fingerprint``, ``close()``."""
 
-    def __init__(self, ctx: ApiContext, host_key: asyncssh.SSHKey) -> None:
+    def __init__(self, ctx: LabContext, host_key: asyncssh.SSHKey) -> None:
         self.ctx = ctx
         self.host_key = host_key
         self.service = service_of(ctx)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.cli.escape import (
+from gateway.console.escape import (
     MENU_TEXT,
     MENU_TEXT_WINDOWS,
     NMI_PROMPT,

@@ -22,9 +22,9 @@ from typing import Any
 
 from gateway.access import rbac
 from gateway.access.store import LabDatabase
-from gateway.api.errors import ArmError, not_found
 from gateway.console.bootlog import BootLog
 from gateway.console.hub import ConsoleHub
+from gateway.lab.errors import ArmError, not_found
 from gateway.machines.base import Machine
 
 VM_TYPE = "Microsoft.Compute/virtualMachines"
