@@ -59,5 +59,7 @@ def test_no_module_imports_itself_through_others() -> None:
 def test_the_import_contracts_are_kept() -> None:
     tool = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
     assert tool is not None, "import-linter is in the test extra: pip install -e '.[test]'"
-    done = subprocess.run([tool, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [tool, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
