@@ -4,6 +4,8 @@ and Enter boot the older kernel, as Azure's pages tell people to do."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 import pytest_asyncio
 
 from gateway.console import texts
+from gateway.console.sessions import ConsoleSession, Output, Role
 from gateway.testing.timeouts import scaled
 from tests.browser.conftest import AT_END, ON_SESSION_LOOP, Portal, PortalFactory
 from tests.e2e.conftest import require_qemu
@@ -75,12 +78,45 @@ async def test_grub_caught_in_the_pane_after_a_reset_and_the_older_kernel_booted
     await menu_drawn(person, menus, COUNTDOWN, shown=False)  # GRUB wiped its countdown
     assert f"with Linux {older}" in (await person.text()).split("GNU GRUB")[-1]
 
-    await person.page.keyboard.press("ArrowDown")
+    await press_until_redrawn(person, lab, "ArrowDown")
     await person.page.keyboard.press("Enter")
     # GRUB clears the screen as it boots (its menu's rows erased); the first boot ran the
     # default entry, the newest kernel, so the older one's lines are this boot's
     await person.screen(rf"Loading Linux {older} \.\.\.", 60)
     await person.screen(rf"Linux version {older}", BOOT)
+
+
+async def press_until_redrawn(person: Portal, lab: LabHandle, key: str, tries: int = 3) -> None:
+    """Press ``key`` until GRUB redraws its menu for it, as a person presses an arrow key
+    again when the highlight did not move. GRUB reads an arrow's escape sequence with a
+    short timeout of its own; on a host this loaded (TCG, other guests booting) its bytes
+    may come apart and the key is lost. What GRUB writes back is watched on the VM's console
+    (a watcher session on its hub): an event, not a pause."""
+    assert lab.runtime.context is not None
+    vm = lab.runtime.context.inventory.by_machine_name("gen1")
+    assert vm is not None
+    hub = vm.hub
+    assert hub is not None
+    watcher = ConsoleSession(uuid.uuid4().hex, "test", "gen1", Role.WATCHER)
+    hub.attach(watcher, resume_from=hub.bootlog.end)  # from now on: no replay
+    try:
+        for _ in range(tries):
+            await person.page.keyboard.press(key)
+            if await _taken_within(watcher, 10):
+                return
+        raise AssertionError(f"GRUB never redrew its menu for {key} ({tries} presses)")
+    finally:
+        hub.detach(watcher)
+
+
+async def _taken_within(session: ConsoleSession, seconds: float) -> bool:
+    """Whether the guest wrote anything to ``session`` within ``seconds`` (scaled)."""
+    try:
+        async with asyncio.timeout(scaled(seconds)):
+            items = await session.take()
+    except TimeoutError:
+        return False
+    return any(isinstance(item, Output) and item.data for item in items)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
