@@ -47,6 +47,14 @@ libvirt's ``on_crash=preserve`` alone pauses it at once, and a panic in NMI cont
 never written out. The machine suspends it once its console has been quiet for
 ``PANIC_QUIET`` s, as the QEMU backend halts its own.
 
+Warm starts (``gateway.machines.warm.WarmStarts``), on this machine's libvirt with a QEMU
+driver: a new allocation whose domain definition (less what is the VM's own) has a saved
+boot is created paused with ``-incoming defer`` on QEMU's command line and handed the state
+as a descriptor (``getfd`` through ``qemuMonitorCommandWithFiles``: libvirt's QEMU may not
+start programs, so no ``exec:``), then resumed; another VM's identity goes through
+libvirtd's agent passthrough (``qemuAgentCommand``). libvirt's own save and restore would
+not do: a saved domain restores only under its own name, UUID and fw_cfg entries.
+
 Domains the lab owns: named ``scl-<digest>-<vm>``, where the digest is of this gateway's host
 name and the lab's state folder, so two labs never share a name, even on one libvirt host;
 each carries the same owner in its ``<metadata>``. A domain of that name left by an earlier
