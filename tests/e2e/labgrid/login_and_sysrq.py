@@ -29,8 +29,10 @@ def main(config: str, name: str) -> None:
         console = target.get_driver("SerialDriver")
         console.serial.send_break(0.25)  # pyserial's RFC 2217 client: SET-CONTROL on, off
         console.write(b"h")
-        _, _, match, _ = console.expect(rb"sysrq: HELP : [^\r\n]*", timeout=10 * SCALE)
-        print(match.group(0).decode(), flush=True)
+        # the whole line, to its end: the pattern alone would match whatever part of it had
+        # come when pexpect looked
+        _, _, match, _ = console.expect(rb"(sysrq: HELP : [^\r\n]*)\r?\n", timeout=10 * SCALE)
+        print(match.group(1).decode(), flush=True)
     finally:
         target.cleanup()
 
