@@ -85,7 +85,9 @@ done
 root_uuid=$(python3 -c 'import uuid; print(uuid.uuid4())')
 esp_serial=$(python3 -c 'import secrets; print(secrets.token_hex(4).upper())')
 esp_uuid=$(echo "$esp_serial" | sed 's/^\(....\)/\1-/')
-cmdline="console=tty1 console=ttyS0,115200n8 earlyprintk=ttyS0,115200"
+# Azure's console settings, then no_timer_check (GRUB_CMDLINE_LINUX_DEFAULT): under TCG on a
+# busy host the kernel's check of its timer interrupt can fail and panic at boot
+cmdline="console=tty1 console=ttyS0,115200n8 earlyprintk=ttyS0,115200 no_timer_check"
 
 # /boot/grub/grub.cfg as update-grub would write it for this root, flattened to two
 # entries. The lab's firmware mirrors its own console to ttyS0 (OVMF always; SeaBIOS with
