@@ -2,8 +2,7 @@
 saved at its login prompt when nobody typed before it, and the same VM started again (in
 another folder) starts from that state at its prompt and takes typing; a boot typed on
 before it was up is not saved (a state saved in the middle of a login would be every
-later VM's). The same on libvirt, where the state goes to and from QEMU as a descriptor
-handed to its monitor."""
+later VM's). (libvirt's warm starts are tested with its disk VMs, in test_libvirt_disk.)"""
 
 from __future__ import annotations
 
@@ -15,12 +14,10 @@ import pytest
 from gateway.console.bootlog import BootLog
 from gateway.console.hub import ConsoleHub
 from gateway.console.sessions import ConsoleSession, Output, Role
-from gateway.machines.libvirt import LibvirtMachine
 from gateway.machines.qemu import QemuMachine
 from gateway.machines.warm import WarmStore
 from gateway.testing.timeouts import scaled
 from tests.e2e.conftest import GUEST_PASSWORD, require_qemu
-from tests.support.libvirtd import Libvirtd
 
 pytestmark = [pytest.mark.qemu]
 
@@ -28,13 +25,10 @@ pytestmark = [pytest.mark.qemu]
 class Watched:
     """A QEMU VM behind a console hub with a writer session, as a lab has it."""
 
-    def __init__(self, folder: Path, store: WarmStore, backend: str = "qemu") -> None:
+    def __init__(self, folder: Path, store: WarmStore) -> None:
         # one name: an initramfs guest has no agent to take another, so its name is part of
         # its saved state's key
-        machine = LibvirtMachine if backend == "libvirt" else QemuMachine
-        self.vm: QemuMachine | LibvirtMachine = machine(
-            "guest", run_dir=folder / "run", password=GUEST_PASSWORD, warm=store
-        )
+        self.vm = QemuMachine("guest", run_dir=folder / "run", password=GUEST_PASSWORD, warm=store)
         self.log = BootLog(folder / "bootdiag")
         self.hub = ConsoleHub(self.vm, self.log)
         self.session = ConsoleSession("a" * 16, "alice", "guest", Role.WRITER)
@@ -59,24 +53,15 @@ class Watched:
 
 async def test_an_untouched_boot_is_saved_and_a_vm_like_it_starts_from_it(tmp_path: Path) -> None:
     require_qemu()
-    await _saved_then_started_warm(tmp_path, "qemu")
-
-
-@pytest.mark.xdist_group("libvirtd")  # one worker runs the libvirt daemons
-async def test_on_libvirt_too(libvirtd: Libvirtd, tmp_path: Path) -> None:
-    await _saved_then_started_warm(tmp_path, "libvirt")
-
-
-async def _saved_then_started_warm(tmp_path: Path, backend: str) -> None:
     store = WarmStore(tmp_path / "warm")
-    first = Watched(tmp_path / "first", store, backend)
+    first = Watched(tmp_path / "first", store)
     try:
         await first.start()
         await first.read_until(b"login: ")
         assert await first.vm.save_settled(), "an untouched boot is saved"
     finally:
         await first.close()
-    second = Watched(tmp_path / "second", store, backend)
+    second = Watched(tmp_path / "second", store)
     try:
         await second.start()
         assert second.vm.started_warm
