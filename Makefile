@@ -85,13 +85,13 @@ run-lab: $(STAMP) $(PORTAL)
 run-lab-emulated: $(STAMP) $(PORTAL)
 	@$(BIN)/serial-console lab run --emulated $(LAB_ARGS)
 
-# Unit and emulated-guest tests: no QEMU, browser, libvirt nor image build (what needs them
+# Unit and emulated-guest tests (the import contracts among them: tests/unit/test_layering.py):
+# no QEMU, browser, libvirt nor image build (what needs them
 # is left out by its marker); the faults and Azure-client suites wait for make test, and
 # so does the API fuzzer's plugin (schemathesis: a second of start-up in every worker).
 check: $(STAMP)
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
-	@$(BIN)/lint-imports --no-cache
 	@$(BIN)/python -m pytest -n $(CHECK_WORKERS) --dist loadgroup -m "$(CHECK_MARKERS)" \
 		-p no:schemathesis tests/unit tests/integration $(PYTEST_ARGS)
 

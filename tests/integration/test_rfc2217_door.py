@@ -399,6 +399,7 @@ async def test_the_labs_idle_timeout_warns_then_closes_a_silent_client(
     assert [r.detail for r in rows] == ["idle for 0.0333333 minutes"]
 
 
+@pytest.mark.slow  # 96 MiB through loopback: make test, not the inner loop
 async def test_a_client_that_asks_and_never_reads_is_held_then_let_go(
     lab: tuple[LabHandle, int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
