@@ -632,7 +632,8 @@ class QemuMachine(WarmStarts, DiskMachine):
         return ["-incoming", f"exec:{reader} {shlex.quote(str(saved.state))}"]
 
     async def _hand_over_state(self, saved: SavedState) -> None:
-        """Nothing: QEMU reads the state itself (``_incoming``)."""
+        """QEMU reads the state itself (``_incoming``): only wait until it is loaded."""
+        await self._wait_incoming()
 
     async def _migrate_to(self, path: Path) -> str:
         packer = "zstd -q -1 -T0" if shutil.which("zstd") else "cat"

@@ -317,7 +317,6 @@ class WarmStarts:
         """Hand QEMU the saved state and wait until it is loaded; ``restored_output`` is then
         what the port hooks show first. Raises MachineLaunchError if it cannot be loaded."""
         await self._hand_over_state(saved)
-        await self._wait_incoming()
         note = (
             f"\r\n[Serial Console Lab: VM '{self.name}' was restored from a saved boot "
             "(a warm start); what follows is live]\r\n"
@@ -326,19 +325,12 @@ class WarmStarts:
 
     async def _hand_over_state(self, saved: SavedState) -> None:
         """To a QEMU started with ``-incoming defer``: the state as a descriptor (a pipe
-        from ``zstd -dc``, or the file), then ``migrate-incoming``."""
-        packed = packer_of(saved.folder) == "zstd"
+        from ``zstd -dc``, or the file), then ``migrate-incoming``; returns once it is
+        loaded (the descriptor's reader ends with the stream)."""
         reader: asyncio.subprocess.Process | None = None
         try:
-            if packed:
-                read_end, write_end = os.pipe()
-                try:
-                    reader = await asyncio.create_subprocess_exec(
-                        "zstd", "-q", "-dc", str(saved.state), stdout=write_end
-                    )
-                finally:
-                    os.close(write_end)
-                fd = read_end
+            if packer_of(saved.folder) == "zstd":
+                reader, fd = await _zstd_pipe("-dc", str(saved.state), into_qemu=True)
             else:
                 fd = os.open(saved.state, os.O_RDONLY | os.O_CLOEXEC)
             try:
@@ -346,17 +338,14 @@ class WarmStarts:
             finally:
                 os.close(fd)
             await self._command("migrate-incoming", {"uri": f"fd:{STREAM_FD}"})
-            await self._wait_incoming()  # the descriptor's reader ends with the stream
+            await self._wait_incoming()
         except OSError as err:
             raise MachineLaunchError(
                 f"VM '{self.name}': cannot read its saved boot in {saved.folder}: {err}; "
                 "start it with a cold boot (--cold)"
             ) from err
         finally:
-            if reader is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    reader.kill()
-                await reader.wait()
+            await _ended(reader)
 
     async def _wait_incoming(self) -> None:
         """Until QEMU has loaded the saved state: its run state leaves ``inmigrate``.
@@ -511,14 +500,7 @@ class WarmStarts:
         ``zstd -1``, or the file); the packer used."""
         writer: asyncio.subprocess.Process | None = None
         if shutil.which("zstd"):
-            read_end, write_end = os.pipe()
-            try:
-                writer = await asyncio.create_subprocess_exec(
-                    "zstd", "-q", "-1", "-T0", "-f", "-o", str(path), stdin=read_end
-                )
-            finally:
-                os.close(read_end)
-            fd = write_end
+            writer, fd = await _zstd_pipe("-1", "-T0", "-f", "-o", str(path), into_qemu=False)
         else:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
@@ -531,10 +513,7 @@ class WarmStarts:
             if writer is not None and await self._wait(writer.wait(), 60.0) != 0:
                 raise MachineError(f"zstd could not write {path} (status {writer.returncode})")
         finally:
-            if writer is not None and writer.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    writer.kill()
-                await writer.wait()
+            await _ended(writer)
         return "zstd" if writer is not None else "cat"
 
     async def _wait_migrated(self) -> None:
@@ -548,6 +527,32 @@ class WarmStarts:
                 raise MachineError(f"saving the state failed: {info.get('error-desc', status)}")
             await asyncio.sleep(pause)  # no migration events asked for: a short poll
             pause = min(pause * 2, 0.2)
+
+
+async def _zstd_pipe(*args: str, into_qemu: bool) -> tuple[asyncio.subprocess.Process, int]:
+    """``zstd -q ARGS`` on one end of a pipe (it writes into QEMU when ``into_qemu``, else
+    reads QEMU's stream); the other end, for QEMU's monitor, is the caller's to close."""
+    read_end, write_end = os.pipe()
+    zstd_end, qemu_end = (write_end, read_end) if into_qemu else (read_end, write_end)
+    try:
+        side = {"stdout": zstd_end} if into_qemu else {"stdin": zstd_end}
+        process = await asyncio.create_subprocess_exec("zstd", "-q", *args, **side)
+    except BaseException:
+        os.close(qemu_end)
+        raise
+    finally:
+        os.close(zstd_end)
+    return process, qemu_end
+
+
+async def _ended(process: asyncio.subprocess.Process | None) -> None:
+    """``process`` killed if it still runs, and reaped."""
+    if process is None:
+        return
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+    await process.wait()
 
 
 def packer_of(folder: Path) -> str:
