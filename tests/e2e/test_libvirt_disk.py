@@ -22,6 +22,7 @@ from gateway.machines.warm import WarmStore
 from tests.e2e.conftest import Guest, running
 from tests.e2e.disklab import BOOT, image
 from tests.support.libvirtd import Libvirtd
+from tests.support.sshd import sshd_answers
 
 pytestmark = [
     pytest.mark.qemu,
@@ -101,6 +102,7 @@ async def test_its_ssh_is_forwarded_to_a_loopback_port(gen1: Guest) -> None:
     await booted(gen1)
     port = gen1.vm.ssh_port  # type: ignore[attr-defined]
     assert port
+    assert (await sshd_answers(port, BOOT)).startswith("SSH-2.0-OpenSSH")
     assert "libvirt-gen1" in await asyncio.to_thread(_ssh_hostname, port)
 
 
