@@ -36,7 +36,6 @@ from gateway.machines.base import (
     MachineLaunchError,
     MachineStateError,
     PowerState,
-    RestartOutcome,
 )
 
 PERSONALITIES = ("linux", "windows")
@@ -54,6 +53,9 @@ class EmulatedMachine(MachineBase):
     run under the emulated kernel (``emulator.userland``) instead of the emulated shell;
     ``run_dir``: the machine's run folder (what the userland's kernel log is kept in).
     """
+
+    # Its operations re-check the machine after every await: deallocate takes over at once.
+    _deallocate_waits = False
 
     def __init__(
         self,
@@ -108,29 +110,10 @@ class EmulatedMachine(MachineBase):
     # One power operation at a time, as for every machine (``MachineBase``): a call during
     # another is refused with MachineStateError; deallocate takes over at any time.
 
-    async def start(self) -> None:
-        """Power on. Deallocated: a new PTY, the port hooks, then the boot. Stopped: boot again.
-
-        Idempotent when running; a start during a start waits for it. MachineStateError
-        while another operation is in progress, or while panicked; MachineLaunchError when
-        no PTY can be made (the message names the limit that ran out; the machine stays
-        deallocated).
-        """
-        if await self._join_start():
-            return
-        async with self._power_operation(
-            "start", "starting", PowerState.DEALLOCATED, PowerState.STOPPED
-        ):
-            fresh = self._state is PowerState.DEALLOCATED
-            self._set_state(PowerState.STARTING)
-            if fresh:
-                await self._allocate()
-            self._set_state(PowerState.RUNNING)
-            if not fresh:
-                self._publish(EventKind.RESET, "power on")
-            self._live().boot()
+    # The sequence of each operation is MachineBase's; these are the emulator's primitives.
 
     async def _allocate(self) -> None:
+        self._set_state(PowerState.STARTING)
         try:
             pty = PtyPair()
         except PtyUnavailable as err:
@@ -147,82 +130,42 @@ class EmulatedMachine(MachineBase):
         try:
             await self._run_port_hooks(pty.path)
         except BaseException:
-            self._release("a port hook failed")
+            self._let_go("a port hook failed")
             raise
         if self._uart is not uart or self._state is not PowerState.STARTING:
             raise MachineStateError(f"VM '{self.name}' was deallocated while it started")
+        self._set_state(PowerState.RUNNING)
+        uart.boot()
 
-    async def stop(self, timeout: float = 30.0) -> None:
-        """Graceful power-off (ACPI power button); halted by force after ``timeout`` s.
+    async def _power_on(self) -> None:
+        uart = self._live()
+        self._publish(EventKind.RESET, "power on")
+        uart.boot()
 
-        The PTY stays. Idempotent when stopped; MachineStateError unless running or
-        panicked, or while another operation is in progress.
-        """
-        if self._state is PowerState.STOPPED:
-            return
-        async with self._power_operation(
-            "stop", "stopping", PowerState.RUNNING, PowerState.PANICKED
-        ):
-            if self._state is PowerState.PANICKED:
-                self._force_off("panicked: halted")  # a crashed kernel answers no power button
-                return
-            if not await self._power_down(timeout):
-                self._force_off(f"did not power off within {timeout} s: halted")
+    async def _press_power_button(self) -> None:
+        uart = self._live()
+        self._publish(EventKind.POWERDOWN)
+        uart.power_button()
 
-    async def restart(self, timeout: float = 30.0) -> RestartOutcome:
-        """ACPI power-off then boot again (GRACEFUL); a hard reset after ``timeout`` s (FORCED).
+    async def _halt(self) -> None:
+        self._live().halt()
 
-        MachineStateError unless running (a panicked machine needs ``reset``), or while
-        another operation is in progress; at once if the machine is deallocated meanwhile.
-        """
-        async with self._power_operation("restart", "restarting", PowerState.RUNNING):
-            if await self._power_down(timeout):
-                self._set_state(PowerState.STARTING)
-                self._set_state(PowerState.RUNNING)
-                self._publish(EventKind.RESET, "restart")
-                self._live().boot()
-                return RestartOutcome.GRACEFUL
-            self.log.warning("the guest did not power off within %s s: hard reset", timeout)
-            self._set_state(PowerState.STARTING, RestartOutcome.FORCED.value)
-            self._hard_reset("restart forced: the guest did not power off")
-            return RestartOutcome.FORCED
+    async def _hard_reset(self, detail: str) -> None:
+        uart = self._live()
+        self._set_state(PowerState.RUNNING, detail)
+        self._publish(EventKind.RESET, detail)
+        uart.boot()
 
-    async def reset(self) -> None:
-        """Hard reset: the guest boots again at once on the same PTY; readers keep the port.
+    async def _resume_after_panic(self) -> None:
+        pass  # the hard reset booted it: nothing was halted
 
-        MachineStateError unless running or panicked, or while another operation is in
-        progress.
-        """
-        async with self._power_operation(
-            "reset", "resetting", PowerState.RUNNING, PowerState.PANICKED
-        ):
-            self._hard_reset("hard reset")
+    async def _release(self, timeout: float) -> None:
+        self._let_go("deallocated")
 
-    async def deallocate(self, timeout: float = 10.0) -> None:
-        """Close the PTY (its readers see EIO) and forget the guest. Idempotent; allowed
-        during another operation, which then fails at once."""
-        # At once, not after the operation in progress: each step of those re-checks the
-        # machine after an await (a port hook that never returns cannot hold this).
-        async with self._taking_over(
-            f"VM '{self.name}' was deallocated", "start it again", wait=False
-        ):
-            if self._state is not PowerState.DEALLOCATED:
-                self._release("deallocated")
-
-    async def send_break(self) -> None:
-        """A serial BREAK (Linux: arms SysRq for the next byte; Windows: ignored).
-
-        MachineStateError unless the guest's CPU runs (starting, running or stopping).
-        """
-        self._require(*_CPU_RUNS, action="send a break to")
+    async def _break(self) -> None:
         self._live().send_break()
 
-    async def inject_nmi(self) -> None:
-        """A non-maskable interrupt; the guest decides (message, panic, bugcheck).
-
-        MachineStateError unless the guest's CPU runs (starting, running or stopping).
-        """
-        self._require(*_CPU_RUNS, action="send an NMI to")
+    async def _nmi(self) -> None:
         self._live().nmi()
 
     async def wait_input_taken(self, timeout: float) -> None:
@@ -251,34 +194,7 @@ class EmulatedMachine(MachineBase):
             raise MachineStateError(f"VM '{self.name}' has no serial port: start it first")
         return self._uart
 
-    async def _power_down(self, timeout: float) -> bool:
-        """Press the power button and wait; True once the guest powered itself off.
-        Fails at once (MachineStateError) when the machine is deallocated meanwhile."""
-        uart = self._live()
-        with self.events() as events:
-            self._set_state(PowerState.STOPPING)
-            self._publish(EventKind.POWERDOWN)
-            uart.power_button()
-            try:
-                await self._wait(
-                    events.wait_for(lambda e: e.kind is EventKind.SHUTDOWN, timeout), timeout
-                )
-            except TimeoutError:
-                return False
-        return True
-
-    def _force_off(self, detail: str) -> None:
-        self._live().halt()
-        self._set_state(PowerState.STOPPED, detail)
-        self._publish(EventKind.SHUTDOWN, detail)
-
-    def _hard_reset(self, detail: str) -> None:
-        uart = self._live()
-        self._set_state(PowerState.RUNNING, detail)
-        self._publish(EventKind.RESET, detail)
-        uart.boot()
-
-    def _release(self, detail: str) -> None:
+    def _let_go(self, detail: str) -> None:
         if self._uart is not None:
             self._uart.close()
             self._uart = None

@@ -45,7 +45,7 @@ import errno
 import logging
 import resource
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -249,16 +249,38 @@ class EventHub:
 
 
 class MachineBase:
-    """Power-state bookkeeping, events, port hooks and the concurrency contract, common to
-    every machine kind.
+    """Power-state bookkeeping, events, port hooks, the concurrency contract and the
+    sequence of every power operation, common to every machine kind.
 
-    Subclasses call ``_set_state`` on every transition and ``_publish`` for other events,
-    and ``_run_port_hooks`` when a new port exists, before the guest's CPU runs. They run
-    each power operation inside ``_power_operation`` (one at a time, state-guarded),
-    ``deallocate`` and the handling of a dead process inside ``_taking_over`` (fails the
-    operation in progress at once, then waits for it to let go), and every wait on the
-    guest through ``_wait`` (timed, and failed at once by ``_fail_waits``).
+    The power operations (``start``, ``stop``, ``restart``, ``reset``, ``deallocate``,
+    ``send_break``, ``inject_nmi``) are written here once: which states allow them, the
+    state each step enters, the waits and what a failed step leaves. A machine kind
+    implements only the primitives they call, each one act on its guest:
+
+    ==========================  ========================================================
+    ``_allocate()``             deallocated to running: a new port, the port hooks (before
+                                the CPU runs), the guest started (it sets the states)
+    ``_power_on()``             stopped to booting: the CPU runs again from its reset
+    ``_press_power_button()``   the ACPI power button (the guest decides)
+    ``_halt()``                 the CPU stops where it is; the machine stays allocated
+    ``_hard_reset(detail)``     the guest boots again at once, on the same port
+    ``_resume_after_panic()``   after ``_hard_reset`` of a panicked guest, its CPU runs
+    ``_release(timeout)``       everything the machine holds let go (deallocated)
+    ``_break()``, ``_nmi()``    a serial BREAK, a non-maskable interrupt
+    ==========================  ========================================================
+
+    Subclasses call ``_set_state`` on every transition the guest makes itself (it powered
+    off, it panicked) and ``_publish`` for other events, and ``_run_port_hooks`` when a
+    new port exists, before the guest's CPU runs. A dead process is handled inside
+    ``_taking_over`` (fails the operation in progress at once, then waits for it to let
+    go), and every wait on the guest goes through ``_wait`` (timed, and failed at once by
+    ``_fail_waits``).
     """
+
+    # Deallocate waits for the operation in progress to let go of the machine. A kind whose
+    # operations re-check the machine after every await (the emulator's) takes over at
+    # once instead, so that a port hook that never returns cannot hold a deallocate.
+    _deallocate_waits: bool = True
 
     os_type: str = "linux"
 
@@ -410,6 +432,161 @@ class MachineBase:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    # -- the power template ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Power on: a new port and boot when deallocated, boot again when stopped.
+
+        Idempotent when running; a start during a start waits for it and fails with it.
+        MachineStateError while another operation is in progress or while panicked;
+        MachineLaunchError when the guest cannot be started (the message says why; the
+        machine stays deallocated)."""
+        if await self._join_start():
+            return
+        async with self._power_operation(
+            "start", "starting", PowerState.DEALLOCATED, PowerState.STOPPED
+        ):
+            if self._state is PowerState.DEALLOCATED:
+                await self._allocate()
+                return
+            with self._rollback():
+                self._set_state(PowerState.STARTING)
+                await self._power_on()
+            self._set_state(PowerState.RUNNING)
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Graceful power-off (the ACPI power button), halted by force after ``timeout`` s;
+        a panicked guest answers no power button and is halted at once. The port stays.
+
+        Idempotent when stopped; MachineStateError unless running or panicked."""
+        if self._state is PowerState.STOPPED:
+            return
+        async with self._power_operation(
+            "stop", "stopping", PowerState.RUNNING, PowerState.PANICKED
+        ):
+            if self._state is PowerState.PANICKED:
+                await self._halt()
+                self._set_state(PowerState.STOPPED, "panicked: halted")
+                return  # start boots it again
+            with self._rollback():
+                if not await self._power_down(timeout):
+                    await self._halt()
+                    self._set_state(PowerState.STOPPED, "forced: the guest did not power off")
+
+    async def restart(self, timeout: float = 30.0) -> RestartOutcome:
+        """ACPI power-off, then boot again (GRACEFUL); a hard reset after ``timeout`` s
+        (FORCED). MachineStateError unless running (a panicked guest needs ``reset``)."""
+        async with self._power_operation("restart", "restarting", PowerState.RUNNING):
+            with self._rollback():
+                if await self._power_down(timeout):
+                    outcome = RestartOutcome.GRACEFUL
+                    self._set_state(PowerState.STARTING, outcome.value)
+                    await self._power_on()
+                else:
+                    outcome = RestartOutcome.FORCED
+                    self.log.warning("the guest did not power off in %.0f s: hard reset", timeout)
+                    self._set_state(PowerState.STARTING, outcome.value)
+                    await self._hard_reset("restart forced: the guest did not power off")
+            self._set_state(PowerState.RUNNING)
+            return outcome
+
+    async def reset(self) -> None:
+        """Hard reset: the guest boots again at once on the same port (its readers keep
+        it), a panicked one too. MachineStateError unless running or panicked."""
+        async with self._power_operation(
+            "reset", "resetting", PowerState.RUNNING, PowerState.PANICKED
+        ):
+            panicked = self._state is PowerState.PANICKED
+            await self._hard_reset("hard reset")
+            if panicked:
+                await self._resume_after_panic()
+                self._set_state(PowerState.RUNNING, "reset after a panic")
+
+    async def deallocate(self, timeout: float = 10.0) -> None:
+        """Let go of everything: the guest, its port (readers see it hang up), its process.
+        Idempotent; allowed during another operation, which then fails at once."""
+        async with self._taking_over(
+            f"VM '{self.name}' was deallocated", "start it again", wait=self._deallocate_waits
+        ):
+            if self._state is not PowerState.DEALLOCATED:
+                await self._release(timeout)
+
+    async def send_break(self) -> None:
+        """A serial BREAK on the port (Linux: the next key is a SysRq command).
+        MachineStateError unless the guest's CPU runs (starting, running or stopping)."""
+        self._require_guest_running("send a break to")
+        await self._break()
+
+    async def inject_nmi(self) -> None:
+        """A non-maskable interrupt; the guest decides what it does (a message, a panic,
+        a bugcheck). MachineStateError unless the guest's CPU runs."""
+        self._require_guest_running("send an NMI to")
+        await self._nmi()
+
+    async def _power_down(self, timeout: float) -> bool:
+        """The power button, then True once the guest powered itself off within ``timeout``
+        s; False if it did not. Fails at once (MachineError) when the machine dies or is
+        deallocated meanwhile."""
+        with self.events() as events:
+            self._set_state(PowerState.STOPPING)
+            await self._press_power_button()
+            try:
+                await self._wait(
+                    events.wait_for(lambda e: e.kind is EventKind.SHUTDOWN, timeout), timeout
+                )
+            except TimeoutError:
+                return False
+        return True
+
+    @contextlib.contextmanager
+    def _rollback(self) -> Iterator[None]:
+        """A step failed mid-transition: go to the state the kind says it is in now
+        (``_state_after_failure``), so the machine is not left ``starting`` or ``stopping``
+        with nothing going on; the error goes on to the caller."""
+        before = self._state
+        try:
+            yield
+        except MachineError:
+            after = self._state_after_failure(before)
+            if after is not None:
+                self._set_state(after, "a step of the operation failed")
+            raise
+
+    def _state_after_failure(self, before: PowerState) -> PowerState | None:
+        """The state after a failed step of an operation begun in ``before``; None when
+        the machine's end is handled elsewhere (deallocated meanwhile, or its process died
+        and its watcher deallocates)."""
+        return None if self._state is PowerState.DEALLOCATED else before
+
+    # -- the primitives each machine kind implements (see the class docstring) -------------
+
+    async def _allocate(self) -> None:
+        raise NotImplementedError
+
+    async def _power_on(self) -> None:
+        raise NotImplementedError
+
+    async def _press_power_button(self) -> None:
+        raise NotImplementedError
+
+    async def _halt(self) -> None:
+        raise NotImplementedError
+
+    async def _hard_reset(self, detail: str) -> None:
+        raise NotImplementedError
+
+    async def _resume_after_panic(self) -> None:
+        raise NotImplementedError
+
+    async def _release(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    async def _break(self) -> None:
+        raise NotImplementedError
+
+    async def _nmi(self) -> None:
+        raise NotImplementedError
 
     def _fail_waits(self, error: MachineError) -> None:
         """End every pending ``_wait`` at once with ``error`` (the machine died or went)."""

@@ -84,24 +84,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
-import select
 import shutil
 import socket
-import struct
 import tempfile
-import termios
 import time
-import tty
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape
 
 from gateway.machines.accel import select_accel
 from gateway.machines.agent import AgentCommands, AgentError
@@ -112,7 +107,6 @@ from gateway.machines.base import (
     MachineLaunchError,
     MachineStateError,
     PowerState,
-    RestartOutcome,
 )
 from gateway.machines.disk import (
     COM1,
@@ -123,6 +117,8 @@ from gateway.machines.disk import (
     forwarded_port,
     network_args,
 )
+from gateway.machines.libvirt_console import ConsoleBridge
+from gateway.machines.libvirt_domain import OWNER_NS, Domain
 from gateway.machines.libvirt_host import (
     LIFECYCLE,
     HostError,
@@ -152,7 +148,6 @@ LAUNCH_TIMEOUT = 60.0  # createXML: QEMU starts on the host
 REMOTE_DRAIN = 0.25  # another host's PTY cannot be seen: time for it to pass the bytes on
 REMOTE_RATE = 4000.0  # bytes/s a guest surely takes (TCG here: about 13,000): per typed byte
 REMOTE_MOST = 3.0  # at most this much more, so a long paste stays within a SysRq's wait
-OWNER_NS = "urn:serial-console-lab:owner:1"
 SERIAL_CHARDEV = "charserial0"  # libvirt's id for the first <serial>'s chardev
 PVPANIC_ADDR = "0x10"  # a free slot on the root bus (q35's pcie.0, pc's pci.0)
 NIC_ADDR = "0x11"  # a disk VM's NIC and balloon, given on QEMU's command line with slots of
@@ -162,7 +157,6 @@ _HMP = 1  # VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
 _STARTED, _SUSPENDED, _RESUMED, _STOPPED, _SHUTDOWN, _CRASHED = 2, 3, 4, 5, 6, 8
 _STOPPED_SHUTDOWN = 0
 _VIR_ERR_NO_DOMAIN = 42
-_READABLE, _WRITABLE, _ERROR, _HANGUP = 1, 2, 4, 8
 ACPI_POWER_BUTTON = 1  # VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
 
 
@@ -227,7 +221,7 @@ class LibvirtMachine(WarmStarts, DiskMachine):
         }
         self._host: LibvirtHost | None = None
         self._dom: Any = None
-        self._bridge: _ConsoleBridge | None = None
+        self._bridge: ConsoleBridge | None = None
         self._probe: _InputProbe | None = None
         self._expect_gone = False  # the domain ends because the machine ended it
         self._remote_told = False
@@ -285,74 +279,39 @@ class LibvirtMachine(WarmStarts, DiskMachine):
 
     # -- power -----------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        if await self._join_start():
+    # The sequence of each operation is MachineBase's; these are libvirt's primitives.
+
+    async def _power_on(self) -> None:
+        await self._create()  # powered off, the (transient) domain is gone: a new one
+
+    async def _press_power_button(self) -> None:
+        await self._domain_call("shutdown", lambda dom: dom.shutdownFlags(ACPI_POWER_BUTTON))
+        self._publish(EventKind.POWERDOWN)
+
+    async def _halt(self) -> None:
+        if self._halt_task is not None and self._halt_task is not asyncio.current_task():
+            self._halt_task.cancel()
+        await self._destroy()
+
+    async def _hard_reset(self, detail: str) -> None:
+        if self._halt_task is not None:
+            self._halt_task.cancel()
+        await self._domain_call("reset", lambda dom: dom.reset(0))
+
+    async def _resume_after_panic(self) -> None:
+        paused = require_libvirt().VIR_DOMAIN_PAUSED
+        state = await self._domain_call("state", lambda dom: dom.state()[0])
+        if state == paused:  # halted after its panic (not yet: it runs)
+            await self._domain_call("resume", lambda dom: dom.resume())
+
+    async def _release(self, timeout: float) -> None:
+        if self._host is None:
             return
-        async with self._power_operation(
-            "start", "starting", PowerState.DEALLOCATED, PowerState.STOPPED
-        ):
-            if self._state is PowerState.STOPPED:
-                with self._rollback():
-                    self._set_state(PowerState.STARTING)
-                    await self._create()
-                self._set_state(PowerState.RUNNING)
-                return
-            await self._allocate()
+        with contextlib.suppress(MachineError):
+            await self._destroy(timeout)
+        await self._let_go()
 
-    async def stop(self, timeout: float = 30.0) -> None:
-        if self._state is PowerState.STOPPED:
-            return
-        async with self._power_operation(
-            "stop", "stopping", PowerState.RUNNING, PowerState.PANICKED
-        ):
-            if self._state is PowerState.PANICKED:  # a crashed kernel answers no power button
-                await self._destroy()
-                self._set_state(PowerState.STOPPED, "panicked: halted")
-                return
-            with self._rollback():
-                if not await self._power_down(timeout):
-                    await self._destroy()
-                    self._set_state(PowerState.STOPPED, "forced: the guest did not power off")
-
-    async def restart(self, timeout: float = 30.0) -> RestartOutcome:
-        async with self._power_operation("restart", "restarting", PowerState.RUNNING):
-            with self._rollback():
-                if await self._power_down(timeout):
-                    self._set_state(PowerState.STARTING, RestartOutcome.GRACEFUL.value)
-                    await self._create()
-                    outcome = RestartOutcome.GRACEFUL
-                else:
-                    self.log.warning("the guest did not power off in %.0f s: hard reset", timeout)
-                    self._set_state(PowerState.STARTING, RestartOutcome.FORCED.value)
-                    await self._domain_call("reset", lambda dom: dom.reset(0))
-                    outcome = RestartOutcome.FORCED
-            self._set_state(PowerState.RUNNING)
-            return outcome
-
-    async def reset(self) -> None:
-        async with self._power_operation(
-            "reset", "resetting", PowerState.RUNNING, PowerState.PANICKED
-        ):
-            if self._halt_task is not None:
-                self._halt_task.cancel()
-            await self._domain_call("reset", lambda dom: dom.reset(0))
-            if self._state is PowerState.PANICKED:
-                paused = require_libvirt().VIR_DOMAIN_PAUSED
-                state = await self._domain_call("state", lambda dom: dom.state()[0])
-                if state == paused:  # halted after its panic (not yet: it runs)
-                    await self._domain_call("resume", lambda dom: dom.resume())
-                self._set_state(PowerState.RUNNING, "reset after a panic")
-
-    async def deallocate(self, timeout: float = 10.0) -> None:
-        async with self._taking_over(f"VM '{self.name}' was deallocated", "start it again"):
-            if self._host is None:
-                return
-            with contextlib.suppress(MachineError):
-                await self._destroy(timeout)
-            await self._release()
-
-    async def send_break(self) -> None:
-        self._require_guest_running("send a break to")
+    async def _break(self) -> None:
         host = self._host
         assert host is not None
         if host.driver != "QEMU":
@@ -368,8 +327,7 @@ class LibvirtMachine(WarmStarts, DiskMachine):
             "chardev-send-break", lambda dom: libvirt_qemu.qemuMonitorCommand(dom, command, 0)
         )
 
-    async def inject_nmi(self) -> None:
-        self._require_guest_running("send an NMI to")
+    async def _nmi(self) -> None:
         await self._domain_call("inject-nmi", lambda dom: dom.injectNMI(0))
 
     async def wait_input_taken(self, timeout: float) -> None:
@@ -391,7 +349,7 @@ class LibvirtMachine(WarmStarts, DiskMachine):
                 "wait for it, or reset or restart the VM"
             ) from None
 
-    async def _input_drained(self, bridge: _ConsoleBridge) -> None:
+    async def _input_drained(self, bridge: ConsoleBridge) -> None:
         while True:
             pause = _POLL_FIRST
             while bridge.unread() or (self._probe is not None and self._probe.unread()):
@@ -407,7 +365,7 @@ class LibvirtMachine(WarmStarts, DiskMachine):
             if not bridge.unread() and not self._probe.unread():
                 return
 
-    async def _remote_drained(self, bridge: _ConsoleBridge) -> None:
+    async def _remote_drained(self, bridge: ConsoleBridge) -> None:
         """Another host: the stream is empty here; a call answered by its libvirtd proves
         that libvirtd has read every byte sent before it (one connection, in order); then
         time for the host's PTY: ``REMOTE_DRAIN``, plus the bytes typed since the last wait
@@ -440,36 +398,13 @@ class LibvirtMachine(WarmStarts, DiskMachine):
 
     # -- internals -------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _rollback(self) -> Iterator[None]:
-        """A libvirt call failed mid-transition: back to the state before it, or ``stopped``
-        when the domain is gone meanwhile (it powered off and a new one did not start)."""
-        before = self._state
-        try:
-            yield
-        except MachineError:
-            if self._host is not None:
-                gone = self._dom is None and before is not PowerState.STOPPED
-                state = PowerState.STOPPED if gone else before
-                self._set_state(state, "a libvirt call failed")
-            raise
-
-    async def _power_down(self, timeout: float) -> bool:
-        """ACPI power button; True once the guest powered itself off within ``timeout``."""
-        with self.events() as events:
-            self._set_state(PowerState.STOPPING)
-            await self._domain_call(
-                "shutdown",
-                lambda dom: dom.shutdownFlags(ACPI_POWER_BUTTON),
-            )
-            self._publish(EventKind.POWERDOWN)
-            try:
-                await self._wait(
-                    events.wait_for(lambda e: e.kind is EventKind.SHUTDOWN, timeout), timeout
-                )
-            except TimeoutError:
-                return False
-        return True
+    def _state_after_failure(self, before: PowerState) -> PowerState | None:
+        """Back to ``before``, or ``stopped`` when the domain is gone meanwhile (it powered
+        off and a new one did not start); None once the host is gone."""
+        if self._host is None:
+            return None
+        gone = self._dom is None and before is not PowerState.STOPPED
+        return PowerState.STOPPED if gone else before
 
     async def _allocate(self) -> None:
         """From deallocated: the host's connection, a new port, the hooks, a running domain."""
@@ -484,7 +419,7 @@ class LibvirtMachine(WarmStarts, DiskMachine):
         self._set_state(PowerState.STARTING)
         try:
             try:
-                self._bridge = _ConsoleBridge(self.name, loop)
+                self._bridge = ConsoleBridge(self.name, loop)
                 self._taken_mark = 0
             except OSError as err:
                 raise MachineLaunchError(
@@ -494,7 +429,7 @@ class LibvirtMachine(WarmStarts, DiskMachine):
         except BaseException:
             with contextlib.suppress(MachineError):
                 await self._destroy(5.0)
-            await self._release()
+            await self._let_go()
             raise
         self._set_state(PowerState.RUNNING)
         await self._after_start(saved, key)
@@ -638,22 +573,19 @@ class LibvirtMachine(WarmStarts, DiskMachine):
         initrd: Path,
         secret_dir: Path | None,
         incoming: bool = False,
+        owner: bool = True,
     ) -> str:
         """The domain's definition; ``incoming``: QEMU waits for a saved state to load
-        (``-incoming defer``, a warm start)."""
+        (``-incoming defer``, a warm start); ``owner``: with the lab's mark."""
         qemu = host.driver == "QEMU"
-        kind = "kvm" if self.accel == "kvm" else "qemu"
-        owner = " ".join(f"{key}={quoteattr(value)}" for key, value in self._owner.items())
-        secret = ""
+        dom = Domain(self.domain_name, "kvm" if self.accel == "kvm" else "qemu",
+                     self.memory_mb, self.cpus)  # fmt: skip
+        if owner:
+            dom.owner(self._owner)
         if secret_dir is not None:
-            path = secret_dir / "guest-password"
-            secret = f"<entry name='{PASSWORD_FW_CFG}' file={quoteattr(str(path))}/>"
+            dom.fw_cfg(PASSWORD_FW_CFG, file=secret_dir / "guest-password")
         elif self._password is not None:
-            secret = f"<entry name='{PASSWORD_FW_CFG}'>{escape(self._password)}</entry>"
-        if self.disks is not None:
-            secret += f"<entry name='{HOSTNAME_FW_CFG}'>{escape(self.hostname)}</entry>"
-        sysinfo = f"<sysinfo type='fwcfg'>{secret}</sysinfo>" if secret else ""
-        cpu = "<cpu mode='host-passthrough'/>" if kind == "kvm" else ""
+            dom.fw_cfg(PASSWORD_FW_CFG, text=self._password)
         # libvirt 9.0's ISA pvpanic needs a driver the image does not load: the PCI one,
         # on QEMU's command line, where the host is QEMU.
         root_bus = "pci.0" if self.generation == 1 else "pcie.0"
@@ -662,102 +594,55 @@ class LibvirtMachine(WarmStarts, DiskMachine):
         # panic in NMI context is then never written out); the machine halts it once its
         # console is quiet, as the QEMU backend does.
         args += ["-action", "panic=none"] if qemu else []
-        panic = "" if qemu else "<panic model='isa'/>"
+        if not qemu:
+            dom.isa_panic()
         if self.disks is not None:
-            boot, features, devices, more = self._disk_xml(root_bus)
-            args += more
+            dom.fw_cfg(HOSTNAME_FW_CFG, text=self.hostname)
+            args += self._disk_domain(dom, root_bus)
+            # QEMU runs as the lab's own user, nothing relabelled (see _disk_domain)
+            dom.run_as(os.getuid(), os.getgid())
         else:
-            boot = f"""<type arch='x86_64' machine='q35'>hvm</type>
-    <kernel>{escape(str(kernel))}</kernel>
-    <initrd>{escape(str(initrd))}</initrd>
-    <cmdline>{escape(self.kernel_cmdline)}</cmdline>"""
-            features = devices = ""
+            dom.boot_kernel(kernel, initrd, self.kernel_cmdline)
         if incoming:
             args += ["-incoming", "defer"]
-        commandline = "".join(f"<qemu:arg value={quoteattr(arg)}/>" for arg in args)
-        if commandline:
-            commandline = f"<qemu:commandline>{commandline}</qemu:commandline>"
-        # a disk VM's QEMU runs as the lab's own user, nothing relabelled (see _disk_xml)
-        seclabel = (
-            "<seclabel type='static' model='dac' relabel='no'>"
-            f"<label>+{os.getuid()}:+{os.getgid()}</label></seclabel>"
-            if self.disks is not None
-            else ""
-        )
-        return f"""<domain type='{kind}' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
-  <name>{escape(self.domain_name)}</name>
-  <metadata><lab:owner xmlns:lab='{OWNER_NS}' {owner}/></metadata>
-  <memory unit='MiB'>{self.memory_mb}</memory>
-  <vcpu>{self.cpus}</vcpu>
-  <os>
-    {boot}
-  </os>
-  {sysinfo}
-  {cpu}
-  <features><acpi/>{features}</features>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>restart</on_reboot>
-  <on_crash>preserve</on_crash>
-  <devices>
-    <serial type='pty'><target port='0'/></serial>
-    <controller type='usb' model='none'/>
-    <memballoon model='none'/>
-    {panic}
-    {devices}
-  </devices>
-  {seclabel}
-  {commandline}
-</domain>"""
+        dom.qemu_args(args)
+        return dom.xml()
 
-    def _disk_xml(self, root_bus: str) -> tuple[str, str, str, list[str]]:
-        """A disk VM's parts of the domain: (``<os>`` contents, ``<features>`` to add,
-        ``<devices>`` to add, QEMU arguments), the same machine as the QEMU backend's
-        (``gateway.machines.disk``). QEMU runs as the lab's own user with no relabelling
-        (the DAC label), so the lab's folders and the image stay as they are; the NIC is
-        QEMU's restricted user network with the SSH forward, which libvirt's XML cannot say
-        (its ``portForward`` needs passt), so it goes on QEMU's command line."""
+    def _disk_domain(self, dom: Domain, root_bus: str) -> list[str]:
+        """A disk VM's parts of the domain, the same machine as the QEMU backend's
+        (``gateway.machines.disk``); what the domain XML cannot say comes back as QEMU
+        arguments. QEMU runs as the lab's own user with no relabelling (the DAC label), so
+        the lab's folders and the image stay as they are; the NIC is QEMU's restricted user
+        network with the SSH forward, which libvirt's XML cannot say (its ``portForward``
+        needs passt), so it goes on QEMU's command line."""
         assert self.disks is not None and self.disk is not None
         disks, spec = self.disks, self.disk
         more: list[str] = []
-        features = (
-            f"<tcg><tb-cache unit='MiB'>{DISK_TB_SIZE_MB}</tb-cache></tcg>"
-            if self.accel != "kvm"
-            else ""
-        )
+        if self.accel != "kvm":
+            dom.tcg_cache(DISK_TB_SIZE_MB)
         if spec.generation == 1:
             sercon = self.run_dir / "sercon-port"
             self.run_dir.mkdir(parents=True, exist_ok=True)
             sercon.write_bytes(COM1.to_bytes(2, "little"))
-            boot = "<type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/>"
+            dom.boot_disk("pc")
             more += ["-fw_cfg", f"name={SERCON_FW_CFG},file={sercon}"]
         else:
-            code = disks.firmware_code()
-            secure = "yes" if spec.secure_boot else "no"
-            boot = (
-                "<type arch='x86_64' machine='q35'>hvm</type>"
-                f"<loader readonly='yes' secure='{secure}' type='pflash'>"
-                f"{escape(str(code))}</loader>"
-                f"<nvram>{escape(str(disks.uefi_vars))}</nvram><boot dev='hd'/>"
-            )
+            dom.boot_disk("q35", disks.firmware_code(), disks.uefi_vars, spec.secure_boot)
             if spec.secure_boot:
-                features += "<smm state='on'/>"
-        devices = [
-            _disk_element(disks.os_disk, "vda"),
-            *(
-                _disk_element(disks.data_disk(i), f"vd{chr(ord('b') + i)}")
-                for i in range(len(spec.data_disks))
-            ),
-            "<video><model type='vga'/></video>",
-            "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>",
-        ]
+                dom.feature("smm", state="on")
+        dom.disk(disks.os_disk, "vda")
+        for i in range(len(spec.data_disks)):
+            dom.disk(disks.data_disk(i), f"vd{chr(ord('b') + i)}")
+        dom.vga()
+        dom.agent_channel()
         nic = network_args(spec.ssh_port)
         nic[-1] += f",bus={root_bus},addr={NIC_ADDR}"
-        more += [
+        return [
+            *more,
             *nic,
             "-device",
             f"virtio-balloon-pci,free-page-reporting=on,bus={root_bus},addr={BALLOON_ADDR}",
         ]
-        return boot, features, "\n    ".join(devices), more
 
     # -- warm starts (gateway.machines.warm.WarmStarts) -------------------------------------
 
@@ -768,8 +653,7 @@ class LibvirtMachine(WarmStarts, DiskMachine):
         a disk VM whose disks were written already (they are its own now)."""
         if self.warm is None or not is_local(self.uri) or host.driver != "QEMU":
             return None
-        xml = self._domain_xml(host, kernel, initrd, None)
-        xml = re.sub(r"<metadata>.*?</metadata>", "", xml, flags=re.S)  # the owner's
+        xml = self._domain_xml(host, kernel, initrd, None, owner=False)
         own = {"domain": self.domain_name, "run": str(self.run_dir)}
         files = [Path(shutil.which("qemu-system-x86_64") or "qemu-system-x86_64")]
         if self.disks is not None and self.disk is not None:
@@ -919,7 +803,7 @@ class LibvirtMachine(WarmStarts, DiskMachine):
                     f"libvirt refused to destroy {self.domain_name}: {err.get_error_message()}"
                 ) from err
 
-    async def _release(self) -> None:
+    async def _let_go(self) -> None:
         """Forget the domain, close the port, let the connection go: deallocated."""
         self._dom = None
         self._forget_boot()
@@ -991,7 +875,7 @@ class LibvirtMachine(WarmStarts, DiskMachine):
         async def take_over() -> None:
             async with self._taking_over(why, "start it again", MachineError):
                 if self._host is not None:
-                    await self._release()
+                    await self._let_go()
 
         asyncio.get_running_loop().create_task(take_over(), name=f"{self.name}-gone")
 
@@ -1052,194 +936,3 @@ class _LibvirtAgent(AgentCommands):
         if "error" in reply:
             raise AgentError(f"the guest agent refused {command}: {reply['error'].get('desc')}")
         return reply.get("return")
-
-
-class _ConsoleBridge:
-    """A PTY pair of the machine's, whose master is bridged to a libvirt console stream.
-
-    Guest output: the stream's readable callback (libvirt's thread) reads what is there and
-    hands it to the loop, which writes it to the master (waiting for room with a writer
-    callback). Typed input: an asyncio reader on the master sends to the stream; when the
-    stream is full, the reader pauses until the stream's writable callback. Without a stream
-    (the domain is off), typed bytes wait in the PTY, as they would for a powered-off guest.
-    """
-
-    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
-        self.name = name
-        self._loop = loop
-        self.master, self._slave = os.openpty()
-        tty.setraw(self._slave)  # until the hub opens it: no echo, no line editing
-        os.set_blocking(self.master, False)
-        self.path = os.ttyname(self._slave)
-        self.closed = False
-        self._stream: Any = None
-        self._pending = b""  # read from the master, not yet taken by the stream
-        self.sent = 0  # bytes the stream took, in all
-        self._out = bytearray()  # guest output the master had no room for yet
-        self.last_output = 0.0  # when the guest last wrote (monotonic)
-        self._reading = False
-        self._writing = False
-        self._poll = select.poll()
-        self._poll.register(self.master, select.POLLIN)
-
-    def attach(self, stream: Any) -> None:
-        self.detach()
-        self._stream = stream
-        stream.eventAddCallback(_READABLE | _ERROR | _HANGUP, self._on_stream, None)
-        self._resume_reading()
-
-    def detach(self) -> None:
-        """Let go of the stream (the domain ended or is ending); the PTY stays. Typed input
-        stops going to it; what the guest wrote last (``reboot: Power down``) is still
-        read, until the stream's end, when its callback lets it go (``_end``)."""
-        stream, self._stream = self._stream, None
-        self._pending = b""
-        self._pause_reading()
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.eventUpdateCallback(_READABLE | _ERROR | _HANGUP)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        stream = self._stream
-        self.detach()
-        if stream is not None:  # the machine is going: no last words to wait for
-            self._end(stream)
-        self.closed = True
-        if self._writing:
-            self._loop.remove_writer(self.master)
-        os.close(self.master)
-        os.close(self._slave)
-
-    def type(self, data: bytes) -> None:
-        """Write to the port as a user would type."""
-        os.write(self._slave, data)
-
-    def unread(self) -> int:
-        """Typed bytes not yet taken by the stream (in the PTY, or read but not sent)."""
-        if self.closed:
-            return 0
-        self._poll.poll(0)  # makes the kernel push its flip buffer, which FIONREAD misses
-        raw = fcntl.ioctl(self.master, termios.FIONREAD, b"\0\0\0\0")
-        return int(struct.unpack("i", raw)[0]) + len(self._pending)
-
-    # -- guest output (libvirt's thread, then the loop) -----------------------------------
-
-    def _on_stream(self, stream: Any, events: int, opaque: Any) -> None:
-        if events & _WRITABLE:
-            self._loop.call_soon_threadsafe(self._send_pending, stream)
-        if events & _READABLE:
-            chunks = []
-            ended = False
-            while True:
-                try:
-                    data = stream.recv(65536)
-                except Exception:  # the stream broke: the domain is going
-                    ended = True
-                    break
-                if data == -2:  # nothing more for now
-                    break
-                if not data:  # the end: the domain is gone
-                    ended = True
-                    break
-                chunks.append(data)
-            if chunks:
-                self._loop.call_soon_threadsafe(self._deliver, stream, b"".join(chunks))
-            if ended:
-                self._end(stream)
-        if events & (_ERROR | _HANGUP):
-            self._end(stream)
-
-    def _end(self, stream: Any) -> None:
-        """The stream is over (libvirt's thread): stop its callback and free it."""
-        with contextlib.suppress(Exception):
-            stream.eventRemoveCallback()
-        with contextlib.suppress(Exception):
-            stream.abort()
-        if stream is self._stream:  # the domain ended under the bridge: typing waits
-            self._loop.call_soon_threadsafe(self._lost_stream, stream)
-
-    def _lost_stream(self, stream: Any) -> None:
-        if stream is self._stream:
-            self._stream = None
-            self._pending = b""
-            self._pause_reading()
-
-    def _deliver(self, stream: Any, data: bytes) -> None:
-        if self.closed:
-            return
-        self.last_output = time.monotonic()
-        self._out += data
-        self._flush_out()
-
-    def _flush_out(self) -> None:
-        while self._out:
-            try:
-                sent = os.write(self.master, self._out)
-            except BlockingIOError:
-                break
-            except OSError:
-                self._out.clear()
-                break
-            del self._out[:sent]
-        if self._out and not self._writing:
-            self._writing = True
-            self._loop.add_writer(self.master, self._writable)
-        elif not self._out and self._writing:
-            self._writing = False
-            self._loop.remove_writer(self.master)
-
-    def _writable(self) -> None:
-        self._flush_out()
-
-    # -- typed input (the loop) ------------------------------------------------------------
-
-    def _resume_reading(self) -> None:
-        if not self._reading and not self.closed and self._stream is not None:
-            self._reading = True
-            self._loop.add_reader(self.master, self._readable)
-
-    def _pause_reading(self) -> None:
-        if self._reading:
-            self._reading = False
-            self._loop.remove_reader(self.master)
-
-    def _readable(self) -> None:
-        try:
-            data = os.read(self.master, 65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:  # EIO: nobody has the slave open; our own copy keeps it open
-            return
-        if data:
-            self._pending += data
-            self._send_pending(self._stream)
-
-    def _send_pending(self, stream: Any) -> None:
-        if stream is None or stream is not self._stream:
-            return
-        while self._pending:
-            try:
-                sent = stream.send(self._pending)
-            except Exception:  # the stream broke: the domain is going; the bytes are lost
-                self._pending = b""
-                break
-            if sent == -2:  # full: wait for the writable callback, stop reading meanwhile
-                self._pause_reading()
-                with contextlib.suppress(Exception):
-                    stream.eventUpdateCallback(_READABLE | _WRITABLE | _ERROR | _HANGUP)
-                return
-            self._pending = self._pending[sent:]
-            self.sent += sent
-        with contextlib.suppress(Exception):
-            stream.eventUpdateCallback(_READABLE | _ERROR | _HANGUP)
-        self._resume_reading()
-
-
-def _disk_element(path: Path, target: str) -> str:
-    """A qcow2 overlay of a disk VM as a virtio disk (discard passes the guest's TRIM on)."""
-    return (
-        "<disk type='file' device='disk'><driver name='qemu' type='qcow2' discard='unmap'/>"
-        f"<source file={quoteattr(str(path))}/><target dev='{target}' bus='virtio'/></disk>"
-    )

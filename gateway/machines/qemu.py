@@ -112,7 +112,6 @@ import tempfile
 import termios
 import time
 import tty
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +126,6 @@ from gateway.machines.base import (
     MachineLaunchError,
     MachineStateError,
     PowerState,
-    RestartOutcome,
 )
 from gateway.machines.disk import (
     DiskMachine,
@@ -268,71 +266,43 @@ class QemuMachine(WarmStarts, DiskMachine):
 
     # -- power -----------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        if await self._join_start():
-            return
-        async with self._power_operation(
-            "start", "starting", PowerState.DEALLOCATED, PowerState.STOPPED
-        ):
-            if self._state is PowerState.STOPPED:
-                with self._rollback():
-                    self._set_state(PowerState.STARTING)
-                    await self._command("system_reset")
-                    await self._command("cont")
-                self._set_state(PowerState.RUNNING)
-                return
-            await self._launch()
+    # The sequence of each operation is MachineBase's; these are QEMU's primitives.
 
-    async def stop(self, timeout: float = 30.0) -> None:
-        if self._state is PowerState.STOPPED:
-            return
-        async with self._power_operation(
-            "stop", "stopping", PowerState.RUNNING, PowerState.PANICKED
-        ):
-            if self._state is PowerState.PANICKED:  # a crashed kernel answers no power button
-                await self._halt_now()
-                self._set_state(PowerState.STOPPED, "panicked: halted")
-                return  # start resets it
-            with self._rollback():
-                if not await self._power_down(timeout):
-                    await self._command("stop")
-                    self._set_state(PowerState.STOPPED, "forced: the guest did not power off")
+    async def _allocate(self) -> None:
+        await self._launch()
 
-    async def restart(self, timeout: float = 30.0) -> RestartOutcome:
-        async with self._power_operation("restart", "restarting", PowerState.RUNNING):
-            outcome = RestartOutcome.GRACEFUL
-            with self._rollback():
-                if not await self._power_down(timeout):
-                    outcome = RestartOutcome.FORCED
-                    self.log.warning("the guest did not power off in %.0f s: hard reset", timeout)
-                self._set_state(PowerState.STARTING, outcome.value)
-                await self._command("system_reset")
-                await self._command("cont")
-            self._set_state(PowerState.RUNNING)
-            return outcome
+    async def _power_on(self) -> None:
+        # powered off, QEMU holds the machine paused (-no-shutdown): reset it and run it
+        await self._command("system_reset")
+        await self._command("cont")
 
-    async def reset(self) -> None:
-        async with self._power_operation(
-            "reset", "resetting", PowerState.RUNNING, PowerState.PANICKED
-        ):
-            await self._command("system_reset")
-            if self._state is PowerState.PANICKED:
-                await self._command("cont")
-                self._set_state(PowerState.RUNNING, "reset after a panic")
+    async def _press_power_button(self) -> None:
+        await self._command("system_powerdown")  # QEMU's POWERDOWN event publishes it
 
-    async def deallocate(self, timeout: float = 10.0) -> None:
-        async with self._taking_over(f"VM '{self.name}' was deallocated", "start it again"):
-            if self._proc is None:
-                return
+    async def _halt(self) -> None:
+        if self._halt_task is not None and self._halt_task is not asyncio.current_task():
+            self._halt_task.cancel()
+        await self._command("stop")
+
+    async def _hard_reset(self, detail: str) -> None:
+        await self._command("system_reset")  # QEMU's RESET event publishes it
+
+    async def _resume_after_panic(self) -> None:
+        await self._command("cont")  # a panicked guest may have been halted
+
+    async def _release(self, timeout: float) -> None:
+        if self._proc is not None:
             await self._terminate(timeout)
 
-    async def send_break(self) -> None:
-        self._require_guest_running("send a break to")
+    async def _break(self) -> None:
         await self._command("chardev-send-break", {"id": SERIAL_ID})
 
-    async def inject_nmi(self) -> None:
-        self._require_guest_running("send an NMI to")
+    async def _nmi(self) -> None:
         await self._command("inject-nmi")
+
+    def _state_after_failure(self, before: PowerState) -> PowerState | None:
+        alive = self._proc is not None and _alive(self._proc.pid)
+        return before if alive else None  # QEMU is gone: its watcher deallocates
 
     async def wait_input_taken(self, timeout: float) -> None:
         """Return once the guest has read every byte written to the serial port so far: the
@@ -364,32 +334,6 @@ class QemuMachine(WarmStarts, DiskMachine):
         await asyncio.sleep(FIFO_DRAIN)
         if probe.closed:
             raise MachineStateError(f"VM '{self.name}' lost its serial port: start it again")
-
-    @contextlib.contextmanager
-    def _rollback(self) -> Iterator[None]:
-        """A monitor command failed mid-transition: go back to the state before it, so the
-        machine is not left 'starting' or 'stopping' with nothing going on."""
-        before = self._state
-        try:
-            yield
-        except MachineError:
-            if self._proc is not None and _alive(self._proc.pid):
-                self._set_state(before, "a monitor command failed")
-            raise  # QEMU is gone: the watcher deallocates
-
-    async def _power_down(self, timeout: float) -> bool:
-        """ACPI power button; True once the guest powered itself off within ``timeout``.
-        Fails at once (MachineError) when QEMU dies or the machine is deallocated."""
-        with self.events() as events:
-            self._set_state(PowerState.STOPPING)
-            await self._command("system_powerdown")
-            try:
-                await self._wait(
-                    events.wait_for(lambda e: e.kind is EventKind.SHUTDOWN, timeout), timeout
-                )
-            except TimeoutError:
-                return False
-        return True
 
     # -- process ---------------------------------------------------------------------------
 
@@ -774,10 +718,8 @@ class QemuMachine(WarmStarts, DiskMachine):
             await asyncio.sleep(PANIC_QUIET - quiet)  # a debounce: no event says "done"
 
     async def _halt_now(self) -> None:
-        if self._halt_task is not None and self._halt_task is not asyncio.current_task():
-            self._halt_task.cancel()
         with contextlib.suppress(MachineError):
-            await self._command("stop")
+            await self._halt()
 
     async def _command(self, cmd: str, args: dict[str, object] | None = None) -> object:
         """Run a monitor command; MachineCommandError if QEMU refuses it, fails, or does

@@ -3,6 +3,7 @@ and what a host that is not QEMU says to a SysRq."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from xml.etree import ElementTree
@@ -10,7 +11,9 @@ from xml.etree import ElementTree
 import pytest
 
 from gateway.machines import MachineCommandError, PowerState
+from gateway.machines.disk import DiskSpec
 from gateway.machines.libvirt import OWNER_NS, LibvirtMachine, _owner_of
+from gateway.machines.warm import WarmStore
 
 
 def _xml(vm: LibvirtMachine, driver: str, secret_dir: Path | None) -> ElementTree.Element:
@@ -82,3 +85,55 @@ async def test_sysrq_on_a_host_that_is_not_qemu_says_why_it_cannot(tmp_path: Pat
     vm._state = PowerState.RUNNING
     with pytest.raises(MachineCommandError, match=r"runs on a Xen libvirt host.*use NMI"):
         await vm.send_break()
+
+
+def _gen2(tmp_path: Path, name: str, password: str = "pw") -> LibvirtMachine:
+    image = tmp_path / "os.qcow2"
+    if not image.exists():
+        image.write_bytes(b"QFI\xfb" + b"\0" * 508)
+    spec = DiskSpec(image=image, generation=2, secure_boot=True, ssh_port=2222)
+    vm = LibvirtMachine(name, run_dir=tmp_path / name / "run", password=password,
+                        hostname=f"host-{name}", disk=spec, disk_dir=tmp_path / name / "disks",
+                        warm=WarmStore(tmp_path / "warm"))  # fmt: skip
+    vm.accel = "tcg"
+    return vm
+
+
+def test_a_gen2_disk_domain_boots_secure_uefi_from_its_overlay_as_the_labs_user(
+    tmp_path: Path,
+) -> None:
+    vm = _gen2(tmp_path, "gen2")
+    root = _xml(vm, "QEMU", None)
+    os_type = root.find("os/type")
+    assert os_type is not None
+    assert os_type.get("machine") == "q35"
+    loader = root.find("os/loader")
+    assert loader is not None
+    assert loader.get("secure") == "yes"
+    assert root.find("features/smm") is not None
+    assert root.findtext("features/tcg/tb-cache") == "64"
+    disks = [d.get("file") for d in root.iter("source")]
+    assert disks == [str(vm.disks.os_disk)]  # type: ignore[union-attr]
+    assert root.findtext("seclabel/label") == f"+{os.getuid()}:+{os.getgid()}"
+    entries = {e.get("name"): e.text for e in root.iter("entry")}
+    assert entries["opt/serial-console-lab/hostname"] == "host-gen2"
+    qemu = "{http://libvirt.org/schemas/domain/qemu/1.0}"
+    args = " ".join(str(a.get("value")) for a in root.iter(f"{qemu}arg"))
+    assert "hostfwd=tcp:127.0.0.1:2222-:22" in args
+    assert "-incoming" not in args
+
+
+def test_libvirt_vms_like_each_other_share_a_warm_key_and_the_owner_is_not_in_it(
+    tmp_path: Path,
+) -> None:
+    """Two Gen2 VMs of one image with other names, host names and passwords (which their
+    agent sets after a restore) share a key; another memory size does not."""
+    host = SimpleNamespace(driver="QEMU")
+    kernel, initrd = Path("/k"), Path("/i")
+    first = _gen2(tmp_path, "first")
+    key = first._warm_key(host, kernel, initrd)  # type: ignore[arg-type]
+    assert key is not None
+    assert _gen2(tmp_path, "second", "other")._warm_key(host, kernel, initrd) == key  # type: ignore[arg-type]
+    bigger = _gen2(tmp_path, "third")
+    bigger.memory_mb = 1024
+    assert bigger._warm_key(host, kernel, initrd) != key  # type: ignore[arg-type]
