@@ -41,7 +41,7 @@ help:
 	@echo "                       initramfs) and images/build/disk/ (Debian Gen1 and Gen2 disks)"
 	@echo "make portal            build the browser portal (web/) into gateway/portal/dist/"
 	@echo "make bench             run the benchmarks and print their tables"
-	@echo "make lint              ruff"
+	@echo "make lint              ruff, the import contracts, mypy (strict on the console core)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; found " + sys.version.split()[0])'
@@ -108,6 +108,8 @@ lint: $(STAMP)
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
 	@$(BIN)/lint-imports --no-cache
+	@$(BIN)/mypy
+	@$(BIN)/mypy --strict gateway/console gateway/machines
 
 clean:
-	rm -rf $(VENV) .venv-labgrid images/build .pytest_cache .ruff_cache web/node_modules gateway/portal/dist
+	rm -rf $(VENV) .venv-labgrid images/build .pytest_cache .ruff_cache .mypy_cache web/node_modules gateway/portal/dist

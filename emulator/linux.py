@@ -325,7 +325,7 @@ class LinuxGuest:
             self._finish(2)
             return
         commands: list[tuple[str, list[str]]] = []
-        joiner, words = ";", []
+        joiner, words = ";", list[str]()
         for token in tokens:
             if token in (";", "&&", "||"):
                 commands.append((joiner, words))

@@ -292,10 +292,12 @@ def _user_namespace() -> int:
         return _high_fd(os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC))
     finally:
         with contextlib.suppress(OSError):
-            holder.stdin.close()  # type: ignore[union-attr]
+            if holder.stdin is not None:
+                holder.stdin.close()
         holder.wait()
         with contextlib.suppress(OSError):
-            holder.stdout.close()  # type: ignore[union-attr]
+            if holder.stdout is not None:
+                holder.stdout.close()
 
 
 class UserlandImage:

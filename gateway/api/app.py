@@ -116,4 +116,5 @@ def _declare_path_parameters(app: FastAPI) -> None:
         app.openapi_schema = schema
         return schema
 
+    # FastAPI documents replacing the method to extend the schema; mypy sees a method
     app.openapi = openapi  # type: ignore[method-assign]

@@ -188,7 +188,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | str | None:
             suffix = int(end_text)
             if suffix <= 0:
                 return "unsatisfiable"
-            return max(0, size - suffix), size - 1 if size else "unsatisfiable"
+            return (max(0, size - suffix), size - 1) if size else "unsatisfiable"
         first = int(start_text)
         last = int(end_text) if end_text else size - 1
     except ValueError:

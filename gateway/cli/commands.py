@@ -25,7 +25,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -47,7 +47,7 @@ URL_ENV = "SERIAL_CONSOLE_URL"
 FOLLOW_INTERVAL = 1.0
 READ_SIZE = 1 << 20
 
-Handler = Callable[[argparse.Namespace], Awaitable[int]]
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 # -- the parser -----------------------------------------------------------------------------

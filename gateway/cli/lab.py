@@ -257,22 +257,22 @@ def banner(lab: Any) -> str:
         lines.append(f"  Windows SAC (ch -si 1): Administrator / {', '.join(windows)}")
     if _needs_qemu(config) and accel.last_choice is not None:
         lines.append(f"  QEMU accelerator: {accel.last_choice[0]} ({accel.last_choice[1]})")
-    user = next((u for u in config.users if u.password and password_weakness(u)), None)
+    weak = next((u for u in config.users if u.password and password_weakness(u)), None)
     target = _first_linux_vm(config)
-    if user is not None and target is not None:
+    if weak is not None and target is not None:
         group, vm = target
         trust = f" --ca-file {ca}" if ca is not None else ""
         lines += [
             "",
             "In another terminal (the CLI is .venv/bin/serial-console):",
-            f"  serial-console login --url {url}{trust} --username {user.name} "
-            f"--password {user.password}",
+            f"  serial-console login --url {url}{trust} --username {weak.name} "
+            f"--password {weak.password}",
             f"  serial-console connect -g {group} -n {vm}      # Ctrl+] for NMI, SysRq, reset",
             f"  serial-console send sysrq -g {group} -n {vm} --input h",
         ]
         if ssh is not None:
             lines.append(
-                f"  ssh -p {ssh.port} {user.name}+{group}+{vm}@{host}"
+                f"  ssh -p {ssh.port} {weak.name}+{group}+{vm}@{host}"
                 "      # ~B then a key: SysRq; Ctrl+] for the menu"
             )
     lines += [

@@ -165,7 +165,7 @@ class SerialPort:
     async def _writable(self) -> None:
         ready: asyncio.Future[None] = self._loop.create_future()
         self._pending = ready
-        self._loop.add_writer(self._fd, lambda: ready.done() or ready.set_result(None))
+        self._loop.add_writer(self._fd, _resolve, ready)
         try:
             await ready
         finally:
@@ -217,3 +217,8 @@ def _configure(fd: int, speed: int) -> None:
     attrs[6][termios.VMIN] = 0
     attrs[6][termios.VTIME] = 0
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -15,6 +15,7 @@ Exceptions::
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import ipaddress
 import re
@@ -346,7 +347,7 @@ class _Table:
             raise self.fail(name, expected, value)
         return value
 
-    def name(self, name: str) -> str:
+    def name(self, name: builtins.str) -> builtins.str:
         value = self.str(name, _REQUIRED)
         if not NAME_RE.fullmatch(value):
             raise self.fail(
@@ -357,26 +358,26 @@ class _Table:
             )
         return value
 
-    def int(self, name: str, default: Any, lo: int, hi: int) -> Any:
+    def int(self, name: builtins.str, default: Any, lo: builtins.int, hi: builtins.int) -> Any:
         value = self.get(name, int, f"an integer in {lo}..{hi}", default)
         if value is not None and not lo <= value <= hi:
             raise self.fail(name, f"an integer in {lo}..{hi}", value)
         return value
 
-    def number(self, name: str, default: float, lo: float, hi: float) -> float:
+    def number(self, name: builtins.str, default: float, lo: float, hi: float) -> float:
         value = self.get(name, (int, float), f"a number in {lo}..{hi}", default)
         if not lo <= value <= hi:
             raise self.fail(name, f"a number in {lo}..{hi}", value)
         return float(value)
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
         return self.get(name, bool, "true or false", default)
 
-    def table(self, name: str) -> _Table:
+    def table(self, name: builtins.str) -> _Table:
         value = self.get(name, dict, "a table", {})
         return _Table(value, self.source, self.key(name))
 
-    def tables(self, name: str) -> list[_Table]:
+    def tables(self, name: builtins.str) -> list[_Table]:
         value = self.get(name, list, "an array of tables", [])
         out = []
         for index, item in enumerate(value):

@@ -152,7 +152,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     # -- connection -----------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # a stream server's
         super().connection_made(transport)
         if not self.gate.admit(len(self.connections)):
             self._refuse(

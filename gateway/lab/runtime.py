@@ -441,11 +441,12 @@ class LabRuntime:
             ws=ws_protocol,  # the websockets library's sans-I/O core
             ws_ping_interval=20.0,  # keep-alive pings; a silent client is dropped
             ws_ping_timeout=20.0,
+            # uvicorn hints int, but takes seconds as a float (it passes them to call_later)
             timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]
             log_config=None,
             access_log=False,
             lifespan="off",
-            timeout_graceful_shutdown=self.server_timeout,
+            timeout_graceful_shutdown=self.server_timeout,  # type: ignore[arg-type]  # (same)
             ssl_certfile=str(tls.cert) if tls else None,
             ssl_keyfile=str(tls.key) if tls else None,
         )
@@ -604,7 +605,7 @@ class LabRuntime:
         forced = asyncio.ensure_future(self._forced.wait())
         try:
             await asyncio.wait(
-                {stopping, forced},
+                (stopping, forced),
                 timeout=self.stop_timeout + 5,
                 return_when=asyncio.FIRST_COMPLETED,
             )

@@ -420,7 +420,7 @@ class MachineBase:
         self._waits.add(ended)
         try:
             async with asyncio.timeout(timeout):
-                await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((task, ended), return_when=asyncio.FIRST_COMPLETED)
             if task.done():
                 return task.result()
             error = ended.exception()

@@ -411,11 +411,14 @@ class LibvirtMachine(WarmStarts, DiskMachine):
         host = await LibvirtHost.acquire(self.uri, self.command_timeout)
         self._host = host
         loop = asyncio.get_running_loop()
-        host.watch(
-            self.domain_name,
-            lambda *event: loop.call_soon_threadsafe(self._on_domain_event, *event),
-            lambda why: loop.call_soon_threadsafe(self._on_lost, why),
-        )
+
+        def on_event(kind: int, event: Any, detail: Any) -> None:
+            loop.call_soon_threadsafe(self._on_domain_event, kind, event, detail)
+
+        def on_lost(why: str) -> None:
+            loop.call_soon_threadsafe(self._on_lost, why)
+
+        host.watch(self.domain_name, on_event, on_lost)
         self._set_state(PowerState.STARTING)
         try:
             try:

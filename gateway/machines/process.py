@@ -35,11 +35,16 @@ async def wait_pid_exit(pid: int, timeout: float) -> None:
     except ProcessLookupError:
         return
     loop = asyncio.get_running_loop()
-    exited = loop.create_future()
-    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    exited: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(pidfd, _resolve, exited)
     try:
         async with asyncio.timeout(timeout):
             await exited
     finally:
         loop.remove_reader(pidfd)
         os.close(pidfd)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

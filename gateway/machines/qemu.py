@@ -686,7 +686,8 @@ class QemuMachine(WarmStarts, DiskMachine):
     async def _watch_events(self, qmp: QMPClient) -> None:
         with qmp.listener() as listener:
             async for event in listener:
-                self._on_event(event["event"], event.get("data", {}))
+                data = event.get("data")
+                self._on_event(str(event["event"]), data if isinstance(data, dict) else {})
 
     def _on_event(self, name: str, data: dict[str, Any]) -> None:
         self.log.debug("QMP event %s %s", name, data)

@@ -535,8 +535,10 @@ async def _zstd_pipe(*args: str, into_qemu: bool) -> tuple[asyncio.subprocess.Pr
     read_end, write_end = os.pipe()
     zstd_end, qemu_end = (write_end, read_end) if into_qemu else (read_end, write_end)
     try:
-        side = {"stdout": zstd_end} if into_qemu else {"stdin": zstd_end}
-        process = await asyncio.create_subprocess_exec("zstd", "-q", *args, **side)
+        if into_qemu:
+            process = await asyncio.create_subprocess_exec("zstd", "-q", *args, stdout=zstd_end)
+        else:
+            process = await asyncio.create_subprocess_exec("zstd", "-q", *args, stdin=zstd_end)
     except BaseException:
         os.close(qemu_end)
         raise

@@ -87,7 +87,7 @@ class RecordingWriter:
         # one writer, so their difference is what waits, without a lock.
         self.posted_bytes = 0
         self.taken_bytes = 0
-        self._pending: deque[Entry] = deque()
+        self._pending: deque[tuple[str, float, str, Any, int]] = deque()  # Entry + its size
         self._open: dict[str, _Open] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -105,7 +105,8 @@ class RecordingWriter:
             self.dropped += 1
             return
         self.posted_bytes += size
-        self._pending.append((*entry, size))  # type: ignore[arg-type]
+        sid, t, kind, payload = entry
+        self._pending.append((sid, t, kind, payload, size))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="recordings", daemon=True)
@@ -123,7 +124,7 @@ class RecordingWriter:
         touched: set[_Open] = set()
         worked = time.perf_counter()
         while self._pending:
-            sid, t, kind, payload, size = self._pending.popleft()  # type: ignore[misc]
+            sid, t, kind, payload, size = self._pending.popleft()
             self.taken_bytes += size
             try:
                 opened = self._handle(sid, t, kind, payload)

@@ -194,7 +194,7 @@ class Rfc2217Doors:
         self.servers.clear()
 
 
-class _Manager(PortManager):  # type: ignore[misc]
+class _Manager(PortManager):
     """pyserial's RFC 2217 server side, plus telnet's own BREAK (``IAC BRK``)."""
 
     def __init__(self, line: RecordedLine, connection: _Sink, logger: logging.Logger) -> None:

@@ -47,6 +47,7 @@ import pexpect
 from pexpect.spawnbase import SpawnBase
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.typing import Subprotocol
 
 from gateway.console.frames import SUBPROTOCOL
 from gateway.testing.client import LabClient, LabClientError
@@ -124,7 +125,7 @@ class _Stream:
             self.cond.notify_all()
 
 
-class Console(SpawnBase):  # type: ignore[misc]  # pexpect has no type hints
+class Console(SpawnBase):  # pexpect has no type hints: its classes are Any
     """One open console; see the module docstring. Make it with ``Console.open``."""
 
     def __init__(
@@ -209,7 +210,7 @@ class Console(SpawnBase):  # type: ignore[misc]  # pexpect has no type hints
         try:
             self._ws = await connect(
                 f"{url}?{query}",
-                subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+                subprotocols=[Subprotocol(SUBPROTOCOL)],
                 ssl=context,
                 max_size=None,
             )

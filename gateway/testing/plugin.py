@@ -38,10 +38,10 @@ from __future__ import annotations
 import re
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import pytest
 
@@ -73,7 +73,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
     def option(name: str, help: str, **kwargs: Any) -> None:
         group.addoption(f"--{name}", dest=name.replace("-", "_"), help=help, **kwargs)
-        ini_type = "bool" if kwargs.get("action") == "store_true" else "string"
+        ini_type: Literal["bool", "string"] = (
+            "bool" if kwargs.get("action") == "store_true" else "string"
+        )
         parser.addini(name.replace("-", "_"), help, type=ini_type)
 
     option("lab-file", "the lab file to start (default: the lab make run-lab starts)")
@@ -410,10 +412,12 @@ def console(
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """On failure, one report section per console the test used: what it showed while
     the test ran, terminal sequences stripped."""
-    report: pytest.TestReport = yield  # type: ignore[misc]
+    report = yield
     if report.failed:
         for console in item.stash.get(CONSOLES, []):
             kind = "watch" if console.watching else "console"
@@ -422,7 +426,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 left_out = len(text) - TRANSCRIPT_LIMIT
                 text = f"[... {left_out} characters before]\n" + text[-TRANSCRIPT_LIMIT:]
             report.sections.append((f"Serial {kind} {console.name} (ANSI stripped)", text))
-    return report  # type: ignore[return-value]
+    return report
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
