@@ -139,6 +139,7 @@ class EmulatedMachine(MachineBase):
 
     async def _power_on(self) -> None:
         uart = self._live()
+        self._set_state(PowerState.RUNNING)  # the CPU runs before its first byte, as a reset
         self._publish(EventKind.RESET, "power on")
         uart.boot()
 

@@ -18,7 +18,7 @@ and its audit row in one ``lab.db`` transaction before it answers: on a full dis
 are refused together (507, ``errors.storage_error``) and nothing changes.
 """
 
-import contextlib
+import asyncio
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -26,11 +26,12 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict
 
 from gateway.access import audit, rbac
-from gateway.access.errors import StoreError
 from gateway.access.users import User
 from gateway.api.auth import (
     instance_scope,
+    post,
     record,
+    record_before,
     require,
     subscription_scope,
     vm_scope,
@@ -195,9 +196,13 @@ async def get_console_service(
 async def _set_console(request: Request, caller: Caller, disabled: bool) -> dict[str, Any]:
     ctx = context_of(request)
     action = "disableConsole" if disabled else "enableConsole"
-    with ctx.audit.db.transaction():
-        ctx.console.set_disabled(disabled)
-        record(ctx, caller, action, audit.SUCCEEDED)
+
+    def write() -> None:  # the switch and its audit row in one go, in a worker thread
+        with ctx.audit.db.transaction():
+            ctx.console.set_disabled(disabled)
+            record(ctx, caller, action, audit.SUCCEEDED)
+
+    await asyncio.to_thread(write)
     return {"properties": {"disabled": disabled}}
 
 
@@ -305,10 +310,14 @@ def _port_routes(prefix: str, scope_of: Any, tag: str) -> None:
         """Enable or disable the VM's serial port: a disabled port refuses ``connect``."""
         ctx = context_of(request)
         vm = _port_of(ctx, dict(request.path_params), port)
-        with ctx.audit.db.transaction():
-            ctx.console.set_port_enabled(vm, body.properties.state == "enabled")
-            record(ctx, caller, "serialPort.write", audit.SUCCEEDED, body.properties.state,
-                   target=vm.port_id)  # fmt: skip
+
+        def write() -> None:  # the setting and its audit row in one go, in a worker thread
+            with ctx.audit.db.transaction():
+                ctx.console.set_port_enabled(vm, body.properties.state == "enabled")
+                record(ctx, caller, "serialPort.write", audit.SUCCEEDED, body.properties.state,
+                       target=vm.port_id)  # fmt: skip
+
+        await asyncio.to_thread(write)
         return port_body(ctx, vm)
 
     @router.delete(
@@ -328,9 +337,14 @@ def _port_routes(prefix: str, scope_of: Any, tag: str) -> None:
         had none of its own)."""
         ctx = context_of(request)
         vm = _port_of(ctx, dict(request.path_params), port)
-        with ctx.audit.db.transaction():
-            existed = ctx.console.reset_port(vm)
-            record(ctx, caller, "serialPort.delete", audit.SUCCEEDED, target=vm.port_id)
+
+        def write() -> bool:  # the reset and its audit row in one go, in a worker thread
+            with ctx.audit.db.transaction():
+                existed = ctx.console.reset_port(vm)
+                record(ctx, caller, "serialPort.delete", audit.SUCCEEDED, target=vm.port_id)
+            return existed
+
+        existed = await asyncio.to_thread(write)
         return Response(status_code=200 if existed else 204)
 
     @router.post(prefix + PORTS + "/{port}/connect", tags=[tag], name=f"connect ({tag})")
@@ -354,8 +368,7 @@ def _port_routes(prefix: str, scope_of: Any, tag: str) -> None:
             vm = _port_of(ctx, dict(request.path_params), port)
             check_prerequisites(ctx, vm)
         except ArmError as err:
-            with contextlib.suppress(StoreError):  # the refusal stands on a full disk
-                record(ctx, caller, "connect", audit.DENIED, f"{err.code}: {err.message}")
+            post(ctx, caller, "connect", audit.DENIED, f"{err.code}: {err.message}")
             raise
         grant = ctx.sessions.create(vm.id, caller.user.name, vm.container)
         scheme = "wss" if request.url.scheme == "https" else "ws"
@@ -365,8 +378,9 @@ def _port_routes(prefix: str, scope_of: Any, tag: str) -> None:
         )
         # Audited before the URL is handed out: on a full disk this raises (507) and the
         # session, never seen by anyone, expires unclaimed.
-        record(ctx, caller, "connect", audit.ALLOWED, f"session {grant.session_id[:8]}...",
-               target=vm.id, session=grant.session_id)  # fmt: skip
+        await record_before(ctx, caller, "connect", audit.ALLOWED,
+                            f"session {grant.session_id[:8]}...", target=vm.id,
+                            session=grant.session_id)  # fmt: skip
         return {"connectionString": url}
 
 

@@ -19,7 +19,7 @@ refusal from then on is recorded with who, from where, on what and why.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
@@ -35,7 +35,6 @@ from gateway.access.errors import (
     ExpiredToken,
     InvalidCredentials,
     MissingToken,
-    StoreError,
 )
 from gateway.access.tokens import IssuedToken
 from gateway.access.users import User
@@ -78,7 +77,7 @@ async def token(
         return locked_response(err)
     except InvalidCredentials as err:
         return _oauth_error("invalid_grant", str(err))
-    issued = issue_token(ctx, user, address)
+    issued = await asyncio.to_thread(issue_token, ctx, user, address)  # a write: off the loop
     return JSONResponse(
         {
             "access_token": issued.access_token,
@@ -102,10 +101,9 @@ async def revoke(
         user = ctx.tokens.authenticate(token)
     except AuthenticationError:
         return JSONResponse({}, headers={"Cache-Control": "no-store"})
-    ctx.tokens.revoke(token)
-    with contextlib.suppress(StoreError):
-        ctx.audit.record("token", user=user.name, address=client_address(request),
-                         target=user.name, outcome=audit.ALLOWED, detail="revoked")  # fmt: skip
+    await asyncio.to_thread(ctx.tokens.revoke, token)  # a write: off the loop
+    ctx.audit.post("token", user=user.name, address=client_address(request),
+                   target=user.name, outcome=audit.ALLOWED, detail="revoked")  # fmt: skip
     return JSONResponse({}, headers={"Cache-Control": "no-store"})
 
 
@@ -180,10 +178,9 @@ def require(
             except AuthorizationError as err:
                 raise ArmError(403, "AuthorizationFailed", denied_message or str(err)) from err
         except ArmError as err:
-            if audit_as is not None:
-                with contextlib.suppress(StoreError):  # the refusal stands on a full disk
-                    record(ctx, caller, audit_as, audit.DENIED, f"{err.code}: {err.message}",
-                           target=caller.scope or request.url.path)  # fmt: skip
+            if audit_as is not None:  # posted: the refusal stands on a full disk
+                post(ctx, caller, audit_as, audit.DENIED, f"{err.code}: {err.message}",
+                     target=caller.scope or request.url.path)  # fmt: skip
             raise
         return caller
 
@@ -201,16 +198,47 @@ def record(
     session: str = "",
 ) -> None:
     """Audit ``action`` by ``caller`` on ``target`` (default: the caller's scope), about
-    the console session ``session`` if any."""
-    ctx.audit.record(
-        action,
-        user=caller.user.name,
-        address=caller.address,
-        target=target or caller.scope,
-        outcome=outcome,
-        detail=detail,
-        session=session,
-    )
+    the console session ``session`` if any: written now, for a worker thread or inside a
+    transaction with the state it describes (StoreError when it cannot be)."""
+    ctx.audit.record(action, **_fields(caller, outcome, detail, target, session))
+
+
+async def record_before(
+    ctx: ApiContext,
+    caller: Caller,
+    action: str,
+    outcome: str,
+    detail: str = "",
+    *,
+    target: str = "",
+    session: str = "",
+) -> None:
+    """``record`` from the event loop, for a row that must be written before the request
+    goes on (a full disk refuses the action): in a worker thread, so the disk never stalls
+    the loop and its consoles."""
+    fields = _fields(caller, outcome, detail, target, session)
+    await asyncio.to_thread(ctx.audit.record_in_turn, action, **fields)
+
+
+def post(
+    ctx: ApiContext,
+    caller: Caller,
+    action: str,
+    outcome: str,
+    detail: str = "",
+    *,
+    target: str = "",
+    session: str = "",
+) -> None:
+    """Audit a refusal or an outcome, best effort: the audit log's thread writes it
+    (``AuditLog.post``); a disk that cannot take it does not change the answer."""
+    ctx.audit.post(action, **_fields(caller, outcome, detail, target, session))
+
+
+def _fields(caller: Caller, outcome: str, detail: str, target: str, session: str) -> dict[str, str]:
+    return {"user": caller.user.name, "address": caller.address,
+            "target": target or caller.scope, "outcome": outcome, "detail": detail,
+            "session": session}  # fmt: skip
 
 
 # -- scopes from paths ----------------------------------------------------------------------

@@ -13,7 +13,6 @@ not touched, so no restart is ever done without its record.
 """
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -21,13 +20,13 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from gateway.access import audit, rbac
-from gateway.access.errors import StoreError
 from gateway.api.auth import (
     authenticate,
     bearer,
     group_scope,
     instance_scope,
-    record,
+    post,
+    record_before,
     require,
     scale_set_scope,
     vm_scope,
@@ -289,7 +288,7 @@ async def _power(
     before it starts; a full disk refuses it (StorageFull: 507) with the machine untouched.
     """
     ctx = context_of(request)
-    record(ctx, caller, action, audit.ALLOWED, "started", target=vm.id)
+    await record_before(ctx, caller, action, audit.ALLOWED, "started", target=vm.id)
     if vm.hub is not None:  # the VM's open consoles' recordings say who did it
         vm.hub.mark(f"power: {action.rsplit('/', 2)[-2]} by {caller.user.name} (REST)")
 
@@ -324,8 +323,7 @@ def _record_outcome(
 ) -> None:
     """How a started action ended; its start is already recorded, so a disk that filled
     meanwhile loses this row (the store says so in its log), not the action's result."""
-    with contextlib.suppress(StoreError):
-        record(ctx, caller, action, outcome, detail, target=target)
+    post(ctx, caller, action, outcome, detail, target=target)
 
 
 def _failure(err: BaseException) -> tuple[str, str] | None:

@@ -29,7 +29,6 @@ from uvicorn.protocols.utils import ClientDisconnected
 from gateway.access import audit
 from gateway.access.connect_sessions import ConnectGrant
 from gateway.access.errors import (
-    AccessError,
     AuthenticationError,
     ConnectSessionError,
     SessionWrongUser,
@@ -149,18 +148,16 @@ class _Door:
     # -- the lab's services ------------------------------------------------------------------
 
     def audit(self, action: str, outcome: str, detail: str = "") -> None:
-        """Record an access to the console; a failing audit log never breaks the console."""
-        try:
-            self.ctx.audit.record(
-                action,
-                user=self.user.name if self.user else "",
-                address=self.address,
-                target=self.vm.id if self.vm else self.websocket.url.path,
-                outcome=outcome,
-                detail=detail,
-            )
-        except AccessError as err:
-            log.error("audit record lost (%s %s): %s", action, outcome, err)
+        """Record an access to the console, by the audit log's thread: a slow disk never
+        stalls the console, a failing audit log never breaks it."""
+        self.ctx.audit.post(
+            action,
+            user=self.user.name if self.user else "",
+            address=self.address,
+            target=self.vm.id if self.vm else self.websocket.url.path,
+            outcome=outcome,
+            detail=detail,
+        )
 
     def authenticate(self, token: str) -> User:
         try:

@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gateway.access import audit
-from gateway.access.errors import AccessError
 from gateway.console import texts
 from gateway.console.bootlog import LogRead
 from gateway.console.connection import Refused
@@ -156,11 +155,8 @@ class ConsoleService:
     def record(
         self, actor: Actor, target: str, action: str, outcome: str, detail: str, session: str = ""
     ) -> None:
-        """One audit row (``session``: the console session it is about); a failing audit
-        log never breaks the console."""
-        try:
-            self.audit_log.record(action, user=actor.user, address=actor.address,
-                                  target=target, outcome=outcome, detail=detail,
-                                  session=session)  # fmt: skip
-        except AccessError as err:
-            log.error("audit record lost (%s %s): %s", action, outcome, err)
+        """One audit row (``session``: the console session it is about), written by the
+        audit log's own thread: a slow disk never stalls a console, a failing audit log
+        never breaks one (``AuditLog.post``)."""
+        self.audit_log.post(action, user=actor.user, address=actor.address, target=target,
+                            outcome=outcome, detail=detail, session=session)  # fmt: skip

@@ -37,7 +37,7 @@ import json
 import logging
 import resource
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -153,8 +153,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     # -- connection -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # a stream server's
-        super().connection_made(transport)
+        # a stream server's transport (uvloop's is not an asyncio.Transport subclass)
+        super().connection_made(cast(asyncio.Transport, transport))
         if not self.gate.admit(len(self.connections)):
             self._refuse(
                 503,

@@ -283,6 +283,8 @@ class LabRuntime:
         except (OSError, StoreError) as err:
             raise LabRuntimeError(f"cannot use the state folder {self.state_dir}: {err}") from err
         self._stack.callback(recorder.close)  # after the consoles ended, before lab.db closes
+        audit_log = AuditLog(db)
+        self._stack.callback(audit_log.close)  # the same: its posted rows written first
         self.tls = self._tls_files()
         # Registered before anything is built: it deallocates, then closes hubs and logs.
         self._stack.push_async_callback(self._release_machines)
@@ -296,7 +298,7 @@ class LabRuntime:
                 ),
             ),
             tokens=TokenService(db, Directory(self.config.users), settings.token_lifetime),
-            audit=AuditLog(db),
+            audit=audit_log,
             sessions=ConnectSessions(),
             console=ConsoleState(db, self.config.subscription.id),
             signer=UrlSigner.from_db(db),

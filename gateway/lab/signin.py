@@ -4,10 +4,8 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from gateway.access import audit
-from gateway.access.errors import AccountLocked, InvalidCredentials, StoreError
+from gateway.access.errors import AccountLocked, InvalidCredentials
 from gateway.access.users import User
 from gateway.lab.context import LabContext
 
@@ -33,7 +31,5 @@ def sign_in(ctx: LabContext, name: str, password: str, address: str, grant: str 
 def audit_refusal(ctx: LabContext, action: str, who: str, address: str, detail: str) -> None:
     """Audit a refused request; a database that cannot take the row (a full disk, logged
     by the store once a minute) does not change the refusal."""
-    with contextlib.suppress(StoreError):
-        ctx.audit.record(
-            action, user=who, address=address, target=who, outcome=audit.DENIED, detail=detail
-        )
+    ctx.audit.post(action, user=who, address=address, target=who, outcome=audit.DENIED,
+                   detail=detail)  # fmt: skip

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import re
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -390,3 +391,32 @@ async def test_a_fault_of_the_gateways_own_is_an_error_in_its_log_not_a_client_l
     faults = [r for r in caplog.records if r.levelname == "ERROR" and r.exc_info]
     assert faults, "the fault is in the log"
     assert "a renderer bug" in str(faults[0].exc_info[1])  # type: ignore[index]
+
+
+async def test_a_stuck_audit_disk_stalls_no_console_and_loses_no_row(lab: LabHandle) -> None:
+    """Another process holds ``lab.db``'s write lock (a disk that does not answer): a
+    console opened meanwhile connects, one already logged in goes on typing; the audit
+    rows of what happened meanwhile are written once the database lets go, none lost."""
+    url_a, token = await lab.session_url("alice")
+    url_b, _ = await lab.session_url("alice")
+    first = await open_console(url_a, token)
+    await login(first)
+    blocker = sqlite3.connect(lab.runtime.state_dir / "lab.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # every other write waits (5 s), then fails
+        second = await open_console(url_b, token, query="watch=1")
+        await second.expect(r"Connected to the serial port")
+        await first.type("echo still-$((6*7))\r")
+        await first.expect(r"still-42\r\n")
+        (rows,) = blocker.execute(
+            "SELECT count(*) FROM audit WHERE action = 'console.connect'"
+        ).fetchone()
+        assert rows == 1, "the second console's row waits for the database"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    connects = [
+        r for r in lab.runtime.context.audit.query(limit=1000) if r.action == "console.connect"
+    ]
+    assert len(connects) == 2, connects
+    assert lab.runtime.context.audit.lost == 0
