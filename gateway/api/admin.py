@@ -19,7 +19,7 @@ from gateway.access.errors import ConnectSessionError
 from gateway.api.auth import authenticate, bearer
 from gateway.api.context import client_address, context_of, policy_of
 from gateway.api.errors import ArmError
-from gateway.console.hub import ConsoleError
+from gateway.console.errors import ConsoleError
 from gateway.console.policy import Actor, CommandRefused, Target
 from gateway.console.sessions import Role
 from gateway.console.sysrq import SysRqError, parse_sysrq

@@ -47,8 +47,9 @@ from gateway.console.connection import (
     SendText,
     TypeInput,
 )
+from gateway.console.errors import ConsoleError
 from gateway.console.frames import SUBPROTOCOL, CloseCode
-from gateway.console.hub import ConsoleError, ConsoleHub
+from gateway.console.hub import ConsoleHub
 from gateway.console.idle import watch_idle
 from gateway.console.policy import Actor, CommandPolicy, Target
 from gateway.console.sessions import Closing, ConsoleSession

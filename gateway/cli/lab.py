@@ -68,6 +68,14 @@ def register(subparsers: Any) -> None:
         help="boot every QEMU VM from its firmware or kernel, never from a saved boot (warm "
         "starts: a VM like one booted before starts from that boot's saved state)",
     )
+    run.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="when the lab stops, how long its running guests get to power off after the "
+        "ACPI power button before they are halted (default 30; 0: halted at once)",
+    )
     run.set_defaults(func=run_command)
 
 
@@ -109,7 +117,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         runner_kwargs["loop_factory"] = uvloop.new_event_loop
     with asyncio.Runner(**runner_kwargs) as runner:
-        return runner.run(run_lab(config))
+        return runner.run(run_lab(config, stop_timeout=max(0.0, args.stop_timeout)))
 
 
 def _raise_file_limit() -> None:
@@ -154,8 +162,9 @@ def _progress(name: str, message: str) -> None:
     say(f"  {name:<16} {message}")
 
 
-async def run_lab(config: LabConfig) -> int:
-    """Run the lab until a signal; the exit status."""
+async def run_lab(config: LabConfig, stop_timeout: float = 30.0) -> int:
+    """Run the lab until a signal; the exit status. ``stop_timeout``: how long a graceful
+    stop of the guests may take then (0: halted at once)."""
     from gateway.lab.runtime import LabRuntime, LabRuntimeError
 
     loop = asyncio.get_running_loop()
@@ -182,7 +191,7 @@ async def run_lab(config: LabConfig) -> int:
         loop.add_signal_handler(sig, on_signal)
     say(f"Starting the lab from {config.source}, state in {config.state_dir}/")
     try:
-        async with LabRuntime(config, on_progress=_progress) as running:
+        async with LabRuntime(config, on_progress=_progress, stop_timeout=stop_timeout) as running:
             lab = running
             say(banner(running))
             await running.wait_for_stop()

@@ -47,6 +47,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from gateway.console.errors import ConsoleError
+
 log = logging.getLogger("serial_console_lab.console.bootlog")
 
 DEFAULT_CAPACITY = 1 << 20
@@ -57,7 +59,7 @@ RESERVE = 256 * 1024  # offsets reserved at a time (at most a quarter of the rin
 _VERSION = 1
 
 
-class BootLogError(Exception):
+class BootLogError(ConsoleError):
     """The boot log cannot be opened, written or read."""
 
 

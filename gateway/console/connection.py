@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from gateway.console import texts
+from gateway.console.errors import ConsoleError
 from gateway.console.frames import CloseCode, Command, FrameError, encode_event, parse_command
 from gateway.console.render import framed_line, line_of
 from gateway.console.sessions import (
@@ -52,6 +53,7 @@ from gateway.console.sessions import (
     Power,
     Resumed,
     Role,
+    Shown,
     TakenOver,
 )
 from gateway.console.utf8 import TextSplitter
@@ -119,7 +121,7 @@ class PhaseError(RuntimeError):
     nothing done."""
 
 
-class Refused(Exception):
+class Refused(ConsoleError):
     """The connection cannot go on: close with ``code``; ``message`` is for the user."""
 
     def __init__(self, code: CloseCode, message: str, reason: str = "") -> None:
@@ -369,6 +371,8 @@ def _event_of(item: Happening | Gap) -> str:
     if isinstance(item, Gap):
         text = texts.gone(item.start, item.end)
         return encode_event("lost", start=item.start, end=item.end, message=text)
+    if isinstance(item, Shown):  # a text door's own; framed clients draw their own menus
+        return encode_event("message", text=item.text)
     return encode_event("result", id=None, command=item.command, ok=item.ok, message=item.text)
 
 

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.console.errors import ConsoleError
 from gateway.console.sysrq import SysRqError, parse_sysrq
 
 SUBPROTOCOL = "serial-console.v1"
@@ -39,7 +40,7 @@ class CloseCode(enum.IntEnum):
     TOO_MANY = 4010  # this user already has the most consoles open that one user may
 
 
-class FrameError(ValueError):
+class FrameError(ConsoleError, ValueError):
     """A client frame that is not a valid command; the message says what was expected."""
 
 

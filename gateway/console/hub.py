@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 from gateway.console import texts
 from gateway.console.bootlog import BootLog, BootLogError, LogRead
+from gateway.console.errors import ConsoleError
 from gateway.console.frames import CloseCode
 from gateway.console.port import SerialPort, SerialPortError
 from gateway.console.sessions import Closing, ConsoleSession, Power, Role, TakenOver
@@ -63,10 +64,6 @@ LOG_TROUBLE_EVERY = 60.0  # seconds between two log lines about a failing boot l
 INPUT_LIMIT = 1 << 20  # typed bytes waiting for a guest that does not read its port
 ORDERED = frozenset({"sysrq", "break", "nmi"})  # in the queue, after the bytes typed before
 IN_BAND = frozenset({"sysrq", "break"})  # a BREAK: the guest must have read those bytes too
-
-
-class ConsoleError(Exception):
-    """A console operation that cannot be done now; the message says why and what to do."""
 
 
 class SysRqNotSupported(ConsoleError):

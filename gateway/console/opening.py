@@ -22,7 +22,7 @@ import enum
 from typing import Protocol
 
 from gateway.console import texts
-from gateway.console.hub import ConsoleError
+from gateway.console.errors import ConsoleError
 from gateway.machines.base import Machine, PowerState
 
 

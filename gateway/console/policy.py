@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from gateway.access import audit, rbac
 from gateway.access.errors import AccessError, AuthorizationError, StorageFull
 from gateway.console import texts
-from gateway.console.hub import COMMANDS, ConsoleError, ConsoleHub, SysRqNotSupported
+from gateway.console.errors import ConsoleError
+from gateway.console.hub import COMMANDS, ConsoleHub, SysRqNotSupported
 from gateway.console.opening import ArmRule
 from gateway.console.sessions import Role
 from gateway.machines.base import MachineError, MachineStateError

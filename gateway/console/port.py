@@ -27,6 +27,7 @@ import termios
 import tty
 from collections.abc import Callable
 
+from gateway.console.errors import ConsoleError
 from gateway.machines.base import limit_message
 
 log = logging.getLogger("serial_console_lab.console.port")
@@ -34,7 +35,7 @@ log = logging.getLogger("serial_console_lab.console.port")
 READ_SIZE = 65536
 
 
-class SerialPortError(Exception):
+class SerialPortError(ConsoleError):
     """The port could not be opened or written; the message says which and why (and,
     when descriptors ran out, the limit and what to do)."""
 

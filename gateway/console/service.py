@@ -28,8 +28,9 @@ from gateway.access import audit
 from gateway.console import texts
 from gateway.console.bootlog import LogRead
 from gateway.console.connection import Refused
+from gateway.console.errors import ConsoleError
 from gateway.console.frames import CloseCode
-from gateway.console.hub import ConsoleError, ConsoleHub
+from gateway.console.hub import ConsoleHub
 from gateway.console.policy import Actor, CommandPolicy, Target
 from gateway.console.recording import Recorder
 from gateway.console.sessions import DEFAULT_LIMIT, Closing, ConsoleSession, Notice, Resumed

@@ -127,7 +127,17 @@ class IdleWarning:
     seconds: int
 
 
-Happening = Event | Notice | IdleWarning | Power | TakenOver | Resumed  # not serial bytes
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """Text a door shows its own client as it is (its escape menu's prompts, and the guest
+    output the menu held behind a prompt): it goes out in turn with everything else, by
+    the door's one writer. Not recorded: the held output was recorded as it came, and a
+    prompt is the door's, not the console's."""
+
+    text: str
+
+
+Happening = Event | Notice | IdleWarning | Power | TakenOver | Resumed | Shown  # not bytes
 Item = Output | Gap | Happening
 ReadLog = Callable[[int, int], "LogRead"]
 

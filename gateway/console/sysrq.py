@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import re
 
+from gateway.console.errors import ConsoleError
+
 MAX_SEQUENCE = 32
 _KEYS = re.compile(r"[0-9a-z]+")
 
 
-class SysRqError(ValueError):
+class SysRqError(ConsoleError, ValueError):
     """The SysRq input is not a key or a sequence of keys; the message says what is."""
 
 

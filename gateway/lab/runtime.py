@@ -58,13 +58,14 @@ from gateway.api.app import create_app
 from gateway.api.context import ApiContext
 from gateway.console.bootlog import BootLog, BootLogError
 from gateway.console.hub import ConsoleHub
+from gateway.console.sessions import Role
 from gateway.lab import connections
-from gateway.lab.config import LabConfig, MachineSpec
+from gateway.lab.config import LabConfig, MachineSpec, Rfc2217Door
 from gateway.lab.inventory import ConsoleState, Inventory, ScaleSetResource, VmResource
 from gateway.lab.tls import TlsError, TlsFiles, ensure_lab_certificate, server_hosts
 from gateway.machines.base import Machine, MachineError, PowerState
 from gateway.recordings.recorder import Recorder
-from gateway.rfc2217.door import Rfc2217Doors, Rfc2217Error
+from gateway.rfc2217.door import DoorSpec, Rfc2217Doors, Rfc2217Error
 from gateway.ssh.server import SshDoor, SshDoorError, load_host_key
 
 log = logging.getLogger("serial_console_lab.lab")
@@ -325,7 +326,8 @@ class LabRuntime:
         closed after the HTTP server, their clients told why with every console's."""
         assert self.context is not None
         try:
-            self.rfc2217 = await Rfc2217Doors.open(self.config, self.context)
+            specs = rfc2217_doors(self.config, self.context.inventory)
+            self.rfc2217 = await Rfc2217Doors.open(specs, self.context)
         except Rfc2217Error as err:
             raise LabRuntimeError(str(err)) from err
         self._stack.push_async_callback(self.rfc2217.close)
@@ -573,7 +575,7 @@ class LabRuntime:
         if self.context is not None:  # power actions still running (their 202s) end first
             await self.context.operations.close()
         try:
-            if not self._forced.is_set():
+            if not self._forced.is_set() and self.stop_timeout > 0:
                 await self._stop_gracefully()
         finally:
             try:
@@ -678,3 +680,19 @@ def _bind(host: str, port: int) -> socket.socket:
             + (" (another lab may be running; pick another --port)" if port else "")
         ) from err
     return sock
+
+
+def rfc2217_doors(config: LabConfig, inventory: Inventory) -> list[DoorSpec]:
+    """The RFC 2217 doors the lab file opens, for the door (which knows no lab file): each
+    VM's ``rfc2217_port``, and each scale-set instance's (the set's port plus the instance
+    number)."""
+    wanted: list[tuple[str, Rfc2217Door | None]] = [
+        (vm.machine.name, vm.rfc2217) for vm in config.vms
+    ]
+    wanted += [(i.machine.name, i.rfc2217) for s in config.scale_sets for i in s.instances]
+    specs = []
+    for name, door in wanted:
+        vm = inventory.by_machine_name(name)
+        if door is not None and vm is not None and vm.hub is not None:
+            specs.append(DoorSpec(vm, door.port, Role(door.role)))
+    return specs

@@ -33,7 +33,10 @@ Exceptions::
     MachineError                 base of everything this package raises
      +-- MachineStateError       the call does not fit the power state (message says what to do)
      +-- MachineLaunchError      the guest could not be started (message carries the cause)
+     |    +-- DiskError          a disk VM's image or overlay cannot be used (disk.py)
      +-- MachineCommandError     the monitor refused or failed a command
+     +-- AgentError              the guest agent did not answer or refused (agent.py)
+     +-- HostError               a libvirt host cannot be reached or used (libvirt_host.py)
 """
 
 from __future__ import annotations

@@ -115,6 +115,7 @@ class Renderer:
                 out.append((MARKER, f"resumed from byte {item.requested}"))
             elif isinstance(item, Event):
                 out += self._event(item.text)
+            # Shown: a door's own text, not recorded (see sessions.Shown)
         return out
 
     def _event(self, text: str) -> list[tuple[str, str]]:

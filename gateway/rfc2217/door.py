@@ -41,8 +41,9 @@ from serial.rfc2217 import BRK, PortManager
 from gateway.access import audit
 from gateway.access.rbac import RoleAssignment
 from gateway.console.connection import Refused
+from gateway.console.errors import ConsoleError
 from gateway.console.frames import CloseCode
-from gateway.console.hub import ConsoleError, ConsoleHub
+from gateway.console.hub import ConsoleHub
 from gateway.console.idle import watch_idle
 from gateway.console.opening import ConsoleUnavailable, check_console_enabled, check_open
 from gateway.console.policy import Actor, Target
@@ -54,7 +55,6 @@ from gateway.console.sessions import (
     Output,
     Role,
 )
-from gateway.lab.config import LabConfig, Rfc2217Door
 from gateway.lab.context import LabContext, service_of
 from gateway.lab.inventory import VmResource
 from gateway.rfc2217.line import RecordedLine
@@ -91,21 +91,6 @@ class DoorSpec:
     role: Role
 
 
-def doors_of(config: LabConfig, ctx: LabContext) -> list[DoorSpec]:
-    """The doors the lab file opens: each VM's ``rfc2217_port``, and each scale-set
-    instance's (the set's port plus the instance number)."""
-    wanted: list[tuple[str, Rfc2217Door | None]] = [
-        (vm.machine.name, vm.rfc2217) for vm in config.vms
-    ]
-    wanted += [(i.machine.name, i.rfc2217) for s in config.scale_sets for i in s.instances]
-    specs = []
-    for name, door in wanted:
-        vm = ctx.inventory.by_machine_name(name)
-        if door is not None and vm is not None and vm.hub is not None:
-            specs.append(DoorSpec(vm, door.port, Role(door.role)))
-    return specs
-
-
 class Rfc2217Doors:
     """Every RFC 2217 server of a lab. ``await Rfc2217Doors.open(config, ctx)`` listens;
     ``await close()`` stops listening and ends every connection (each client hears why).
@@ -123,12 +108,12 @@ class Rfc2217Doors:
         self._idle.set()
 
     @classmethod
-    async def open(cls, config: LabConfig, ctx: LabContext) -> Rfc2217Doors:
-        """Listen on every door of ``config``. Raises Rfc2217Error (nothing left open) when
-        a port cannot be had."""
+    async def open(cls, specs: list[DoorSpec], ctx: LabContext) -> Rfc2217Doors:
+        """Listen on every door of ``specs`` (the runtime's, from the lab file). Raises
+        Rfc2217Error (nothing left open) when a port cannot be had."""
         doors = cls(ctx)
         try:
-            for spec in doors_of(config, ctx):
+            for spec in specs:
                 await doors._listen(spec)
         except BaseException:
             await doors.close()

@@ -45,6 +45,7 @@ from gateway.access.errors import AccountLocked, AuthorizationError, InvalidCred
 from gateway.access.users import User
 from gateway.console import texts
 from gateway.console.connection import Refused
+from gateway.console.errors import ConsoleError
 from gateway.console.escape import (
     EscapeMenu,
     Forward,
@@ -56,7 +57,6 @@ from gateway.console.escape import (
     Show,
 )
 from gateway.console.frames import CloseCode
-from gateway.console.hub import ConsoleError
 from gateway.console.idle import watch_idle
 from gateway.console.opening import ConsoleUnavailable, check_console_enabled, check_open
 from gateway.console.policy import Actor, Target
@@ -67,6 +67,7 @@ from gateway.console.sessions import (
     Item,
     Output,
     Role,
+    Shown,
 )
 from gateway.lab.context import LabContext, service_of
 from gateway.lab.errors import ArmError
@@ -291,6 +292,7 @@ class _Console:
         self.reconnect = asyncio.Event()  # Enter pressed on a closed console
         self.sizes = SizeHints()
         self.size_timer: asyncio.TimerHandle | None = None
+        self.writing = False  # a session's writer task is the channel's one writer now
 
     # -- opening -----------------------------------------------------------------------
 
@@ -446,6 +448,7 @@ class _Console:
         assert self.session is not None
         session, target = self.session, self.target()
         writer = asyncio.create_task(self._write_loop())
+        self.writing = True
         helpers = []
         if self.ctx.idle_timeout:
             helpers.append(asyncio.create_task(watch_idle(
@@ -455,6 +458,7 @@ class _Console:
         try:
             await writer
         finally:
+            self.writing = False
             for task in helpers:
                 task.cancel()
             for outcome in await asyncio.gather(writer, *helpers, return_exceptions=True):
@@ -469,7 +473,14 @@ class _Console:
             self.door.service.detach(target, self.actor(), session)
 
     def _show(self, text: str) -> None:
-        _write(self.process, text)
+        """Text for the client (the banner, the menu's prompts). While a session is served
+        its writer is the one writer on the channel, so the text goes through the session
+        (in turn, and recorded); before and between sessions, straight out."""
+        session = self.session
+        if self.writing and session is not None and session.is_open:
+            session.push_item(Shown(text))
+        else:
+            _write(self.process, text)
 
     async def _write_loop(self) -> None:
         """Session items -> the client's terminal, at its pace; then why it closed."""
@@ -498,6 +509,8 @@ class _Console:
             data = self.menu.output(item.data)
             if data:
                 self.process.stdout.write(data)
+        elif isinstance(item, Shown):
+            self.process.stdout.write(item.text.encode())
         elif (text := line_of(item)) is not None:
             self._line(text)
 

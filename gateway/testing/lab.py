@@ -107,11 +107,13 @@ class LabProcess:
         lab: Path | None = None,
         die_with_parent: bool = False,
         ssh_port: int = 0,
+        stop_timeout: float | None = None,
     ) -> LabProcess:
         """Run the default lab, or the lab file ``lab`` (state in ``folder/state``, port
         ``port``, the SSH door on ``ssh_port``, off when 0; every guest emulated with
-        ``emulated``; https and wss from the lab's CA with ``tls``, see ``ca_path``), and
-        wait until it serves.
+        ``emulated``; https and wss from the lab's CA with ``tls``, see ``ca_path``; its
+        guests halted at once when it stops with ``stop_timeout=0``), and wait until it
+        serves.
 
         Raises LabStartError (after stopping it) when it does not come up in ``timeout``
         seconds (scaled) or exits first."""
@@ -126,6 +128,7 @@ class LabProcess:
             sys.executable, "-m", "gateway.cli.main", "lab", "run", "--lab", str(lab),
             "--state-dir", str(state_dir), "--port", str(port), "--ssh-port", str(ssh_port),
             *(["--emulated"] if emulated else []), *(["--tls"] if tls else []),
+            *(["--stop-timeout", str(stop_timeout)] if stop_timeout is not None else []),
         ]  # fmt: skip
         # A session of its own: the terminal's Ctrl+C reaches the test run, whose clean-up
         # then stops the lab once, gracefully (a second SIGINT would force it).

@@ -100,9 +100,12 @@ name = "{USER}"
 password = "{PASSWORD}"
 roles = [{{ role = "Owner", scope = "subscription" }}]
 """)
+    # The tests' clean-up halts the guests: systemd's own shutdown (half a minute under
+    # TCG on a busy machine) is what the restart and stop tests see, not the clean-up.
     return LabProcess.start(
-        folder, lab=lab_file, tls=True, timeout=120, die_with_parent=True, ssh_port=ssh_door
-    )
+        folder, lab=lab_file, tls=True, timeout=120, die_with_parent=True, ssh_port=ssh_door,
+        stop_timeout=0,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -203,6 +203,8 @@ async def test_sysrq_c_panics_and_reset_brings_it_back(guest: Guest) -> None:
         await console.expect(r"Kernel panic - not syncing: sysrq triggered crash", 15)
         await events.wait_for(lambda e: e.kind is EventKind.PANICKED, scaled(15))
     assert guest.vm.power_state is PowerState.PANICKED
+    with pytest.raises(MachineStateError, match="reset it first"):
+        await guest.vm.restart()  # a crashed kernel answers no power button
     await guest.vm.reset()
     assert guest.vm.power_state is PowerState.RUNNING
     await console.expect(r"Linux version", BOOT)

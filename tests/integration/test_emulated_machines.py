@@ -1,4 +1,10 @@
-"""Emulated machines through their real PTYs, read and typed with the gateway's SerialPort."""
+"""Emulated machines through their real PTYs, read and typed with the gateway's SerialPort.
+
+The machine contract, written once in ``tests.e2e.test_qemu_machine`` for the QEMU backend
+(and run on libvirt by ``tests.e2e.test_libvirt_machine``), runs here on the emulator with
+this module's ``guest`` and ``module_guest``: the same power operations, states, events and
+console lines, asserted the same way on all three. What follows it is the emulator's own.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from dataclasses import dataclass, field
 
 import pexpect.fdpexpect
 import pytest
+import pytest_asyncio
 import serial
 
 from emulator.machine import EmulatedMachine
@@ -26,6 +33,21 @@ from gateway.machines.base import (
     RestartOutcome,
 )
 from gateway.testing.timeouts import scaled
+from tests.e2e.conftest import GUEST_PASSWORD, Guest, shared_guest  # noqa: F401 - a fixture
+from tests.e2e.test_qemu_machine import (  # noqa: F401 - the machine contract, on the emulator
+    test_a_reset_during_a_restart_is_refused,
+    test_graceful_restart_powers_off_then_boots,
+    test_hard_reset_reboots_while_the_reader_stays,
+    test_login_with_the_password_and_run_a_command,
+    test_nmi_prints_the_kernel_nmi_line,
+    test_stop_then_start_boots_again_on_the_same_port,
+    test_sysrq_after_a_flood_of_typed_input_gets_its_own_key,
+    test_sysrq_c_panics_and_reset_brings_it_back,
+    test_sysrq_h_prints_the_kernel_help,
+    test_sysrq_sequence_reisub_syncs_and_reboots,
+    test_wait_input_taken_needs_a_running_guest,
+    test_wrong_password_is_refused,
+)
 from tests.support.console import PortConsole
 
 PASSWORD = "serial-lab"
@@ -70,6 +92,38 @@ async def windows() -> AsyncIterator[Lab]:
         yield lab
 
 
+async def _guest() -> AsyncIterator[Guest]:
+    vm = EmulatedMachine("guest-1", password=GUEST_PASSWORD)
+    guest = Guest(vm)  # type: ignore[arg-type]  # the contract's Guest: any Machine
+
+    async def attach(path: str) -> None:
+        guest.consoles.append(await PortConsole.open(path))
+
+    vm.add_port_hook(attach)
+    await vm.start()
+    try:
+        yield guest
+    finally:
+        await vm.deallocate()
+        for console in guest.consoles:
+            if not console.port.closed:
+                console.close_port()
+
+
+@pytest.fixture
+async def guest() -> AsyncIterator[Guest]:
+    """An emulated guest for the contract's tests that change its power."""
+    async for booted in _guest():
+        yield booted
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_guest() -> AsyncIterator[Guest]:
+    """The emulated guest the contract's ``shared_guest`` tests share."""
+    async for booted in _guest():
+        yield booted
+
+
 async def wait_event(events: EventListener, kind: EventKind) -> MachineEvent:
     return await events.wait_for(lambda e: e.kind is kind, scaled(5))
 
@@ -91,61 +145,6 @@ async def test_is_a_machine_and_boot_is_seen_from_its_first_byte(linux: Lab) -> 
     ]
 
 
-async def test_login_and_run_commands(linux: Lab) -> None:
-    """Log in with the guest password on the PTY and run commands with their exit codes."""
-    await linux.vm.start()
-    await linux.console.expect(r"login: $", 5)
-    await linux.console.login(PASSWORD)
-    assert "vm-linux" in await linux.console.run("uname -a", 5)
-    assert (await linux.console.run("false; echo $?", 5)).strip().endswith("1")
-
-
-async def test_sysrq_help_and_crash(linux: Lab) -> None:
-    """send_break + ``h`` prints the SysRq help; send_break + ``c`` panics the machine."""
-    await linux.vm.start()
-    await linux.console.expect(r"login: $", 5)
-    with linux.vm.events() as events:
-        await linux.vm.send_break()
-        await linux.console.send("h")
-        await linux.console.expect(r"\] sysrq: HELP : loglevel\(0-9\) reboot\(b\) crash\(c\)", 5)
-        await linux.vm.send_break()
-        await linux.console.send("c")
-        await wait_event(events, EventKind.PANICKED)
-    assert linux.vm.power_state is PowerState.PANICKED
-    await linux.console.expect(r"Kernel panic - not syncing: sysrq triggered crash", 5)
-    with pytest.raises(MachineStateError, match="reset it first"):
-        await linux.vm.restart()
-
-
-async def test_nmi_message(linux: Lab) -> None:
-    """inject_nmi prints the kernel's unknown-NMI lines; the guest carries on."""
-    await linux.vm.start()
-    await linux.console.expect(r"login: $", 5)
-    await linux.vm.inject_nmi()
-    await linux.console.expect(r"Uhhuh\. NMI received for unknown reason 30 on CPU 0\.", 5)
-    await linux.console.expect(r"Dazed and confused, but trying to continue", 5)
-    assert linux.vm.power_state is PowerState.RUNNING
-
-
-async def test_reset_reboots_on_the_same_port(linux: Lab) -> None:
-    """A hard reset (even from panicked) boots again while the same reader keeps the port."""
-    await linux.vm.start()
-    await linux.console.expect(r"login: $", 5)
-    path = linux.vm.serial_port
-    await linux.vm.inject_nmi()  # survives; then a crash to reset from
-    await linux.vm.send_break()
-    await linux.console.send("c")
-    await linux.console.expect(r"Kernel panic", 5)
-    with linux.vm.events() as events:
-        await linux.vm.reset()
-        await wait_event(events, EventKind.RESET)
-    await linux.console.expect(r"(?s)Linux version .*login: $", 5)
-    assert linux.vm.power_state is PowerState.RUNNING
-    assert linux.vm.serial_port == path
-    assert len(linux.consoles) == 1
-    assert linux.console.closed_reason is None
-
-
 async def test_graceful_restart(linux: Lab) -> None:
     """restart: ACPI power-off (``reboot: Power down``), boot again, GRACEFUL, same port."""
     await linux.vm.start()
@@ -162,22 +161,6 @@ async def test_graceful_restart(linux: Lab) -> None:
         PowerState.STARTING,
         PowerState.RUNNING,
     ]
-
-
-async def test_stop_then_start(linux: Lab) -> None:
-    """stop powers the guest off (SHUTDOWN) and keeps the port; start boots it again."""
-    await linux.vm.start()
-    await linux.console.expect(r"login: $", 5)
-    with linux.vm.events() as events:
-        await linux.vm.stop(timeout=scaled(5))
-        await wait_event(events, EventKind.SHUTDOWN)
-    assert linux.vm.power_state is PowerState.STOPPED
-    assert linux.vm.serial_port == linux.console.port.path
-    with pytest.raises(MachineStateError, match="start it first"):
-        await linux.vm.send_break()
-    await linux.vm.start()
-    await linux.console.expect(r"(?s)Linux version.*login: $", 5)
-    await linux.console.login(PASSWORD)
 
 
 async def test_deallocate_closes_the_port_and_start_makes_a_new_one(linux: Lab) -> None:
@@ -285,21 +268,6 @@ async def test_wait_input_taken_times_out_while_the_guest_takes_nothing(linux: L
     loop.add_reader(fd, linux.console.port._readable)
     await asyncio.wait_for(typing, scaled(10))
     await linux.vm.wait_input_taken(scaled(5))
-
-
-async def test_sysrq_after_a_flood_of_typed_input_gets_its_own_key(linux: Lab) -> None:
-    """2,000 typed "5"s, then wait_input_taken, BREAK and "h": the help, not a log level."""
-    await linux.vm.start()
-    await linux.console.expect(r"login: $", 5)
-    await linux.console.send("5" * 2000)
-    await linux.vm.wait_input_taken(scaled(5))
-    uart = linux.vm._uart
-    assert uart is not None
-    assert uart.unread_input() == 0
-    await linux.vm.send_break()
-    await linux.console.send("h")
-    match = await linux.console.expect(r"sysrq: (HELP|Loglevel set to \d)", 5)
-    assert match.group(1) == b"HELP"
 
 
 async def test_one_power_operation_at_a_time(linux: Lab) -> None:

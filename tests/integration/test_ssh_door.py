@@ -26,6 +26,7 @@ from gateway.cli.lab import banner
 from gateway.console import texts
 from gateway.console.frames import CloseCode
 from gateway.lab.config import LabConfigError, load_default_lab, parse_lab
+from gateway.ssh import server as ssh_server
 from gateway.ssh.server import HOST_KEY_FILE, SshDoor, load_host_key
 from gateway.testing.timeouts import scaled
 from tests.integration.conftest import eventually
@@ -529,3 +530,28 @@ async def test_a_locked_user_is_refused_by_key_too(tmp_path: Path) -> None:
         details = [r.detail for r in context.audit.query(action="token")]
         assert any(d.startswith("ssh: locked for") for d in details), details
         assert context.audit.query(action="console.connect") == []
+
+
+async def test_a_client_that_never_reads_is_let_go_and_the_guest_goes_on(
+    ssh_lab: SshLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenSSH whose terminal is never read (its PTY fills, then its SSH window): the
+    gateway lets it go after the stall bound (made short here) instead of holding what
+    it cannot send, and the guest is not held either: a watcher sees its output to the
+    end."""
+    monkeypatch.setattr(ssh_server, "STALL_BOUND", 1.0)
+    child = ssh_lab.ssh("alice+lab-rg+linux-1")
+    await sign_in(child, "alice")
+    await guest_login(child)
+    url, token = await ssh_lab.lab.session_url("alice")
+    watcher = await open_console(url, token, query="watch=1")
+    child.send("seq 1 1000000\r")  # about 7 MB; from now on nobody reads the child
+    await watcher.expect(r"\r\n1000000\r\n", scaled(120))
+    audit = ssh_lab.lab.runtime.context.audit  # type: ignore[union-attr]
+
+    def let_go() -> list[str]:
+        rows = audit.query(user="alice", action="console.disconnect", limit=1000)
+        return [r.detail for r in rows if "fell behind" in r.detail or "stopped" in r.detail]
+
+    await eventually(lambda: bool(let_go()), scaled(30), "the SSH console to be let go")
+    child.close(force=True)
