@@ -40,6 +40,7 @@ VM_RESTART = "Microsoft.Compute/virtualMachines/restart/action"
 VM_DEALLOCATE = "Microsoft.Compute/virtualMachines/deallocate/action"
 VM_REIMAGE = "Microsoft.Compute/virtualMachines/reimage/action"
 VM_BOOT_DIAGNOSTICS = "Microsoft.Compute/virtualMachines/retrieveBootDiagnosticsData/action"
+VM_RUN_COMMAND = "Microsoft.Compute/virtualMachines/runCommand/action"
 VMSS_READ = "Microsoft.Compute/virtualMachineScaleSets/read"
 VMSS_VM_READ = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read"
 VMSS_VM_START = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/start/action"
@@ -47,6 +48,7 @@ VMSS_VM_POWER_OFF = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/p
 VMSS_VM_RESTART = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/restart/action"
 VMSS_VM_DEALLOCATE = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/deallocate/action"
 VMSS_VM_REIMAGE = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/reimage/action"
+VMSS_VM_RUN_COMMAND = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/runCommand/action"
 VMSS_VM_BOOT_DIAGNOSTICS = (
     "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/retrieveBootDiagnosticsData/action"
 )

@@ -222,7 +222,8 @@ def full_message(folder: str) -> str:
 class FullDiskNotice:
     """When the disk filled, how many writes it refused, and when that was last logged:
     one log line a minute, not one per write. ``refused()`` on each refused write,
-    ``cleared()`` on each write that worked."""
+    ``cleared()`` on each write that worked, from any thread (the audit log's, the
+    workers', the loop's)."""
 
     def __init__(
         self,
@@ -236,8 +237,17 @@ class FullDiskNotice:
         self.since: float | None = None
         self._said: float | None = None
         self._unsaid = 0
+        self._lock = threading.Lock()
 
     def refused(self) -> None:
+        with self._lock:
+            self._refused()
+
+    def cleared(self) -> None:
+        with self._lock:
+            self._cleared()
+
+    def _refused(self) -> None:
         now = self.clock()
         if self.since is None:
             self.since = now
@@ -254,7 +264,7 @@ class FullDiskNotice:
         )
         self._said, self._unsaid = now, 0
 
-    def cleared(self) -> None:
+    def _cleared(self) -> None:
         if self.since is None:
             return
         log.warning(

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.access import audit, rbac
 from gateway.api.auth import (
@@ -37,7 +38,9 @@ from gateway.api.context import ApiContext, Caller, context_of
 from gateway.api.errors import ArmError, error_response
 from gateway.api.operations import FAILED, SUCCEEDED
 from gateway.lab.inventory import VMSS_TYPE, ScaleSetResource, VmResource
+from gateway.machines.agent import AgentError
 from gateway.machines.base import Machine, MachineError, MachineStateError, PowerState
+from gateway.machines.disk import ScriptResult
 
 router = APIRouter()
 
@@ -292,12 +295,15 @@ async def _power(
     if vm.hub is not None:  # the VM's open consoles' recordings say who did it
         vm.hub.mark(f"power: {action.rsplit('/', 2)[-2]} by {caller.user.name} (REST)")
 
-    async def outcome() -> str:
+    async def outcome() -> str | dict[str, Any]:
         try:
             result = await run(vm.machine)
         except MachineError as err:
             _record_outcome(ctx, caller, action, audit.FAILED, str(err), vm.id)
             raise
+        if isinstance(result, dict):  # a result body (Run Command's): not for the audit log
+            _record_outcome(ctx, caller, action, audit.SUCCEEDED, "", vm.id)
+            return result
         detail = f"{result}" if result is not None else ""
         _record_outcome(ctx, caller, action, audit.SUCCEEDED, detail, vm.id)
         return detail
@@ -329,6 +335,8 @@ def _record_outcome(
 def _failure(err: BaseException) -> tuple[str, str] | None:
     if isinstance(err, MachineStateError):
         return "OperationNotAllowed", str(err)
+    if isinstance(err, AgentError):
+        return "VMAgentStatusCommunicationError", AGENT_SILENT.format(err=err)
     if isinstance(err, MachineError):
         return "InternalExecutionError", str(err)
     return None
@@ -376,7 +384,7 @@ async def get_operation(
             headers={"Location": str(request.url), "Retry-After": str(RETRY_AFTER)},
         )
     if op.status == SUCCEEDED:
-        return Response(status_code=200)
+        return JSONResponse(op.result) if op.result is not None else Response(status_code=200)
     code, message = op.error or ("OperationCanceled", "The operation was canceled.")
     return error_response(ArmError(409 if code == "OperationNotAllowed" else 500, code, message))
 
@@ -426,6 +434,102 @@ def _power_routes(name: str, vm_action: str, vmss_action: str, run: Any) -> None
 
 for _name, (_vm_action, _vmss_action, _run) in _ACTIONS.items():
     _power_routes(_name, _vm_action, _vmss_action, _run)
+
+
+# -- Run Command ----------------------------------------------------------------------------
+
+# Azure's text when the VM agent does not answer (the lab's reason follows it)
+AGENT_SILENT = (
+    "VM has reported a failure when processing extension 'RunCommandLinux'. The VM agent "
+    "did not answer: verify that the OS is up and healthy and that the VM has a running VM "
+    "agent (on a disk VM, qemu-guest-agent). ({err})"
+)
+OUTPUT_KEPT = 4096  # Azure returns the last 4,096 bytes of each of stdout and stderr
+# Linux command ids as Azure lists them: the script each runs (None: the caller's)
+LINUX_COMMANDS: dict[str, str | None] = {
+    "RunShellScript": None,
+    "ifconfig": "ifconfig -a 2>/dev/null || ip address show",
+}
+
+
+class RunCommandParameter(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = ""
+    value: str = ""
+
+
+class RunCommandInput(BaseModel):
+    """Azure's ``RunCommandInput``: a command id, the script's lines, its parameters."""
+
+    model_config = ConfigDict(extra="ignore")
+    commandId: str
+    script: list[str] = Field(default_factory=list)
+    parameters: list[RunCommandParameter] = Field(default_factory=list)
+
+
+def run_command_result(result: ScriptResult) -> dict[str, Any]:
+    """Azure's ``RunCommandResult`` for a script that ran (whatever its exit code)."""
+    message = (
+        f"Enable succeeded: \n[stdout]\n{result.stdout[-OUTPUT_KEPT:]}\n"
+        f"[stderr]\n{result.stderr[-OUTPUT_KEPT:]}\n"
+    )
+    return {"value": [{"code": "ProvisioningState/succeeded", "level": "Info",
+                       "displayStatus": "Provisioning succeeded", "message": message}]}  # fmt: skip
+
+
+def _script_of(body: RunCommandInput) -> tuple[str, list[str]]:
+    if body.commandId not in LINUX_COMMANDS:
+        raise ArmError(
+            400,
+            "InvalidParameter",
+            f"The command id '{body.commandId[:64]}' is not one this VM runs: use "
+            + " or ".join(LINUX_COMMANDS)
+            + ".",
+        )
+    fixed = LINUX_COMMANDS[body.commandId]
+    script = fixed if fixed is not None else "\n".join(body.script)
+    if not script.strip():
+        raise ArmError(400, "InvalidParameter", "RunShellScript needs a script: give its lines.")
+    return script, [p.value for p in body.parameters]
+
+
+def _runner(script: str, args: list[str]) -> Callable[[Machine], Awaitable[object]]:
+    async def run(machine: Machine) -> dict[str, Any]:
+        run_command = getattr(machine, "run_command", None)
+        if run_command is None:
+            raise MachineStateError(
+                "This VM has no VM agent to run a command: only disk VMs ([vms.image] disk, "
+                "with qemu-guest-agent) run Run Command"
+            )
+        return run_command_result(await run_command(script, args))
+
+    return run
+
+
+@router.post(VM + "/runCommand", tags=["virtual machines"], status_code=202)
+async def vm_run_command(
+    request: Request,
+    body: RunCommandInput,
+    caller: Annotated[Caller, require(rbac.VM_RUN_COMMAND, vm_scope, audit_as=rbac.VM_RUN_COMMAND)],
+) -> Response:
+    """Run Command: the script runs as root in the guest, through its VM agent (202, then
+    the ``Location`` URL answers Azure's ``RunCommandResult``)."""
+    script, args = _script_of(body)
+    return await _power(request, caller, _vm(request), rbac.VM_RUN_COMMAND, _runner(script, args))
+
+
+@router.post(INSTANCE + "/runCommand", tags=["scale sets"], status_code=202)
+async def instance_run_command(
+    request: Request,
+    body: RunCommandInput,
+    caller: Annotated[
+        Caller, require(rbac.VMSS_VM_RUN_COMMAND, instance_scope, audit_as=rbac.VMSS_VM_RUN_COMMAND)
+    ],
+) -> Response:
+    """Run Command on a scale-set instance (as for a VM)."""
+    script, args = _script_of(body)
+    vm = _instance(request)
+    return await _power(request, caller, vm, rbac.VMSS_VM_RUN_COMMAND, _runner(script, args))
 
 
 # -- boot diagnostics -----------------------------------------------------------------------

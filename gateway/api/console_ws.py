@@ -50,8 +50,8 @@ from gateway.console.connection import (
 from gateway.console.errors import ConsoleError
 from gateway.console.frames import SUBPROTOCOL, CloseCode
 from gateway.console.hub import ConsoleHub
-from gateway.console.idle import watch_idle
 from gateway.console.policy import Actor, CommandPolicy, Target
+from gateway.console.serve import idle_watch, serve
 from gateway.console.sessions import Closing, ConsoleSession
 from gateway.lab.inventory import VmResource
 
@@ -263,23 +263,15 @@ async def _first_frame(websocket: WebSocket) -> str | bytes | None:
 
 
 async def _serve(door: _Door, greeting: list[Frame]) -> None:
-    writer = asyncio.create_task(_write_loop(door, greeting))
-    helpers = [asyncio.create_task(_read_loop(door))]
-    if door.ctx.idle_timeout:
-        helpers.append(asyncio.create_task(watch_idle(
-            lambda: door.session, lambda: door.last_input, door.activity, door.ctx.idle_timeout
-        )))  # fmt: skip
+    """The console core's serve loop (``gateway.console.serve``) with this door's writer
+    (it ends after the close frame, or when the client is gone) and reader."""
+    idle = idle_watch(door.ctx.idle_timeout, lambda: door.session, lambda: door.last_input,
+                      door.activity)  # fmt: skip
     try:
-        await writer  # it ends after the close frame, or when the client is gone
+        await serve(_write_loop(door, greeting), _read_loop(door), idle,
+                    client_gone=(*_CLIENT_GONE, ClientGone), log=log,
+                    who=f"console of {door.vm.name if door.vm else '?'}")  # fmt: skip
     finally:
-        for task in helpers:
-            task.cancel()
-        for outcome in await asyncio.gather(writer, *helpers, return_exceptions=True):
-            if isinstance(outcome, Exception) and not isinstance(
-                outcome, _CLIENT_GONE | ClientGone
-            ):
-                log.error("console of %s: %r", door.vm.name if door.vm else "?", outcome,
-                          exc_info=outcome)  # fmt: skip
         if door.commands:  # commands under way finish (a reset half done helps nobody)
             await asyncio.wait(door.commands, timeout=CLOSE_BOUND)
             for task in door.commands:

@@ -43,6 +43,7 @@ class Operation:
     ended: float | None = None
     error: tuple[str, str] | None = None  # ARM's (code, message) when it failed
     output: str = ""
+    result: dict[str, Any] | None = None  # what the Location URL answers once it succeeded
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -65,7 +66,7 @@ class Operation:
         return body
 
 
-Outcome = Callable[[], Awaitable[str]]
+Outcome = Callable[[], Awaitable[str | dict[str, Any]]]
 Failure = Callable[[BaseException], tuple[str, str] | None]
 
 
@@ -78,7 +79,8 @@ class Operations:
         self._ops: OrderedDict[str, Operation] = OrderedDict()
 
     def start(self, action: str, target: str, run: Outcome, failure: Failure) -> Operation:
-        """Run ``run()`` as a new operation. Its return value becomes the output; an
+        """Run ``run()`` as a new operation. Its return value becomes the output (a text),
+        or the result the ``Location`` URL answers with (a JSON object); an
         exception for which ``failure`` gives (code, message) fails the operation with
         that error, any other fails it with ``InternalExecutionError``."""
         op = Operation(str(uuid.uuid4()), action, target, self.clock())
@@ -105,7 +107,11 @@ class Operations:
 
     async def _run(self, op: Operation, run: Outcome, failure: Failure) -> None:
         try:
-            op.output = await run()
+            value = await run()
+            if isinstance(value, dict):
+                op.result = value
+            else:
+                op.output = value
             op.status = SUCCEEDED
         except asyncio.CancelledError:
             op.status, op.error = CANCELED, ("OperationCanceled", "The lab is stopping.")

@@ -65,6 +65,12 @@ class AgentCommands:
 
     async def run(self, path: str, *args: str, timeout: float = 60.0) -> tuple[int, str]:
         """Run a program in the guest (``guest-exec``) and wait for it: (exit code, output)."""
+        code, out, err = await self.run_apart(path, *args, timeout=timeout)
+        return code, out + err
+
+    async def run_apart(self, path: str, *args: str, timeout: float = 60.0) -> tuple[int, str, str]:
+        """``run``, with the program's standard output and error apart: (exit code, stdout,
+        stderr). AgentError when it does not end within ``timeout`` s."""
         started = await self.execute(
             "guest-exec", {"path": path, "arg": list(args), "capture-output": True}
         )
@@ -75,10 +81,9 @@ class AgentCommands:
         while True:
             status = await self.execute("guest-exec-status", {"pid": pid})
             if status.get("exited"):
-                out = base64.b64decode(status.get("out-data", "")) + base64.b64decode(
-                    status.get("err-data", "")
-                )
-                return int(status.get("exitcode", -1)), out.decode(errors="replace")
+                out = base64.b64decode(status.get("out-data", "")).decode(errors="replace")
+                err = base64.b64decode(status.get("err-data", "")).decode(errors="replace")
+                return int(status.get("exitcode", -1)), out, err
             if loop.time() >= deadline:
                 raise AgentError(f"{path} did not end in the guest within {timeout:.0f} s")
             await asyncio.sleep(pause)  # the agent has no event for an exit: poll it

@@ -27,9 +27,11 @@ import asyncio
 import contextlib
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.machines.agent import AgentCommands
 from gateway.machines.base import MachineBase, MachineLaunchError, MachineStateError, PowerState
 from gateway.machines.process import die_with_parent
 
@@ -298,6 +300,19 @@ def _q(path: Path) -> str:
     return str(path).replace(",", ",,")
 
 
+RUN_COMMAND_TIMEOUT = 90.0  # Azure lets a Run Command script run 90 minutes; a lab, less
+AGENT_WAIT = 30.0  # how long Run Command waits for a booting guest's agent to answer
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptResult:
+    """What a script run in the guest left: its exit code, standard output and error."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
 class DiskMachine(MachineBase):
     """A QEMU or libvirt machine that may boot a disk (a disk VM) rather than a kernel: what
     such a VM shows and does beyond the console. Subclasses set ``disk``, ``disks`` and
@@ -309,6 +324,29 @@ class DiskMachine(MachineBase):
 
     async def _command(self, cmd: str, args: dict[str, object] | None = None) -> object:
         raise NotImplementedError
+
+    def _agent(self, timeout: float) -> contextlib.AbstractAsyncContextManager[AgentCommands]:
+        """The guest agent (qemu-ga), once it answers within ``timeout`` s."""
+        raise NotImplementedError
+
+    async def run_command(
+        self, script: str, args: Sequence[str] = (), timeout: float = RUN_COMMAND_TIMEOUT
+    ) -> ScriptResult:
+        """Azure's Run Command (``RunShellScript``): ``script`` run by ``/bin/sh`` as root in
+        the guest, ``args`` its positional parameters, through the guest agent (so it works
+        with the guest's network down, as the serial console does). MachineStateError unless
+        the guest runs; AgentError when the agent does not answer or the script does not
+        end within ``timeout`` s."""
+        self._require(PowerState.RUNNING, action="run a command in")
+        if self.disks is None:
+            raise MachineStateError(
+                f"VM '{self.name}' has no VM agent to run a command: it boots a kernel "
+                "directly; Run Command needs a disk VM (its image has qemu-guest-agent)"
+            )
+        async with self._agent(min(timeout, AGENT_WAIT)) as agent:
+            code, out, err = await agent.run_apart("/bin/sh", "-c", script, "sh", *args,
+                                                   timeout=timeout)  # fmt: skip
+        return ScriptResult(code, out, err)
 
     @property
     def generation(self) -> int | None:

@@ -44,10 +44,10 @@ from gateway.console.connection import Refused
 from gateway.console.errors import ConsoleError
 from gateway.console.frames import CloseCode
 from gateway.console.hub import ConsoleHub
-from gateway.console.idle import watch_idle
 from gateway.console.opening import ConsoleUnavailable, check_console_enabled, check_open
 from gateway.console.policy import Actor, Target
 from gateway.console.render import framed_line, line_of
+from gateway.console.serve import idle_watch, serve
 from gateway.console.service import ConsoleService
 from gateway.console.sessions import (
     Closing,
@@ -284,21 +284,13 @@ class _Client:
             return
         self.session = session = attached.session
         manager = _Manager(self.line, _Sink(self.writer), NEGOTIATION_LOG)
-        sender = asyncio.create_task(self._send(session))
-        helpers = [asyncio.create_task(self._receive(manager, session))]
-        if idle := self.doors.ctx.idle_timeout:
-            helpers.append(asyncio.create_task(
-                watch_idle(lambda: self.session, lambda: self.last_input, self.activity, idle)
-            ))  # fmt: skip
-        try:
-            await sender  # it ends with the session
+        idle = idle_watch(self.doors.ctx.idle_timeout, lambda: self.session,
+                          lambda: self.last_input, self.activity)  # fmt: skip
+        try:  # the writer ends with the session
+            await serve(self._send(session), self._receive(manager, session), idle,
+                        client_gone=(ConnectionError,), log=self.log,
+                        who=f"RFC 2217 client {self.address}")  # fmt: skip
         finally:
-            for task in (sender, *helpers):
-                task.cancel()
-            for outcome in await asyncio.gather(sender, *helpers, return_exceptions=True):
-                if isinstance(outcome, Exception) and not isinstance(outcome, ConnectionError):
-                    self.log.error("RFC 2217 client %s: the gateway failed: %r", self.address,
-                                   outcome, exc_info=outcome)  # fmt: skip
             self.service.detach(self.target(), self.actor(), session)
             self.log.debug("RFC 2217 client %s left the line at %s (recorded, not applied)",
                            self.address, self.line.describe())  # fmt: skip

@@ -57,10 +57,10 @@ from gateway.console.escape import (
     Show,
 )
 from gateway.console.frames import CloseCode
-from gateway.console.idle import watch_idle
 from gateway.console.opening import ConsoleUnavailable, check_console_enabled, check_open
 from gateway.console.policy import Actor, Target
 from gateway.console.render import framed_line, line_of
+from gateway.console.serve import idle_watch, serve
 from gateway.console.sessions import (
     Closing,
     ConsoleSession,
@@ -447,27 +447,17 @@ class _Console:
         detached and audited."""
         assert self.session is not None
         session, target = self.session, self.target()
-        writer = asyncio.create_task(self._write_loop())
+        idle = idle_watch(self.ctx.idle_timeout, lambda: session if session.is_open else None,
+                          lambda: self.last_input, self.activity)  # fmt: skip
         self.writing = True
-        helpers = []
-        if self.ctx.idle_timeout:
-            helpers.append(asyncio.create_task(watch_idle(
-                lambda: session if session.is_open else None, lambda: self.last_input,
-                self.activity, self.ctx.idle_timeout,
-            )))  # fmt: skip
-        try:
-            await writer
+        ended = False
+        try:  # the reader is the connection's, across its sessions: not the loop's
+            ended = await serve(self._write_loop(), idle,
+                                client_gone=(asyncssh.Error, ConnectionError, BrokenPipeError),
+                                log=log, who=f"SSH console of {self.user_name}")  # fmt: skip
         finally:
             self.writing = False
-            for task in helpers:
-                task.cancel()
-            for outcome in await asyncio.gather(writer, *helpers, return_exceptions=True):
-                if isinstance(outcome, Exception) and not isinstance(
-                    outcome, asyncssh.Error | ConnectionError | BrokenPipeError
-                ):
-                    log.error("SSH console of %s: %r", self.user_name, outcome,
-                              exc_info=outcome)  # fmt: skip
-            if not writer.done() or writer.exception() is not None:
+            if not ended:
                 reader.cancel()  # the client is gone: nothing more to read for
             session.close(Closing(CloseCode.NORMAL, "client left"), drain=False)
             self.door.service.detach(target, self.actor(), session)

@@ -83,6 +83,29 @@ def test_base_image_is_never_written(gen1: Console, lab: LabProcess) -> None:
     assert sha256(base) == before
 
 
+def test_run_command_runs_a_script_in_the_guest_even_with_its_network_down(
+    compute: ComputeManagementClient,
+) -> None:
+    """Microsoft's ``begin_run_command``, unchanged: the script runs as root through the
+    VM agent (qemu-guest-agent), its parameters positional, stdout and stderr apart in
+    Azure's message; with every NIC of the guest down it still runs (no network on the way),
+    as the serial console does. (The next test's reboot brings the network back.)"""
+
+    def run(*lines: str, params: tuple[str, ...] = ()) -> str:
+        parameters = [{"name": f"p{i}", "value": v} for i, v in enumerate(params)]
+        body = {"commandId": "RunShellScript", "script": list(lines), "parameters": parameters}
+        result = compute.virtual_machines.begin_run_command(RG, "gen1", body).result()
+        (status,) = result.value
+        assert status.code == "ProvisioningState/succeeded"
+        return str(status.message)
+
+    message = run("echo out-$1; id -un; hostname", "echo err-$2 >&2", params=("a", "b"))
+    assert message.startswith("Enable succeeded: \n[stdout]\nout-a\nroot\ngen1\n")
+    assert "[stderr]\nerr-b\n" in message
+    down = "for nic in /sys/class/net/e*; do ip link set dev ${nic##*/} down; done"
+    assert "still-here" in run(down, "ip -brief link | grep -c UP || true; echo still-here")
+
+
 def test_sysrq_reisub_syncs_remounts_and_reboots(gen1: Console) -> None:
     """REISUB by serial BREAK, as it works on a systemd guest: E and I end every process,
     the serial getty too, which closes ttyS0 (the kernel stops reading a closed port), so

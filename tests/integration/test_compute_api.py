@@ -66,6 +66,21 @@ async def test_power_actions_drive_the_machine(lab: RunningLab) -> None:
     assert "deallocated" in assert_arm_error(response, 409, "OperationNotAllowed")
 
 
+async def test_run_command_is_refused_as_azure_refuses_it(lab: RunningLab) -> None:
+    """Run Command: a Reader may not; a command id the VM does not run is a 400; a VM
+    without a VM agent (here, one with no disk) says so at once (409), with what to use."""
+    alice, bob = await lab.as_user("alice"), await lab.as_user("bob")
+    vm = f"{VMS}/vm-a/runCommand"
+    script = {"commandId": "RunShellScript", "script": ["hostname"]}
+    assert_arm_error(await lab.client.post(vm, json=script, headers=bob), 403)
+    response = await lab.client.post(vm, json={"commandId": "RunPowerShellScript"}, headers=alice)
+    assert "RunShellScript" in assert_arm_error(response, 400, "InvalidParameter")
+    response = await lab.client.post(vm, json={"commandId": "RunShellScript"}, headers=alice)
+    assert "needs a script" in assert_arm_error(response, 400, "InvalidParameter")
+    response = await lab.client.post(vm, json=script, headers=alice)
+    assert "no VM agent" in assert_arm_error(response, 409, "OperationNotAllowed")
+
+
 class SlowMachine(FakeMachine):
     """Restarts only when the test says so: a power action that is still running."""
 
