@@ -27,6 +27,7 @@ from gateway.api import (
     bootdiag,
     compute,
     console_ws,
+    extensions,
     identity,
     portal,
     recordings,
@@ -63,6 +64,7 @@ def create_app(context: ApiContext, *, body_timeout: float | None = None) -> Fas
     app.include_router(identity.router)
     app.include_router(arm.router)
     app.include_router(compute.router)
+    app.include_router(extensions.router)
     app.include_router(bootdiag.router)
     app.include_router(console_ws.router)
     app.include_router(admin.router)

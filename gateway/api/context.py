@@ -11,12 +11,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from typing import Any
 
 from starlette.requests import HTTPConnection
 
 from gateway.access.users import User
 from gateway.api.operations import Operations
 from gateway.lab.context import LabContext, policy_of, service_of
+from gateway.lab.inventory import VmResource
 
 __all__ = ["ApiContext", "Caller", "client_address", "context_of", "policy_of", "service_of"]
 
@@ -38,6 +40,31 @@ class BlobVersions:
         return etag, formatdate(seen[2], usegmt=True)
 
 
+@dataclass
+class Extension:
+    """One extension of a VM as ARM shows it; its protected settings are not kept."""
+
+    name: str
+    publisher: str
+    type: str
+    version: str
+    auto_upgrade: bool
+    settings: dict[str, Any]
+    state: str = "Creating"
+    message: str = ""
+    operation: str = ""
+
+
+@dataclass
+class Extensions:
+    """Every VM's extensions, by VM id (lower case), then by name (as first given)."""
+
+    by_vm: dict[str, dict[str, Extension]] = field(default_factory=dict)
+
+    def of(self, vm: VmResource) -> dict[str, Extension]:
+        return self.by_vm.setdefault(vm.id.lower(), {})
+
+
 @dataclass(eq=False)
 class ApiContext(LabContext):
     """The lab's services (``LabContext``) and what only the HTTP door keeps."""
@@ -46,6 +73,7 @@ class ApiContext(LabContext):
     allowed_hosts: frozenset[str] | None = None  # Host header names answered (None: any)
     operations: Operations = field(default_factory=Operations)  # power actions (202 + polling)
     blob_versions: BlobVersions = field(default_factory=BlobVersions)  # serial log ETags
+    extensions: Extensions = field(default_factory=Extensions)  # VM extensions, by VM
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,12 +68,16 @@ class AgentCommands:
         code, out, err = await self.run_apart(path, *args, timeout=timeout)
         return code, out + err
 
-    async def run_apart(self, path: str, *args: str, timeout: float = 60.0) -> tuple[int, str, str]:
+    async def run_apart(
+        self, path: str, *args: str, timeout: float = 60.0, stdin: bytes | None = None
+    ) -> tuple[int, str, str]:
         """``run``, with the program's standard output and error apart: (exit code, stdout,
-        stderr). AgentError when it does not end within ``timeout`` s."""
-        started = await self.execute(
-            "guest-exec", {"path": path, "arg": list(args), "capture-output": True}
-        )
+        stderr); ``stdin`` its standard input (what must not be in its arguments, which
+        every user of the guest may read). AgentError when it does not end in ``timeout`` s."""
+        request: dict[str, Any] = {"path": path, "arg": list(args), "capture-output": True}
+        if stdin is not None:
+            request["input-data"] = base64.b64encode(stdin).decode()
+        started = await self.execute("guest-exec", request)
         pid = started["pid"]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -313,6 +313,37 @@ class ScriptResult:
     stderr: str
 
 
+# VMAccessForLinux's work, as a root shell script: the user, then its password and key on
+# standard input (never in arguments, which any user of the guest may read).
+RESET_ACCESS = r"""set -e
+user="$1"; reset_ssh="$2"; remove="$3"
+IFS= read -r password || true
+IFS= read -r key || true
+if [ -n "$user" ] && [ "$remove" = 1 ]; then
+  userdel -r "$user" 2>/dev/null || userdel "$user"
+  echo "removed user $user"; exit 0
+fi
+if [ -n "$user" ]; then
+  if ! id "$user" >/dev/null 2>&1; then
+    useradd -m -s /bin/bash -G sudo "$user"; echo "created user $user"
+  fi
+  if [ -n "$password" ]; then
+    printf '%s:%s\n' "$user" "$password" | chpasswd; echo "set the password of $user"
+  fi
+  if [ -n "$key" ]; then
+    home=$(getent passwd "$user" | cut -d: -f6)
+    mkdir -p "$home/.ssh"; printf '%s\n' "$key" >> "$home/.ssh/authorized_keys"
+    chown -R "$user:" "$home/.ssh"; chmod 700 "$home/.ssh"; chmod 600 "$home/.ssh/authorized_keys"
+    echo "added an SSH key for $user"
+  fi
+fi
+if [ "$reset_ssh" = 1 ]; then
+  cp /usr/share/openssh/sshd_config /etc/ssh/sshd_config
+  systemctl restart ssh; echo "reset the SSH configuration"
+fi
+"""
+
+
 class DiskMachine(MachineBase):
     """A QEMU or libvirt machine that may boot a disk (a disk VM) rather than a kernel: what
     such a VM shows and does beyond the console. Subclasses set ``disk``, ``disks`` and
@@ -346,6 +377,31 @@ class DiskMachine(MachineBase):
         async with self._agent(min(timeout, AGENT_WAIT)) as agent:
             code, out, err = await agent.run_apart("/bin/sh", "-c", script, "sh", *args,
                                                    timeout=timeout)  # fmt: skip
+        return ScriptResult(code, out, err)
+
+    async def reset_access(
+        self, user: str = "", password: str = "", ssh_key: str = "", *,
+        reset_ssh: bool = False, remove_user: bool = False, timeout: float = RUN_COMMAND_TIMEOUT,
+    ) -> ScriptResult:  # fmt: skip
+        """What Azure's VM access extension does (``VMAccessForLinux``): create ``user`` (in
+        the ``sudo`` group) if missing, set its password, add an SSH key, or remove it; reset
+        sshd's configuration. Through the guest agent, the secrets on standard input.
+        ValueError for a user name no Linux has; MachineStateError unless the guest runs
+        (and has an agent); AgentError as ``run_command``."""
+        if any(c in user for c in ":/\n ") or user.startswith("-"):
+            raise ValueError(f"not a user name: {user[:64]!r}")
+        self._require(PowerState.RUNNING, action="reset access to")
+        if self.disks is None:
+            raise MachineStateError(
+                f"VM '{self.name}' has no VM agent to reset a password: it boots a kernel "
+                "directly; the VM access extension needs a disk VM"
+            )
+        secrets = f"{password}\n{ssh_key.strip()}\n".encode()
+        flags = ("1" if reset_ssh else "0", "1" if remove_user else "0")
+        async with self._agent(min(timeout, AGENT_WAIT)) as agent:
+            code, out, err = await agent.run_apart(
+                "/bin/sh", "-c", RESET_ACCESS, "sh", user, *flags, timeout=timeout, stdin=secrets
+            )
         return ScriptResult(code, out, err)
 
     @property

@@ -106,6 +106,37 @@ def test_run_command_runs_a_script_in_the_guest_even_with_its_network_down(
     assert "still-here" in run(down, "ip -brief link | grep -c UP || true; echo still-here")
 
 
+def test_the_vm_access_extension_gives_a_user_who_logs_in_on_the_serial_console(
+    compute: ComputeManagementClient, gen1: Console
+) -> None:
+    """Azure's fix for "I cannot log in": azure-mgmt-compute's ``begin_create_or_update`` of
+    VMAccessForLinux creates a user with a password, inside the guest through its agent;
+    that user then logs in on the serial console, and no GET shows the password."""
+    password = "Vm-Access-Pw-42"
+    body = {
+        "location": "westeurope",
+        "properties": {
+            "publisher": "Microsoft.OSTCExtensions",
+            "type": "VMAccessForLinux",
+            "typeHandlerVersion": "1.5",
+            "protectedSettings": {"username": "azureuser", "password": password},
+        },
+    }
+    extensions = compute.virtual_machine_extensions
+    done = extensions.begin_create_or_update(RG, "gen1", "enablevmaccess", body).result()
+    assert done.provisioning_state == "Succeeded"
+    shown = extensions.get(RG, "gen1", "enablevmaccess", expand="instanceView")
+    assert password not in str(shown.as_dict())
+    gen1.sendline("exit")  # leave root's shell: a login prompt comes back
+    gen1.login("azureuser", password)
+    out, status = gen1.run("id -un; id -Gn")
+    assert status == 0
+    assert out.split()[:2] == ["azureuser", "azureuser"]
+    assert "sudo" in out.split()
+    gen1.sendline("exit")
+    gen1.expect("gen1 login: ", BOOT)  # the getty is back: the port is read again
+
+
 def test_sysrq_reisub_syncs_remounts_and_reboots(gen1: Console) -> None:
     """REISUB by serial BREAK, as it works on a systemd guest: E and I end every process,
     the serial getty too, which closes ttyS0 (the kernel stops reading a closed port), so

@@ -81,6 +81,26 @@ async def test_run_command_is_refused_as_azure_refuses_it(lab: RunningLab) -> No
     assert "no VM agent" in assert_arm_error(response, 409, "OperationNotAllowed")
 
 
+async def test_the_vm_access_extension_is_refused_as_azure_refuses_it(lab: RunningLab) -> None:
+    """A Reader may read extensions but not write them; only VMAccessForLinux runs here,
+    with something to do; a VM without a VM agent says so (409); an extension never put
+    is a 404."""
+    alice, bob = await lab.as_user("alice"), await lab.as_user("bob")
+    path = f"{VMS}/vm-a/extensions/enablevmaccess"
+    access = {"publisher": "Microsoft.OSTCExtensions", "type": "VMAccessForLinux",
+              "protectedSettings": {"username": "azureuser", "password": "pw-1"}}  # fmt: skip
+    assert_arm_error(await lab.client.put(path, json={"properties": access}, headers=bob), 403)
+    other = {**access, "publisher": "Microsoft.Azure.Extensions", "type": "CustomScript"}
+    response = await lab.client.put(path, json={"properties": other}, headers=alice)
+    assert "VMAccessForLinux" in assert_arm_error(response, 400, "InvalidParameter")
+    empty = {**access, "protectedSettings": {"username": "azureuser"}}
+    response = await lab.client.put(path, json={"properties": empty}, headers=alice)
+    assert "Nothing to do" in assert_arm_error(response, 400, "InvalidParameter")
+    response = await lab.client.put(path, json={"properties": access}, headers=alice)
+    assert "no VM agent" in assert_arm_error(response, 409, "OperationNotAllowed")
+    assert_arm_error(await lab.client.get(path, headers=bob), 404, "NotFound")
+
+
 class SlowMachine(FakeMachine):
     """Restarts only when the test says so: a power action that is still running."""
 
