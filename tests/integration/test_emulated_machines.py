@@ -33,7 +33,7 @@ from gateway.machines.base import (
     RestartOutcome,
 )
 from gateway.testing.timeouts import scaled
-from tests.e2e.conftest import GUEST_PASSWORD, Guest, shared_guest  # noqa: F401 - a fixture
+from tests.e2e.conftest import GUEST_PASSWORD, shared_guest  # noqa: F401 - a fixture
 from tests.e2e.test_qemu_machine import (  # noqa: F401 - the machine contract, on the emulator
     test_a_reset_during_a_restart_is_refused,
     test_graceful_restart_powers_off_then_boots,
@@ -68,10 +68,14 @@ class Lab:
         self.consoles.append(await PortConsole.open(path))
 
 
-async def _lab(vm: EmulatedMachine) -> AsyncIterator[Lab]:
+async def _lab(vm: EmulatedMachine, *, start: bool = False) -> AsyncIterator[Lab]:
+    """``vm`` with a console attached in its port hook (started with ``start``), then
+    deallocated and its consoles closed."""
     lab = Lab(vm)
     vm.add_port_hook(lab.hook)
     try:
+        if start:
+            await vm.start()
         yield lab
     finally:
         await vm.deallocate()
@@ -92,35 +96,18 @@ async def windows() -> AsyncIterator[Lab]:
         yield lab
 
 
-async def _guest() -> AsyncIterator[Guest]:
-    vm = EmulatedMachine("guest-1", password=GUEST_PASSWORD)
-    guest = Guest(vm)  # type: ignore[arg-type]  # the contract's Guest: any Machine
-
-    async def attach(path: str) -> None:
-        guest.consoles.append(await PortConsole.open(path))
-
-    vm.add_port_hook(attach)
-    await vm.start()
-    try:
-        yield guest
-    finally:
-        await vm.deallocate()
-        for console in guest.consoles:
-            if not console.port.closed:
-                console.close_port()
-
-
 @pytest.fixture
-async def guest() -> AsyncIterator[Guest]:
-    """An emulated guest for the contract's tests that change its power."""
-    async for booted in _guest():
+async def guest() -> AsyncIterator[Lab]:
+    """An emulated guest for the contract's tests that change its power (a ``Lab`` is
+    what the contract's ``Guest`` is: a machine and its consoles)."""
+    async for booted in _lab(EmulatedMachine("guest-1", password=GUEST_PASSWORD), start=True):
         yield booted
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def module_guest() -> AsyncIterator[Guest]:
+async def module_guest() -> AsyncIterator[Lab]:
     """The emulated guest the contract's ``shared_guest`` tests share."""
-    async for booted in _guest():
+    async for booted in _lab(EmulatedMachine("guest-1", password=GUEST_PASSWORD), start=True):
         yield booted
 
 
