@@ -532,6 +532,7 @@ async def test_a_locked_user_is_refused_by_key_too(tmp_path: Path) -> None:
         assert context.audit.query(action="console.connect") == []
 
 
+@pytest.mark.slow  # megabytes through a PTY, SSH and a websocket: make test, not the inner loop
 async def test_a_client_that_never_reads_is_let_go_and_the_guest_goes_on(
     ssh_lab: SshLab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
