@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from gateway.access import lockout, rbac
 from gateway.access.rbac import RoleAssignment
 from gateway.access.users import MIN_PASSWORD_LENGTH, User, password_weakness
+from gateway.lab.errors import LabError
 from gateway.lab.tls import CertificateError, check_certificate_pair
 from gateway.machines.disk import DataDisk, DiskSpec
 from gateway.machines.image import builtin_disk
@@ -49,7 +50,7 @@ _GUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 DEFAULT_GUEST_PASSWORD = "serial-lab"
 
 
-class LabConfigError(Exception):
+class LabConfigError(LabError):
     """The lab file is unreadable or invalid; the message names the file and the key."""
 
 

@@ -1,14 +1,28 @@
-"""ARM's error shape, for everything the lab refuses: ``ArmError``.
+"""What ``gateway.lab`` raises, one tree; and ARM's error shape, ``ArmError``.
 
-The inventory raises it (a VM that does not exist, a name ARM would refuse), the command
-and connect checks are mapped to it, and each door spells it its own way: the HTTP door
-as ARM's JSON body, SSH and RFC 2217 as a line of text.
+::
+
+    LabError                base of everything this package raises
+     +-- LabConfigError     the lab file is unreadable or invalid (config.py)
+     +-- LabRuntimeError    the lab cannot start (runtime.py)
+     +-- TlsError           a certificate or key cannot be made, read or used (tls.py)
+     |    +-- CertificateError
+     +-- ArmError           a refusal in ARM's shape (below)
+
+``ArmError``: the inventory raises it (a VM that does not exist, a name ARM would refuse),
+the command and connect checks are mapped to it, and each door spells it its own way: the
+HTTP door as ARM's JSON body, SSH and RFC 2217 as a line of text.
 """
 
 from __future__ import annotations
 
 
-class ArmError(Exception):
+class LabError(Exception):
+    """Base of what the lab's package raises; the message says what happened and what
+    to do."""
+
+
+class ArmError(LabError):
     """An error response in ARM's shape. ``message`` is what the user reads.
 
     ``flat`` answers ``{"code", "message"}`` without the ``error`` wrapper: the shape the

@@ -61,6 +61,7 @@ from gateway.console.hub import ConsoleHub
 from gateway.console.sessions import Role
 from gateway.lab import connections
 from gateway.lab.config import LabConfig, MachineSpec, Rfc2217Door
+from gateway.lab.errors import LabError
 from gateway.lab.inventory import ConsoleState, Inventory, ScaleSetResource, VmResource
 from gateway.lab.tls import TlsError, TlsFiles, ensure_lab_certificate, server_hosts
 from gateway.machines.base import Machine, MachineError, PowerState
@@ -78,7 +79,7 @@ MachineFactory = Callable[[MachineSpec, Path], Machine]
 Progress = Callable[[str, str], None]
 
 
-class LabRuntimeError(Exception):
+class LabRuntimeError(LabError):
     """The lab cannot start; the message says why and what to do."""
 
 

@@ -43,6 +43,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway.lab.errors import LabError
+
 CA_LIFETIME = datetime.timedelta(days=3650)
 SERVER_LIFETIME = datetime.timedelta(days=397)  # the longest browsers accept
 RENEW_BEFORE = datetime.timedelta(days=30)
@@ -51,7 +53,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 Clock = Callable[[], datetime.datetime]
 
 
-class TlsError(Exception):
+class TlsError(LabError):
     """A certificate or key cannot be made, read or used; the message names the file."""
 
 

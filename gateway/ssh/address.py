@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.ssh.errors import SshError
+
 USAGE = (
     "Sign in as USER+RESOURCE_GROUP+VM (a VM) or USER+RESOURCE_GROUP+SCALE_SET+INSTANCE "
     "(a scale-set instance), for example: ssh -p PORT alice+lab-rg+linux-1@127.0.0.1"
 )
 
 
-class AddressError(ValueError):
+class AddressError(SshError, ValueError):
     """An SSH user name that does not name a user and a console; the message says how."""
 
 

@@ -74,6 +74,7 @@ from gateway.lab.errors import ArmError
 from gateway.lab.inventory import VmResource, check_instance, check_name
 from gateway.lab.signin import audit_refusal, sign_in
 from gateway.ssh.address import AddressError, ConsoleAddress, parse, user_of
+from gateway.ssh.errors import SshError
 from gateway.ssh.size import SizeHints
 
 STALL_BOUND = 60.0  # seconds a client may leave sent bytes unread before it is let go
@@ -86,7 +87,7 @@ EXIT_REFUSED = 1  # refused, or closed by the lab (taken over, idle, VM dealloca
 READ_SIZE = 4096
 
 
-class SshDoorError(Exception):
+class SshDoorError(SshError):
     """The SSH door cannot start (its port, its host key); the message says what to do."""
 
 
