@@ -129,12 +129,14 @@ class AuditLog:
                 if not self._posted:
                     return
                 row = self._posted.popleft()
+            lost = False
             try:
                 self._insert(**row)
             except AccessError as err:
-                self.lost += 1
+                lost = True
                 log.error("audit row lost (%s %s): %s", row["action"], row["outcome"], err)
-            with self._written:
+            with self._written:  # ``lost`` is counted by the loop's thread too
+                self.lost += lost
                 self._writes += 1
                 self._written.notify_all()
 

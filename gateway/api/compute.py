@@ -36,7 +36,7 @@ from gateway.api.auth import subscription_scope as sub_scope
 from gateway.api.bootdiag import log_path, screenshot_path
 from gateway.api.context import ApiContext, Caller, context_of
 from gateway.api.errors import ArmError, error_response
-from gateway.api.operations import FAILED, SUCCEEDED
+from gateway.api.operations import FAILED, SUCCEEDED, Outcome
 from gateway.lab.inventory import VMSS_TYPE, ScaleSetResource, VmResource
 from gateway.machines.agent import AgentError
 from gateway.machines.base import Machine, MachineError, MachineStateError, PowerState
@@ -204,14 +204,14 @@ async def get_vm(
     expand: Expand = None,
 ) -> dict[str, Any]:
     """A VM; ``$expand=instanceView`` adds its power state (``PowerState/running``...)."""
-    return vm_body(_vm(request), expand)
+    return vm_body(vm_of(request), expand)
 
 
 @router.get(VM + "/instanceView", tags=["virtual machines"])
 async def get_vm_instance_view(
     request: Request, vm_name: str, caller: Annotated[Caller, require(rbac.VM_READ, vm_scope)]
 ) -> dict[str, Any]:
-    return instance_view(_vm(request))
+    return instance_view(vm_of(request))
 
 
 @router.get(COMPUTE + "/virtualMachineScaleSets", tags=["scale sets"])
@@ -262,7 +262,8 @@ async def get_instance_view(
     return instance_view(_instance(request))
 
 
-def _vm(request: Request) -> VmResource:
+def vm_of(request: Request) -> VmResource:
+    """The VM of the request's path (ArmError 404 when there is none)."""
     p = request.path_params
     return context_of(request).inventory.vm(p["resource_group"], p["vm_name"])
 
@@ -308,20 +309,27 @@ async def _power(
         _record_outcome(ctx, caller, action, audit.SUCCEEDED, detail, vm.id)
         return detail
 
-    op = ctx.operations.start(action, vm.id, outcome, _failure)
+    return Response(status_code=202, headers=await start_operation(request, vm, action, outcome))
+
+
+async def start_operation(
+    request: Request, vm: VmResource, action: str, outcome: Outcome
+) -> dict[str, str]:
+    """Run ``outcome`` as ``vm``'s long-running operation; ARM's headers for it
+    (``Azure-AsyncOperation``, ``Location``, ``Retry-After``). A machine refuses an action
+    in the wrong state before it does anything: that refusal is raised at once (409
+    ``OperationNotAllowed``), as ARM answers it."""
+    op = context_of(request).operations.start(action, vm.id, outcome, _failure)
     await asyncio.sleep(0)  # one turn of the loop: the machine's own state check runs
     if op.status == FAILED and op.error is not None and op.error[0] == "OperationNotAllowed":
         raise ArmError(409, *op.error)
     status = _operation_url(request, vm.location, op.id)
     version = request.query_params.get("api-version", "")
-    return Response(
-        status_code=202,
-        headers={
-            "Azure-AsyncOperation": f"{status}?api-version={version}",
-            "Location": f"{status}?monitor=true&api-version={version}",
-            "Retry-After": str(RETRY_AFTER),
-        },
-    )
+    return {
+        "Azure-AsyncOperation": f"{status}?api-version={version}",
+        "Location": f"{status}?monitor=true&api-version={version}",
+        "Retry-After": str(RETRY_AFTER),
+    }
 
 
 def _record_outcome(
@@ -414,7 +422,7 @@ def _power_routes(name: str, vm_action: str, vmss_action: str, run: Any) -> None
         request: Request,
         caller: Annotated[Caller, require(vm_action, vm_scope, audit_as=vm_action)],
     ) -> Response:
-        return await _power(request, caller, _vm(request), vm_action, run)
+        return await _power(request, caller, vm_of(request), vm_action, run)
 
     @router.post(
         INSTANCE + f"/{name}", tags=["scale sets"], name=f"instance {name}", status_code=202
@@ -515,7 +523,7 @@ async def vm_run_command(
     """Run Command: the script runs as root in the guest, through its VM agent (202, then
     the ``Location`` URL answers Azure's ``RunCommandResult``)."""
     script, args = _script_of(body)
-    return await _power(request, caller, _vm(request), rbac.VM_RUN_COMMAND, _runner(script, args))
+    return await _power(request, caller, vm_of(request), rbac.VM_RUN_COMMAND, _runner(script, args))
 
 
 @router.post(INSTANCE + "/runCommand", tags=["scale sets"], status_code=202)
@@ -564,7 +572,7 @@ async def retrieve_vm_boot_diagnostics(
     minutes: Minutes = 120,
 ) -> dict[str, Any]:
     """A signed URL to the VM's serial log, valid ``sasUriExpirationTimeInMinutes``."""
-    return _boot_diagnostics(context_of(request), request, _vm(request), minutes)
+    return _boot_diagnostics(context_of(request), request, vm_of(request), minutes)
 
 
 @router.post(INSTANCE + "/retrieveBootDiagnosticsData", tags=["boot diagnostics"])

@@ -52,7 +52,6 @@ class Extension:
     settings: dict[str, Any]
     state: str = "Creating"
     message: str = ""
-    operation: str = ""
 
 
 @dataclass

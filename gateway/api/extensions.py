@@ -16,7 +16,6 @@ row names the user acted on, nothing more.
 Evaluated annotations (no ``from __future__ import annotations``): FastAPI reads them.
 """
 
-import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
@@ -25,10 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.access import audit, rbac
 from gateway.api.auth import post, record_before, require, vm_scope
-from gateway.api.compute import RETRY_AFTER, VM, _failure, _operation_url, _vm
+from gateway.api.compute import VM, start_operation, vm_of
 from gateway.api.context import Caller, Extension, context_of
 from gateway.api.errors import ArmError
-from gateway.api.operations import FAILED
 from gateway.lab.inventory import VmResource
 from gateway.machines.base import MachineError
 
@@ -128,7 +126,7 @@ async def put_extension(
     """Create or update an extension: the VM access extension (``VMAccessForLinux``) runs
     in the guest through its agent. 201 (or 200) and ``Azure-AsyncOperation``."""
     ctx = context_of(request)
-    vm = _vm(request)
+    vm = vm_of(request)
     props = body.properties
     if (props.publisher, props.type) != VM_ACCESS:
         raise ArmError(
@@ -171,21 +169,11 @@ async def put_extension(
         post(ctx, caller, action, audit.SUCCEEDED, acted_on, target=vm.id)
         return ""
 
-    op = ctx.operations.start(action, vm.id, outcome, _failure)
-    ext.operation = op.id
-    context_of(request).extensions.of(vm)[name.lower()] = ext
-    await asyncio.sleep(0)  # one turn: the machine's own state check runs
-    if op.status == FAILED and op.error is not None and op.error[0] == "OperationNotAllowed":
-        raise ArmError(409, *op.error)
-    status = _operation_url(request, vm.location, op.id)
-    version = request.query_params.get("api-version", "")
+    ctx.extensions.of(vm)[name.lower()] = ext
+    headers = await start_operation(request, vm, action, outcome)
+    del headers["Location"]  # a PUT's poller reads the extension itself once it is done
     return JSONResponse(
-        body_of(vm, ext),
-        status_code=201 if existing is None else 200,
-        headers={
-            "Azure-AsyncOperation": f"{status}?api-version={version}",
-            "Retry-After": str(RETRY_AFTER),
-        },
+        body_of(vm, ext), status_code=201 if existing is None else 200, headers=headers
     )
 
 
@@ -196,7 +184,7 @@ async def get_extension(
     caller: Annotated[Caller, require(rbac.VM_EXTENSION_READ, vm_scope)],
 ) -> dict[str, Any]:
     """An extension of the VM, with its provisioning state (never its protected settings)."""
-    vm = _vm(request)
+    vm = vm_of(request)
     ext = context_of(request).extensions.of(vm).get(name.lower())
     if ext is None:
         raise ArmError(
@@ -213,5 +201,5 @@ async def list_extensions(
     caller: Annotated[Caller, require(rbac.VM_EXTENSION_READ, vm_scope)],
 ) -> dict[str, Any]:
     """The VM's extensions."""
-    vm = _vm(request)
+    vm = vm_of(request)
     return {"value": [body_of(vm, e) for e in context_of(request).extensions.of(vm).values()]}

@@ -28,22 +28,11 @@ from gateway.machines.libvirt import OWNER_NS, LibvirtMachine, domain_prefix
 from gateway.machines.process import wait_pid_exit
 from gateway.testing.timeouts import scaled
 from tests.e2e.conftest import GUEST_PASSWORD, Guest, running
-from tests.e2e.test_qemu_machine import (  # noqa: F401 - collected here, on libvirt
+from tests.e2e.test_qemu_machine import *  # noqa: F403 - the machine contract, on libvirt
+from tests.e2e.test_qemu_machine import (  # noqa: F401 - collected here too: QEMU under libvirt
     test_a_hung_qemu_fails_a_command_in_time,
-    test_a_reset_during_a_restart_is_refused,
     test_deallocate_then_start_gives_a_new_port,
-    test_graceful_restart_powers_off_then_boots,
-    test_hard_reset_reboots_while_the_reader_stays,
-    test_login_with_the_password_and_run_a_command,
-    test_nmi_prints_the_kernel_nmi_line,
     test_restart_falls_back_to_a_hard_reset_when_the_guest_ignores_acpi,
-    test_stop_then_start_boots_again_on_the_same_port,
-    test_sysrq_after_a_flood_of_typed_input_gets_its_own_key,
-    test_sysrq_c_panics_and_reset_brings_it_back,
-    test_sysrq_h_prints_the_kernel_help,
-    test_sysrq_sequence_reisub_syncs_and_reboots,
-    test_wait_input_taken_needs_a_running_guest,
-    test_wrong_password_is_refused,
 )
 from tests.support.libvirtd import URI, Libvirtd
 

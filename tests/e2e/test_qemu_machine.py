@@ -31,6 +31,23 @@ from tests.support.console import PortConsole
 
 pytestmark = pytest.mark.qemu
 
+# The machine contract: what every backend does alike, collected again by the libvirt
+# and emulated machines' modules (``from tests.e2e.test_qemu_machine import *``).
+__all__ = [
+    "test_a_reset_during_a_restart_is_refused",
+    "test_graceful_restart_powers_off_then_boots",
+    "test_hard_reset_reboots_while_the_reader_stays",
+    "test_login_with_the_password_and_run_a_command",
+    "test_nmi_prints_the_kernel_nmi_line",
+    "test_stop_then_start_boots_again_on_the_same_port",
+    "test_sysrq_after_a_flood_of_typed_input_gets_its_own_key",
+    "test_sysrq_c_panics_and_reset_brings_it_back",
+    "test_sysrq_h_prints_the_kernel_help",
+    "test_sysrq_sequence_reisub_syncs_and_reboots",
+    "test_wait_input_taken_needs_a_running_guest",
+    "test_wrong_password_is_refused",
+]
+
 
 @ON_MODULE_LOOP
 async def test_boot_is_seen_from_the_first_byte_to_login(shared_guest: Guest) -> None:
