@@ -34,6 +34,8 @@ LINUX = (
     "/providers/Microsoft.Compute/virtualMachines/linux-1"
 )
 WINDOWS = LINUX.replace("linux-1", "win-1")
+# The role badge once the session is open (has_text alone would match "Not connected").
+CONNECTED = re.compile(r"^Connected$")
 # Keeps in window.powerStates each text the power badge shows, in order: one state may
 # last less than a poll of Playwright's (an emulated guest stops in milliseconds).
 POWER_STATES_SEEN = """() => {
@@ -532,11 +534,11 @@ async def test_enter_takes_the_console_back_and_a_double_click_opens_one_session
     await alice.notice("another user connected")
     await alice.type("\n")  # Azure's text: to reconnect, press "Enter"
     await carol.notice("another user connected")
-    await alice.page.locator("#console-role").filter(has_text="Connected").wait_for()
+    await alice.page.locator("#console-role").filter(has_text=CONNECTED).wait_for()
 
     # Two quick clicks on Watch only / Take over: one session at a time, no byte twice.
     await alice.page.get_by_role("button", name="Watch only").dblclick()
-    await alice.page.locator("#console-role").filter(has_text="Connected").wait_for()
+    await alice.page.locator("#console-role").filter(has_text=CONNECTED).wait_for()
     await alice.type("echo once-only\n")
     text = await alice.screen(r"\nonce-only\n")
     assert text.count("once-only") == 2  # the command line and its output

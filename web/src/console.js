@@ -237,10 +237,21 @@ export class ConsolePage {
     this.notice.replaceChildren();
   }
 
+  /** The role the next session asks for (``writer`` or ``watcher``). */
   setRole(role) {
     this.role = role;
-    this.roleBadge.textContent = role === "watcher" ? "Watching (read only)" : "Connected";
     this.takeButton.textContent = role === "watcher" ? "Take over" : "Watch only";
+  }
+
+  /** The badge says what the console is now, not what was asked for: a key typed while it
+   * says "Connecting…" is not sent. */
+  showLink(link) {
+    this.roleBadge.textContent = {
+      connecting: "Connecting…",
+      open: this.role === "watcher" ? "Watching (read only)" : "Connected",
+      closed: "Not connected",
+    }[link];
+    this.roleBadge.dataset.link = link;
   }
 
   setPowerState(state) {
@@ -262,6 +273,7 @@ export class ConsolePage {
     this.awaitingEnter = false;
     this.reconnectButton.hidden = true;
     this.hangUp();
+    this.showLink("connecting");
     let url;
     try {
       const { body } = await arm("POST", `${this.id}/providers/Microsoft.SerialConsole/serialPorts/0/connect`);
@@ -310,6 +322,7 @@ export class ConsolePage {
   connectFailed(err) {
     const retryable = err instanceof ApiError && (err.status === 0 || err.status >= 500 || err.status === 429 || (this.pos !== null && TRANSIENT.test(err.message)));
     if (retryable && this.retry(err.status === 0 ? "The gateway cannot be reached. Reconnecting…" : `${err.message} Reconnecting…`)) return;
+    this.showLink("closed");
     if (err.status === 401) {
       window.dispatchEvent(new CustomEvent("signed-out", { detail: err.message }));
       return;
@@ -380,6 +393,7 @@ export class ConsolePage {
     }, STABLE_AFTER);
     this.os = event.os;
     this.setRole(event.role);
+    this.showLink("open");
     this.setPowerState(event.power_state);
     this.syncButton.disabled = event.os !== "linux" || event.role !== "writer";
     this.syncButton.title = event.os === "linux"
@@ -442,6 +456,7 @@ export class ConsolePage {
     if (this.disposed || event.target !== this.socket) return;
     this.socket = null;
     clearTimeout(this.stableTimer);
+    this.showLink("closed");
     const code = this.closing?.code ?? event.code;
     const message = this.closing?.message || event.reason;
     // The pane's own count is exact; the gateway's resume offset only stands in for it
