@@ -68,6 +68,24 @@ _DISPLAY = {
 # -- bodies ---------------------------------------------------------------------------------
 
 
+def _provisioning_status(vm: VmResource) -> dict[str, Any]:
+    """The instance view's provisioning status; a failure carries Azure's code and text."""
+    state = vm.provisioning_state.lower()
+    error = vm.provisioning.error if vm.provisioning is not None else None
+    if state == "failed" and error is not None:
+        return {
+            "code": f"ProvisioningState/failed/{error['code']}",
+            "level": "Error",
+            "displayStatus": "Provisioning failed",
+            "message": error["message"],
+        }
+    return {
+        "code": f"ProvisioningState/{state}",
+        "level": "Info",
+        "displayStatus": f"Provisioning {state}",
+    }
+
+
 def instance_view(vm: VmResource) -> dict[str, Any]:
     state = vm.machine.power_state
     view: dict[str, Any] = {
@@ -75,11 +93,7 @@ def instance_view(vm: VmResource) -> dict[str, Any]:
         "osName": vm.os_type,
         "bootDiagnostics": {"status": None} if vm.boot_diagnostics else None,
         "statuses": [
-            {
-                "code": f"ProvisioningState/{vm.provisioning_state.lower()}",
-                "level": "Info",
-                "displayStatus": f"Provisioning {vm.provisioning_state.lower()}",
-            },
+            _provisioning_status(vm),
             {
                 "code": f"PowerState/{state.value}",
                 "level": "Info",
@@ -96,9 +110,13 @@ def instance_view(vm: VmResource) -> dict[str, Any]:
 def vm_body(vm: VmResource, expand: str | None = None) -> dict[str, Any]:
     properties: dict[str, Any] = {
         "vmId": vm.vm_id,
-        "hardwareProfile": {"vmSize": f"Lab_{vm.memory_mb}MB"},
+        "hardwareProfile": {"vmSize": vm.vm_size},
         "storageProfile": {"osDisk": {"osType": vm.os_type.capitalize()}},
-        "osProfile": {"computerName": vm.hostname, "adminUsername": "root"},
+        "osProfile": (
+            vm.provisioning.profile.arm()
+            if vm.provisioning is not None
+            else {"computerName": vm.hostname, "adminUsername": "root"}
+        ),
         "diagnosticsProfile": {"bootDiagnostics": {"enabled": vm.boot_diagnostics}},
         "provisioningState": vm.provisioning_state,
     }

@@ -34,6 +34,8 @@ from gateway.lab.errors import LabError
 from gateway.lab.tls import CertificateError, check_certificate_pair
 from gateway.machines.disk import DataDisk, DiskSpec
 from gateway.machines.image import builtin_disk
+from gateway.machines.provision import DEFAULT_TIMEOUT as DEFAULT_PROVISIONING_TIMEOUT
+from gateway.machines.provision import OsProfile
 from gateway.recordings.settings import (
     DEFAULT_SESSION_BYTES,
     DEFAULT_TOTAL_BYTES,
@@ -44,6 +46,43 @@ NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9_])?")
 OS_TYPES = ("linux", "windows")
 BACKENDS = ("qemu", "libvirt", "emulated")
 PROVISIONING_STATES = ("Succeeded", "Creating", "Updating", "Failed")
+# user names Azure refuses as a Linux VM's admin (its osProfile validation)
+RESERVED_USERS = frozenset(
+    [
+        "administrator",
+        "admin",
+        "user",
+        "user1",
+        "test",
+        "user2",
+        "test1",
+        "user3",
+        "admin1",
+        "1",
+        "123",
+        "a",
+        "actuser",
+        "adm",
+        "admin2",
+        "aspnet",
+        "backup",
+        "console",
+        "david",
+        "guest",
+        "john",
+        "owner",
+        "root",
+        "server",
+        "sql",
+        "support",
+        "support_388945a0",
+        "sys",
+        "test2",
+        "test3",
+        "user4",
+        "user5",
+    ]
+)
 DEFAULT_SUBSCRIPTION = "5e71a1c0-0000-4000-8000-000000000001"
 DEFAULT_TENANT = "5e71a1c0-0000-4000-8000-00000000ad00"
 _GUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
@@ -94,6 +133,7 @@ class MachineSpec:
     uri: str | None = None  # libvirt's connection URI (backend "libvirt" only)
     warm_start: bool = True  # QEMU, libvirt: start from a saved boot (machines.warm)
     cpus: int = 1  # QEMU and libvirt: virtual CPUs
+    os_profile: OsProfile | None = None  # a disk VM provisioned by its cloud-init
 
 
 @dataclass(frozen=True, slots=True)
@@ -604,7 +644,14 @@ class _Parser:
             output_rate=t.int("output_rate", None, 1, 1 << 30),
             uri=uri,
             warm_start=t.bool("warm_start", True),
+            os_profile=self.os_profile(t, hostname),
         )
+        if spec.os_profile is not None and (disk is None or backend != "qemu"):
+            raise t.fail(
+                "os_profile",
+                'backend = "qemu" and an [image] disk beside it (cloud-init provisions a disk '
+                "VM; libvirt and emulated VMs take password instead)",
+            )
         if spec.backend in ("qemu", "libvirt") and spec.os != "linux":
             raise t.fail(
                 "backend", "emulated for a windows VM (QEMU guests are Linux)", spec.backend
@@ -614,6 +661,11 @@ class _Parser:
         if disk is not None and disk.tpm and spec.backend == "libvirt":
             raise t.fail("backend", 'qemu beside [image] tpm = true (a vTPM is QEMU\'s only)',
                          spec.backend)  # fmt: skip
+        if spec.os_profile is not None and "provisioning_state" in t.data:
+            raise t.fail(
+                "provisioning_state",
+                "no provisioning_state beside os_profile (the guest's cloud-init reports it)",
+            )
         flags = {
             "provisioning_state": t.str(
                 "provisioning_state", "Succeeded", choices=PROVISIONING_STATES
@@ -622,6 +674,57 @@ class _Parser:
             "boot_diagnostics": t.bool("boot_diagnostics", True),
         }
         return spec, flags
+
+    def os_profile(self, t: _Table, hostname: str) -> OsProfile | None:
+        """``[os_profile]``: what Azure's ``osProfile`` hands a new Linux VM's cloud-init."""
+        if "os_profile" not in t.data:
+            return None
+        p = t.table("os_profile")
+        user = p.str("admin_username", _REQUIRED)
+        if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user) or user in RESERVED_USERS:
+            raise p.fail(
+                "admin_username",
+                "a Linux user name (lower case, at most 32) that Azure allows (not root, admin...)",
+                user,
+            )
+        password: str | None = p.str("admin_password", None)
+        if password is not None and not re.fullmatch(r"[ -~]{6,72}", password):
+            raise p.fail(
+                "admin_password", "6-72 printable ASCII characters", "a password (not shown)"
+            )
+        keys = p.get("ssh_public_keys", list, "an array of SSH public keys", [])
+        for key in keys:
+            if not isinstance(key, str) or len(key.split()) < 2 or not key.startswith("ssh-"):
+                raise p.fail("ssh_public_keys", "SSH public keys such as 'ssh-ed25519 AAAA... me'",
+                             key)  # fmt: skip
+        key_only = p.bool("disable_password_authentication", password is None)
+        if key_only and not keys:
+            raise p.fail(
+                "ssh_public_keys", "at least one key when password authentication is disabled"
+            )
+        if not key_only and password is None:
+            raise p.fail("admin_password", "a password when password authentication is enabled")
+        computer = p.str("computer_name", hostname)
+        if not re.fullmatch(r"(?i)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", computer):
+            raise p.fail(
+                "computer_name", "a host name (letters, digits, '-', at most 63)", computer
+            )
+        custom = p.str("custom_data", None)
+        if custom is not None and len(custom.encode()) > 65535:
+            raise p.fail(
+                "custom_data", "at most 64 KiB (Azure's limit)", f"{len(custom)} characters"
+            )
+        profile = OsProfile(
+            admin_username=user,
+            computer_name=computer,
+            admin_password=None if key_only else password,
+            ssh_public_keys=tuple(keys),
+            custom_data=custom,
+            disable_password_authentication=key_only,
+            timeout=p.number("provisioning_timeout", DEFAULT_PROVISIONING_TIMEOUT, 10.0, 3600.0),
+        )
+        p.done()
+        return profile
 
     def disk(self, t: _Table, image_t: _Table, remote: bool) -> DiskSpec | None:
         """``[image]`` ``disk`` (a file, or a built image's name: ``debian-12-gen1``,
@@ -727,9 +830,14 @@ class _Parser:
         spec, flags = self.machine(t, name, name, guest_password)
         door = self.rfc2217(t, capacity)
         for n in range(capacity):
-            machine = dataclasses.replace(
-                spec, name=f"{name}_{n}", hostname=f"{name}{_base36(n):0>6}"
-            )
+            hostname = f"{name}{_base36(n):0>6}"
+            machine = dataclasses.replace(spec, name=f"{name}_{n}", hostname=hostname)
+            if spec.os_profile is not None:  # the model's computer name is a prefix
+                prefix = spec.os_profile.computer_name
+                profile = dataclasses.replace(
+                    spec.os_profile, computer_name=f"{prefix}{_base36(n):0>6}"
+                )
+                machine = dataclasses.replace(machine, os_profile=profile)
             disk = spec.image.disk
             if disk is not None and disk.ssh_port:  # one forwarded port per instance
                 own_disk = dataclasses.replace(disk, ssh_port=disk.ssh_port + n)

@@ -26,6 +26,7 @@ from gateway.console.bootlog import BootLog
 from gateway.console.hub import ConsoleHub
 from gateway.lab.errors import ArmError, not_found
 from gateway.machines.base import Machine
+from gateway.machines.provision import Provisioning
 
 VM_TYPE = "Microsoft.Compute/virtualMachines"
 VMSS_TYPE = "Microsoft.Compute/virtualMachineScaleSets"
@@ -108,6 +109,12 @@ class VmResource:
     scale_set: str | None = None
     instance_id: str | None = None
     latest_model: bool = True
+    provisioning: Provisioning | None = None  # an osProfile's VM: its cloud-init reports
+
+    @property
+    def vm_size(self) -> str:
+        """The lab's stand-in for a VM size: its memory (``Lab_512MB``)."""
+        return f"Lab_{self.memory_mb}MB"
 
     @property
     def is_instance(self) -> bool:

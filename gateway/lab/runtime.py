@@ -65,6 +65,7 @@ from gateway.lab.errors import LabError
 from gateway.lab.inventory import ConsoleState, Inventory, ScaleSetResource, VmResource
 from gateway.lab.tls import TlsError, TlsFiles, ensure_lab_certificate, server_hosts
 from gateway.machines.base import Machine, MachineError, PowerState
+from gateway.machines.provision import VmIdentity
 from gateway.recordings.recorder import Recorder
 from gateway.rfc2217.door import DoorSpec, Rfc2217Doors, Rfc2217Error
 from gateway.ssh.server import SshDoor, SshDoorError, load_host_key
@@ -87,9 +88,11 @@ def default_machine_factory(spec: MachineSpec, run_dir: Path) -> Machine:
     """A QemuMachine, a LibvirtMachine or an EmulatedMachine for ``spec`` (imported only
     when needed)."""
     if spec.backend == "qemu":
+        from gateway.machines.provision import Provisioning
         from gateway.machines.qemu import QemuMachine
         from gateway.machines.warm import WarmStore
 
+        profile = spec.os_profile  # cloud-init provisions the VM: no root password for it
         return QemuMachine(
             spec.name,
             run_dir=run_dir,
@@ -97,12 +100,13 @@ def default_machine_factory(spec: MachineSpec, run_dir: Path) -> Machine:
             initrd=spec.image.initrd,
             memory_mb=spec.memory_mb,
             cpus=spec.cpus,
-            hostname=spec.hostname,
-            password=spec.password,
+            hostname=profile.computer_name if profile else spec.hostname,
+            password=None if profile else spec.password,
             append=spec.image.append,
             disk=spec.image.disk,
             disk_dir=run_dir.parent.parent / "disks" / spec.name,  # kept across runs
             warm=WarmStore.for_lab(run_dir.parent.parent) if spec.warm_start else None,
+            provisioning=Provisioning(profile) if profile else None,
         )
     if spec.backend == "libvirt":
         from gateway.machines.libvirt import LibvirtMachine, domain_prefix
@@ -361,7 +365,10 @@ class LabRuntime:
             hub.install()
             self.machines[spec.name] = machine
             self.hubs[spec.name] = hub
-            return VmResource(
+            provisioning = getattr(machine, "provisioning", None)
+            if provisioning is not None:  # the guest's cloud-init reports the state
+                parts["provisioning_state"] = provisioning.state
+            vm = VmResource(
                 id=id,
                 name=spec.name,
                 resource_group=group,
@@ -374,6 +381,25 @@ class LabRuntime:
                 hub=hub,
                 **parts,
             )
+            if provisioning is not None:
+                provisioning.identify(
+                    VmIdentity(
+                        vm_id=vm.vm_id,
+                        name=vm.name,
+                        resource_id=vm.id,
+                        subscription_id=sub,
+                        resource_group=group,
+                        location=vm.location,
+                        vm_size=vm.vm_size,
+                    )
+                )
+                vm.provisioning = provisioning
+
+                def follow(state: str, vm: VmResource = vm) -> None:
+                    vm.provisioning_state = state
+
+                provisioning.on_change = follow
+            return vm
 
         for vm in cfg.vms:
             inventory.add_vm(

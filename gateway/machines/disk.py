@@ -34,6 +34,7 @@ from pathlib import Path
 from gateway.machines.agent import AgentCommands
 from gateway.machines.base import MachineBase, MachineLaunchError, MachineStateError, PowerState
 from gateway.machines.process import die_with_parent
+from gateway.machines.provision import Provisioning
 
 OVMF_DIRS = (Path("/usr/share/OVMF"), Path("/usr/share/ovmf"), Path("/usr/share/qemu"))
 SERCON_FW_CFG = "etc/sercon-port"  # SeaBIOS's serial console: the port's I/O address
@@ -352,6 +353,7 @@ class DiskMachine(MachineBase):
     disk: DiskSpec | None
     disks: DiskSet | None
     _ssh_port: int | None
+    provisioning: Provisioning | None = None  # cloud-init provisions it (an osProfile)
 
     async def _command(self, cmd: str, args: dict[str, object] | None = None) -> object:
         raise NotImplementedError
@@ -440,6 +442,8 @@ class DiskMachine(MachineBase):
         was_allocated = self._state is not PowerState.DEALLOCATED
         await self.deallocate()
         self.disks.discard()
+        if self.provisioning is not None:
+            self.provisioning.reimaged()  # its marker went with the disks
         self.log.info("reimaged: its disks are the image's again")
         if was_allocated:
             await self.start()

@@ -117,6 +117,7 @@ from typing import Any
 
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
+from gateway.machines import provision
 from gateway.machines.accel import select_accel
 from gateway.machines.agent import AgentCommands, GuestAgent
 from gateway.machines.base import (
@@ -137,6 +138,7 @@ from gateway.machines.disk import (
 )
 from gateway.machines.image import IMAGE_DIR, INITRD, KERNEL, not_built
 from gateway.machines.process import die_with_parent, wait_pid_exit
+from gateway.machines.provision import Fabric, Provisioning
 from gateway.machines.warm import (
     SavedState,
     TypingPort,
@@ -153,6 +155,9 @@ SERIAL_ID = "ser0"
 PASSWORD_FW_CFG = "opt/serial-console-lab/password"  # the image's init reads this entry
 HOSTNAME_FW_CFG = "opt/serial-console-lab/hostname"  # disk VMs' lab-identity reads this one
 HOSTNAME_FILE = "guest-hostname"  # in the run folder: the host name for fw_cfg
+PROVISIONED_BY_FW_CFG = "opt/serial-console-lab/provisioned-by"  # "azure": cloud-init's VM
+PROVISIONED_BY_FILE = "provisioned-by"
+PROVISIONING_MEDIA = "provisioning.iso"  # in the run folder, while the VM is not provisioned
 IDENTITY_SIZE = 256  # bytes of each fw_cfg identity entry of a disk VM (see _identity_bytes)
 DISK_TB_SIZE_MB = 64  # TCG's translation cache for a disk VM (QEMU's default is 1 GiB)
 PANIC_QUIET = 1.0  # a panicked guest's console quiet this long: its panic is written out
@@ -209,11 +214,18 @@ class QemuMachine(WarmStarts, DiskMachine):
         disk: DiskSpec | None = None,
         disk_dir: Path | None = None,
         warm: WarmStore | None = None,
+        provisioning: Provisioning | None = None,
     ) -> None:
         super().__init__(name)
         self.run_dir = Path(run_dir)
         self.disk = disk
         self.disks = DiskSet(disk, Path(disk_dir or self.run_dir / "disks")) if disk else None
+        if provisioning is not None and self.disks is None:
+            raise ValueError("only a disk VM is provisioned (it needs cloud-init on a disk)")
+        self.provisioning = provisioning
+        if provisioning is not None and self.disks is not None:
+            provisioning.attach(self.disks.folder)
+        self._fabric: Fabric | None = None
         self._swtpm: Swtpm | None = None
         self._ssh_port: int | None = None
         self._init_warm(warm)
@@ -350,6 +362,7 @@ class QemuMachine(WarmStarts, DiskMachine):
         self.accel = self._accel or await _accel_for(kernel, self._qemu)
         qmp_path = _socket_path(self.run_dir)
         placeholder = self.run_dir / PASSWORD_FILE if self._password is not None else None
+        await self._start_fabric()
         if self.disks is not None:
             key = self._warm_key(self._disk_argv(qmp_path, placeholder, None), qmp_path)
         else:
@@ -366,6 +379,7 @@ class QemuMachine(WarmStarts, DiskMachine):
             await qmp.start_server(str(qmp_path))
         except BaseException:
             self._remove_password_file()
+            await self._stop_fabric()
             raise
         self._set_state(PowerState.STARTING)
         self._expect_exit = False
@@ -393,6 +407,7 @@ class QemuMachine(WarmStarts, DiskMachine):
             self._remove_password_file()
             await qmp.disconnect()
             await self._stop_tpm()
+            await self._stop_fabric()
             self._set_state(PowerState.DEALLOCATED, "launch failed")
             if isinstance(err, MachineLaunchError):
                 raise MachineLaunchError(f"VM '{self.name}': {err}") from err
@@ -401,6 +416,8 @@ class QemuMachine(WarmStarts, DiskMachine):
             log_file.close()
         _live_processes[self._proc.pid] = self._proc
         self._qmp = qmp
+        if self.provisioning is not None:
+            self.provisioning.launched()
         try:
             try:
                 await self._connect_monitor(qmp)
@@ -510,10 +527,14 @@ class QemuMachine(WarmStarts, DiskMachine):
         accel = self.accel or "tcg"
         if accel == "tcg":
             accel += f",tb-size={DISK_TB_SIZE_MB}"
-        secret: list[str] = []
-        if password_file is not None:
-            secret = ["-fw_cfg", f"name={PASSWORD_FW_CFG},file={_q(password_file)}"]
-        hostname = ["-fw_cfg", f"name={HOSTNAME_FW_CFG},file={_q(self._write_hostname_file())}"]
+        identity: list[str] = []
+        if self.provisioning is not None:  # cloud-init provisions: see _provisioning_args
+            identity = self._provisioning_args()
+        else:
+            if password_file is not None:
+                identity = ["-fw_cfg", f"name={PASSWORD_FW_CFG},file={_q(password_file)}"]
+            hostname = self._write_hostname_file()
+            identity += ["-fw_cfg", f"name={HOSTNAME_FW_CFG},file={_q(hostname)}"]
         qga = self.run_dir / "qga.sock"
         return [
             self._qemu,
@@ -525,8 +546,8 @@ class QemuMachine(WarmStarts, DiskMachine):
             "-device", "VGA",
             # the guest hands the pages it frees back to the host (virtio_balloon's reporting)
             "-device", "virtio-balloon-pci,free-page-reporting=on",
-            *network_args(self.disk.ssh_port),
-            *secret, *hostname,
+            *self._network_args(),
+            *identity,
             "-chardev", f"stdio,id={SERIAL_ID},signal=off", "-serial", f"chardev:{SERIAL_ID}",
             "-chardev", f"socket,id=qga0,path={_q(qga)},server=on,wait=off",
             "-device", "virtio-serial-pci",
@@ -536,14 +557,66 @@ class QemuMachine(WarmStarts, DiskMachine):
             "-pidfile", str(self.run_dir / "qemu.pid"),
         ]  # fmt: skip
 
+    def _network_args(self) -> list[str]:
+        assert self.disk is not None
+        if self._fabric is None:
+            return network_args(self.disk.ssh_port)
+        netdev = provision.network_option(self.disk.ssh_port, self._fabric.port)
+        assert self.provisioning is not None
+        nic = f"virtio-net-pci,netdev=net0,mac={self.provisioning.identity.mac}"
+        return ["-netdev", netdev, "-device", nic]
+
+    def _provisioning_args(self) -> list[str]:
+        """Azure's SMBIOS; the provisioning CD while the VM is not provisioned yet; and, for
+        the image's ``lab-identity``, word that cloud-init provisions (root stays locked)."""
+        assert self.provisioning is not None
+        mark = self.run_dir / PROVISIONED_BY_FILE
+        mark.write_bytes(self._identity_bytes("azure"))
+        args = [*provision.smbios_args(self.provisioning.identity),
+                "-fw_cfg", f"name={PROVISIONED_BY_FW_CFG},file={_q(mark)}"]  # fmt: skip
+        media = self.run_dir / PROVISIONING_MEDIA
+        if self.provisioning.pending:
+            args += [
+                "-drive", f"if=none,id=ovf,media=cdrom,readonly=on,format=raw,file={_q(media)}",
+                "-device", "virtio-scsi-pci,id=scsi0",
+                "-device", "scsi-cd,drive=ovf,bus=scsi0.0",
+            ]  # fmt: skip
+        return args
+
+    async def _start_fabric(self) -> None:
+        """A provisioned VM's wireserver and IMDS, and its provisioning CD if it is due."""
+        if self.provisioning is None:
+            return
+        media = self.run_dir / PROVISIONING_MEDIA
+        media.unlink(missing_ok=True)
+        if self.provisioning.pending:
+            try:
+                await asyncio.to_thread(provision.write_media, self.provisioning.profile, media)
+            except OSError as err:
+                raise MachineLaunchError(
+                    f"VM '{self.name}': cannot write its provisioning CD in {self.run_dir}: "
+                    f"{err.strerror or err}; check that folder's space and permissions"
+                ) from err
+        if self._fabric is None:
+            self._fabric = provision.Fabric(self.provisioning)
+            await self._fabric.start()
+
+    async def _stop_fabric(self) -> None:
+        fabric, self._fabric = self._fabric, None
+        if fabric is not None:
+            await fabric.close()
+        if self.provisioning is not None:
+            self.provisioning.cancel_timer()
+            (self.run_dir / PROVISIONING_MEDIA).unlink(missing_ok=True)
+
     # -- warm starts (gateway.machines.warm.WarmStarts) -------------------------------------
 
     def _warm_key(self, argv: list[str], qmp_path: Path) -> str | None:
         """The saved-state key of this launch, or None when it cannot start warm: a disk VM
         whose disks were written already (they are its own now), or one with a TPM (its
         state lives in swtpm, not in QEMU's)."""
-        if self.warm is None:
-            return None
+        if self.warm is None or self.provisioning is not None:
+            return None  # a provisioned VM's first boot is its provisioning: never warm
         files = [Path(shutil.which(self._qemu) or self._qemu)]
         own = {"run": str(self.run_dir), "name": self.name, "qmp": str(qmp_path)}
         if self.disks is not None and self.disk is not None:
@@ -663,6 +736,7 @@ class QemuMachine(WarmStarts, DiskMachine):
         self._port = None
         self._ssh_port = None
         await self._stop_tpm()
+        await self._stop_fabric()
         self._forget_boot()
         if self._pty is not None:
             self._pty.close()  # after QEMU: readers of the port see it hang up now

@@ -148,7 +148,8 @@ set -eu
 root=\$1
 cp -a "$here/rootfs/." "\$root/"
 chown -R 0:0 "\$root/etc/default/grub" "\$root/etc/sysctl.d" "\$root/etc/systemd/network" \
-    "\$root/etc/ssh/sshd_config.d" "\$root/etc/initramfs-tools" "\$root/usr/local/sbin/lab-identity" \
+    "\$root/etc/ssh/sshd_config.d" "\$root/etc/cloud/cloud.cfg.d/50-serial-console-lab.cfg" \
+    "\$root/etc/initramfs-tools" "\$root/usr/local/sbin/lab-identity" \
     "\$root/etc/systemd/system/lab-identity.service"
 cat > "\$root/etc/fstab" <<FSTAB
 UUID=$root_uuid	/	ext4	errors=remount-ro	0	1
