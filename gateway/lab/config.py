@@ -697,6 +697,10 @@ class _Parser:
             if not isinstance(key, str) or len(key.split()) < 2 or not key.startswith("ssh-"):
                 raise p.fail("ssh_public_keys", "SSH public keys such as 'ssh-ed25519 AAAA... me'",
                              key)  # fmt: skip
+        if password is None and not keys:
+            raise p.fail(
+                "admin_password", "an admin_password or ssh_public_keys (a VM needs a way in)"
+            )
         key_only = p.bool("disable_password_authentication", password is None)
         if key_only and not keys:
             raise p.fail(

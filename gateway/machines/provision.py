@@ -217,7 +217,8 @@ class Provisioning:
         self.profile = profile
         self._identity = identity
         self.folder: Path | None = None  # the VM's disk folder, once a machine has it
-        self.on_change: Callable[[str], None] = lambda state: None
+        self.on_change: Callable[[str], None] = lambda state: None  # the lab's inventory
+        self.on_ready: Callable[[], None] = lambda: None  # the machine: eject the CD
         self.error: dict[str, str] | None = None  # Azure's code and message once Failed
         self.ready_after: float | None = None  # seconds from launch to ready, once ready
         self._launched = 0.0
@@ -286,6 +287,7 @@ class Provisioning:
         log.info("%s: provisioned: the guest reported ready %.1f s after it started",
                  self.identity.name, self.ready_after)  # fmt: skip
         self.on_change(self.state)
+        self.on_ready()
 
     def failed(self, description: str) -> None:
         self.cancel_timer()

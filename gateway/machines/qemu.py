@@ -158,6 +158,7 @@ HOSTNAME_FILE = "guest-hostname"  # in the run folder: the host name for fw_cfg
 PROVISIONED_BY_FW_CFG = "opt/serial-console-lab/provisioned-by"  # "azure": cloud-init's VM
 PROVISIONED_BY_FILE = "provisioned-by"
 PROVISIONING_MEDIA = "provisioning.iso"  # in the run folder, while the VM is not provisioned
+PROVISIONING_CD = "ovf-cd"  # the CD drive's QEMU id, unplugged once the guest is ready
 IDENTITY_SIZE = 256  # bytes of each fw_cfg identity entry of a disk VM (see _identity_bytes)
 DISK_TB_SIZE_MB = 64  # TCG's translation cache for a disk VM (QEMU's default is 1 GiB)
 PANIC_QUIET = 1.0  # a panicked guest's console quiet this long: its panic is written out
@@ -579,7 +580,7 @@ class QemuMachine(WarmStarts, DiskMachine):
             args += [
                 "-drive", f"if=none,id=ovf,media=cdrom,readonly=on,format=raw,file={_q(media)}",
                 "-device", "virtio-scsi-pci,id=scsi0",
-                "-device", "scsi-cd,drive=ovf,bus=scsi0.0",
+                "-device", f"scsi-cd,drive=ovf,bus=scsi0.0,id={PROVISIONING_CD}",
             ]  # fmt: skip
         return args
 
@@ -600,6 +601,21 @@ class QemuMachine(WarmStarts, DiskMachine):
         if self._fabric is None:
             self._fabric = provision.Fabric(self.provisioning)
             await self._fabric.start()
+        self.provisioning.on_ready = self._provisioned
+
+    def _provisioned(self) -> None:
+        """The guest reported ready: its provisioning CD goes, as Azure takes it away, so a
+        reboot in the same process finds none either."""
+        if self._qmp is None or self.provisioning is None:
+            return
+
+        async def unplug() -> None:
+            try:
+                await self._command("device_del", {"id": PROVISIONING_CD})
+            except MachineError as err:
+                self.log.warning("the provisioning CD stays attached: %s", err)
+
+        self._tasks.append(asyncio.create_task(unplug(), name=f"{self.name}-eject-ovf"))
 
     async def _stop_fabric(self) -> None:
         fabric, self._fabric = self._fabric, None

@@ -11,6 +11,7 @@ from xml.etree import ElementTree
 import httpx
 import pytest
 
+from gateway.lab.config import LabConfigError, parse_lab
 from gateway.machines.provision import (
     AZURE_ASSET_TAG,
     CREATING,
@@ -177,3 +178,86 @@ async def test_silence_past_the_timeout_is_azures_os_provisioning_timed_out(tmp_
     assert provisioning.error["code"] == "OSProvisioningTimedOut"
     provisioning.ready()  # "The VM may still finish provisioning successfully"
     assert provisioning.state == SUCCEEDED
+
+
+LAB = """
+[[resource_groups]]
+name = "rg"
+[[vms]]
+name = "vm-1"
+resource_group = "rg"
+backend = "{backend}"
+{extra}
+[vms.image]
+{image}
+[vms.os_profile]
+{profile}
+"""
+
+
+def lab(profile: str, *, backend: str = "qemu", image: str = 'disk = "debian-12-gen1"',
+        extra: str = "") -> object:  # fmt: skip
+    text = LAB.format(backend=backend, image=image, profile=profile, extra=extra)
+    return parse_lab(text, source="lab.toml", base=Path("."))
+
+
+def test_an_os_profile_in_the_lab_file() -> None:
+    config = lab(
+        "admin_username = 'azureuser'\nadmin_password = 'Lab-Pw-123'\n"
+        "custom_data = '#cloud-config'\nprovisioning_timeout = 300"
+    )
+    profile = config.vms[0].machine.os_profile  # type: ignore[attr-defined]
+    assert profile.admin_username == "azureuser"
+    assert profile.computer_name == "vm-1"  # the VM's host name unless computer_name says
+    assert profile.admin_password == "Lab-Pw-123"
+    assert profile.disable_password_authentication is False
+    assert profile.timeout == 300
+
+
+def test_scale_set_instances_take_the_computer_name_as_a_prefix() -> None:
+    text = LAB.replace("[[vms]]", "[[scale_sets]]").replace("vms.", "scale_sets.").format(
+        backend="qemu", image='disk = "debian-12-gen1"', extra="capacity = 2",
+        profile="admin_username = 'azureuser'\nadmin_password = 'Lab-Pw-123'\n"
+        "computer_name = 'web'",
+    )  # fmt: skip
+    config = parse_lab(text, source="lab.toml", base=Path("."))
+    names = [i.machine.os_profile.computer_name for i in config.scale_sets[0].instances]
+    assert names == ["web000000", "web000001"]
+
+
+@pytest.mark.parametrize(
+    ("profile", "kwargs", "message"),
+    [
+        ("admin_username = 'root'\nadmin_password = 'Lab-Pw-123'", {}, "Azure allows"),
+        ("admin_username = 'azureuser'", {}, "an admin_password or ssh_public_keys"),
+        (
+            "admin_username = 'azureuser'\nssh_public_keys = ['ssh-rsa AAAA me']\n"
+            "disable_password_authentication = false",
+            {},
+            "a password when password authentication is enabled",
+        ),
+        (
+            "admin_username = 'azureuser'\nadmin_password = 'Lab-Pw-123'\n"
+            "disable_password_authentication = true",
+            {},
+            "at least one key",
+        ),
+        ("admin_username = 'azureuser'\nadmin_password = 'x'", {}, "6-72 printable"),
+        (
+            "admin_username = 'azureuser'\nadmin_password = 'Lab-Pw-123'",
+            {"backend": "emulated", "image": ""},
+            'backend = "qemu" and an \\[image\\] disk',
+        ),
+        (
+            "admin_username = 'azureuser'\nadmin_password = 'Lab-Pw-123'",
+            {"extra": 'provisioning_state = "Creating"'},
+            "the guest's cloud-init reports it",
+        ),
+    ],
+)
+def test_os_profile_mistakes_are_refused_with_what_to_write(
+    profile: str, kwargs: dict[str, str], message: str
+) -> None:
+    with pytest.raises(LabConfigError, match=message) as refused:
+        lab(profile, **kwargs)
+    assert "Lab-Pw-123" not in str(refused.value)  # a refusal never repeats a password
