@@ -9,6 +9,7 @@ and on one xdist worker (``SHARED_GUEST``), so the module boots it once.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from gateway.machines.qemu import IMAGE_DIR, QemuMachine
 from gateway.testing.patterns import AT_END
 from gateway.testing.timeouts import scaled
 from tests.support.console import PortConsole
-from tests.support.libvirtd import Libvirtd, LibvirtdUnavailable
+from tests.support.libvirtd import Libvirtd, LibvirtdUnavailable, shared
 
 GUEST_PASSWORD = "serial-lab"
 BOOT = 60.0  # seconds (scaled) from power-on to the login prompt, on a busy machine
@@ -71,7 +72,7 @@ async def running(vm: MachineBase) -> AsyncIterator[Guest]:
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A module's ``shared_guest`` tests run on one xdist worker, which boots the guest
-    once; tests already in a group (the libvirt ones) stay in theirs."""
+    once; tests already in a group stay in theirs."""
     for item in items:
         shares = "shared_guest" in getattr(item, "fixturenames", ())
         if shares and item.get_closest_marker("xdist_group") is None:
@@ -124,17 +125,20 @@ async def at_login_prompt(console: PortConsole) -> None:
 
 
 @pytest.fixture(scope="session")
-def libvirtd() -> Iterator[Libvirtd]:
+def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Libvirtd]:
     """libvirtd on qemu:///system: the running one, or virtlogd + libvirtd started for the
-    session and stopped after it (by PID; see ``tests.support.libvirtd``)."""
+    run and stopped after it (by PID), shared by xdist's workers through a folder of the
+    run's (see ``tests.support.libvirtd.shared``)."""
     require_qemu()
     try:
         import libvirt  # noqa: F401
     except ImportError:
         pytest.fail("libvirt-python is missing: pip install -e '.[libvirt]' (make test does)")
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the folder every worker's basetemp is made in
     try:
-        daemons = Libvirtd.ensure(scaled(60))
+        with shared(root / "libvirtd-shared", scaled(60)) as daemons:
+            yield daemons
     except LibvirtdUnavailable as err:
         pytest.fail(str(err))
-    yield daemons
-    daemons.stop()

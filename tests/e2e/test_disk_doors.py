@@ -64,7 +64,7 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
     pytest.mark.timeout(900),  # a systemd boot under TCG, with the lab's start, on a busy machine
-    pytest.mark.xdist_group("disk-gen1"),
+    pytest.mark.xdist_group("disk-doors"),
     # pyserial's client thread calls setDaemon()/setName(): its own business, not this lab's.
     pytest.mark.filterwarnings("ignore::DeprecationWarning:serial.rfc2217"),
 ]

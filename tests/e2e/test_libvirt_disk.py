@@ -28,7 +28,7 @@ pytestmark = [
     pytest.mark.qemu,
     pytest.mark.e2e,
     pytest.mark.slow,
-    pytest.mark.xdist_group("libvirtd"),  # one worker runs the libvirt daemons
+    pytest.mark.xdist_group("libvirt-disk"),  # its VMs one after another
     pytest.mark.timeout(900),
 ]
 ON_MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")

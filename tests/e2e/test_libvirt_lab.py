@@ -12,7 +12,7 @@ import pytest
 from tests.e2e.test_pytest_plugin import run_suite, suite
 from tests.support.libvirtd import Libvirtd
 
-pytestmark = [pytest.mark.e2e, pytest.mark.qemu, pytest.mark.xdist_group("libvirtd")]
+pytestmark = [pytest.mark.e2e, pytest.mark.qemu]
 
 LIBVIRT_LAB = """
 state_dir = "state"

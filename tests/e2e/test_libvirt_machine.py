@@ -36,8 +36,9 @@ from tests.e2e.test_qemu_machine import (  # noqa: F401 - collected here too: QE
 )
 from tests.support.libvirtd import URI, Libvirtd
 
-# One worker starts (and stops) the libvirt daemons: two would race for its sockets.
-pytestmark = [pytest.mark.qemu, pytest.mark.xdist_group("libvirtd")]
+# Each test boots a guest of its own, on any worker: the workers share one libvirtd (see
+# the libvirtd fixture), so these run side by side.
+pytestmark = [pytest.mark.qemu]
 
 BOOT = 60.0
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,6 +15,7 @@ would, and says so.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import grp
 import logging
 import os
@@ -24,6 +25,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +122,39 @@ class Libvirtd:
         if self.log_dir is not None:
             shutil.rmtree(self.log_dir, ignore_errors=True)
             self.log_dir = None
+
+
+@contextlib.contextmanager
+def shared(folder: Path, timeout: float = 60.0) -> Iterator[Libvirtd]:
+    """A libvirtd for every test process that names the same ``folder`` (pytest-xdist's
+    workers, whose libvirt tests then run side by side): the first that needs one starts it
+    (``ensure``), the others use it, and the one that started it stops it once every other
+    has let go. Each user holds a shared lock on ``folder/users`` while it uses the daemon;
+    the starter, leaving, takes that lock exclusively, which the kernel grants once the last
+    user has released it (an event, not a poll). ``folder/start`` orders joining and
+    stopping: no process joins a daemon that is being stopped."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "start", "a+b") as start, open(folder / "users", "a+b") as users:
+        fcntl.flock(start, fcntl.LOCK_EX)
+        try:
+            daemons = Libvirtd.ensure(timeout)
+            fcntl.flock(users, fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(start, fcntl.LOCK_UN)
+        try:
+            yield daemons
+        finally:
+            if not daemons.started:
+                fcntl.flock(users, fcntl.LOCK_UN)
+            else:
+                fcntl.flock(start, fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(users, fcntl.LOCK_UN)
+                    fcntl.flock(users, fcntl.LOCK_EX)  # granted when the last user leaves
+                    daemons.stop()
+                    fcntl.flock(users, fcntl.LOCK_UN)
+                finally:
+                    fcntl.flock(start, fcntl.LOCK_UN)
 
 
 def _answers() -> bool:

@@ -261,3 +261,30 @@ def test_os_profile_mistakes_are_refused_with_what_to_write(
     with pytest.raises(LabConfigError, match=message) as refused:
         lab(profile, **kwargs)
     assert "Lab-Pw-123" not in str(refused.value)  # a refusal never repeats a password
+
+
+def test_a_provisioned_vm_boots_again_without_the_cd(tmp_path: Path) -> None:
+    """The CD is in a VM's QEMU options until its guest reports ready; from then on (the
+    marker kept with its disks) no boot gets it, and reimage brings it back."""
+    from gateway.machines.disk import DiskSpec
+    from gateway.machines.qemu import QemuMachine
+
+    provisioning = Provisioning(PROFILE, IDENTITY)
+    vm = QemuMachine("web", run_dir=tmp_path / "run", disk=DiskSpec(image=tmp_path / "os.qcow2"),
+                     disk_dir=tmp_path / "disks", provisioning=provisioning)  # fmt: skip
+    (tmp_path / "run").mkdir()
+    assert "scsi-cd" in " ".join(vm._provisioning_args())
+    provisioning.ready()
+    assert (provisioning.state, provisioning.pending) == (SUCCEEDED, False)
+    options = " ".join(vm._provisioning_args())
+    assert "scsi-cd" not in options
+    assert f"asset={AZURE_ASSET_TAG}" in options  # still Azure's VM: cloud-init keeps its data
+    again = Provisioning(PROFILE, IDENTITY)  # the lab started anew: the marker holds
+    QemuMachine("web", run_dir=tmp_path / "run", disk=DiskSpec(image=tmp_path / "os.qcow2"),
+                disk_dir=tmp_path / "disks", provisioning=again)  # fmt: skip
+    assert again.state == SUCCEEDED
+    assert vm.disks is not None
+    vm.disks.discard()
+    provisioning.reimaged()
+    assert provisioning.pending
+    assert "scsi-cd" in " ".join(vm._provisioning_args())
