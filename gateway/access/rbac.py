@@ -105,8 +105,7 @@ ROLES: dict[str, RoleDefinition] = {
                 "Microsoft.Insights/alertRules/*",
                 "Microsoft.Resources/deployments/*",
                 "Microsoft.Resources/subscriptions/resourceGroups/read",
-                SERIAL_PORT_READ,
-                CONNECT,
+                CONNECT,  # its only Microsoft.SerialConsole action: no serialPorts/read
                 "Microsoft.Storage/storageAccounts/listKeys/action",
                 "Microsoft.Storage/storageAccounts/read",
             ),
