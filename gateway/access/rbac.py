@@ -43,7 +43,16 @@ VM_BOOT_DIAGNOSTICS = "Microsoft.Compute/virtualMachines/retrieveBootDiagnostics
 VM_RUN_COMMAND = "Microsoft.Compute/virtualMachines/runCommand/action"
 VM_EXTENSION_READ = "Microsoft.Compute/virtualMachines/extensions/read"
 VM_EXTENSION_WRITE = "Microsoft.Compute/virtualMachines/extensions/write"
+VM_REDEPLOY = "Microsoft.Compute/virtualMachines/redeploy/action"
+VM_REAPPLY = "Microsoft.Compute/virtualMachines/reapply/action"
+VM_SIZES_READ = "Microsoft.Compute/virtualMachines/vmSizes/read"
 VMSS_READ = "Microsoft.Compute/virtualMachineScaleSets/read"
+VMSS_START = "Microsoft.Compute/virtualMachineScaleSets/start/action"
+VMSS_POWER_OFF = "Microsoft.Compute/virtualMachineScaleSets/powerOff/action"
+VMSS_RESTART = "Microsoft.Compute/virtualMachineScaleSets/restart/action"
+VMSS_DEALLOCATE = "Microsoft.Compute/virtualMachineScaleSets/deallocate/action"
+VMSS_REIMAGE = "Microsoft.Compute/virtualMachineScaleSets/reimage/action"
+VMSS_SKUS_READ = "Microsoft.Compute/virtualMachineScaleSets/skus/read"
 VMSS_VM_READ = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read"
 VMSS_VM_START = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/start/action"
 VMSS_VM_POWER_OFF = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/powerOff/action"
@@ -96,8 +105,7 @@ ROLES: dict[str, RoleDefinition] = {
                 "Microsoft.Insights/alertRules/*",
                 "Microsoft.Resources/deployments/*",
                 "Microsoft.Resources/subscriptions/resourceGroups/read",
-                SERIAL_PORT_READ,
-                CONNECT,
+                CONNECT,  # its only Microsoft.SerialConsole action: no serialPorts/read
                 "Microsoft.Storage/storageAccounts/listKeys/action",
                 "Microsoft.Storage/storageAccounts/read",
             ),

@@ -3,7 +3,8 @@
 Routes: ``auth`` (``/oauth2/token``), ``identity`` (Entra's v2.0 discovery and token
 endpoints), ``arm`` (Microsoft.SerialConsole, subscriptions, tenants, audit), ``compute``
 (Microsoft.Compute, long-running power actions), ``bootdiag`` (signed serial-log blobs),
-``authorization`` (the caller's permissions), ``portal`` (the browser page at ``/``).
+``authorization`` (the caller's permissions), ``metadata`` (the cloud's endpoints, for
+``az cloud register``), ``portal`` (the browser page at ``/``).
 ``armpath`` applies ARM's routing rules (case-insensitive words, ``api-version``) before
 any route; ``limits`` then checks the token of a request with a body before reading it,
 and bounds the body per route family (413). Every error is ARM-shaped (``errors``). OpenAPI
@@ -29,6 +30,7 @@ from gateway.api import (
     console_ws,
     extensions,
     identity,
+    metadata,
     portal,
     recordings,
 )
@@ -70,6 +72,7 @@ def create_app(context: ApiContext, *, body_timeout: float | None = None) -> Fas
     app.include_router(admin.router)
     app.include_router(recordings.router)
     app.include_router(authorization.router)
+    app.include_router(metadata.router)
     portal.install(app)
     app.add_middleware(RequestLimits, context=context, body_timeout=body_timeout)
     app.add_middleware(ArmRouting)

@@ -25,6 +25,7 @@ current SDKs and ``az`` send is in them.
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -249,6 +250,9 @@ class ArmRouting:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "//" in scope["path"]:
+            # ARM reads a run of slashes as one: az joins "https://host/" and "/metadata"
+            scope = dict(scope, path=re.sub("/{2,}", "/", scope["path"]))
         if scope["type"] != "http" or not is_arm_path(scope["path"]):
             await self.app(scope, receive, send)
             return

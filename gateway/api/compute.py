@@ -13,6 +13,7 @@ not touched, so no restart is ever done without its record.
 """
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -341,7 +342,12 @@ async def start_operation(
     await asyncio.sleep(0)  # one turn of the loop: the machine's own state check runs
     if op.status == FAILED and op.error is not None and op.error[0] == "OperationNotAllowed":
         raise ArmError(409, *op.error)
-    status = _operation_url(request, vm.location, op.id)
+    return _operation_headers(request, vm.location, op.id)
+
+
+def _operation_headers(request: Request, location: str, operation_id: str) -> dict[str, str]:
+    """ARM's headers of a long-running operation: where to poll, and how often."""
+    status = _operation_url(request, location, operation_id)
     version = request.query_params.get("api-version", "")
     return {
         "Azure-AsyncOperation": f"{status}?api-version={version}",
@@ -460,6 +466,193 @@ def _power_routes(name: str, vm_action: str, vmss_action: str, run: Any) -> None
 
 for _name, (_vm_action, _vmss_action, _run) in _ACTIONS.items():
     _power_routes(_name, _vm_action, _vmss_action, _run)
+
+
+# -- scale-set actions: on some instances, or all ---------------------------------------------
+
+_SCALE_SET_ACTIONS = {
+    "start": rbac.VMSS_START,
+    "powerOff": rbac.VMSS_POWER_OFF,
+    "restart": rbac.VMSS_RESTART,
+    "deallocate": rbac.VMSS_DEALLOCATE,
+    "reimage": rbac.VMSS_REIMAGE,
+}
+
+
+async def _instance_ids(request: Request, vmss: ScaleSetResource) -> list[VmResource]:
+    """The instances a scale-set action names in ``instanceIds`` (all when it names none),
+    as ARM reads the body of ``start``, ``restart``...; 400 for an id the set does not have."""
+    body = await request.body()
+    ids: object = None
+    if body.strip():
+        try:
+            ids = json.loads(body).get("instanceIds")
+        except (ValueError, AttributeError):
+            raise ArmError(
+                400, "InvalidRequestContent", "The request content was invalid JSON."
+            ) from None
+    if ids is None or ids == ["*"]:
+        return list(vmss.instances.values())
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ArmError(400, "InvalidParameter", "instanceIds must be an array of strings.")
+    chosen = []
+    for instance_id in ids:
+        vm = vmss.instances.get(instance_id)
+        if vm is None:
+            raise ArmError(
+                400,
+                "InvalidParameter",
+                f"The provided instanceId {instance_id[:16]} is not an active Virtual Machine "
+                f"Scale Set VM instanceId. The set's are: {', '.join(vmss.instances)}.",
+            )
+        chosen.append(vm)
+    return chosen
+
+
+def _scale_set_route(name: str, action: str) -> None:
+    run = _ACTIONS[name][2]
+
+    @router.post(VMSS + f"/{name}", tags=["scale sets"], name=f"scale set {name}", status_code=202)
+    async def scale_set_power(
+        request: Request,
+        caller: Annotated[Caller, require(action, scale_set_scope, audit_as=action)],
+    ) -> Response:
+        ctx = context_of(request)
+        p = request.path_params
+        vmss = ctx.inventory.scale_set(p["resource_group"], p["scale_set"])
+        chosen = await _instance_ids(request, vmss)
+        ids = ", ".join(vm.instance_id or "" for vm in chosen)
+        await record_before(ctx, caller, action, audit.ALLOWED, f"instances {ids}", target=vmss.id)
+        for vm in chosen:
+            if vm.hub is not None:
+                vm.hub.mark(f"power: {name} of the scale set by {caller.user.name} (REST)")
+
+        async def outcome() -> str:
+            results = await asyncio.gather(*(run(vm.machine) for vm in chosen),
+                                           return_exceptions=True)  # fmt: skip
+            failed = [(vm, r) for vm, r in zip(chosen, results, strict=True)
+                      if isinstance(r, BaseException)]  # fmt: skip
+            if failed:
+                vm, err = failed[0]
+                detail = f"instance {vm.instance_id}: {err}"
+                _record_outcome(ctx, caller, action, audit.FAILED, detail, vmss.id)
+                if isinstance(err, MachineError):
+                    raise type(err)(detail) from err
+                raise err
+            _record_outcome(ctx, caller, action, audit.SUCCEEDED, f"instances {ids}", vmss.id)
+            return ""
+
+        op = ctx.operations.start(action, vmss.id, outcome, _failure)
+        return Response(status_code=202, headers=_operation_headers(request, vmss.location, op.id))
+
+    scale_set_power.__doc__ = (
+        f"``{name}`` the scale set's instances named in ``instanceIds`` (all without it): "
+        "202, one long-running operation for them all."
+    )
+
+
+for _name, _action in _SCALE_SET_ACTIONS.items():
+    _scale_set_route(_name, _action)
+
+
+@router.get(VMSS + "/instanceView", tags=["scale sets"])
+async def get_scale_set_instance_view(
+    request: Request, caller: Annotated[Caller, require(rbac.VMSS_READ, scale_set_scope)]
+) -> dict[str, Any]:
+    """The scale set's instance view: its provisioning state and how many instances are
+    in each power state (``virtualMachine.statusesSummary``)."""
+    p = request.path_params
+    vmss = context_of(request).inventory.scale_set(p["resource_group"], p["scale_set"])
+    counts: dict[str, int] = {}
+    for vm in vmss.instances.values():
+        code = f"PowerState/{vm.machine.power_state.value}"
+        counts[code] = counts.get(code, 0) + 1
+    state = vmss.provisioning_state.lower()
+    return {
+        "virtualMachine": {
+            "statusesSummary": [{"code": c, "count": n} for c, n in sorted(counts.items())]
+        },
+        "statuses": [
+            {
+                "code": f"ProvisioningState/{state}",
+                "level": "Info",
+                "displayStatus": f"Provisioning {state}",
+            }
+        ],
+    }
+
+
+def _size(memory_mb: int) -> dict[str, Any]:
+    """The lab's one size for a VM of ``memory_mb``, as Azure lists a VM size."""
+    return {
+        "name": f"Lab_{memory_mb}MB",
+        "numberOfCores": 1,
+        "osDiskSizeInMB": 1047552,
+        "resourceDiskSizeInMB": 0,
+        "memoryInMB": memory_mb,
+        "maxDataDiskCount": 8,
+    }
+
+
+@router.get(VM + "/vmSizes", tags=["virtual machines"])
+async def list_available_sizes(
+    request: Request, caller: Annotated[Caller, require(rbac.VM_SIZES_READ, vm_scope)]
+) -> dict[str, Any]:
+    """The sizes the VM can be resized to: in the lab, its own."""
+    return {"value": [_size(vm_of(request).memory_mb)]}
+
+
+@router.get(VMSS + "/skus", tags=["scale sets"])
+async def list_scale_set_skus(
+    request: Request, caller: Annotated[Caller, require(rbac.VMSS_SKUS_READ, scale_set_scope)]
+) -> dict[str, Any]:
+    """The SKUs the scale set can take: in the lab, its own, with its capacity."""
+    p = request.path_params
+    vmss = context_of(request).inventory.scale_set(p["resource_group"], p["scale_set"])
+    return {
+        "value": [
+            {
+                "resourceType": "Microsoft.Compute/virtualMachineScaleSets",
+                "sku": {"name": f"Lab_{vmss.memory_mb}MB", "tier": "Standard"},
+                "capacity": {
+                    "minimum": 0,
+                    "maximum": 1000,
+                    "defaultCapacity": vmss.capacity,
+                    "scaleType": "None",
+                },
+            }
+        ]
+    }
+
+
+async def _redeploy(machine: Machine) -> None:
+    """Azure's redeploy: the VM moves to a new host, so it is deallocated and started."""
+    await machine.deallocate()
+    await machine.start()
+
+
+@router.post(VM + "/redeploy", tags=["virtual machines"], status_code=202)
+async def redeploy(
+    request: Request,
+    caller: Annotated[Caller, require(rbac.VM_REDEPLOY, vm_scope, audit_as=rbac.VM_REDEPLOY)],
+) -> Response:
+    """Redeploy the VM (deallocated, then started on its "new host"): 202, as ``start``."""
+    return await _power(request, caller, vm_of(request), rbac.VM_REDEPLOY, _redeploy)
+
+
+@router.post(VM + "/reapply", tags=["virtual machines"], status_code=202)
+async def reapply(
+    request: Request,
+    caller: Annotated[Caller, require(rbac.VM_REAPPLY, vm_scope, audit_as=rbac.VM_REAPPLY)],
+) -> Response:
+    """Reapply the VM's state (what Azure's "VM in failed state" page suggests): the lab's
+    VM already runs its one model, so the operation succeeds and changes nothing."""
+    vm = vm_of(request)
+
+    async def nothing(machine: Machine) -> None:
+        vm.latest_model = True
+
+    return await _power(request, caller, vm, rbac.VM_REAPPLY, nothing)
 
 
 # -- Run Command ----------------------------------------------------------------------------

@@ -287,3 +287,68 @@ async def test_boot_diagnostics_needs_boot_diagnostics(lab: RunningLab) -> None:
         f"{VMS}/nodiag-1/retrieveBootDiagnosticsData", headers=await lab.as_user("carol")
     )
     assert_arm_error(response, 409)
+
+
+# -- what az asks beyond the SDK's first steps ------------------------------------------------
+
+
+async def test_scale_set_actions_reach_the_named_instances_or_all(lab: RunningLab) -> None:
+    """``az vmss deallocate|start --instance-ids``: one long-running operation for the
+    instances named (all when none are), their power states in the scale set's view."""
+    alice = await lab.as_user("alice")
+    vmss = f"{VMSS}/web-vmss"
+
+    async def summary() -> dict[str, int]:
+        view = (await lab.client.get(f"{vmss}/instanceView", headers=alice)).json()
+        return {s["code"]: s["count"] for s in view["virtualMachine"]["statusesSummary"]}
+
+    assert await summary() == {"PowerState/running": 3}
+    response = await lab.client.post(
+        f"{vmss}/deallocate", json={"instanceIds": ["0", "2"]}, headers=alice
+    )
+    assert response.status_code == 202, response.text
+    body = await power_status(lab, response.headers["Azure-AsyncOperation"], alice)
+    assert body["status"] == "Succeeded", body
+    assert await summary() == {"PowerState/deallocated": 2, "PowerState/running": 1}
+    assert (await power(lab, f"{vmss}/start", alice))["status"] == "Succeeded"  # no body: all
+    assert await summary() == {"PowerState/running": 3}
+    response = await lab.client.post(f"{vmss}/restart", json={"instanceIds": ["7"]}, headers=alice)
+    assert "not an active Virtual Machine Scale Set VM instanceId" in assert_arm_error(
+        response, 400, "InvalidParameter"
+    )
+    bob = await lab.as_user("bob")  # a Reader
+    assert_arm_error(await lab.client.post(f"{vmss}/start", headers=bob), 403)
+
+
+async def test_redeploy_reapply_and_sizes(lab: RunningLab) -> None:
+    """A VM's redeploy (deallocated, then started), reapply (nothing to change), its
+    sizes and the scale set's SKUs, as azure-mgmt-compute reads them."""
+    alice = await lab.as_user("alice")
+    vm = f"{VMS}/vm-a"
+    assert (await power(lab, f"{vm}/redeploy", alice))["status"] == "Succeeded"
+    machine = lab.runtime.machines["vm-a"]
+    assert machine.calls[-2:] == ["deallocate", "start"]  # type: ignore[attr-defined]
+    assert await _power_state(lab, vm, alice) == "PowerState/running"
+    assert (await power(lab, f"{vm}/reapply", alice))["status"] == "Succeeded"
+    sizes = (await lab.client.get(f"{vm}/vmSizes", headers=alice)).json()["value"]
+    assert [s["name"] for s in sizes] == ["Lab_128MB"]
+    skus = (await lab.client.get(f"{VMSS}/web-vmss/skus", headers=alice)).json()["value"]
+    assert skus[0]["sku"]["name"].startswith("Lab_")
+
+
+async def test_the_cloud_metadata_is_what_az_cloud_register_reads(lab: RunningLab) -> None:
+    """``az cloud register --endpoint-resource-manager URL/`` reads
+    ``URL//metadata/endpoints?api-version=2022-09-01`` (its own double slash): the lab
+    names itself for sign-in, the resource manager and the portal; no token needed."""
+    base = str(lab.client.base_url).rstrip("/") + "/"
+    response = await lab.client.get(base + "/metadata/endpoints?api-version=2022-09-01")
+    assert response.status_code == 200, response.text
+    cloud = response.json()
+    assert cloud["resourceManager"] == base
+    assert cloud["authentication"]["loginEndpoint"] == base
+    assert cloud["authentication"]["audiences"][0] == "https://management.core.windows.net/"
+    assert "storage" in cloud["suffixes"]
+    listed = await lab.client.get("/metadata/endpoints?api-version=2019-05-01")
+    assert listed.json() == [cloud]
+    missing = await lab.client.get("/metadata/endpoints")
+    assert_arm_error(missing, 400, "MissingApiVersionParameter")
