@@ -112,4 +112,4 @@ lint: $(STAMP)
 	@$(BIN)/mypy --strict gateway/console gateway/machines
 
 clean:
-	rm -rf $(VENV) .venv-labgrid images/build .pytest_cache .ruff_cache .mypy_cache web/node_modules gateway/portal/dist
+	rm -rf $(VENV) .venv-labgrid .venv-az images/build .pytest_cache .ruff_cache .mypy_cache web/node_modules gateway/portal/dist
