@@ -21,13 +21,18 @@ from tests.support.sidevenv import ROOT, side_python
 REQUIREMENTS = ROOT / "tests" / "clients" / "az" / "requirements.txt"
 
 
+def az_python() -> Path:
+    """The interpreter of ``.venv-az/``, made first when missing or out of date."""
+    return side_python("az", REQUIREMENTS)
+
+
 class AzFailed(AssertionError):
     """An az command exited with an error; the message has its standard error."""
 
 
 class Az:
     def __init__(self, config_dir: Path, ca_path: Path) -> None:
-        self.python = side_python("az", REQUIREMENTS)
+        self.python = az_python()
         config_dir.mkdir(parents=True, exist_ok=True)
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "PYTEST"))},
