@@ -24,6 +24,9 @@ BENCH_DEPS := ser2net:ser2net
 LIBVIRT_DEPS := libvirtd:libvirt-daemon-system virsh:libvirt-clients pkg-config:pkg-config \
 	cc:gcc /usr/include/libvirt/libvirt.h:libvirt-dev sshd:openssh-server
 LIBVIRT_STAMP := $(VENV)/.libvirt
+# az (azure-cli) for its tests, in a venv of its own (tests/support/azcli.py says why)
+AZ_REQUIREMENTS := tests/clients/az/requirements.txt
+AZ_STAMP := .venv-az/.installed
 PYTEST_ARGS ?=
 TEST_WORKERS ?= 4
 CHECK_WORKERS ?= 4
@@ -70,6 +73,11 @@ $(LIBVIRT_STAMP): $(STAMP)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,libvirt]'
 	@touch $@
 
+$(AZ_STAMP): $(STAMP) $(AZ_REQUIREMENTS)
+	@echo "==> .venv-az: azure-cli for the az tests"
+	@$(BIN)/python -c 'from tests.support.azcli import az_python; az_python()'
+	@touch $@
+
 images:
 	@sh tools/sysdeps.sh $(IMAGE_DEPS) $(DISK_DEPS)
 	@sh images/build.sh
@@ -96,7 +104,7 @@ check: $(STAMP)
 		-p no:schemathesis tests/unit tests/integration $(PYTEST_ARGS)
 
 # Guests spend most of their time waiting, so more workers than cores pays.
-test: $(STAMP) $(PORTAL) $(LIBVIRT_STAMP) images
+test: $(STAMP) $(PORTAL) $(LIBVIRT_STAMP) $(AZ_STAMP) images
 	@sh tools/sysdeps.sh $(QEMU_DEPS) $(TEST_DEPS)
 	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
@@ -112,4 +120,4 @@ lint: $(STAMP)
 	@$(BIN)/mypy --strict gateway/console gateway/machines
 
 clean:
-	rm -rf $(VENV) .venv-labgrid images/build .pytest_cache .ruff_cache .mypy_cache web/node_modules gateway/portal/dist
+	rm -rf $(VENV) .venv-labgrid .venv-az images/build .pytest_cache .ruff_cache .mypy_cache web/node_modules gateway/portal/dist
