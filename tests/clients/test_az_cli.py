@@ -29,6 +29,8 @@ def az(client_lab: ClientLab, tmp_path_factory: pytest.TempPathFactory) -> Itera
     az = Az(tmp_path_factory.mktemp("az-config"), client_lab.ca_path)
     az("cloud", "register", "--name", CLOUD, "--endpoint-resource-manager", client_lab.url + "/")
     az("cloud", "set", "--name", CLOUD)
+    # as for Azure Stack: MSAL would ask login.microsoftonline.com about the lab's authority
+    az("config", "set", "core.instance_discovery=false")
     az("login", "--service-principal", "--username", "carol", "--password", "carol",
        "--tenant", client_lab.tenant_id)  # fmt: skip
     yield az
