@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import JSONResponse
@@ -176,7 +177,9 @@ def require(
             try:
                 rbac.check(user.name, user.roles, action, scope)
             except AuthorizationError as err:
-                raise ArmError(403, "AuthorizationFailed", denied_message or str(err)) from err
+                sent = f"scope '{scope_as_sent(request, scope)}'"
+                message = denied_message or str(err).replace(f"scope '{scope}'", sent, 1)
+                raise ArmError(403, "AuthorizationFailed", message) from err
         except ArmError as err:
             if audit_as is not None:  # posted: the refusal stands on a full disk
                 post(ctx, caller, audit_as, audit.DENIED, f"{err.code}: {err.message}",
@@ -185,6 +188,23 @@ def require(
         return caller
 
     return Depends(dependency)
+
+
+def scope_as_sent(request: Request, scope: str) -> str:
+    """``scope`` spelled as the request spelled it, as ARM echoes it in a refusal: az sends
+    ``resourcegroups``, and its 403 names ``resourcegroups``. (The routes see the path in
+    ARM's canonical spelling; the server keeps the path as sent in ``raw_path``.)"""
+    raw = request.scope.get("raw_path")
+    if not isinstance(raw, bytes):
+        return scope
+    wanted = scope.strip("/").split("/")
+    sent = unquote(raw.decode("latin-1")).strip("/").split("/")
+    if len(sent) < len(wanted):
+        return scope
+    prefix = sent[: len(wanted)]
+    if [p.lower() for p in prefix] != [w.lower() for w in wanted]:
+        return scope
+    return "/" + "/".join(prefix)
 
 
 def record(

@@ -438,3 +438,13 @@ async def test_openapi_lists_the_azure_paths(lab: RunningLab) -> None:
     assert {"2024-07-01", "2018-05-01"} <= set(version["schema"]["enum"])
     token = spec["paths"]["/oauth2/token"]["post"]
     assert all(p["name"] != "api-version" for p in token.get("parameters", []))
+
+
+async def test_a_refusal_names_the_scope_as_the_request_spelled_it(lab: RunningLab) -> None:
+    """az sends ``resourcegroups``: ARM's 403 echoes the scope as sent, not as the lab
+    spells it."""
+    bob = await lab.as_user("bob")  # a Reader
+    path = f"{VMS}/vm-a/restart".replace("/resourceGroups/", "/resourcegroups/")
+    message = assert_arm_error(await lab.client.post(path, headers=bob), 403, "AuthorizationFailed")
+    assert "over scope '/subscriptions/" in message
+    assert "/resourcegroups/lab-rg/providers/Microsoft.Compute/virtualMachines/vm-a'" in message
