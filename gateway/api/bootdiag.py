@@ -1,9 +1,10 @@
 """Boot diagnostics: signed, expiring URLs to a VM's serial log, and the log read by offset.
 
 ``retrieveBootDiagnosticsData`` (in ``compute``) returns a URL like Azure's SAS blob URLs:
-``/bootdiagnostics/{vm}/serialconsole.log?se=<expiry>&sp=r&sig=<HMAC>``. The signature is
-the credential (no bearer token needed, as with a SAS URL): an HMAC-SHA256, with a key kept
-in ``lab.db``, over the path and the expiry.
+``/bootdiagnostics/{vm}/serialconsole.log?sv=...&sr=b&sp=r&se=<expiry>&sig=<HMAC>``. The
+signature is the credential (no bearer token needed, as with a SAS URL): an HMAC-SHA256,
+with a key kept in ``lab.db``, over the path and the other parameters
+(``gateway.access.signing``).
 
 The URL answers as Azure Storage serves a block blob: GET gives the log's kept bytes
 (``text/plain``, ``ETag``, ``Last-Modified``, ``x-ms-blob-type: BlockBlob``), HEAD the
@@ -84,7 +85,9 @@ BLOB = "/bootdiagnostics/{machine}/serialconsole.log"
 async def read_serial_log_blob(
     request: Request,
     machine: str,
-    se: Annotated[int | None, Query(description="expiry (Unix seconds), from the URL")] = None,
+    se: Annotated[
+        str | None, Query(max_length=40, description="expiry (ISO 8601), from the URL")
+    ] = None,
     sig: Annotated[str | None, Query(max_length=128, description="signature, from the URL")] = None,
 ) -> Response:
     """The kept bytes of the serial log, as Azure Storage serves a block blob: ``ETag``,
@@ -93,7 +96,7 @@ async def read_serial_log_blob(
     ctx = context_of(request)
     head = request.method == "HEAD"
     try:
-        ctx.signer.verify(log_path(machine), se, sig)
+        ctx.signer.verify(log_path(machine), request.query_params)
     except SignatureRefused as err:
         return blob_error(403, "AuthenticationFailed", AUTH_FAILED, head, str(err))
     vm = ctx.inventory.by_machine_name(machine)
@@ -136,7 +139,9 @@ async def read_serial_log_blob(
 async def read_console_screenshot_blob(
     request: Request,
     machine: str,
-    se: Annotated[int | None, Query(description="expiry (Unix seconds), from the URL")] = None,
+    se: Annotated[
+        str | None, Query(max_length=40, description="expiry (ISO 8601), from the URL")
+    ] = None,
     sig: Annotated[str | None, Query(max_length=128, description="signature, from the URL")] = None,
 ) -> Response:
     """The display of a QEMU or libvirt VM as a PNG, taken when asked (QMP ``screendump``),
@@ -148,7 +153,7 @@ async def read_console_screenshot_blob(
 
     ctx = context_of(request)
     try:
-        ctx.signer.verify(screenshot_path(machine), se, sig)
+        ctx.signer.verify(screenshot_path(machine), request.query_params)
     except SignatureRefused as err:
         return blob_error(403, "AuthenticationFailed", AUTH_FAILED, detail=str(err))
     vm = ctx.inventory.by_machine_name(machine)
@@ -239,7 +244,9 @@ def blob_error(
 async def read_serial_log(
     request: Request,
     machine: str,
-    se: Annotated[int | None, Query(description="expiry (Unix seconds), from the URL")] = None,
+    se: Annotated[
+        str | None, Query(max_length=40, description="expiry (ISO 8601), from the URL")
+    ] = None,
     sig: Annotated[str | None, Query(max_length=128, description="signature, from the URL")] = None,
     start: Annotated[int | None, Query(ge=0, description="first byte offset wanted")] = None,
     max_bytes: Annotated[int, Query(ge=0, le=MAX_READ, alias="maxBytes")] = MAX_READ,
@@ -248,7 +255,7 @@ async def read_serial_log(
     ``next``, ``rotated`` (and a ``warning`` when bytes asked for have rotated out)."""
     ctx = context_of(request)
     try:
-        ctx.signer.verify(log_path(machine), se, sig)
+        ctx.signer.verify(log_path(machine), request.query_params)
     except SignatureRefused as err:
         raise ArmError(403, "AuthenticationFailed", _AUTH_PREFIX + str(err)) from None
     vm = ctx.inventory.by_machine_name(machine)

@@ -249,6 +249,7 @@ class QemuMachine(WarmStarts, DiskMachine):
         self._port: str | None = None
         self._pty: _SerialPty | None = None
         self._expect_exit = False
+        self._qmp_path: Path | None = None  # the monitor's socket while QEMU runs
 
     # -- properties ------------------------------------------------------------------------
 
@@ -361,7 +362,7 @@ class QemuMachine(WarmStarts, DiskMachine):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         await kill_stale(self.run_dir)
         self.accel = self._accel or await _accel_for(kernel, self._qemu)
-        qmp_path = _socket_path(self.run_dir)
+        qmp_path = self._qmp_path = _socket_path(self.run_dir)
         placeholder = self.run_dir / PASSWORD_FILE if self._password is not None else None
         await self._start_fabric()
         if self.disks is not None:
@@ -753,6 +754,7 @@ class QemuMachine(WarmStarts, DiskMachine):
         self._ssh_port = None
         await self._stop_tpm()
         await self._stop_fabric()
+        _remove_socket(self._qmp_path, self.run_dir)
         self._forget_boot()
         if self._pty is not None:
             self._pty.close()  # after QEMU: readers of the port see it hang up now
@@ -885,6 +887,17 @@ def _socket_path(run_dir: Path) -> Path:
             "state folder path"
         )
     return short / "qmp.sock"
+
+
+def _remove_socket(path: Path | None, run_dir: Path) -> None:
+    """QEMU ended: its monitor socket goes, and the short temp folder that held it (one
+    made by ``_socket_path``, not the run folder)."""
+    if path is None:
+        return
+    path.unlink(missing_ok=True)
+    if path.parent != run_dir:
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
 
 
 async def kill_stale(run_dir: Path) -> bool:

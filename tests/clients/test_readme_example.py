@@ -51,4 +51,4 @@ def test_the_readme_example_runs_against_a_lab(client_lab: ClientLab) -> None:
     assert lines[0] == "serial port 0 enabled: True"
     assert re.fullmatch(r"wss://127\.0\.0\.1:\d+/n/connector/\w+/sessions/[\w-]+/client", lines[1])
     assert lines[2] == "['ProvisioningState/succeeded', 'PowerState/running']"
-    assert lines[3].startswith(f"{client_lab.url}/bootdiagnostics/linux-1/serialconsole.log?se=")
+    assert lines[3].startswith(f"{client_lab.url}/bootdiagnostics/linux-1/serialconsole.log?sv=")

@@ -4,6 +4,8 @@ operations, ARM's bodies, and the boot diagnostics log as a blob and as JSON pag
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
 import time
 from pathlib import Path
 
@@ -267,6 +269,14 @@ async def test_boot_diagnostics_url_is_signed_and_expires(lab: RunningLab) -> No
             "serialConsoleLogBlobUri"
         ]
     )
+    # Azure Storage's SAS parameters: version, a blob, read, an ISO 8601 expiry, base64 sig
+    params = url.params
+    assert (params["sr"], params["sp"]) == ("b", "r")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d", params["sv"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", params["se"])
+    assert len(base64.b64decode(params["sig"], validate=True)) == 32
+    writable = url.copy_merge_params({"sp": "rw"})  # the signature covers the permissions
+    assert_blob_error(await lab.client.get(writable), 403, "AuthenticationFailed")
     other = url.copy_with(path=url.path.replace("vm-a", "vm-b"))
     assert_blob_error(await lab.client.get(other), 403, "AuthenticationFailed")
     assert_blob_error(await lab.client.get(url.copy_with(query=b"")), 403, "AuthenticationFailed")

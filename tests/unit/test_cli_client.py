@@ -14,7 +14,10 @@ from gateway.cli.connect import Target, final_refusal
 from gateway.cli.errors import GatewayError, GatewayUnreachable, NotLoggedIn
 
 LOG = b"boot line one\r\nboot line two\r\n"
-LOG_URL = "http://lab/bootdiagnostics/vm/serialconsole.log?se=9&sig=s"
+LOG_URL = (
+    "http://lab/bootdiagnostics/vm/serialconsole.log"
+    "?sv=2021-08-06&sr=b&sp=r&se=2026-01-01T00%3A00%3A00Z&sig=s"
+)
 
 
 def gateway(request: httpx.Request) -> httpx.Response:
