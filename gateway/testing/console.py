@@ -13,6 +13,7 @@ On top of it::
     output, status = console.run("uname -r")      status read from $?, never guessed
     console.sysrq("h"); console.nmi(); console.reset(); console.restart()
     console.wait_for_boot()              the current boot's login prompt (SAC> on Windows)
+    console.expect_seen(pattern)         in the replay or live: what came before counts
     console.wait_for_power("panicked")   the VM's power state, as the gateway reports it
     console.read_boot_log()              the boot-diagnostics log (REST)
     console.watch()                      a read-only console on the same VM
@@ -416,6 +417,15 @@ class Console(SpawnBase):  # pexpect has no type hints: its classes are Any
         self.expect(ready, timeout)
         with stream.cond:
             self._reset_reader(len(stream.data))
+
+    def expect_seen(self, pattern: str, timeout: float = BOOT) -> int:
+        """``expect`` over everything this console received, its replay included: the
+        guest may have written ``pattern`` before the console opened, or write it later.
+        (The replay arrives after ``open`` returns, so ``replay`` may not hold it yet.)
+        Afterwards ``expect`` reads on from the match. Raises ExpectTimeout, ConsoleClosed."""
+        with self._stream.cond:
+            self._reset_reader(0)
+        return self.expect(pattern, timeout)
 
     def _reset_reader(self, position: int) -> None:
         """Read from stream ``position`` on, with pexpect's buffer emptied."""

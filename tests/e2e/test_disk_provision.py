@@ -8,7 +8,6 @@ each other in file order, on one xdist worker.
 
 from __future__ import annotations
 
-import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -110,13 +109,6 @@ def state_of(compute: ComputeManagementClient, vm: str) -> str:
     return str(compute.virtual_machines.get(RG, vm).provisioning_state)
 
 
-def seen(console: Console, pattern: str, timeout: float) -> None:
-    """Return once ``pattern`` came on the console: in what it replayed on opening (the
-    guest may have written it before the console opened) or live."""
-    if re.search(pattern, console.replay) is None:
-        console.expect(pattern, timeout)
-
-
 def admin_console(client: LabClient, vm: str) -> Console:
     return Console.open(client, vm, group=RG, password=ADMIN_PASSWORD, timeout=BOOT)
 
@@ -160,8 +152,8 @@ def test_cloud_init_provisions_the_admin_the_host_name_and_the_custom_data(
     until(lambda: state_of(compute, "prov") == "Succeeded", 2 * BOOT, "prov never provisioned")
     console = admin_console(client, "prov")
     try:
-        seen(console, "custom data ran on prov-web-01 as root", BOOT)
-        seen(console, CLOUD_INIT_DONE, BOOT)
+        console.expect_seen("custom data ran on prov-web-01 as root", BOOT)
+        console.expect_seen(CLOUD_INIT_DONE, BOOT)
         console.login(ADMIN, ADMIN_PASSWORD)
         out, status = console.run(
             "hostname; id -un; sudo -n id -u; test -e /dev/sr0 || echo no-cd; "
@@ -183,7 +175,7 @@ def test_a_key_only_vm_refuses_every_password_until_the_vm_access_extension_sets
     until(lambda: state_of(compute, "keyonly") == "Succeeded", 2 * BOOT, "keyonly not provisioned")
     console = admin_console(client, "keyonly")
     try:
-        seen(console, CLOUD_INIT_DONE, BOOT)
+        console.expect_seen(CLOUD_INIT_DONE, BOOT)
         console.sendline()
         for user, password in ((ADMIN, ADMIN_PASSWORD), ("root", "serial-lab")):
             console.expect(LOGIN_PROMPT, 60)

@@ -47,6 +47,24 @@ def test_expect_reads_live_bytes_not_the_replay() -> None:
     assert console.replay == BOOT.decode()
 
 
+def test_expect_seen_finds_what_the_replay_brings_even_after_open_returned() -> None:
+    """The replay's bytes arrive after ``open`` returns: a line in them is found once they
+    come, and so is one that only comes live."""
+    late = b"cloud-init finished\r\nlinux-1 login: "
+    console = fed(late)
+    console._stream.data.clear()  # as open() returns: connected, its replay still to come
+    assert console.replay == ""
+    with pytest.raises(ExpectTimeout):
+        console.expect("cloud-init finished")  # expect reads past the replay: never there
+    console._stream.take(late)
+    assert console.replay == late.decode()
+    assert console.expect_seen("cloud-init finished", SHORT) == 0
+    with pytest.raises(ExpectTimeout):
+        console.expect_seen("custom data ran", SHORT)
+    console._stream.take(b"\r\ncustom data ran\r\n")  # live
+    assert console.expect_seen("custom data ran", SHORT) == 0
+
+
 def test_wait_for_boot_finds_the_prompt_in_the_replay_then_reads_on() -> None:
     console = fed(BOOT + b"root\r\nPassword: \r\nroot@linux-1:~# ")
     console.wait_for_boot(SHORT)
