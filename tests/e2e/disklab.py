@@ -132,6 +132,24 @@ def compute(lab: LabProcess, client: LabClient) -> Iterator[ComputeManagementCli
         os.environ["REQUESTS_CA_BUNDLE"] = before
 
 
+def reset_password(compute: ComputeManagementClient, vm: str, user: str, password: str) -> str:
+    """Azure's Reset password: azure-mgmt-compute's ``begin_create_or_update`` of the VM
+    access extension (VMAccessForLinux) with ``user`` and ``password`` in its protected
+    settings, waited for; the extension's provisioning state."""
+    body = {
+        "location": "westeurope",
+        "properties": {
+            "publisher": "Microsoft.OSTCExtensions",
+            "type": "VMAccessForLinux",
+            "typeHandlerVersion": "1.5",
+            "protectedSettings": {"username": user, "password": password},
+        },
+    }
+    extensions = compute.virtual_machine_extensions
+    done = extensions.begin_create_or_update(RG, vm, "enablevmaccess", body).result()
+    return str(done.provisioning_state)
+
+
 def open_console(client: LabClient, vm: str) -> Console:
     return Console.open(client, vm, group=RG, password=GUEST_PASSWORD, timeout=BOOT)
 

@@ -28,6 +28,7 @@ from tests.e2e.disklab import (
     image,
     in_order,
     open_console,
+    reset_password,
     sha256,
     start_lab,
     vm_table,
@@ -113,19 +114,10 @@ def test_the_vm_access_extension_gives_a_user_who_logs_in_on_the_serial_console(
     VMAccessForLinux creates a user with a password, inside the guest through its agent;
     that user then logs in on the serial console, and no GET shows the password."""
     password = "Vm-Access-Pw-42"
-    body = {
-        "location": "westeurope",
-        "properties": {
-            "publisher": "Microsoft.OSTCExtensions",
-            "type": "VMAccessForLinux",
-            "typeHandlerVersion": "1.5",
-            "protectedSettings": {"username": "azureuser", "password": password},
-        },
-    }
-    extensions = compute.virtual_machine_extensions
-    done = extensions.begin_create_or_update(RG, "gen1", "enablevmaccess", body).result()
-    assert done.provisioning_state == "Succeeded"
-    shown = extensions.get(RG, "gen1", "enablevmaccess", expand="instanceView")
+    assert reset_password(compute, "gen1", "azureuser", password) == "Succeeded"
+    shown = compute.virtual_machine_extensions.get(
+        RG, "gen1", "enablevmaccess", expand="instanceView"
+    )
     assert password not in str(shown.as_dict())
     gen1.sendline("exit")  # leave root's shell: a login prompt comes back
     gen1.login("azureuser", password)

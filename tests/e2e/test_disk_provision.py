@@ -21,7 +21,16 @@ from gateway.testing.client import LabClient
 from gateway.testing.console import LOGIN_PROMPT, Console, ConsoleError
 from gateway.testing.lab import LabProcess
 from gateway.testing.timeouts import scaled
-from tests.e2e.disklab import BOOT, RG, client, compute, image, start_lab, vm_table
+from tests.e2e.disklab import (
+    BOOT,
+    RG,
+    client,
+    compute,
+    image,
+    reset_password,
+    start_lab,
+    vm_table,
+)
 
 __all__ = ["client", "compute"]  # module fixtures, shared by import
 
@@ -184,18 +193,7 @@ def test_a_key_only_vm_refuses_every_password_until_the_vm_access_extension_sets
             console.sendline(password)
             console.expect("Login incorrect", 60)
         password = "Reset-Pw-Lab-9"
-        body = {
-            "location": "westeurope",
-            "properties": {
-                "publisher": "Microsoft.OSTCExtensions",
-                "type": "VMAccessForLinux",
-                "typeHandlerVersion": "1.5",
-                "protectedSettings": {"username": ADMIN, "password": password},
-            },
-        }
-        extensions = compute.virtual_machine_extensions
-        done = extensions.begin_create_or_update(RG, "keyonly", "enablevmaccess", body).result()
-        assert done.provisioning_state == "Succeeded"
+        assert reset_password(compute, "keyonly", ADMIN, password) == "Succeeded"
         console.login(ADMIN, password)
         out, status = console.run("id -un; hostname")
         assert (out.split(), status) == ([ADMIN, "keyonly"], 0)
