@@ -38,7 +38,7 @@ from gateway.api.bootdiag import log_path, screenshot_path
 from gateway.api.context import ApiContext, Caller, context_of
 from gateway.api.errors import ArmError, error_response
 from gateway.api.operations import FAILED, SUCCEEDED, Outcome
-from gateway.lab.inventory import VMSS_TYPE, ScaleSetResource, VmResource
+from gateway.lab.inventory import VMSS_TYPE, ScaleSetResource, VmResource, vm_size
 from gateway.machines.agent import AgentError
 from gateway.machines.base import Machine, MachineError, MachineStateError, PowerState
 from gateway.machines.disk import ScriptResult
@@ -143,7 +143,7 @@ def scale_set_body(vmss: ScaleSetResource) -> dict[str, Any]:
         "name": vmss.name,
         "type": VMSS_TYPE,
         "location": vmss.location,
-        "sku": {"name": f"Lab_{vmss.memory_mb}MB", "tier": "Standard", "capacity": vmss.capacity},
+        "sku": {"name": vm_size(vmss.memory_mb), "tier": "Standard", "capacity": vmss.capacity},
         "properties": {
             "provisioningState": vmss.provisioning_state,
             "upgradePolicy": {"mode": "Manual"},
@@ -585,7 +585,7 @@ async def get_scale_set_instance_view(
 def _size(memory_mb: int) -> dict[str, Any]:
     """The lab's one size for a VM of ``memory_mb``, as Azure lists a VM size."""
     return {
-        "name": f"Lab_{memory_mb}MB",
+        "name": vm_size(memory_mb),
         "numberOfCores": 1,
         "osDiskSizeInMB": 1047552,
         "resourceDiskSizeInMB": 0,
@@ -613,7 +613,7 @@ async def list_scale_set_skus(
         "value": [
             {
                 "resourceType": "Microsoft.Compute/virtualMachineScaleSets",
-                "sku": {"name": f"Lab_{vmss.memory_mb}MB", "tier": "Standard"},
+                "sku": {"name": vm_size(vmss.memory_mb), "tier": "Standard"},
                 "capacity": {
                     "minimum": 0,
                     "maximum": 1000,

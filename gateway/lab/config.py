@@ -47,42 +47,12 @@ OS_TYPES = ("linux", "windows")
 BACKENDS = ("qemu", "libvirt", "emulated")
 PROVISIONING_STATES = ("Succeeded", "Creating", "Updating", "Failed")
 # user names Azure refuses as a Linux VM's admin (its osProfile validation)
-RESERVED_USERS = frozenset(
-    [
-        "administrator",
-        "admin",
-        "user",
-        "user1",
-        "test",
-        "user2",
-        "test1",
-        "user3",
-        "admin1",
-        "1",
-        "123",
-        "a",
-        "actuser",
-        "adm",
-        "admin2",
-        "aspnet",
-        "backup",
-        "console",
-        "david",
-        "guest",
-        "john",
-        "owner",
-        "root",
-        "server",
-        "sql",
-        "support",
-        "support_388945a0",
-        "sys",
-        "test2",
-        "test3",
-        "user4",
-        "user5",
-    ]
-)
+RESERVED_USERS = frozenset((
+    "administrator", "admin", "user", "user1", "test", "user2", "test1", "user3", "admin1",
+    "1", "123", "a", "actuser", "adm", "admin2", "aspnet", "backup", "console", "david",
+    "guest", "john", "owner", "root", "server", "sql", "support", "support_388945a0", "sys",
+    "test2", "test3", "user4", "user5",
+))  # fmt: skip
 DEFAULT_SUBSCRIPTION = "5e71a1c0-0000-4000-8000-000000000001"
 DEFAULT_TENANT = "5e71a1c0-0000-4000-8000-00000000ad00"
 _GUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")

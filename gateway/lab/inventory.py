@@ -89,6 +89,11 @@ class ResourceGroupInfo:
     id: str
 
 
+def vm_size(memory_mb: int) -> str:
+    """The lab's stand-in for a VM size: its memory (``Lab_512MB``)."""
+    return f"Lab_{memory_mb}MB"
+
+
 @dataclass(eq=False)
 class VmResource:
     """A VM or a scale-set instance, with the flags Azure checks before a connect."""
@@ -113,8 +118,7 @@ class VmResource:
 
     @property
     def vm_size(self) -> str:
-        """The lab's stand-in for a VM size: its memory (``Lab_512MB``)."""
-        return f"Lab_{self.memory_mb}MB"
+        return vm_size(self.memory_mb)
 
     @property
     def is_instance(self) -> bool:

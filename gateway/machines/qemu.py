@@ -365,7 +365,9 @@ class QemuMachine(WarmStarts, DiskMachine):
         qmp_path = self._qmp_path = _socket_path(self.run_dir)
         placeholder = self.run_dir / PASSWORD_FILE if self._password is not None else None
         await self._start_fabric()
-        if self.disks is not None:
+        if self.provisioning is not None:
+            key = None  # a provisioned VM's first boot is its provisioning: never warm
+        elif self.disks is not None:
             key = self._warm_key(self._disk_argv(qmp_path, placeholder, None), qmp_path)
         else:
             argv = self._argv(Path(str(kernel)), Path(str(initrd)), qmp_path, placeholder)
@@ -632,8 +634,8 @@ class QemuMachine(WarmStarts, DiskMachine):
         """The saved-state key of this launch, or None when it cannot start warm: a disk VM
         whose disks were written already (they are its own now), or one with a TPM (its
         state lives in swtpm, not in QEMU's)."""
-        if self.warm is None or self.provisioning is not None:
-            return None  # a provisioned VM's first boot is its provisioning: never warm
+        if self.warm is None:
+            return None
         files = [Path(shutil.which(self._qemu) or self._qemu)]
         own = {"run": str(self.run_dir), "name": self.name, "qmp": str(qmp_path)}
         if self.disks is not None and self.disk is not None:

@@ -58,6 +58,13 @@ def test_vm_commands(az: Az) -> None:
     uris = az("vm", "boot-diagnostics", "get-boot-log-uris", "--resource-group", RG,
               "--name", "linux-1")  # fmt: skip
     assert uris["serialConsoleLogBlobUri"].startswith("https://127.0.0.1:")
+    # az downloads the log from that SAS-shaped URL itself
+    log = az("vm", "boot-diagnostics", "get-boot-log", "--resource-group", RG, "--name", "linux-1")
+    assert "linux-1 login:" in str(log)
+    sizes = az("vm", "list-vm-resize-options", "--resource-group", RG, "--name", "linux-1")
+    assert [s["name"] for s in sizes] == ["Lab_128MB"]
+    az("vm", "redeploy", "--resource-group", RG, "--name", "linux-1")
+    az("vm", "reapply", "--resource-group", RG, "--name", "linux-1")
 
 
 def test_scale_set_commands_with_instance_ids(az: Az, client_lab: ClientLab) -> None:
